@@ -1,0 +1,90 @@
+"""One MA-LMM step of the InstructBLIP Q-Former: read one frame while attending to the memory.
+
+This runs transformers' own Q-Former modules (`InstructBlipQFormerModel`: its embeddings, linear
+projections, output LayerNorms and feed-forward blocks, with their weights) and only spells out
+the attention arithmetic, because MA-LMM changes what the keys and values are:
+
+- every cross-attention layer attends to [visual bank ; current frame] instead of the frame alone;
+- every self-attention layer takes keys and values from [its query bank ; current input], queries
+  from the current input only, and repeats the instruction padding mask once per remembered step.
+
+After the step each bank gains the current entry and is compressed back to the bank length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.instructblip.modeling_instructblip import (
+    InstructBlipQFormerAttention,
+    InstructBlipQFormerModel,
+)
+
+from models.memory import MemoryState, remember
+
+
+def attend(
+    attention: InstructBlipQFormerAttention,
+    hidden: torch.Tensor,
+    context: torch.Tensor,
+    context_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-head attention of `hidden` [B, L, D] over `context` [B, K, C], then the residual block.
+
+    context_mask: [B, K] bool, True where a key may be attended to (None: all).
+    """
+    heads = attention.attention
+    num_heads, head_size = heads.num_attention_heads, heads.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, H*d] -> [B, H, L, d]
+        return x.view(x.shape[0], x.shape[1], num_heads, head_size).transpose(1, 2)
+
+    query, key, value = split(heads.query(hidden)), split(heads.key(context)), split(heads.value(context))
+    mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, K]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)  # [B, H, L, d]
+    out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)
+    return attention.output(out, hidden)  # dense + residual + LayerNorm
+
+
+def qformer_step(
+    qformer: InstructBlipQFormerModel,
+    query_tokens: torch.Tensor,
+    state: MemoryState,
+    frame: torch.Tensor,
+) -> tuple[torch.Tensor, MemoryState]:
+    """Read one frame. frame: [B, N, C] vision features with the frame position already added.
+
+    Returns the Q-Former output at the query positions [B, NQ, D] and the next state.
+    """
+    batch = state.batch_size
+    queries = query_tokens.expand(batch, -1, -1)  # [B, NQ, D]
+    num_queries = queries.shape[1]
+    hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)  # [B, NQ+Lt, D]
+    query_mask = torch.ones(batch, num_queries, dtype=torch.bool, device=hidden.device)
+    token_mask = torch.cat([query_mask, state.instruction_mask.to(hidden.device).bool()], dim=1)
+
+    frame = frame.to(hidden.device)
+    past_visual = state.visual
+    visual_context = frame if past_visual is None else torch.cat([past_visual.flat(), frame], dim=1)
+
+    past_queries = state.queries or (None,) * len(qformer.encoder.layer)
+    query_banks = []
+    for layer, past in zip(qformer.encoder.layer, past_queries, strict=True):
+        if past is None:
+            context, context_mask = hidden, token_mask
+        else:  # keys and values over [remembered inputs ; current input]
+            context = torch.cat([past.flat(), hidden], dim=1)  # [B, (S+1)(NQ+Lt), D]
+            context_mask = token_mask.repeat(1, len(past) + 1)
+        attended = attend(layer.attention, hidden, context, context_mask)
+        query_banks.append(remember(past, hidden, state.memory_bank_length))
+
+        query_part = attended[:, :num_queries]
+        if layer.has_cross_attention:
+            query_part = attend(layer.crossattention, query_part, visual_context)
+        query_out = layer.output_query(layer.intermediate_query(query_part), query_part)
+        text_part = attended[:, num_queries:]
+        text_out = layer.output(layer.intermediate(text_part), text_part)
+        hidden = torch.cat([query_out, text_out], dim=1)
+
+    visual_bank = remember(past_visual, frame, state.memory_bank_length)
+    return hidden[:, :num_queries], state.advanced(visual_bank, tuple(query_banks))
