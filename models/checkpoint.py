@@ -1,0 +1,196 @@
+"""Load MA-LMM fine-tuned checkpoints (LAVIS `.pth` files) on top of a Hugging Face InstructBLIP.
+
+LAVIS names its modules differently from transformers (`Qformer.bert.*`, `ln_vision`, `llm_proj`,
+`image_pe`, `visual_encoder.blocks.*`...). The checkpoint's tensors are renamed to the transformers
+modules and copied in place; everything the file does not hold stays as the base model had it.
+A released MA-LMM checkpoint holds only what MA-LMM trained: the Q-Former, its query tokens, the
+vision LayerNorm, the LLM projection and the frame position table.
+
+Files are read with `torch.load(weights_only=True)`: a file that needs to run pickled code to load
+is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (LAVIS pattern, transformers replacement), tried in order; the first match wins.
+_RENAMES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p), r)
+    for p, r in [
+        (r"^Qformer\.bert\.embeddings\.LayerNorm\.", "qformer.embeddings.layernorm."),
+        (r"^Qformer\.bert\.embeddings\.", "qformer.embeddings."),
+        (
+            r"^Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.",
+            r"qformer.encoder.layer.\1.\2.attention.",
+        ),
+        (r"^Qformer\.bert\.encoder\.", "qformer.encoder."),
+        (r"^query_tokens$", "query_tokens"),
+        (r"^ln_vision\.", "vision_model.post_layernorm."),
+        (r"^(llm_proj|t5_proj)\.", "language_projection."),
+        (r"^image_pe\.", "frame_position_embedding."),
+        (r"^(llm_model|t5_model)\.", "language_model."),
+        (r"^visual_encoder\.cls_token$", "vision_model.embeddings.class_embedding"),
+        (r"^visual_encoder\.pos_embed$", "vision_model.embeddings.position_embedding"),
+        (r"^visual_encoder\.patch_embed\.proj\.", "vision_model.embeddings.patch_embedding."),
+        (r"^visual_encoder\.blocks\.(\d+)\.norm([12])\.", r"vision_model.encoder.layers.\1.layer_norm\2."),
+        (r"^visual_encoder\.blocks\.(\d+)\.attn\.qkv\.weight$", r"vision_model.encoder.layers.\1.self_attn.qkv.weight"),
+        (r"^visual_encoder\.blocks\.(\d+)\.attn\.proj\.", r"vision_model.encoder.layers.\1.self_attn.projection."),
+        (r"^visual_encoder\.blocks\.(\d+)\.mlp\.", r"vision_model.encoder.layers.\1.mlp."),
+    ]
+]
+# Buffers and heads LAVIS saves that have no counterpart to load into.
+_IGNORED = re.compile(r"^Qformer\.bert\.embeddings\.position_ids$|^Qformer\.cls\.")
+# EVA ViT keeps q and v biases apart (k has none); transformers holds one fused qkv bias.
+_EVA_QV_BIAS = re.compile(r"^visual_encoder\.blocks\.(\d+)\.attn\.([qv])_bias$")
+# What MA-LMM fine-tunes: a checkpoint that lacks some of these is reported.
+TRAINED_PREFIXES = (
+    "qformer.",
+    "query_tokens",
+    "language_projection.",
+    "frame_position_embedding.",
+    "vision_model.post_layernorm.",
+)
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be loaded, with a message a user can act on."""
+
+
+@dataclass
+class CheckpointReport:
+    """What loading a checkpoint did: how many tensors it set, and what did not line up."""
+
+    path: Path
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # trained parts the file did not hold
+    unexpected: list[str] = field(default_factory=list)  # file keys with no place in the model
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.unexpected
+
+    def message(self) -> str:
+        text = f"Loaded {len(self.loaded)} tensors from {self.path.name}."
+        if self.missing:
+            text += f" Not in the checkpoint, kept from the base model: {_preview(self.missing)}."
+        if self.unexpected:
+            text += f" In the checkpoint but not used: {_preview(self.unexpected)}."
+        return text
+
+
+def _preview(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a LAVIS checkpoint (`{"model": state_dict, ...}`), a bare state dict, or safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises several types for a bad header
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from error
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():  # not a pickle of code: just not a checkpoint
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint or is damaged") from error
+        raise CheckpointError(
+            f"{path} holds pickled Python objects beyond tensors and plain containers; malmm will not "
+            "unpickle it because that can run arbitrary code. If you trust the file, re-save its "
+            "weights alone (torch.save({'model': state_dict}, 'weights.pth')) and load that."
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint or is damaged: {error}") from error
+    state = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = list(content)[:8] if isinstance(content, dict) else type(content).__name__
+        raise CheckpointError(f"{path} has no state dict under 'model' (found: {keys})")
+    return state
+
+
+def to_transformers_names(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename LAVIS keys to transformers keys. Returns (renamed tensors, keys with no mapping)."""
+    renamed: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    qv_bias: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if _IGNORED.search(key):
+            continue
+        if match := _EVA_QV_BIAS.match(key):
+            qv_bias.setdefault(match.group(1), {})[match.group(2)] = value
+            continue
+        for pattern, replacement in _RENAMES:
+            if pattern.search(key):
+                renamed[pattern.sub(replacement, key)] = value
+                break
+        else:
+            unmapped.append(key)
+    for block, biases in qv_bias.items():
+        if set(biases) != {"q", "v"}:
+            unmapped += [f"visual_encoder.blocks.{block}.attn.{b}_bias" for b in biases]
+            continue
+        fused = torch.cat([biases["q"], torch.zeros_like(biases["q"]), biases["v"]])
+        renamed[f"vision_model.encoder.layers.{block}.self_attn.qkv.bias"] = fused
+    return renamed, unmapped
+
+
+def load_lavis_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
+    """Copy a LAVIS/MA-LMM checkpoint file into `model` (a MalmmForConditionalGeneration) in place."""
+    return load_lavis_state_dict(model, read_state_dict(path), Path(path))
+
+
+def load_lavis_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> CheckpointReport:
+    """Copy LAVIS-named tensors into `model` in place; `path` names their source in messages.
+
+    The frame position table is resized to the checkpoint's row count if they differ. Raises
+    CheckpointError when a tensor's shape does not fit its parameter, or when nothing matches.
+    """
+    renamed, unmapped = to_transformers_names(state)
+    report = CheckpointReport(path=path, unexpected=unmapped)
+
+    table = renamed.get("frame_position_embedding.weight")
+    if table is not None and table.shape != model.frame_position_embedding.weight.shape:
+        _resize_frame_table(model, table.shape[0])
+
+    params = dict(model.named_parameters())
+    mismatched = []
+    with torch.no_grad():
+        for name, value in renamed.items():
+            target = params.get(name)
+            if target is None:
+                report.unexpected.append(name)
+            elif target.shape != value.shape:
+                mismatched.append(f"{name}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)}")
+            else:
+                target.copy_(value.to(dtype=target.dtype))
+                report.loaded.append(name)
+    if mismatched:
+        raise CheckpointError(
+            f"{path.name} does not fit this base model ({len(mismatched)} shape mismatches, e.g. "
+            f"{_preview(mismatched, 3)}). Is it for a different InstructBLIP (vicuna-7b, vicuna-13b, flan-t5)?"
+        )
+    if not report.loaded:
+        raise CheckpointError(f"{path.name} holds no tensor that matches this model: is it an MA-LMM checkpoint?")
+    loaded = set(report.loaded)
+    report.missing = [n for n in params if n.startswith(TRAINED_PREFIXES) and n not in loaded]
+    return report
+
+
+def _resize_frame_table(model: nn.Module, rows: int) -> None:
+    old = model.frame_position_embedding.weight
+    model.frame_position_embedding = nn.Embedding(rows, old.shape[1], device=old.device, dtype=old.dtype)
+    model.config.max_num_frames = rows
