@@ -1,0 +1,125 @@
+"""The Python API: load MA-LMM once, then read any number of videos with it.
+
+    from models import Malmm, CAPTION
+    malmm = Malmm.from_pretrained("Salesforce/instructblip-vicuna-7b", checkpoint="msrvtt_cap.pth")
+    state = malmm.new_memory(CAPTION.prompt(), CAPTION.memory_bank_length, total_frames=80)
+    for pixels in frame_batches:                      # [F, 3, 224, 224] each, in time order
+        output, state = malmm.read(pixels, state)
+    print(malmm.generate(output, CAPTION.prompt(), CAPTION.generation))
+
+Each video gets its own `MemoryState`; nothing about a video is kept on the model, so videos
+never leak into each other. The model knows nothing of files: pixels come from the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, BlipImageProcessorPil, PreTrainedTokenizerBase
+
+from models.checkpoint import CheckpointReport, load_lavis_checkpoint
+from models.generation import GenerationSettings, generate, score_labels
+from models.memory import MemoryState
+from models.modeling import MalmmForConditionalGeneration
+
+DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
+INSTRUCTION_MAX_TOKENS = 128  # MA-LMM's max_txt_len for the Q-Former instruction
+
+
+@dataclass
+class Malmm:
+    """A loaded model with its tokenizers and image preprocessing settings."""
+
+    model: MalmmForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase  # the LLM's
+    qformer_tokenizer: PreTrainedTokenizerBase
+    image_processor: BlipImageProcessorPil
+    checkpoint_report: CheckpointReport | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path = DEFAULT_MODEL,
+        *,
+        checkpoint: str | Path | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        local_files_only: bool = False,
+        **model_kwargs: Any,
+    ) -> Malmm:
+        """Load an InstructBLIP checkpoint in Hugging Face format (hub id or local folder).
+
+        checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`) loaded on top.
+        model_kwargs go to `from_pretrained` (quantization_config, device_map, ...); without a
+        device_map the model is moved to `device` (default: CPU).
+        """
+        source = str(name_or_path)
+        model = MalmmForConditionalGeneration.from_pretrained(
+            source, dtype=dtype or torch.float32, local_files_only=local_files_only, **model_kwargs
+        )
+        if "device_map" not in model_kwargs and device is not None:
+            model.to(device)
+        model.eval()
+        report = load_lavis_checkpoint(model, checkpoint) if checkpoint is not None else None
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        qformer_tokenizer = AutoTokenizer.from_pretrained(
+            source, subfolder="qformer_tokenizer", local_files_only=local_files_only, truncation_side="left"
+        )
+        image_processor = BlipImageProcessorPil.from_pretrained(source, local_files_only=local_files_only)
+        return cls(model, tokenizer, qformer_tokenizer, image_processor, report)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.query_tokens.device
+
+    def new_memory(
+        self, instruction: str | list[str], memory_bank_length: int, total_frames: int | None = None
+    ) -> MemoryState:
+        """An empty memory for one video (a string) or a batch of videos (a list, one each)."""
+        instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+        tokens = self.qformer_tokenizer(
+            instructions,
+            padding="longest",
+            truncation=True,
+            max_length=INSTRUCTION_MAX_TOKENS,
+            return_tensors="pt",
+        )
+        return self.model.new_memory(tokens.input_ids, tokens.attention_mask, memory_bank_length, total_frames)
+
+    @torch.inference_mode()
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[F, 3, H, W] preprocessed frames -> [F, N, C] vision features."""
+        return self.model.vision_features(pixel_values)
+
+    @torch.inference_mode()
+    def step(self, state: MemoryState, features: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
+        """One frame per video of the batch: features [B, N, C] -> (query output [B, NQ, D], state)."""
+        return self.model.step(state, features)
+
+    @torch.inference_mode()
+    def read(self, pixel_values: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
+        """Read consecutive frames [F, 3, H, W] of a single video; returns the output after the last."""
+        if state.batch_size != 1:
+            raise ValueError("read() takes frames of one video; use step() for a batch of videos")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("no frames to read")
+        features = self.encode_frames(pixel_values)
+        output = None
+        for frame in features:
+            output, state = self.step(state, frame.unsqueeze(0))
+        return output, state
+
+    def generate(
+        self, query_output: torch.Tensor, prompt: str | list[str], settings: GenerationSettings = GenerationSettings()
+    ) -> list[str]:
+        """One answer per video from the query output of its last frame."""
+        prompts = [prompt] * query_output.shape[0] if isinstance(prompt, str) else list(prompt)
+        return generate(self.model, self.tokenizer, query_output, prompts, settings)
+
+    def score_labels(self, query_output: torch.Tensor, prompt: str | list[str], labels: list[str]) -> torch.Tensor:
+        """[B, K] log-likelihood of each candidate label as the answer (higher is likelier)."""
+        prompts = [prompt] * query_output.shape[0] if isinstance(prompt, str) else list(prompt)
+        return score_labels(self.model, self.tokenizer, query_output, prompts, labels)

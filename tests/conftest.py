@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-weight models saved in Hugging Face format, and the golden file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import Malmm
+from tests.tiny_models import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_GOLDEN = REPO.parent / "shared" / "fixtures" / "malmm_lavis_golden.pt"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_and_deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    """The reference MA-LMM outputs; MALMM_GOLDEN_FIXTURE points at another file of that format."""
+    path = Path(os.environ.get("MALMM_GOLDEN_FIXTURE", DEFAULT_GOLDEN))
+    if not path.is_file():
+        if os.environ.get("CI") or "MALMM_GOLDEN_FIXTURE" in os.environ:
+            pytest.fail(f"golden fixture not found: {path}")
+        pytest.skip(f"golden fixture not found: {path} (set MALMM_GOLDEN_FIXTURE)")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    assert data["format"] == "malmm-lavis-golden-v1", data.get("format")
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", llm="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-t5", llm="t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_malmm(tiny_llama_dir: Path) -> Malmm:
+    return Malmm.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_malmm_t5(tiny_t5_dir: Path) -> Malmm:
+    return Malmm.from_pretrained(tiny_t5_dir)
