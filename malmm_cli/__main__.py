@@ -1,0 +1,3 @@
+from malmm_cli.cli import main
+
+main()
