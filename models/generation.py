@@ -7,27 +7,12 @@ MA-LMM and InstructBLIP do. Works for decoder-only LLMs (Vicuna) and encoder-dec
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from models.modeling import MalmmForConditionalGeneration
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Beam search settings; the defaults are MA-LMM's evaluation settings for captions."""
-
-    max_new_tokens: int = 50
-    num_beams: int = 5
-    repetition_penalty: float = 1.5
-    length_penalty: float = 1.0
-    min_new_tokens: int = 1
-
-    def with_overrides(self, **changes: object) -> GenerationSettings:
-        """A copy with the given fields changed; None values are ignored."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+from models.presets import GenerationSettings
 
 
 def _prefix(

@@ -21,11 +21,11 @@ import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, PreTrainedTokenizerBase
 
 from models.checkpoint import CheckpointReport, load_lavis_checkpoint
-from models.generation import GenerationSettings, generate, score_labels
+from models.generation import generate, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
+from models.presets import DEFAULT_MODEL, GenerationSettings
 
-DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
 INSTRUCTION_MAX_TOKENS = 128  # MA-LMM's max_txt_len for the Q-Former instruction
 
 

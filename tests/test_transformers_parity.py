@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import InstructBlipForConditionalGeneration
 
-from models.generation import GenerationSettings, generate_ids
+from models.generation import generate_ids
+from models.presets import GenerationSettings
 from tests.tiny_models import IMAGE_SIZE
 
 PROMPT = "what does the video describe ?"

@@ -1,14 +1,31 @@
-"""MA-LMM's per-task settings: instruction, frames, memory bank length and generation limits.
+"""MA-LMM's settings as plain data: the default model, per-task instructions, frames, memory bank
+lengths and generation limits.
 
-Values are those of the MA-LMM evaluation scripts (captioning on MSR-VTT, question answering on
-MSR-VTT/MSVD/ActivityNet, classification on LVU/Breakfast/COIN).
+Task values are those of the MA-LMM evaluation scripts (captioning on MSR-VTT, question answering
+on MSR-VTT/MSVD/ActivityNet, classification on LVU/Breakfast/COIN). This module imports nothing
+heavy, so the command line can show its defaults without loading torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from models.generation import GenerationSettings
+DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Beam search settings; the defaults are MA-LMM's evaluation settings for captions."""
+
+    max_new_tokens: int = 50
+    num_beams: int = 5
+    repetition_penalty: float = 1.5
+    length_penalty: float = 1.0
+    min_new_tokens: int = 1
+
+    def with_overrides(self, **changes: object) -> GenerationSettings:
+        """A copy with the given fields changed; None values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass(frozen=True)
