@@ -1,0 +1,80 @@
+"""What malmm found in one video, as plain data the writers turn into txt, json, srt, vtt or csv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TimedText:
+    """Text about a span of the video; times in seconds on the video's own clock."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class RankedLabel:
+    label: str
+    log_likelihood: float  # of the label as the whole answer, under the LLM
+    probability: float  # softmax of log-likelihoods over the given labels
+
+
+@dataclass
+class VideoResult:
+    """One video's result. Which fields are filled depends on `task` (caption, ask or predict)."""
+
+    path: str
+    task: str
+    duration: float
+    frames: int  # frames actually read
+    first_frame: float  # timestamps of the first and last frame read
+    last_frame: float
+    caption: str | None = None
+    segments: list[TimedText] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    timeline: list[TimedText] = field(default_factory=list)
+    next_action: str | None = None
+    labels: list[RankedLabel] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times rounded to milliseconds, fields a task does not use left out."""
+        data: dict[str, Any] = {
+            "file": self.path,
+            "task": self.task,
+            "duration": round(self.duration, 3),
+            "frames": self.frames,
+            "first_frame": round(self.first_frame, 3),
+            "last_frame": round(self.last_frame, 3),
+        }
+        if self.caption is not None:
+            data["caption"] = self.caption
+        if self.segments:
+            data["segments"] = [_timed(s) for s in self.segments]
+        if self.answers:
+            data["answers"] = [{"question": a.question, "answer": a.answer} for a in self.answers]
+        if self.timeline:
+            data["timeline"] = [_timed(s) for s in self.timeline]
+        if self.next_action is not None:
+            data["next_action"] = self.next_action
+        if self.labels:
+            data["labels"] = [
+                {"label": r.label, "log_likelihood": round(r.log_likelihood, 4), "probability": round(r.probability, 4)}
+                for r in self.labels
+            ]
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
+        return data
+
+
+def _timed(span: TimedText) -> dict[str, Any]:
+    return {"start": round(span.start, 3), "end": round(span.end, 3), "text": span.text}

@@ -1,0 +1,146 @@
+"""Output formats: txt, json, jsonl, srt, vtt and csv, and atomic files named after each input.
+
+Each format is a function from a VideoResult to text, so a format can be printed to stdout or
+written to a file the same way. Files are written to a temporary name and renamed, so a killed
+run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from malmm_cli.results import TimedText, VideoResult
+from malmm_cli.timefmt import format_timestamp
+
+FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
+CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score")
+
+
+def _span(span: TimedText) -> str:
+    return f"[{format_timestamp(span.start)} --> {format_timestamp(span.end)}]"
+
+
+def to_txt(result: VideoResult) -> str:
+    """Plain lines for a person: the answer first, then anything timed."""
+    lines: list[str] = []
+    if result.task == "caption":
+        lines.append(result.caption or "")
+        lines += [f"{_span(s)} {s.text}" for s in result.segments]
+    elif result.task == "ask":
+        if len(result.answers) == 1:
+            lines.append(result.answers[0].answer)
+        else:
+            for answer in result.answers:
+                lines += [f"Q: {answer.question}", f"A: {answer.answer}"]
+    else:
+        lines += [f"{label.probability:.4f}\t{label.label}" for label in result.labels]
+        lines += [f"{_span(s)} {s.text}" for s in result.timeline]
+        if result.next_action is not None:
+            lines.append(f"Next: {result.next_action}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(result: VideoResult) -> str:
+    return json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+
+def to_jsonl(result: VideoResult) -> str:
+    return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+
+
+def cues(result: VideoResult) -> list[TimedText]:
+    """Subtitle cues: timed spans where there are some, else the answer over the whole video."""
+    whole = (result.first_frame, max(result.duration, result.last_frame))
+    if result.task == "caption":
+        return result.segments or [TimedText(*whole, result.caption or "")]
+    if result.task == "ask":
+        return [TimedText(*whole, f"Q: {a.question}\nA: {a.answer}") for a in result.answers]
+    spans = list(result.timeline)
+    if result.labels:
+        spans.append(TimedText(*whole, f"{result.labels[0].label} ({result.labels[0].probability:.2f})"))
+    if result.next_action is not None:
+        spans.append(TimedText(result.last_frame, whole[1], f"Next: {result.next_action}"))
+    return spans
+
+
+def to_srt(result: VideoResult) -> str:
+    blocks = []
+    for number, cue in enumerate(cues(result), start=1):
+        start, end = format_timestamp(cue.start, ","), format_timestamp(cue.end, ",")
+        blocks.append(f"{number}\n{start} --> {end}\n{cue.text}\n")
+    return "\n".join(blocks)
+
+
+def to_vtt(result: VideoResult) -> str:
+    blocks = ["WEBVTT\n"]
+    for cue in cues(result):
+        blocks.append(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{cue.text}\n")
+    return "\n".join(blocks)
+
+
+def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
+    """One row per piece of the result, with CSV_HEADER's columns."""
+    whole = (f"{result.first_frame:.3f}", f"{max(result.duration, result.last_frame):.3f}")
+    base = (result.path, result.task)
+    rows: list[tuple[str, ...]] = []
+    if result.caption is not None:
+        rows.append((*base, *whole, "caption", result.caption, ""))
+    rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "segment", s.text, "") for s in result.segments]
+    rows += [(*base, *whole, "answer", f"{a.question} -> {a.answer}", "") for a in result.answers]
+    rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "timeline", s.text, "") for s in result.timeline]
+    if result.next_action is not None:
+        rows.append((*base, f"{result.last_frame:.3f}", whole[1], "next_action", result.next_action, ""))
+    rows += [(*base, *whole, "label", r.label, f"{r.probability:.4f}") for r in result.labels]
+    return rows
+
+
+def to_csv(result: VideoResult, header: bool = True) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(CSV_HEADER)
+    writer.writerows(csv_rows(result))
+    return buffer.getvalue()
+
+
+FORMATTERS: dict[str, Callable[[VideoResult], str]] = {
+    "txt": to_txt,
+    "json": to_json,
+    "jsonl": to_jsonl,
+    "srt": to_srt,
+    "vtt": to_vtt,
+    "csv": to_csv,
+}
+
+
+def output_paths(output_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
+    """Where one input's results go: output_dir/stem.<format> for each format."""
+    return [output_dir / stem.parent / f"{stem.name}.{fmt}" for fmt in formats]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_result(result: VideoResult, output_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
+    paths = output_paths(output_dir, stem, formats)
+    for fmt, path in zip(formats, paths, strict=True):
+        write_atomic(path, FORMATTERS[fmt](result))
+    return paths
