@@ -123,3 +123,9 @@ def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm) -> None:
     finally:
         with torch.no_grad():
             tiny_malmm.model.frame_position_embedding.weight.zero_()
+
+
+def test_tiny_model_sees_different_frames_differently(tiny_malmm: Malmm) -> None:
+    """Guards the tests above: with near-zero vision weights every frame would encode the same."""
+    features = tiny_malmm.encode_frames(video(2, seed=10))
+    assert (features[0] - features[1]).abs().mean() > 0.1 * features.abs().mean()

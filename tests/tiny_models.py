@@ -161,6 +161,7 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
         image_size=IMAGE_SIZE,
         patch_size=8,
         layer_norm_eps=1e-5,
+        initializer_range=0.02,  # transformers' default (1e-10) makes every frame look the same
     )
     qformer = InstructBlipQFormerConfig(
         vocab_size=len(WORDS) + 5,
