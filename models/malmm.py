@@ -25,6 +25,7 @@ from models.generation import generate, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import DEFAULT_MODEL, GenerationSettings
+from models.quantization import quantization_config, quantize_vision_8bit
 
 INSTRUCTION_MAX_TOKENS = 128  # MA-LMM's max_txt_len for the Q-Former instruction
 
@@ -47,23 +48,33 @@ class Malmm:
         checkpoint: str | Path | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        quantize: str = "none",
+        quantize_vision: bool = False,
         local_files_only: bool = False,
         **model_kwargs: Any,
     ) -> Malmm:
         """Load an InstructBLIP checkpoint in Hugging Face format (hub id or local folder).
 
         checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`) loaded on top.
-        model_kwargs go to `from_pretrained` (quantization_config, device_map, ...); without a
-        device_map the model is moved to `device` (default: CPU).
+        quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
+        dtype defaults to float32; the weights load onto `device` (default CPU) unless a device_map
+        is given. Other keyword arguments go to transformers' `from_pretrained`.
         """
         source = str(name_or_path)
+        dtype = dtype or torch.float32
+        device = torch.device(device or "cpu")
+        model_kwargs.setdefault("device_map", {"": str(device)})  # weights load straight onto the device
         model = MalmmForConditionalGeneration.from_pretrained(
-            source, dtype=dtype or torch.float32, local_files_only=local_files_only, **model_kwargs
+            source,
+            dtype=dtype,
+            quantization_config=quantization_config(quantize, compute_dtype=dtype),
+            local_files_only=local_files_only,
+            **model_kwargs,
         )
-        if "device_map" not in model_kwargs and device is not None:
-            model.to(device)
-        model.eval()
+        model.eval().requires_grad_(False)  # frozen: outputs of inference_mode calls stay usable anywhere
         report = load_lavis_checkpoint(model, checkpoint) if checkpoint is not None else None
+        if quantize_vision:
+            quantize_vision_8bit(model)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
         qformer_tokenizer = AutoTokenizer.from_pretrained(
             source, subfolder="qformer_tokenizer", local_files_only=local_files_only, truncation_side="left"
