@@ -71,42 +71,74 @@ def merge_sizes(sizes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MemoryBank:
-    """Past steps of one stream: `slots` [B, S, N, C] and `sizes` [B, S, N] (frames per slot)."""
+    """Past steps of one stream.
+
+    - `slots` [B, S, N, C]: the remembered entries; similarity for merging is measured on these.
+    - `sizes` [B, S, N]: how many original frames each slot stands for.
+    - `projections`: for each attention layer that reads this bank, the keys and values of the
+      slots [B, S, N, 2D], kept so they are computed once per frame, never again. They are merged
+      with the same weights as the slots, which equals projecting the merged slots (the
+      projections are affine and the weights sum to one).
+    """
 
     slots: torch.Tensor
     sizes: torch.Tensor
+    projections: tuple[torch.Tensor, ...] = ()
 
     @classmethod
-    def start(cls, entry: torch.Tensor) -> MemoryBank:
-        """A bank holding one step. entry: [B, N, C]."""
+    def start(cls, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> MemoryBank:
+        """A bank holding one step. entry: [B, N, C]; projections: [B, N, 2D] each."""
         sizes = torch.ones(entry.shape[:2], dtype=torch.float32, device=entry.device)
-        return cls(entry.unsqueeze(1), sizes.unsqueeze(1))
+        return cls(entry.unsqueeze(1), sizes.unsqueeze(1), tuple(p.unsqueeze(1) for p in projections))
 
     def __len__(self) -> int:
         return self.slots.shape[1]
 
-    def append(self, entry: torch.Tensor) -> MemoryBank:
-        """The bank with one more step at the end. entry: [B, N, C]."""
+    def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> MemoryBank:
+        """The bank with one more step at the end. entry: [B, N, C]; projections: [B, N, 2D] each."""
+        if len(projections) != len(self.projections):
+            raise ValueError(f"bank keeps {len(self.projections)} projections, got {len(projections)}")
         ones = torch.ones_like(self.sizes[:, :1])
-        return MemoryBank(torch.cat([self.slots, entry.unsqueeze(1)], dim=1), torch.cat([self.sizes, ones], dim=1))
+        return MemoryBank(
+            torch.cat([self.slots, entry.unsqueeze(1)], dim=1),
+            torch.cat([self.sizes, ones], dim=1),
+            tuple(
+                torch.cat([old, new.unsqueeze(1)], dim=1)
+                for old, new in zip(self.projections, projections, strict=True)
+            ),
+        )
 
     def compress(self, capacity: int) -> MemoryBank:
         """Merge most-similar adjacent slots until at most `capacity` slots remain."""
         bank = self
         while len(bank) > capacity:
             index = most_similar_adjacent(bank.slots)
-            bank = MemoryBank(merge_adjacent(bank.slots, bank.sizes, index), merge_sizes(bank.sizes, index))
+            bank = MemoryBank(
+                merge_adjacent(bank.slots, bank.sizes, index),
+                merge_sizes(bank.sizes, index),
+                tuple(merge_adjacent(p, bank.sizes, index) for p in bank.projections),
+            )
         return bank
 
     def flat(self) -> torch.Tensor:
         """All remembered tokens in time order: [B, S * N, C]."""
-        batch, slots, tokens, channels = self.slots.shape
-        return self.slots.reshape(batch, slots * tokens, channels)
+        return _flatten_slots(self.slots)
+
+    def flat_projection(self, layer: int) -> torch.Tensor:
+        """Keys and values of all remembered tokens for one reading layer: [B, S * N, 2D]."""
+        return _flatten_slots(self.projections[layer])
 
 
-def remember(bank: MemoryBank | None, entry: torch.Tensor, capacity: int) -> MemoryBank:
+def _flatten_slots(tensor: torch.Tensor) -> torch.Tensor:  # [B, S, N, F] -> [B, S * N, F]
+    batch, slots, tokens, features = tensor.shape
+    return tensor.reshape(batch, slots * tokens, features)
+
+
+def remember(
+    bank: MemoryBank | None, entry: torch.Tensor, capacity: int, projections: tuple[torch.Tensor, ...] = ()
+) -> MemoryBank:
     """Add one step to a bank (or start one) and compress it back to `capacity` slots."""
-    grown = MemoryBank.start(entry) if bank is None else bank.append(entry)
+    grown = MemoryBank.start(entry, projections) if bank is None else bank.append(entry, projections)
     return grown.compress(capacity)
 
 
@@ -154,7 +186,7 @@ class MemoryState:
         held = [self.instruction_ids, self.instruction_mask]
         for bank in banks:
             if bank is not None:
-                held += [bank.slots, bank.sizes]
+                held += [bank.slots, bank.sizes, *bank.projections]
         return held
 
     def nbytes(self) -> int:

@@ -8,7 +8,9 @@ the attention arithmetic, because MA-LMM changes what the keys and values are:
 - every self-attention layer takes keys and values from [its query bank ; current input], queries
   from the current input only, and repeats the instruction padding mask once per remembered step.
 
-After the step each bank gains the current entry and is compressed back to the bank length.
+After the step each bank gains the current entry and is compressed back to the bank length. The
+banks also keep every reading layer's keys and values of their entries, so a frame costs the
+projection of that frame only; the reference re-projects the whole bank in every layer, per frame.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from transformers.models.instructblip.modeling_instructblip import (
 from models.memory import MemoryState, remember
 
 
+def project(attention: InstructBlipQFormerAttention, states: torch.Tensor) -> torch.Tensor:
+    """Keys and values of `states` [B, T, C] for one attention layer: [B, T, 2D] (keys, then values)."""
+    heads = attention.attention
+    return torch.cat([heads.key(states), heads.value(states)], dim=-1)
+
+
 def attend(
     attention: InstructBlipQFormerAttention,
     hidden: torch.Tensor,
-    context: torch.Tensor,
+    keys_values: torch.Tensor,
     context_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention of `hidden` [B, L, D] over `context` [B, K, C], then the residual block.
+    """Multi-head attention of `hidden` [B, L, D] over projected `keys_values` [B, K, 2D], then the
+    residual block (dense + residual + LayerNorm).
 
     context_mask: [B, K] bool, True where a key may be attended to (None: all).
     """
@@ -39,11 +48,11 @@ def attend(
     def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, H*d] -> [B, H, L, d]
         return x.view(x.shape[0], x.shape[1], num_heads, head_size).transpose(1, 2)
 
-    query, key, value = split(heads.query(hidden)), split(heads.key(context)), split(heads.value(context))
+    key, value = keys_values.chunk(2, dim=-1)
     mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, K]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)  # [B, H, L, d]
-    out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)
-    return attention.output(out, hidden)  # dense + residual + LayerNorm
+    out = F.scaled_dot_product_attention(split(heads.query(hidden)), split(key), split(value), attn_mask=mask)
+    out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)  # [B, L, D]
+    return attention.output(out, hidden)
 
 
 def qformer_step(
@@ -54,7 +63,8 @@ def qformer_step(
 ) -> tuple[torch.Tensor, MemoryState]:
     """Read one frame. frame: [B, N, C] vision features with the frame position already added.
 
-    Returns the Q-Former output at the query positions [B, NQ, D] and the next state.
+    Returns the Q-Former output at the query positions [B, NQ, D] and the next state. Only the
+    current frame and the current input are projected to keys and values: the banks keep theirs.
     """
     batch = state.batch_size
     queries = query_tokens.expand(batch, -1, -1)  # [B, NQ, D]
@@ -64,27 +74,33 @@ def qformer_step(
     token_mask = torch.cat([query_mask, state.instruction_mask.to(hidden.device).bool()], dim=1)
 
     frame = frame.to(hidden.device)
+    cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
+    frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, N, 2D] each
     past_visual = state.visual
-    visual_context = frame if past_visual is None else torch.cat([past_visual.flat(), frame], dim=1)
+    visual_contexts = iter(  # [B, (S+1)N, 2D] per cross-attention layer, in order: [visual bank ; frame]
+        projected if past_visual is None else torch.cat([past_visual.flat_projection(i), projected], dim=1)
+        for i, projected in enumerate(frame_projections)
+    )
 
     past_queries = state.queries or (None,) * len(qformer.encoder.layer)
     query_banks = []
     for layer, past in zip(qformer.encoder.layer, past_queries, strict=True):
+        current = project(layer.attention, hidden)  # [B, NQ+Lt, 2D]
         if past is None:
-            context, context_mask = hidden, token_mask
+            context, context_mask = current, token_mask
         else:  # keys and values over [remembered inputs ; current input]
-            context = torch.cat([past.flat(), hidden], dim=1)  # [B, (S+1)(NQ+Lt), D]
+            context = torch.cat([past.flat_projection(0), current], dim=1)  # [B, (S+1)(NQ+Lt), 2D]
             context_mask = token_mask.repeat(1, len(past) + 1)
         attended = attend(layer.attention, hidden, context, context_mask)
-        query_banks.append(remember(past, hidden, state.memory_bank_length))
+        query_banks.append(remember(past, hidden, state.memory_bank_length, (current,)))
 
         query_part = attended[:, :num_queries]
         if layer.has_cross_attention:
-            query_part = attend(layer.crossattention, query_part, visual_context)
+            query_part = attend(layer.crossattention, query_part, next(visual_contexts))
         query_out = layer.output_query(layer.intermediate_query(query_part), query_part)
         text_part = attended[:, num_queries:]
         text_out = layer.output(layer.intermediate(text_part), text_part)
         hidden = torch.cat([query_out, text_out], dim=1)
 
-    visual_bank = remember(past_visual, frame, state.memory_bank_length)
+    visual_bank = remember(past_visual, frame, state.memory_bank_length, frame_projections)
     return hidden[:, :num_queries], state.advanced(visual_bank, tuple(query_banks))
