@@ -80,6 +80,14 @@ class MemoryPlan:
         )
 
 
+def vision_activation_per_frame(config: InstructBlipConfig, dtype: torch.dtype = torch.float16) -> int:
+    """Peak activation bytes of one frame in the ViT: one layer's input, qkv, attention scores, MLP."""
+    v = config.vision_config
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    width = torch.finfo(dtype).bits // 8
+    return tokens * (5 * v.hidden_size + v.intermediate_size) * width + v.num_attention_heads * tokens**2 * width
+
+
 def plan_memory(
     config: InstructBlipConfig,
     *,
@@ -101,9 +109,7 @@ def plan_memory(
 
     v, q, t = config.vision_config, config.qformer_config, config.text_config
     tokens = (v.image_size // v.patch_size) ** 2 + 1
-    # Vision: one layer's qkv, attention scores and MLP for the batch, plus its input and output.
-    vision_activation = vision_batch * tokens * (5 * v.hidden_size + v.intermediate_size) * width
-    vision_activation += vision_batch * v.num_attention_heads * tokens * tokens * width
+    vision_activation = vision_batch * vision_activation_per_frame(config, dtype)
     # Memory state: the visual bank (and one key/value copy per cross-attention layer) and query banks.
     slots = memory_bank_length + 1
     cross_layers = -(-q.num_hidden_layers // q.cross_attention_frequency)

@@ -1,0 +1,211 @@
+"""`malmm doctor`: what this machine can run, and what to fix before it can.
+
+Each check is a plain function returning Check rows, so it can be tested alone. A check marked
+"fail" is something malmm needs (the command then exits with status 1); "warn" limits what it
+can do (no 4-/8-bit quantization, a codec it cannot read); "info" is for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+GIB = 1024**3
+# (codec as FFmpeg names it, container, PyAV encoder, needed by malmm?)
+CODECS = [("H.264", "mp4", "libx264", True), ("HEVC", "mp4", "libx265", False),
+          ("VP9", "webm", "libvpx-vp9", False), ("AV1", "mp4", "libsvtav1", False)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok, warn, fail, info
+    detail: str
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def check_python() -> list[Check]:
+    ok = sys.version_info >= (3, 10)
+    return [Check("Python", "ok" if ok else "fail", f"{platform.python_version()} ({sys.executable})")]
+
+
+def check_packages() -> list[Check]:
+    rows = []
+    for package, minimum in (("torch", "2.4"), ("transformers", "5.0"), ("huggingface-hub", "1.0")):
+        found = _version(package)
+        if found is None:
+            rows.append(Check(package, "fail", "not installed"))
+            continue
+        old = tuple(int(p) for p in found.split("+")[0].split(".")[:2]) < tuple(int(p) for p in minimum.split("."))
+        rows.append(Check(package, "fail" if old else "ok", found + (f" (malmm needs >= {minimum})" if old else "")))
+    return rows
+
+
+def check_devices() -> list[Check]:
+    import torch
+
+    if not torch.cuda.is_available():
+        rows = [Check("CUDA", "info", "no CUDA GPU: malmm runs on the CPU (float32, much slower)")]
+        if torch.backends.mps.is_available():
+            rows.append(Check("MPS", "ok", "Apple GPU available (--device mps)"))
+        return rows
+    rows = [Check("CUDA", "ok", f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)")]
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        rows.append(Check(f"cuda:{index}", "ok", f"{name}: {free / GIB:.1f} GiB free of {total / GIB:.1f} GiB"))
+    return rows
+
+
+def check_bitsandbytes() -> list[Check]:
+    """Runs one 8-bit and one 4-bit layer on the best device: an installed package is not enough."""
+    import torch
+
+    found = _version("bitsandbytes")
+    if found is None:
+        return [Check("bitsandbytes", "warn", "not installed: --quantize 4bit/8bit unavailable")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        import bitsandbytes as bnb
+
+        layers = [
+            bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to(device),
+            bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to(device),
+        ]
+        sample = torch.randn(2, 64, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+        for layer in layers:
+            if not torch.isfinite(layer(sample).float()).all():
+                raise RuntimeError("non-finite output")
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return [Check("bitsandbytes", "warn", f"{found}, no working {device} backend ({reason}): no --quantize")]
+    note = ", but 3-16x slower per token than unquantized there" if device == "cpu" else ""
+    return [Check("bitsandbytes", "ok", f"{found}, 4-bit and 8-bit work on {device}{note}")]
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence C libraries (x265, SVT-AV1, FFmpeg) that print to file descriptor 2 directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _write_clip(path: Path, encoder: str, frames: int = 8, size: int = 64) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            image = np.full((size, size, 3), (40 * index) % 256, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def check_video() -> list[Check]:
+    """OpenCV's FFmpeg backend, and whether it decodes clips of each codec made on the spot."""
+    import cv2
+
+    ffmpeg = any("FFMPEG" in line and "YES" in line for line in cv2.getBuildInformation().splitlines())
+    rows = [
+        Check("OpenCV", "ok" if ffmpeg else "fail", f"{cv2.__version__}, FFmpeg backend {'yes' if ffmpeg else 'NO'}")
+    ]
+    with tempfile.TemporaryDirectory(prefix="malmm-doctor-") as folder:
+        for codec, container, encoder, needed in CODECS:
+            path = Path(folder) / f"{encoder}.{container}"
+            try:
+                with _quiet_stderr():
+                    _write_clip(path, encoder)
+            except Exception as error:
+                rows.append(Check(f"decode {codec}", "info", f"could not make a test clip ({type(error).__name__})"))
+                continue
+            decoded = 0
+            with _quiet_stderr():
+                capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+                while capture.isOpened() and capture.grab() and capture.retrieve()[0]:
+                    decoded += 1
+                capture.release()
+            status = "ok" if decoded else ("fail" if needed else "warn")
+            detail = f"{decoded} of 8 test frames decoded" if decoded else "OpenCV cannot decode it"
+            rows.append(Check(f"decode {codec}", status, detail))
+    return rows
+
+
+def check_cache() -> list[Check]:
+    from malmm_cli.hub import cache_dir, cached_models
+
+    models = cached_models()
+    listed = ", ".join(f"{m.repo} ({m.size_bytes / GIB:.1f} GiB{'' if m.complete else ', incomplete'})" for m in models)
+    return [
+        Check("Hugging Face cache", "info", str(cache_dir())),
+        Check("cached models", "info", listed or "none (malmm models download NAME)"),
+    ]
+
+
+def recommend_quantization() -> list[Check]:
+    """The --quantize that `auto` picks here for the default model (from its shapes, no download)."""
+    import torch
+
+    from models.architectures import architecture
+    from models.memory_plan import choose_quantization, count_parameters, plan_memory
+
+    if not torch.cuda.is_available():
+        return [Check("recommended --quantize", "info", "none (CPU: full float32 precision)")]
+    config = architecture("vicuna-7b")
+    counts = count_parameters(config)
+    plans = {mode: plan_memory(config, quantize=mode, counts=counts) for mode in ("none", "8bit", "4bit")}
+    free = max(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    choice = choose_quantization(plans, free)
+    if choice is None:
+        vision = plan_memory(config, quantize="4bit", quantize_vision=True, counts=counts)
+        if vision.total <= free:
+            return [Check("recommended --quantize", "ok", f"4bit --quantize-vision 8bit ({vision.describe()})")]
+        return [Check("recommended --quantize", "warn", f"the default model needs {vision.describe()}: too big here")]
+    return [Check("recommended --quantize", "ok", f"{choice} for vicuna-7b ({plans[choice].describe()})")]
+
+
+CHECKS: list[Callable[[], list[Check]]] = [
+    check_python,
+    check_packages,
+    check_devices,
+    check_bitsandbytes,
+    check_video,
+    check_cache,
+    recommend_quantization,
+]
+
+
+def run_checks(checks: list[Callable[[], list[Check]]] | None = None) -> list[Check]:
+    """Every check; a check that crashes is reported as a failure of its own, never a traceback."""
+    rows: list[Check] = []
+    for check in checks or CHECKS:
+        try:
+            rows += check()
+        except Exception as error:
+            rows.append(Check(check.__name__.removeprefix("check_"), "fail", f"{type(error).__name__}: {error}"))
+    return rows

@@ -1,0 +1,167 @@
+"""Getting the model onto a device that can hold it, or saying in one line why not.
+
+Order: find the model (local folder, cache, or download), read its config, pick dtype and
+quantization, compare the memory plan with what the device has free, then load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from malmm_cli.hub import DownloadProgress, ModelUnavailable, resolve
+from models.memory_plan import (
+    GIB,
+    MemoryPlan,
+    choose_quantization,
+    count_parameters,
+    plan_memory,
+    vision_activation_per_frame,
+)
+
+MAX_VISION_BATCH = 64
+CPU_VISION_BATCH = 8  # larger batches buy nothing on a CPU
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class SetupError(Exception):
+    """The model cannot be run as asked; the message says why and what would work."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    model: str
+    checkpoint: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "auto"
+    quantize_vision: bool = False
+    memory_bank_length: int = 40
+    num_beams: int = 5
+    max_new_tokens: int = 50
+    vision_batch: int = 8
+
+
+def resolve_device(name: str) -> str:
+    """auto: the first CUDA GPU, else Apple's MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SetupError("CUDA is not available on this machine: use --device cpu (or auto)")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise SetupError(f"no GPU {name}: this machine has {torch.cuda.device_count()} (cuda:0...)")
+        return name
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SetupError("MPS is not available on this machine: use --device cpu (or auto)")
+    if name not in ("cpu", "mps"):
+        raise SetupError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def choose_dtype(device: str, llm_type: str, requested: str = "auto") -> torch.dtype:
+    """float32 on CPU (half-precision matmuls are 7-90x slower there); on GPUs float16, except
+    bfloat16 for T5 LLMs, which overflow in float16."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise SetupError(f"unknown dtype {requested!r}: use auto, float16, bfloat16 or float32")
+        return DTYPES[requested]
+    if device == "cpu":
+        return torch.float32
+    if llm_type == "t5":
+        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return torch.float16
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free where the weights will go: GPU memory, or available RAM for the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    if device == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().available
+    return None  # MPS shares memory with the system and reports no reliable free figure
+
+
+def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> tuple[str, MemoryPlan]:
+    """The quantization to use and its memory plan; SetupError (with what would fit) if none fits."""
+    counts = count_parameters(config)
+
+    def estimate(mode: str, vision: bool = options.quantize_vision) -> MemoryPlan:
+        return plan_memory(
+            config, quantize=mode, quantize_vision=vision, dtype=dtype, vision_batch=options.vision_batch,
+            memory_bank_length=options.memory_bank_length, num_beams=options.num_beams,
+            max_new_tokens=options.max_new_tokens, counts=counts,
+        )  # fmt: skip
+
+    free = free_memory(device)
+    if options.quantize == "auto":
+        if device == "cpu" or free is None:  # bitsandbytes on CPU saves memory but is much slower
+            mode = "none"
+        else:
+            mode = choose_quantization({m: estimate(m) for m in ("none", "8bit", "4bit")}, free) or "4bit"
+    else:
+        mode = options.quantize
+    chosen = estimate(mode)
+    if free is not None and chosen.total > free:
+        candidates = [(m, v) for m in ("none", "8bit", "4bit") for v in (False, True)]
+        fits = [(m, v, estimate(m, v)) for m, v in candidates if estimate(m, v).total <= free]
+        hint = ", ".join(
+            f"--quantize {m}{' --quantize-vision 8bit' if v else ''} (~{p.total / GIB:.1f} GiB)" for m, v, p in fits[:2]
+        )
+        where = "RAM" if device == "cpu" else device
+        raise SetupError(
+            f"{options.model} needs {chosen.describe()} but only {free / GIB:.1f} GiB of {where} is free; "
+            + (f"settings that fit: {hint}" if fits else "no setting fits here: try a smaller model or another device")
+        )
+    return mode, chosen
+
+
+def locate(model: str, progress: DownloadProgress | None = None) -> Path:
+    """The model's local folder (downloading it if needed and possible), or SetupError."""
+    try:
+        return resolve(model, progress)
+    except ModelUnavailable as error:
+        raise SetupError(str(error)) from error
+
+
+def load(options: LoadOptions, folder: Path) -> tuple[Any, str, MemoryPlan]:
+    """Load the model in `folder` as planned. Returns (Malmm, quantization used, plan)."""
+    from transformers import InstructBlipConfig
+
+    from models.malmm import Malmm
+
+    device = resolve_device(options.device)
+    try:
+        config = InstructBlipConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise SetupError(f"{options.model}: not an InstructBLIP model ({str(error).splitlines()[0]})") from error
+    llm_type = config.text_config.model_type
+    dtype = choose_dtype(device, llm_type, options.dtype)
+    mode, memory = plan(config, options, device, dtype)
+    malmm = Malmm.from_pretrained(
+        folder, checkpoint=options.checkpoint, dtype=dtype, device=device, quantize=mode,
+        quantize_vision=options.quantize_vision, local_files_only=True,
+    )  # fmt: skip
+    return malmm, mode, memory
+
+
+def vision_batch_size(malmm: Any, requested: int | None = None) -> int:
+    """Frames the ViT encodes at once: as asked, else 8 on CPU, else what half the free GPU memory holds."""
+    if requested:
+        return requested
+    device = malmm.device
+    if device.type != "cuda":
+        return CPU_VISION_BATCH
+    free = torch.cuda.mem_get_info(device)[0]
+    per_frame = vision_activation_per_frame(malmm.model.config, malmm.model.frame_position_embedding.weight.dtype)
+    return max(1, min(MAX_VISION_BATCH, int(free * 0.5 // per_frame)))

@@ -1,0 +1,70 @@
+"""Device, dtype and quantization choices, and the one-line error when a model will not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from malmm_cli import loading
+from malmm_cli.loading import LoadOptions, SetupError, choose_dtype, plan, resolve_device
+from models.architectures import architecture
+from models.memory_plan import GIB
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SetupError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+        assert resolve_device("auto") in ("cpu", "mps")
+    with pytest.raises(SetupError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_dtypes() -> None:
+    assert choose_dtype("cpu", "llama") is torch.float32
+    assert choose_dtype("cpu", "t5") is torch.float32
+    assert choose_dtype("cuda", "llama") is torch.float16
+    assert choose_dtype("cpu", "llama", "bfloat16") is torch.bfloat16
+    with pytest.raises(SetupError, match="unknown dtype"):
+        choose_dtype("cpu", "llama", "float8")
+
+
+def test_auto_quantization_follows_free_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = architecture("vicuna-7b")
+    options = LoadOptions(model="Salesforce/instructblip-vicuna-7b")
+    for free_gib, expected in ((40, "none"), (12, "8bit"), (8.5, "4bit")):
+        monkeypatch.setattr(loading, "free_memory", lambda device, free=free_gib: int(free * GIB))
+        mode, memory = plan(config, options, "cuda", torch.float16)
+        assert mode == expected and memory.total <= free_gib * GIB
+
+
+def test_auto_is_none_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "free_memory", lambda device: 64 * GIB)
+    mode, _ = plan(architecture("vicuna-7b"), LoadOptions(model="m"), "cpu", torch.float32)
+    assert mode == "none"
+
+
+def test_too_big_says_what_would_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "free_memory", lambda device: 7 * GIB)
+    options = LoadOptions(model="Salesforce/instructblip-vicuna-7b", quantize="8bit")
+    with pytest.raises(SetupError) as error:
+        plan(architecture("vicuna-7b"), options, "cuda:0", torch.float16)
+    message = str(error.value)
+    assert "\n" not in message and "7.0 GiB of cuda:0 is free" in message
+    assert "--quantize 4bit --quantize-vision 8bit" in message
+    monkeypatch.setattr(loading, "free_memory", lambda device: 1 * GIB)
+    with pytest.raises(SetupError, match="no setting fits here"):
+        plan(architecture("vicuna-7b"), options, "cuda:0", torch.float16)
+
+
+def test_cpu_ram_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "free_memory", lambda device: 16 * GIB)
+    with pytest.raises(SetupError, match=r"of RAM is free.*--quantize 8bit"):
+        plan(architecture("vicuna-7b"), LoadOptions(model="m"), "cpu", torch.float32)
+
+
+def test_load_tiny_model(tiny_llama_dir) -> None:
+    malmm, mode, memory = loading.load(LoadOptions(model=str(tiny_llama_dir), device="cpu"), tiny_llama_dir)
+    assert mode == "none" and malmm.device == torch.device("cpu")
+    assert memory.total < 1 * GIB
