@@ -1,19 +1,577 @@
-"""The `malmm` command: a thin Typer layer over the library functions of this package."""
+"""The `malmm` command: a thin Typer layer over pipeline.py.
+
+Exit status: 0 every input succeeded (or was already done), 1 some input failed or was only
+partly readable, 2 usage error (bad option, or a model/checkpoint that cannot be loaded),
+130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from malmm_cli import __version__
+from malmm_cli.timefmt import parse_duration
+from models.presets import CAPTION, CLASSIFICATION, DEFAULT_MODEL, QUESTION, GenerationSettings, Task
+
+if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
+    from rich.console import Console
+
+    from malmm_cli.batch import Input
+    from malmm_cli.feature_cache import FeatureCache
+    from malmm_cli.pipeline import Sampling
+    from malmm_cli.progress import Reporter, VideoProgress
+    from malmm_cli.results import VideoResult
+    from models.malmm import Malmm
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 app = typer.Typer(
     name="malmm",
-    help="Understand long videos on one GPU: captions, answers and action predictions with MA-LMM.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+class Format(str, Enum):
+    txt = "txt"
+    json = "json"
+    jsonl = "jsonl"
+    srt = "srt"
+    vtt = "vtt"
+    csv = "csv"
+
+
+# Options every task command shares. Frames and bank length default to the task's MA-LMM setting.
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Hugging Face hub id or local folder of an InstructBLIP model.")
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", "-c", help="MA-LMM fine-tuned checkpoint (LAVIS .pth) loaded on top of --model."),
+]
+FramesOption = Annotated[
+    int | None, typer.Option("--frames", "-n", min=1, help="Frames sampled uniformly over each video.")
+]
+FpsOption = Annotated[
+    float | None, typer.Option("--fps", min=0.0001, help="Sample this many frames per second instead of --frames.")
+]
+BankOption = Annotated[
+    int | None, typer.Option("--memory-bank-length", "-b", min=1, help="Memory bank length (frames remembered).")
+]
+FormatOption = Annotated[
+    list[Format] | None,
+    typer.Option("--format", "-f", help="Output format; repeat for several. stdout gets the first, --output-dir all."),
+]
+OutputDirOption = Annotated[
+    Path | None,
+    typer.Option("--output-dir", "-o", help="Write results here, named after each input (clip.mp4 -> clip.srt)."),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Redo inputs whose results already exist in --output-dir.")
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[
+    str,
+    typer.Option("--dtype", help="auto (float16 on GPU, bfloat16 for T5, float32 on CPU), float16, bfloat16, float32."),
+]
+
+
+class Quantize(str, Enum):
+    auto = "auto"
+    none = "none"
+    bits8 = "8bit"
+    bits4 = "4bit"
+
+
+class QuantizeVision(str, Enum):
+    none = "none"
+    bits8 = "8bit"
+
+
+QuantizeOption = Annotated[
+    Quantize,
+    typer.Option(
+        "--quantize", help="LLM weights: auto picks none, 8bit or 4bit to fit the GPU's free memory (none on CPU)."
+    ),
+]
+QuantizeVisionOption = Annotated[
+    QuantizeVision, typer.Option("--quantize-vision", help="Also shrink the 1B-parameter vision encoder to 8-bit.")
+]
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens (task default).")
+]
+BeamsOption = Annotated[int | None, typer.Option("--num-beams", min=1, help="Beam search width (default 5).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info lines on stderr.")]
+BatchOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Frames the vision encoder reads at once (default: fit free memory)."),
+]
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
+]
+PathsArgument = Annotated[list[Path], typer.Argument(help="Video files or folders (searched recursively).")]
+
+
+@dataclass
+class RunOptions:
+    """The shared options, checked, for one command run."""
+
+    model: str
+    checkpoint: Path | None
+    frames: int | None
+    fps: float | None
+    memory_bank_length: int | None
+    formats: list[str]
+    output_dir: Path | None
+    overwrite: bool
+    device: str
+    dtype: str
+    quantize: Quantize
+    quantize_vision: QuantizeVision
+    max_new_tokens: int | None
+    num_beams: int | None
+    quiet: bool
+    batch_size: int | None
+    no_cache: bool
+
+    def cache(self) -> FeatureCache | None:
+        from malmm_cli.feature_cache import FeatureCache
+
+        return None if self.no_cache else FeatureCache()
+
+    def sampling(self, task: Task) -> Sampling:
+        from malmm_cli.pipeline import Sampling
+
+        if self.frames is not None and self.fps is not None:
+            raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
+        if self.fps is not None:
+            return Sampling(fps=self.fps)
+        return Sampling(frames=self.frames or task.frames)
+
+    def bank(self, task: Task) -> int:
+        return self.memory_bank_length or task.memory_bank_length
+
+    def generation(self, task: Task) -> GenerationSettings:
+        return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+
+
+def _options(**values: object) -> RunOptions:
+    formats = [f.value for f in values.pop("formats") or [Format.txt]]  # type: ignore[union-attr]
+    if len(set(formats)) != len(formats):
+        raise typer.BadParameter("a format is given twice", param_hint="--format")
+    return RunOptions(formats=formats, **values)  # type: ignore[arg-type]
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from error
+
+
+def _read_lines(path: Path, what: str, option: str) -> list[str]:
+    """Non-empty stripped lines of a text file (questions, labels)."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise typer.BadParameter(f"cannot read {path}: {error}", param_hint=option) from error
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)
+    return lines
+
+
+def malmm_batch(malmm: Malmm, options: RunOptions) -> int:
+    from malmm_cli.loading import vision_batch_size
+
+    return vision_batch_size(malmm, options.batch_size)
+
+
+def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
+    """Load the model once for all inputs; a model that cannot be run as asked is a usage error."""
+    from transformers.utils import logging as transformers_logging
+
+    from malmm_cli.loading import LoadOptions, SetupError, load, locate
+    from models.checkpoint import CheckpointError
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    generation = options.generation(task)
+    load_options = LoadOptions(
+        model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
+        quantize=options.quantize.value, quantize_vision=options.quantize_vision is QuantizeVision.bits8,
+        memory_bank_length=options.bank(task), num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8,
+    )  # fmt: skip
+    try:
+        folder = locate(options.model, reporter.downloading)
+        with reporter.status(f"Loading {options.model}"):
+            malmm, mode, plan = load(load_options, folder)
+    except (SetupError, CheckpointError) as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    except (OSError, ValueError) as error:
+        reporter.error(f"cannot load model {options.model}: {str(error).strip().splitlines()[0]}")
+        raise typer.Exit(EXIT_USAGE) from error
+    reporter.info(f"Loaded {options.model} on {malmm.device} (quantize {mode}; {plan.describe()})")
+    if malmm.checkpoint_report is not None:
+        report = malmm.checkpoint_report
+        (reporter.info if report.clean else reporter.warn)(report.message())
+    return malmm
+
+
+def _run(
+    paths: list[Path],
+    options: RunOptions,
+    task: Task,
+    process: Callable[[Malmm, Input, VideoProgress], VideoResult],
+) -> None:
+    """Expand inputs, skip finished ones, load the model if anything is left, run, summarise, exit."""
+    from malmm_cli.batch import StdoutWriter, already_done, expand_inputs, output_collisions, run_batch
+    from malmm_cli.progress import Outcome, Reporter, summary_table
+
+    reporter = Reporter(quiet=options.quiet)
+    try:
+        inputs, outcomes = expand_inputs(paths)
+        if options.output_dir is not None:
+            collisions = output_collisions(inputs)
+            if collisions:
+                raise typer.BadParameter(
+                    f"these inputs would write the same results: {'; '.join(collisions)}", param_hint="PATHS"
+                )
+        pending = []
+        for item in inputs:
+            if not options.overwrite and already_done(item, options.output_dir, options.formats):
+                outcomes.append(Outcome(str(item.path), "skipped", "results exist (--overwrite to redo)"))
+            else:
+                pending.append(item)
+        for failure in outcomes:
+            if failure.status == "failed":
+                reporter.error(f"{failure.path}: {failure.detail}")
+        single = len(paths) == 1 and not paths[0].is_dir()
+        stdout = StdoutWriter(options.formats[0], single=single)
+        if pending:
+            malmm = load_model(options, task, reporter)
+            outcomes += run_batch(
+                pending,
+                lambda item, progress: process(malmm, item, progress),
+                reporter=reporter,
+                formats=options.formats,
+                output_dir=options.output_dir,
+                stdout=stdout,
+            )
+        else:
+            stdout.close()
+    except KeyboardInterrupt:
+        reporter.console.print("Interrupted: results of finished videos are kept.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    bad = [o for o in outcomes if o.status in ("failed", "partial")]
+    if bad or (len(outcomes) > 1 and not options.quiet):
+        reporter.console.print(summary_table(outcomes))
+    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+@app.command()
+def caption(
+    paths: PathsArgument,
+    segment: Annotated[
+        str | None,
+        typer.Option("--segment", "-s", help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30)."),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.auto,
+    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too."""
+    options = _options(
+        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
+        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
+        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
+        batch_size=batch_size, no_cache=no_cache,
+    )  # fmt: skip
+    segment_seconds = _duration(segment, "--segment")
+    sampling = options.sampling(CAPTION)
+    cache = options.cache()
+
+    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+        from malmm_cli.pipeline import caption_video
+
+        return caption_video(
+            malmm, item.path, sampling=sampling, memory_bank_length=options.bank(CAPTION),
+            segment=segment_seconds, settings=options.generation(CAPTION), progress=progress,
+            batch_size=malmm_batch(malmm, options), cache=cache,
+        )  # fmt: skip
+
+    _run(paths, options, CAPTION, process)
+
+
+@app.command()
+def ask(
+    path: Annotated[Path, typer.Argument(help="A video file, or a folder of videos.")],
+    question: Annotated[str | None, typer.Argument(help="The question (or use --question-file).")] = None,
+    question_file: Annotated[
+        Path | None, typer.Option("--question-file", help="Questions, one per line (blank and # lines skipped).")
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.auto,
+    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Answer questions about a video (defaults: 20 frames, memory bank 10)."""
+    options = _options(
+        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
+        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
+        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
+        batch_size=batch_size, no_cache=no_cache,
+    )  # fmt: skip
+    questions = [question.strip()] if question and question.strip() else []
+    if question_file is not None:
+        questions += _read_lines(question_file, "questions", "--question-file")
+    if not questions:
+        raise typer.BadParameter("give a QUESTION or --question-file", param_hint="QUESTION")
+    sampling = options.sampling(QUESTION)
+    cache = options.cache()
+
+    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+        from malmm_cli.pipeline import answer_questions
+
+        return answer_questions(
+            malmm, item.path, questions, sampling=sampling, memory_bank_length=options.bank(QUESTION),
+            settings=options.generation(QUESTION), progress=progress,
+            batch_size=malmm_batch(malmm, options), cache=cache,
+        )  # fmt: skip
+
+    _run([path], options, QUESTION, process)
+
+
+@app.command()
+def predict(
+    paths: PathsArgument,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", "-l", help="Closed-set labels, one per line: rank them.")
+    ] = None,
+    every: Annotated[
+        str | None,
+        typer.Option("--every", "-e", help="Timeline interval (default 60s without --labels, none with them)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = 5,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.auto,
+    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Action predictions (defaults: 100 frames, memory bank 20): a timeline and the next action, or
+    ranked --labels."""
+    options = _options(
+        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
+        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
+        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
+        batch_size=batch_size, no_cache=no_cache,
+    )  # fmt: skip
+    label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
+    every_seconds = _duration(every, "--every") if every is not None else (None if label_list else 60.0)
+    sampling = options.sampling(CLASSIFICATION)
+    cache = options.cache()
+
+    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+        from malmm_cli.pipeline import predict_actions
+
+        return predict_actions(
+            malmm, item.path, labels=label_list, every=every_seconds, top_k=top_k, sampling=sampling,
+            memory_bank_length=options.bank(CLASSIFICATION), settings=options.generation(CLASSIFICATION),
+            progress=progress, batch_size=malmm_batch(malmm, options), cache=cache,
+        )  # fmt: skip
+
+    _run(paths, options, CLASSIFICATION, process)
+
+
+models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The InstructBLIP models malmm knows, their sizes, and which are in the local cache."""
+    from rich.table import Table
+
+    from malmm_cli.hub import FINE_TUNED, PRESETS, cache_dir, cached_models
+    from models.architectures import architecture
+    from models.memory_plan import count_parameters
+
+    cached = {m.repo: m for m in cached_models()}
+    table = Table(title="Models (Hugging Face hub)", title_justify="left")
+    for column in ("name", "hub id", "parameters", "download", "cached", "note"):
+        table.add_column(column)
+    for preset in PRESETS:
+        counts = count_parameters(architecture(preset.architecture))
+        params = counts.vision_linear + counts.vision_other + counts.qformer + counts.llm_linear + counts.llm_other
+        found = cached.get(preset.repo)
+        state = "no" if found is None else ("yes" if found.complete else "incomplete")
+        table.add_row(
+            preset.name, preset.repo, f"{params / 1e9:.1f} B", f"~{params * 4 / 1e9:.0f} GB", state, preset.note
+        )
+    others = [m for repo, m in cached.items() if all(p.repo != repo for p in PRESETS)]
+    for model in others:
+        table.add_row("", model.repo, "", f"{model.size_bytes / 1e9:.1f} GB", "yes", "in cache")
+    console = _stdout_console()
+    console.print(table)
+    console.print(f"cache: {cache_dir()}  (download: malmm models download NAME)")
+    tuned = Table(title="MA-LMM fine-tuned checkpoints (not on the hub: pass the file with --checkpoint)",
+                  title_justify="left")  # fmt: skip
+    for column in ("dataset", "use with", "frames", "memory bank"):
+        tuned.add_column(column)
+    for checkpoint in FINE_TUNED:
+        tuned.add_row(checkpoint.dataset, f"malmm {checkpoint.command}", str(checkpoint.frames),
+                      str(checkpoint.memory_bank_length))  # fmt: skip
+    console.print(tuned)
+    console.print("base model: instructblip-vicuna-7b; files: saved_model.tar from github.com/boheumd/MA-LMM")
+
+
+@models_app.command("download")
+def models_download(
+    name: Annotated[str, typer.Argument(help="A name from `malmm models list`, or any hub id.")],
+    quiet: QuietOption = False,
+) -> None:
+    """Download a model's config, tokenizers and safetensors weights into the Hugging Face cache."""
+    from malmm_cli.hub import ModelUnavailable, cached_snapshot, check_reachable, download, find_preset
+    from malmm_cli.progress import Reporter
+
+    reporter = Reporter(quiet=quiet)
+    preset = find_preset(name)
+    repo = preset.repo if preset else name
+    if preset is None and name.count("/") != 1:
+        reporter.error(f"unknown model {name!r}: use a name from `malmm models list` or a hub id (owner/name)")
+        raise typer.Exit(EXIT_USAGE)
+    cached = cached_snapshot(repo)
+    if cached is not None:
+        reporter.info(f"{repo} is already in the cache: {cached}")
+        raise typer.Exit(EXIT_OK)
+    try:
+        check_reachable(repo)
+        with reporter.downloading(repo) as progress_class:
+            folder = download(repo, progress_class)
+    except ModelUnavailable as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_FAILED) from error
+    except KeyboardInterrupt:
+        reporter.console.print("Interrupted: run the same command again to resume the download.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    reporter.info(f"{repo} is ready: {folder}")
+
+
+cache_app = typer.Typer(help="The vision feature cache that makes a second question about a video fast.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is, what it holds, and its size limit."""
+    from malmm_cli.feature_cache import FeatureCache
+
+    cache = FeatureCache()
+    entries = cache.entries()
+    total = sum(size for _, size, _ in entries)
+    typer.echo(f"location: {cache.folder}")
+    typer.echo(f"entries: {len(entries)} videos, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB")
+    typer.echo("settings: MALMM_CACHE_DIR (location), MALMM_CACHE_SIZE (limit in GB); --no-cache to bypass")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every cached video."""
+    from malmm_cli.feature_cache import FeatureCache
+
+    cache = FeatureCache()
+    freed = cache.clear()
+    typer.echo(f"removed {freed / 1024**3:.2f} GiB from {cache.folder}")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: versions, GPUs, quantization, video codecs, cached models."""
+    from rich.table import Table
+
+    from malmm_cli.doctor import run_checks
+
+    console = _stdout_console()
+    with console.status("Checking", spinner="dots") if console.is_terminal else _nothing():
+        checks = run_checks()
+    table = Table(title="malmm doctor", title_justify="left")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    styles = {"ok": "green", "warn": "yellow", "fail": "red", "info": "dim"}
+    for check in checks:
+        table.add_row(check.name, f"[{styles[check.status]}]{check.status}[/]", check.detail)
+    console.print(table)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        console.print(f"[red]missing or broken:[/] {', '.join(failed)}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _stdout_console() -> Console:
+    """Tables on stdout: the terminal's width, or wide enough not to cut names in pipes and files."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=200)
 
 
 def _print_version(value: bool) -> None:
@@ -28,7 +586,11 @@ def _root(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Understand long videos on one GPU: captions, answers and action predictions with MA-LMM."""
+    """Understand long videos on one GPU: captions, answers and action predictions with MA-LMM.
+
+    Results go to stdout (or --output-dir), progress and messages to stderr. Exit status: 0 all
+    inputs succeeded, 1 some failed, 2 usage error, 130 interrupted.
+    """
 
 
 def main() -> None:

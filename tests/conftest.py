@@ -16,6 +16,12 @@ DEFAULT_GOLDEN = REPO.parent / "shared" / "fixtures" / "malmm_lavis_golden.pt"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or fill the user's feature cache."""
+    os.environ["MALMM_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _quiet_and_deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)

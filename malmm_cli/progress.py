@@ -1,0 +1,225 @@
+"""Progress and messages on stderr, with Rich: bars on a terminal, plain lines elsewhere.
+
+stdout carries results only, so `malmm caption clip.mp4 > caption.txt` and pipes stay clean.
+Nothing is animated when stderr is not a terminal or with --quiet; --quiet also drops the
+informational lines, leaving errors, warnings and the failure summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+from tqdm import tqdm
+
+
+class _RateColumn(ProgressColumn):
+    """Frames per second of the current video."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} frames/s", style="progress.data.speed")
+
+
+@dataclass
+class Outcome:
+    """How one input ended: done, partial (damaged file, result written), skipped or failed."""
+
+    path: str
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class Reporter:
+    """Everything malmm tells a person while it works."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self.animated = self.console.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._overall = None
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(escape(message))
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def error(self, message: str) -> None:
+        self.console.print(f"[red]error:[/] {escape(message)}")
+
+    @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner on a terminal (model download and load), one line elsewhere."""
+        if self.animated:
+            with self.console.status(escape(message)):
+                yield
+        else:
+            self.info(message)
+            yield
+
+    @contextmanager
+    def batch(self, videos: int) -> Iterator[None]:
+        """Progress bars for a run over `videos` inputs (an overall bar when there are several)."""
+        if not self.animated:
+            yield
+            return
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            self._progress = progress
+            if videos > 1:
+                self._overall = progress.add_task("[bold]all videos", total=videos)
+            try:
+                yield
+            finally:
+                self._progress, self._overall = None, None
+
+    @contextmanager
+    def downloading(self, repo: str) -> Iterator[type]:
+        """A tqdm-compatible class for huggingface_hub that draws bytes on a Rich bar."""
+        self.info(f"Downloading {repo} (safetensors weights only)")
+        if not self.animated:
+            yield _SilentTqdm
+            self.info(f"Downloaded {repo}")
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+        with Progress(*columns, TimeRemainingColumn(), console=self.console) as progress:
+            yield _rich_tqdm(progress, f"download {repo}")
+
+    def video_done(self) -> None:
+        if self._progress is not None and self._overall is not None:
+            self._progress.advance(self._overall)
+
+    def video(self, name: str) -> VideoProgress:
+        return VideoProgress(self, name)
+
+
+class VideoProgress:
+    """The bar of one video (frames read of frames planned); a summary line when not animated."""
+
+    def __init__(self, reporter: Reporter, name: str):
+        self.reporter = reporter
+        self.name = name
+        self.task = None
+        self.frames = 0
+        self.total = 0
+        self.from_cache = False
+        self.started = time.monotonic()
+
+    def start(self, total_frames: int, from_cache: bool = False) -> None:
+        self.total = total_frames
+        self.from_cache = from_cache
+        self.started = time.monotonic()
+        progress = self.reporter._progress
+        if progress is not None:
+            self.task = progress.add_task(escape(self.name), total=total_frames)
+
+    def advance(self, frames: int = 1) -> None:
+        self.frames += frames
+        progress = self.reporter._progress
+        if progress is not None and self.task is not None:
+            progress.advance(self.task, frames)
+
+    def finish(self) -> None:
+        progress = self.reporter._progress
+        if progress is not None and self.task is not None:
+            progress.update(self.task, total=self.frames, completed=self.frames)
+            progress.remove_task(self.task)
+        elapsed = time.monotonic() - self.started
+        source = " (vision features from the cache)" if self.from_cache else ""
+        self.reporter.info(f"{self.name}: {self.frames} frames in {elapsed:.1f} s{source}")
+
+
+class _Discard:
+    """A text stream that drops what it is given."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _SilentTqdm(tqdm):
+    """huggingface_hub's progress hooks with nothing drawn (stderr is not a terminal, or --quiet)."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        kwargs.pop("name", None)
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _rich_tqdm(progress: Progress, description: str) -> type[tqdm]:
+    """A tqdm subclass whose byte counts land on one Rich bar. huggingface_hub opens several bars
+    (files, network bytes, bytes written); only the bytes-written one is drawn."""
+
+    class RichTqdm(tqdm):
+        def __init__(self, *args: object, **kwargs: object):
+            kwargs.pop("name", None)
+            kwargs["file"] = _Discard()  # tqdm keeps its bookkeeping; Rich does the drawing
+            super().__init__(*args, **kwargs)
+            drawn = str(kwargs.get("desc", "")).startswith("Reconstructing")
+            self._task = progress.add_task(description, total=self.total or None) if drawn else None
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            self._sync()
+            return shown
+
+        def refresh(self, *args: object, **kwargs: object) -> None:
+            super().refresh(*args, **kwargs)
+            self._sync()
+
+        def _sync(self) -> None:
+            if getattr(self, "_task", None) is not None:
+                progress.update(self._task, completed=self.n, total=self.total or None)
+
+    return RichTqdm
+
+
+def summary_table(outcomes: list[Outcome]) -> Table:
+    table = Table(title="malmm summary", title_justify="left", show_edge=False)
+    table.add_column("input", overflow="fold")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    table.add_column("time", justify="right")
+    styles = {"done": "green", "partial": "yellow", "skipped": "dim", "failed": "red"}
+    for outcome in outcomes:
+        table.add_row(
+            escape(outcome.path),
+            f"[{styles.get(outcome.status, '')}]{outcome.status}[/]",
+            escape(outcome.detail),
+            f"{outcome.seconds:.1f} s" if outcome.seconds else "",
+        )
+    return table
