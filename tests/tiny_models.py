@@ -210,15 +210,28 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
     )
 
 
-def build_tiny_model(directory: Path, llm: str = "llama", seed: int = 0) -> Path:
-    """Save a random-weight InstructBLIP (no frame table, as on the hub) with tokenizers to `directory`."""
+def build_model_folder(
+    directory: Path, config: InstructBlipConfig, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Save a random-weight model of any shape with the tiny tokenizers and a matching image processor.
+
+    The weights are InstructBLIP without a frame table, as on the hub. The tokenizers' ids fit any
+    vocabulary at least as large as theirs, so full-size shapes work too (for benchmarks).
+    """
     torch.manual_seed(seed)
-    model = InstructBlipForConditionalGeneration(tiny_config(llm)).eval()
+    config.vision_config.initializer_range = 0.02  # transformers' default (1e-10) makes every frame look the same
+    model = InstructBlipForConditionalGeneration(config).eval()
     with torch.no_grad():  # the hub weights have non-zero query tokens; random ones exercise more
         model.query_tokens.normal_(std=0.5)
-    model.save_pretrained(directory)
+    model.to(dtype).save_pretrained(directory)
+    llm = config.text_config.model_type
     (llama_tokenizer() if llm == "llama" else t5_tokenizer()).save_pretrained(directory)
     qformer_tokenizer().save_pretrained(directory / "qformer_tokenizer")
-    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    BlipImageProcessorPil(size=size).save_pretrained(directory)
+    size = config.vision_config.image_size
+    BlipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(directory)
     return directory
+
+
+def build_tiny_model(directory: Path, llm: str = "llama", seed: int = 0) -> Path:
+    """Save a tiny random-weight InstructBLIP (no frame table, as on the hub) with tokenizers to `directory`."""
+    return build_model_folder(directory, tiny_config(llm), seed)

@@ -1,0 +1,156 @@
+"""What every benchmark script shares: the machine it ran on, the doc it writes, child processes.
+
+Each script measures whole processes where memory matters (a fresh process gives a clean peak
+RSS), prints its table, and replaces its own section of docs/benchmarks.md, found by markers, so
+re-running one benchmark leaves the others' figures alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks\n\nFigures measured by the scripts in `benchmarks/`; each section says where, when and how.\n"
+
+
+def machine() -> str:
+    """One line: CPU model and cores, memory, GPU if any."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    cpu = model.group(1).strip() if model else platform.processor() or platform.machine()
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    total = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.MULTILINE)
+    memory = f", {int(total.group(1)) / 1024**2:.0f} GiB RAM" if total else ""
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{memory}{gpu or ', no GPU'}; Python {platform.python_version()}"
+
+
+def command_line() -> str:
+    """How this script was run, as a person would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return shlex.join(["python", str(shown), *sys.argv[1:]])
+
+
+def update_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace this benchmark's section of the doc (between its markers), or append it."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.strip()}\n\n_Measured {datetime.date.today().isoformat()} on {machine()}._\n" \
+            f"_Command: `{command_line()}`_\n{end}"  # fmt: skip
+    text = doc.read_text() if doc.exists() else DOC_TITLE
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    seconds: float
+    peak_rss_mib: float  # the child's largest resident set, from the kernel's accounting
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> ChildRun:
+    """Run a command to completion; its peak RSS comes from the kernel (wait4), exact per child."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - started > timeout:
+                process.kill()
+                _, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        scale = 1024**2 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        return ChildRun(seconds, usage.ru_maxrss / scale, process.returncode, out.read(), err.read())
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def mid_config():
+    """A mid-size MA-LMM for CPU benchmarks: ViT-B/14 at 224 px (257 tokens), InstructBLIP's full
+    Q-Former, a 8-layer 1024-wide LLaMA. About 0.4B parameters."""
+    from transformers import InstructBlipConfig, InstructBlipVisionConfig, LlamaConfig
+
+    from models.architectures import architecture
+
+    full = architecture("vicuna-7b")
+    vision = InstructBlipVisionConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        image_size=224, patch_size=14, layer_norm_eps=1e-6, qkv_bias=True,
+    )  # fmt: skip
+    qformer = full.qformer_config
+    qformer.encoder_hidden_size = 768
+    text = LlamaConfig(
+        vocab_size=32002, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+        num_key_value_heads=16, bos_token_id=2, eos_token_id=2, pad_token_id=3,
+    )  # fmt: skip
+    return InstructBlipConfig(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=32, image_token_index=32001, max_num_frames=120,
+    )  # fmt: skip
+
+
+def small_config():
+    """The tiny test model reading real-size frames: 224 px in patches of 14, 257 tokens a frame."""
+    from tests.tiny_models import tiny_config
+
+    config = tiny_config()
+    config.vision_config.image_size, config.vision_config.patch_size = 224, 14
+    return config
+
+
+def model_folder(workdir: Path, size: str) -> Path:
+    """A random-weight model folder: tiny, small, mid or full (instructblip-vicuna-7b shapes)."""
+    from models.architectures import architecture
+    from tests.tiny_models import build_model_folder, tiny_config
+
+    folder = workdir / f"model-{size}"
+    if not (folder / "config.json").exists():
+        config = {
+            "tiny": tiny_config,
+            "small": small_config,
+            "mid": mid_config,
+            "full": lambda: architecture("vicuna-7b"),
+        }[size]()
+        print(f"building a random {size} model in {folder} ...", flush=True)
+        partial = workdir / f".model-{size}.partial"
+        import torch
+
+        build_model_folder(partial, config, dtype=torch.float16 if size == "full" else torch.float32)
+        partial.rename(folder)
+    return folder
