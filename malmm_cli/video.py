@@ -1,0 +1,476 @@
+"""Video input: probe a file, choose sample times, decode exactly those frames, and decode ahead.
+
+Nothing here knows about the model. OpenCV decodes (its `grab()` moves through frames without
+converting them, `retrieve()` converts only the kept ones); PyAV only probes, because it reports
+why a file cannot be read where OpenCV just says no. The sampling algorithm and its measurements
+are in docs/benchmarks.md ("Decoding").
+
+Times are seconds on the video's own clock: 0 is the stream's start, as OpenCV's
+CAP_PROP_POS_MSEC counts. The frame for a target time t is the first frame shown at or after t
+(1 ms slack for rounding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import stat
+import struct
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import av
+import cv2
+import numpy as np
+
+T = TypeVar("T")
+
+SLACK = 1e-3  # s: a frame at target - 1 ms still counts as "at or after" the target (pts rounding)
+SEEK_AHEAD = 2.0  # s: targets further ahead than this are reached by seeking, nearer ones by grabbing
+GIVE_UP_AFTER = 30.0  # s of requested times failing in a row before asking whether the data has ended
+
+_MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+_OTHER_CONTAINERS = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba")  # mkv/webm, avi, ...
+
+
+class VideoError(Exception):
+    """A video that cannot be read; str(error) is a one-line reason without the path."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    duration: float  # seconds
+    fps: float  # average frames per second (a variable-rate video has no single rate)
+    frame_count: int | None  # None when the container does not record it (WebM, MKV)
+    width: int  # as displayed, after rotation
+    height: int
+    codec: str  # FFmpeg's name: h264, hevc, vp9, av1...
+    rotation: int  # clockwise degrees players turn the stored picture (0, 90, 180, 270)
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    index: int  # position in the requested times
+    target: float  # requested time, s
+    time: float  # the frame's own timestamp, s
+    image: np.ndarray  # (H, W, 3) RGB uint8, as displayed (rotation applied)
+
+
+@dataclass
+class ReadReport:
+    """What one `VideoReader.frames` call delivered; final once the iteration has finished."""
+
+    requested: int
+    delivered: int = 0
+    missing: list[float] = field(default_factory=list)  # targets with no frame (damaged or missing data)
+    ended_at: float | None = None  # last decoded time when decoding stopped before the last target
+
+
+# --- probing ----------------------------------------------------------------------------------------
+
+
+def _read_head(path: Path, size: int = 64) -> bytes:
+    """First bytes of a regular, non-empty, readable file; VideoError saying which it is not."""
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoError("no such file") from None
+    except PermissionError:
+        raise VideoError("permission denied") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise VideoError("a directory, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise VideoError("not a regular file (a pipe or device?)")
+    if status.st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except PermissionError:
+        raise VideoError("permission denied") from None
+    except OSError as error:
+        raise VideoError(f"cannot read the file ({error.strerror or error})") from None
+
+
+def _mp4_has_index(path: Path) -> bool:
+    """Whether an MP4/MOV file has its index (a top-level 'moov' box); walks box headers only."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        offset = 0
+        while offset + 8 <= size:
+            file.seek(offset)
+            header = file.read(16)
+            box_size, kind = struct.unpack(">I4s", header[:8])
+            if kind == b"moov":
+                return True
+            if box_size == 1 and len(header) == 16:  # 64-bit size follows
+                box_size = struct.unpack(">Q", header[8:])[0]
+            elif box_size == 0:  # box runs to the end of the file
+                return False
+            if box_size < 8:
+                return False
+            offset += box_size
+    return False
+
+
+def _unreadable_container_reason(path: Path, head: bytes) -> str:
+    """Why FFmpeg could not parse the container: a known format that is damaged, or no video at all."""
+    if head[4:8] in _MP4_BOXES:
+        if not _mp4_has_index(path):
+            return "damaged or incomplete file (no index; truncated while being written?)"
+        return "damaged or incomplete file (unreadable index)"
+    if head.startswith(_OTHER_CONTAINERS):
+        return "damaged or incomplete file (unreadable header)"
+    return "not a video file (unrecognised format)"
+
+
+def _open_container(path: Path, head: bytes) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError:
+        raise VideoError(_unreadable_container_reason(path, head)) from None
+    except av.error.PermissionError:
+        raise VideoError("permission denied") from None
+    except av.error.FFmpegError as error:
+        raise VideoError(f"cannot read the file ({error.strerror})") from None
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first real video stream (cover art in an audio file does not count)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    if container.streams.audio:
+        raise VideoError("no video stream (audio only)")
+    raise VideoError("no video stream")
+
+
+def _pyav_decodes_a_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """Whether PyAV's FFmpeg decodes at least one frame among the first few hundred packets."""
+    try:
+        for count, packet in enumerate(container.demux(stream)):
+            try:
+                if packet.decode():
+                    return True
+            except av.error.FFmpegError:
+                pass
+            if count > 300:
+                break
+    except av.error.FFmpegError:
+        pass
+    return False
+
+
+def _last_packet_time(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Stream length found by reading every packet header (demux only, no decoding): end of the last one."""
+    start, end = stream.start_time or 0, None
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            finish = packet.pts + (packet.duration or 0)
+            end = finish if end is None else max(end, finish)
+    return None if end is None else float((end - start) * stream.time_base)
+
+
+def probe(path: Path) -> VideoInfo:
+    """Facts about a video file, or VideoError with the reason it cannot be read.
+
+    PyAV reads the container (it names what is wrong); OpenCV must then open the file and decode
+    its first frame, since OpenCV is the decoder that `VideoReader` uses.
+    """
+    path = Path(path)
+    head = _read_head(path)
+    with _open_container(path, head) as container:
+        stream = _video_stream(container)
+        if stream.codec_context is None:  # FFmpeg does not know the codec tag at all
+            raise VideoError("unsupported video codec (unknown to FFmpeg)")
+        codec = stream.codec_context.codec.canonical_name
+
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        try:
+            if not capture.isOpened() or not capture.grab():
+                if _pyav_decodes_a_frame(container, stream):
+                    raise VideoError(f"unsupported video codec '{codec}'")
+                raise VideoError("no frame could be decoded")
+            width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))  # after rotation
+            height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            rotation = int(capture.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
+            cv_fps = capture.get(cv2.CAP_PROP_FPS)
+            cv_count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        finally:
+            capture.release()
+
+        duration = None
+        if stream.duration and stream.duration > 0:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration and container.duration > 0:
+            duration = container.duration / av.time_base
+        elif cv_fps > 0 and cv_count > 0:
+            duration = cv_count / cv_fps
+        else:
+            duration = _last_packet_time(container, stream)
+        if not duration or duration <= 0 or not math.isfinite(duration):
+            raise VideoError("no timestamps in the file (a raw stream? remux it into .mp4 or .mkv)")
+
+        frame_count = stream.frames if stream.frames and stream.frames > 0 else None
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else cv_fps if cv_fps > 0 else (frame_count or 0) / duration
+        if fps <= 0:
+            raise VideoError("unknown frame rate")
+    return VideoInfo(path, duration, fps, frame_count, width, height, codec, rotation)
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+
+def sample_times(duration: float, frames: int | None = None, fps: float | None = None) -> list[float]:
+    """Target times (s) over [0, duration): N centres of N equal parts, or a fixed rate from 0."""
+    if not (duration > 0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration}")
+    if (frames is None) == (fps is None):
+        raise ValueError("give exactly one of frames or fps")
+    if frames is not None:
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames <= 0:
+            raise ValueError(f"frames must be a positive integer, got {frames!r}")
+        return [(i + 0.5) * duration / frames for i in range(frames)]
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    count = math.ceil(duration * fps - 1e-9)  # k / fps < duration, with float noise at the boundary
+    return [k / fps for k in range(count) if k / fps < duration]
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+class _Cursor:
+    """An OpenCV capture and where it stands: the time of the frame last grabbed and of the one before.
+
+    `previous` is -inf at the start of the stream and None when unknown (after a seek); the frame
+    grabbed is the one for target t exactly when previous < t - SLACK <= time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.capture: cv2.VideoCapture | None = None
+        self.decoded_until: float | None = None  # latest frame time ever grabbed
+        self.reopen()
+
+    def reopen(self) -> None:
+        """A fresh capture at the start of the stream (also the cure for one that hit bad data)."""
+        self.close()
+        self.capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)  # no params: an unknown one fails open
+        if not self.capture.isOpened():
+            raise VideoError("the file can no longer be opened")
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS)  # OpenCV maps frame numbers to times with this
+        self.time: float | None = None
+        self.previous: float | None = -math.inf
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+            self.capture = None
+
+    def grab(self) -> bool:
+        """Decode the next frame without converting it."""
+        if not self.capture.grab():
+            self.time = None
+            return False
+        if self.time is not None:
+            self.previous = self.time
+        self.time = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        self.decoded_until = self.time if self.decoded_until is None else max(self.decoded_until, self.time)
+        return True
+
+    def holds(self, target: float) -> bool:
+        """Whether the frame grabbed is the first at or after target."""
+        return self.time is not None and self.previous is not None and self.previous < target - SLACK <= self.time
+
+    def seek_before(self, target: float) -> bool:
+        """Stop on a frame before target (or the first frame), so grabbing forward finds target's frame.
+
+        OpenCV seeks by frame number through the average rate, so on a variable-rate video it can land
+        after the target: then seek again 1, 2, 4... s earlier. Only the start needs no check.
+        """
+        back = 0.0
+        while True:
+            number = math.ceil((target - SLACK - back) * self.fps) - 1 if self.fps > 0 else 0
+            if number <= 0:
+                self.reopen()
+                return self.grab()
+            self.time, self.previous = None, None
+            if not self.capture.set(cv2.CAP_PROP_POS_FRAMES, number) or not self.grab():
+                return False
+            if self.time < target - SLACK:
+                return True
+            back = max(1.0, 2 * back)
+
+    def locate(self, target: float, seek: bool = False) -> bool:
+        """Move to the first frame at or after target: grab forward when it is near, else (or if told) seek."""
+        if self.holds(target):
+            return True
+        if seek:
+            near = False
+        elif self.time is None:
+            near = self.previous == -math.inf and target <= SEEK_AHEAD  # fresh capture, target near the start
+        else:
+            near = self.time < target - SLACK and target - self.time <= SEEK_AHEAD
+        if not near and not self.seek_before(target):
+            return False
+        while self.time is None or self.time < target - SLACK:
+            if not self.grab():
+                return False
+        return True
+
+    def retrieve(self) -> np.ndarray | None:
+        """The grabbed frame as (H, W, 3) RGB, rotated as displayed."""
+        ok, bgr = self.capture.retrieve()
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok and bgr is not None else None
+
+
+class VideoReader:
+    """Decodes the frames at given times, exactly, with memory that does not grow with the video.
+
+    Near targets (<= SEEK_AHEAD) are reached by grabbing forward, far ones by a seek whose landing
+    time is checked; only kept frames are converted. After a failure (damaged data, end of a
+    truncated file) the capture is reopened and later targets are still tried, and a frame is
+    accepted only within max(1 s, 2 frames) of its target, so no stale frame is ever returned.
+    """
+
+    def __init__(self, path: Path, info: VideoInfo | None = None) -> None:
+        self.path = Path(path)
+        self.info = info if info is not None else probe(self.path)
+        self.report: ReadReport | None = None
+        self._cursor: _Cursor | None = None
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def frames(self, times: Sequence[float]) -> Iterator[Frame]:
+        """One Frame per requested time that has a frame, in the order requested; see `report` after."""
+        targets = [float(t) for t in times]
+        if any(not (math.isfinite(t) and t >= 0) for t in targets):
+            raise ValueError("times must be finite and >= 0 seconds")
+        report = self.report = ReadReport(requested=len(targets))
+        if self._cursor is None:
+            self._cursor = _Cursor(self.path)
+        cursor = self._cursor
+        tolerance = max(1.0, 2 / cursor.fps) if cursor.fps > 0 else 1.0
+        failing_since: float | None = None  # first target of the current run of failures
+        for index, target in enumerate(targets):
+            image = self._image_at(cursor, target, tolerance, self.info.duration)
+            if image is not None:
+                failing_since = None
+                report.delivered += 1
+                yield Frame(index, target, cursor.time, image)
+                continue
+            report.missing.append(target)
+            if cursor.decoded_until is None and not self._any_frame_decodes(cursor):
+                raise VideoError("no frame could be decoded")
+            cursor.reopen()
+            failing_since = target if failing_since is None else failing_since
+            later = targets[index + 1 :]
+            if later and abs(target - failing_since) >= GIVE_UP_AFTER:
+                if self._image_at(cursor, later[-1], tolerance, self.info.duration) is None:
+                    report.missing.extend(later)  # nothing decodes, even at the last target: the data has ended
+                    break
+                failing_since = None  # a long damaged stretch, with data after it: keep going
+                cursor.reopen()
+        if targets and cursor.decoded_until is None:
+            raise VideoError("no frame could be decoded")
+        if report.missing and max(targets) in report.missing:
+            report.ended_at = cursor.decoded_until
+
+    @staticmethod
+    def _image_at(cursor: _Cursor, target: float, tolerance: float, duration: float) -> np.ndarray | None:
+        """RGB image of target's frame, or None (no data there, or the frame found is too far away)."""
+        found = cursor.locate(target)
+        if not found:  # bad data or the end on the way: a fresh capture seeking straight there may get past it
+            cursor.reopen()
+            found = cursor.locate(target, seek=True)
+        if not found:
+            # In the last frame's display time at the very end of the video, no frame starts at or after
+            # the target: the last one is the frame on screen then. (Not after damage or a cut.)
+            last, period = cursor.decoded_until, 1 / cursor.fps if cursor.fps > 0 else 0.0
+            at_end = duration - period - SLACK <= target < duration
+            if last is None or not at_end or not 0 < target - last <= period + SLACK:
+                return None
+            cursor.reopen()
+            if not cursor.locate(last):
+                return None
+        if abs(cursor.time - target) > tolerance:
+            return None
+        return cursor.retrieve()
+
+    @staticmethod
+    def _any_frame_decodes(cursor: _Cursor) -> bool:
+        cursor.reopen()
+        return cursor.grab()
+
+
+# --- decoding ahead ---------------------------------------------------------------------------------
+
+
+_ITEM, _ERROR, _END = range(3)
+
+
+def prefetch(items: Iterable[T], maxsize: int = 32) -> Iterator[T]:
+    """Yield `items` while a background thread computes the next ones (at most `maxsize` ahead).
+
+    OpenCV releases the GIL while decoding, so decoding overlaps the consumer's work. An exception in
+    the producer is raised here after the items produced before it. When the consumer stops early
+    (break, exception, Ctrl-C, close()), the producer is told to stop and joined before this returns.
+    """
+    if maxsize <= 0:
+        raise ValueError(f"maxsize must be positive, got {maxsize}")
+    buffer: queue.Queue[tuple[int, object]] = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def put(entry: tuple[int, object]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((_ITEM, item)):
+                    return
+            put((_END, None))
+        except BaseException as error:
+            put((_ERROR, error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # runs the generator's cleanup in its own thread
+                close()
+
+    producer = threading.Thread(target=produce, name="malmm-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _ERROR:
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        producer.join()
