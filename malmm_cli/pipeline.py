@@ -14,6 +14,7 @@ LLM at the end (and, for segments and timelines, at their boundaries).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,36 +263,42 @@ def _caption(
 ) -> VideoResult:
     prompt = CAPTION.prompt()
     whole = malmm.new_memory(prompt, memory_bank_length, total_frames=len(stream.times))
-    per_segment: dict[int, int] = {}
-    if segment is not None:
-        for time in stream.times:
-            per_segment[_bucket(time, segment)] = per_segment.get(_bucket(time, segment), 0) + 1
+    planned = Counter(_bucket(time, segment) for time in stream.times) if segment else Counter()
     segments: list[TimedText] = []
-    current: tuple[int, MemoryState, torch.Tensor | None] | None = None  # (segment, state, output)
+    current: _Segment | None = None
 
-    def close_segment() -> None:
-        if current is not None and current[2] is not None and segment is not None:
-            start, end = _span(current[0], segment, stream.duration)
-            segments.append(TimedText(start, end, malmm.generate(current[2], prompt, settings)[0]))
+    def close(part: _Segment) -> None:
+        start, end = _span(part.index, segment, stream.duration)
+        segments.append(TimedText(start, end, malmm.generate(part.output, prompt, settings)[0]))
 
     run, output = _Run(), None
     progress.start(len(stream.times), stream.from_cache)
-    for frame, features in stream:
-        run.saw(frame)
+    for sample, features in stream:
+        run.saw(sample)
         output, whole = malmm.step(whole, features)
         if segment is not None:
-            index = _bucket(frame.target, segment)
-            if current is None or current[0] != index:
-                close_segment()
-                current = (index, malmm.new_memory(prompt, memory_bank_length, per_segment[index]), None)
-            segment_output, segment_state = malmm.step(current[1], features)
-            current = (index, segment_state, segment_output)
+            index = _bucket(sample.target, segment)
+            if current is None or current.index != index:  # a new segment starts with an empty memory
+                if current is not None:
+                    close(current)
+                current = _Segment(index, malmm.new_memory(prompt, memory_bank_length, planned[index]))
+            current.output, current.state = malmm.step(current.state, features)
         progress.advance()
-    close_segment()
+    if current is not None:
+        close(current)
     result = run.result(stream, path, "caption")
     result.caption = malmm.generate(output, prompt, settings)[0]
     result.segments = segments
     return result
+
+
+@dataclass
+class _Segment:
+    """A segment being read: its index on the segment grid, its own memory, its latest output."""
+
+    index: int
+    state: MemoryState
+    output: torch.Tensor | None = None
 
 
 def answer_questions(
@@ -380,17 +387,17 @@ def _predict(
             return rank_labels(malmm, output, labels, 1)[0].label
         return malmm.generate(output, TIMELINE_PROMPT, settings)[0]
 
-    run, output, interval = _Run(), None, None
+    run, output, interval = _Run(), None, None  # interval: index of the current one on the --every grid
     progress.start(len(stream.times), stream.from_cache)
-    for frame, features in stream:
-        index = _bucket(frame.time, every) if every else None
-        if interval is not None and index != interval and output is not None and every:
+    for sample, features in stream:
+        index = _bucket(sample.time, every) if every else None
+        if interval is not None and index != interval:  # an interval ended: what the memory says so far
             timeline.append(TimedText(*_span(interval, every, stream.duration), describe(output)))
         interval = index
-        run.saw(frame)
+        run.saw(sample)
         output, state = malmm.step(state, features)
         progress.advance()
-    if interval is not None and output is not None and every:
+    if interval is not None:
         start, end = _span(interval, every, stream.duration)
         timeline.append(TimedText(start, max(end, run.last), describe(output)))
     result = run.result(stream, path, "predict")
