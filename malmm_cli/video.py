@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+# OpenCV's own FFmpeg prints every decoding complaint (hundreds of lines for one damaged file) to
+# stderr; malmm reports what matters itself. Set before cv2 loads FFmpeg; a user's setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 import av
 import cv2
 import numpy as np
