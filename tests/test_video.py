@@ -258,8 +258,12 @@ def test_garbage_in_the_middle_is_skipped(clips: dict[str, Path], tmp_path: Path
         frames, report = read_all(path, times)
         assert_exact(path, frames)  # no frame with broken content is returned
         delivered = {f.target for f in frames}
-        assert all(t in delivered for t in times if t < min(damaged) or t >= clean_again)
-        assert all(min(damaged) <= t < clean_again for t in report.missing)
+        # A frame shown just before the damage can reference a B-frame anchor stored inside it, so
+        # only frames shown half a second earlier are sure to decode. (Which bytes are damaged also
+        # shifts a little between runs: the encoder's output is not byte-identical.)
+        safe_before = min(damaged) - 0.5
+        assert all(t in delivered for t in times if t < safe_before or t >= clean_again)
+        assert all(safe_before <= t < clean_again for t in report.missing)
         assert report.ended_at is None
 
 
