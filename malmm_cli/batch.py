@@ -173,6 +173,8 @@ def _run_one(
         return Outcome(name, "failed", reason, time.monotonic() - started)
     progress.finish()
     stdout.add(result)
+    for note in result.notes:
+        reporter.info(f"{name}: {note}")
     for warning in result.warnings:
         reporter.warn(f"{name}: {warning}")
     status = "partial" if result.warnings else "done"

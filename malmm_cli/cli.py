@@ -115,6 +115,20 @@ BatchOption = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Frames the vision encoder reads at once (default: fit free memory)."),
 ]
+
+
+class Seek(str, Enum):
+    exact = "exact"
+    keyframe = "keyframe"
+
+
+SeekOption = Annotated[
+    Seek,
+    typer.Option("--seek", help="exact: the frame at each time; keyframe: nearest keyframes, much faster (H.264)."),
+]
+WorkersOption = Annotated[
+    int, typer.Option("--decode-workers", min=1, help="Decode exact frames in this many processes.")
+]
 NoCacheOption = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
 ]
@@ -142,6 +156,8 @@ class RunOptions:
     quiet: bool
     batch_size: int | None
     no_cache: bool
+    seek: Seek
+    decode_workers: int
 
     def cache(self) -> FeatureCache | None:
         from malmm_cli.feature_cache import FeatureCache
@@ -154,8 +170,8 @@ class RunOptions:
         if self.frames is not None and self.fps is not None:
             raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
         if self.fps is not None:
-            return Sampling(fps=self.fps)
-        return Sampling(frames=self.frames or task.frames)
+            return Sampling(fps=self.fps, seek=self.seek.value, decode_workers=self.decode_workers)
+        return Sampling(frames=self.frames or task.frames, seek=self.seek.value, decode_workers=self.decode_workers)
 
     def bank(self, task: Task) -> int:
         return self.memory_bank_length or task.memory_bank_length
@@ -304,6 +320,8 @@ def caption(
     max_new_tokens: MaxTokensOption = None,
     num_beams: BeamsOption = None,
     batch_size: BatchOption = None,
+    seek: SeekOption = Seek.exact,
+    decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -312,7 +330,7 @@ def caption(
         model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
         formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
         quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache,
+        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
     )  # fmt: skip
     segment_seconds = _duration(segment, "--segment")
     sampling = options.sampling(CAPTION)
@@ -352,6 +370,8 @@ def ask(
     max_new_tokens: MaxTokensOption = None,
     num_beams: BeamsOption = None,
     batch_size: BatchOption = None,
+    seek: SeekOption = Seek.exact,
+    decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -360,7 +380,7 @@ def ask(
         model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
         formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
         quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache,
+        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
     )  # fmt: skip
     questions = [question.strip()] if question and question.strip() else []
     if question_file is not None:
@@ -408,6 +428,8 @@ def predict(
     max_new_tokens: MaxTokensOption = None,
     num_beams: BeamsOption = None,
     batch_size: BatchOption = None,
+    seek: SeekOption = Seek.exact,
+    decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -417,7 +439,7 @@ def predict(
         model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
         formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
         quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache,
+        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
     )  # fmt: skip
     label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
     every_seconds = _duration(every, "--every") if every is not None else (None if label_list else 60.0)

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 
 from malmm_cli.feature_cache import CachedVideo, CacheWriter, FeatureCache
+from malmm_cli.keyframes import KeyframeReader, supports_keyframes
+from malmm_cli.parallel import ParallelReader
 from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import Frame, VideoReader, prefetch, probe, sample_times
@@ -37,16 +39,25 @@ VISION_BATCH = 8  # frames encoded together by the vision model
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which frames to read: `frames` spread uniformly over the video, or `fps` per second."""
+    """Which frames to read: `frames` spread uniformly over the video, or `fps` per second.
+
+    seek: "exact" reads the frame at each time; "keyframe" takes the nearest keyframes instead
+    (H.264 only, much faster, approximate). decode_workers > 1 decodes exact frames in that many
+    processes (same frames, for machines with cores to spare).
+    """
 
     frames: int | None = None
     fps: float | None = None
+    seek: str = "exact"
+    decode_workers: int = 1
 
     def times(self, duration: float) -> list[float]:
         return sample_times(duration, frames=self.frames, fps=self.fps)
 
     def describe(self) -> str:
-        return f"frames={self.frames}" if self.fps is None else f"fps={self.fps:g}"
+        """What decides which frames are read (part of the feature cache key)."""
+        rate = f"frames={self.frames}" if self.fps is None else f"fps={self.fps:g}"
+        return f"{rate},seek={self.seek}"
 
 
 @dataclass(frozen=True)
@@ -101,8 +112,9 @@ class VideoStream:
         self.batch_size = batch_size
         self._decoded: Iterator[tuple[Frame, torch.Tensor]] | None = None
         self._writer: CacheWriter | None = None
-        self._reader: VideoReader | None = None
+        self._reader: VideoReader | KeyframeReader | ParallelReader | None = None
         self._cached: CachedVideo | None = None
+        self._notes: list[str] = []
         key = None
         if cache is not None and self.path.is_file():
             key = cache.key(self.path, sampling.describe(), cache.vision_key(malmm.model, malmm.image_processor))
@@ -116,7 +128,14 @@ class VideoStream:
         info = probe(self.path)
         self.duration = info.duration
         self.times = sampling.times(info.duration)
-        self._reader = VideoReader(self.path, info)
+        self._notes: list[str] = []
+        if sampling.seek == "keyframe" and supports_keyframes(info):
+            self._reader = KeyframeReader(self.path, info)
+        else:
+            if sampling.seek == "keyframe":
+                self._notes.append(f"keyframe sampling supports H.264 only: exact frames read from this {info.codec}")
+            workers = sampling.decode_workers
+            self._reader = ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
         if key is not None:
             self._writer = cache.writer(key)
 
@@ -178,6 +197,10 @@ class VideoStream:
                 yield Sample(index, target, time_s), feature.unsqueeze(0)
                 index += 1
 
+    def notes(self) -> list[str]:
+        """How the frames were read, where it differs from what was asked (not a failure)."""
+        return list(self._notes)
+
     def warnings(self) -> list[str]:
         """What could not be read (damaged or truncated files)."""
         if self._reader is not None:
@@ -219,6 +242,7 @@ class _Run:
             first_frame=self.first,
             last_frame=self.last,
             warnings=stream.warnings(),
+            notes=stream.notes(),
         )
 
 

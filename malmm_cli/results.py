@@ -44,7 +44,8 @@ class VideoResult:
     timeline: list[TimedText] = field(default_factory=list)
     next_action: str | None = None
     labels: list[RankedLabel] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # parts of the video that could not be read
+    notes: list[str] = field(default_factory=list)  # how it was read, where that differs from what was asked
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times rounded to milliseconds, fields a task does not use left out."""
@@ -73,6 +74,8 @@ class VideoResult:
             ]
         if self.warnings:
             data["warnings"] = list(self.warnings)
+        if self.notes:
+            data["notes"] = list(self.notes)
         return data
 
 

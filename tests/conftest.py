@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from malmm_cli.cli import app
 from models import Malmm
 from tests.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
+FAST = ["--device", "cpu", "--num-beams", "1", "--max-new-tokens", "5"]  # CLI options for quick tests
 DEFAULT_GOLDEN = REPO.parent / "shared" / "fixtures" / "malmm_lavis_golden.pt"
 
 
@@ -61,3 +64,17 @@ def tiny_malmm(tiny_llama_dir: Path) -> Malmm:
 @pytest.fixture(scope="session")
 def tiny_malmm_t5(tiny_t5_dir: Path) -> Malmm:
     return Malmm.from_pretrained(tiny_t5_dir)
+
+
+@pytest.fixture
+def run(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke malmm in-process; stdout and stderr come back separately."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def invoke(*args: str | Path, model: bool = True):
+        argv = [str(a) for a in args]
+        if model:  # right after the command, so a test's own options come later and win
+            argv[1:1] = ["--model", str(tiny_llama_dir), *FAST]
+        return CliRunner().invoke(app, argv, catch_exceptions=False)
+
+    return invoke

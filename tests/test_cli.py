@@ -15,13 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from malmm_cli.cli import app
 from tests import media
+from tests.conftest import FAST
 from tests.test_writers import parse_srt, parse_vtt
-
-FAST = ["--device", "cpu", "--num-beams", "1", "--max-new-tokens", "5"]
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +34,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     media.make_video(folder / "nested" / "b.mkv", seconds=3, fps=12, size=(80, 48))
     (folder / "notes.txt").write_text("not a video\n")
     return root
-
-
-@pytest.fixture
-def run(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    """Invoke malmm in-process; stdout and stderr come back separately."""
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def invoke(*args: str | Path, model: bool = True):
-        argv = [str(a) for a in args]
-        if model:  # right after the command, so a test's own options come later and win
-            argv[1:1] = ["--model", str(tiny_llama_dir), *FAST]
-        return CliRunner().invoke(app, argv, catch_exceptions=False)
-
-    return invoke
 
 
 def test_caption_prints_one_line_and_logs_to_stderr(run, videos: Path) -> None:
