@@ -36,6 +36,7 @@ T = TypeVar("T")
 SLACK = 1e-3  # s: a frame at target - 1 ms still counts as "at or after" the target (pts rounding)
 SEEK_AHEAD = 2.0  # s: targets further ahead than this are reached by seeking, nearer ones by grabbing
 GIVE_UP_AFTER = 30.0  # s of requested times failing in a row before asking whether the data has ended
+MAX_FRAME_GAP = 1.0  # s: after a seek, a longer gap back to the frame decoded before may hide frames in between
 
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
 _OTHER_CONTAINERS = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba")  # mkv/webm, avi, ...
@@ -286,31 +287,47 @@ class _Cursor:
         if self.time is not None:
             self.previous = self.time
         self.time = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-        self.decoded_until = self.time if self.decoded_until is None else max(self.decoded_until, self.time)
+        self._decoded(self.time)
         return True
+
+    def _decoded(self, time: float) -> None:
+        self.decoded_until = time if self.decoded_until is None else max(self.decoded_until, time)
 
     def holds(self, target: float) -> bool:
         """Whether the frame grabbed is the first at or after target."""
         return self.time is not None and self.previous is not None and self.previous < target - SLACK <= self.time
 
-    def seek_before(self, target: float) -> bool:
-        """Stop on a frame before target (or the first frame), so grabbing forward finds target's frame.
+    def seek(self, target: float) -> bool:
+        """Jump to target's frame (or a frame before it) and grab it, so that `holds` or grabbing forward
+        finds the first frame at or after target.
 
-        OpenCV seeks by frame number through the average rate, so on a variable-rate video it can land
-        after the target: then seek again 1, 2, 4... s earlier. Only the start needs no check.
+        set(POS_FRAMES, n) decodes from a keyframe up to frame n - 1, and POS_MSEC read right after it
+        is that frame's time: so after the grab the cursor knows its frame and the one before, and can
+        prove the landing exact at the cost of a plain seek. OpenCV turns n into a time through the
+        average rate, so on a variable-rate video it can land after the target: then seek again
+        1, 2, 4... s earlier. The start needs no check: reopening lands there.
         """
         back = 0.0
         while True:
-            number = math.ceil((target - SLACK - back) * self.fps) - 1 if self.fps > 0 else 0
-            if number <= 0:
+            number = math.ceil((target - SLACK - back) * self.fps) if self.fps > 0 else 0
+            if number <= 1:
                 self.reopen()
                 return self.grab()
             self.time, self.previous = None, None
-            if not self.capture.set(cv2.CAP_PROP_POS_FRAMES, number) or not self.grab():
+            if not self.capture.set(cv2.CAP_PROP_POS_FRAMES, number):
+                return False
+            # The frame decoded last while seeking; 0 (never a frame before frame 2) if none was decoded.
+            before = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            if before > 0:
+                self._decoded(before)
+            if not self.grab():
                 return False
             if self.time < target - SLACK:
+                return True  # before target: grab forward
+            if 0 < before < target - SLACK and 0 < self.time - before <= MAX_FRAME_GAP:
+                self.previous = before  # exactly target's frame
                 return True
-            back = max(1.0, 2 * back)
+            back = max(1.0, 2 * back)  # landed late, or the frame before is not known for sure
 
     def locate(self, target: float, seek: bool = False) -> bool:
         """Move to the first frame at or after target: grab forward when it is near, else (or if told) seek."""
@@ -322,7 +339,7 @@ class _Cursor:
             near = self.previous == -math.inf and target <= SEEK_AHEAD  # fresh capture, target near the start
         else:
             near = self.time < target - SLACK and target - self.time <= SEEK_AHEAD
-        if not near and not self.seek_before(target):
+        if not near and not self.seek(target):
             return False
         while self.time is None or self.time < target - SLACK:
             if not self.grab():
@@ -434,7 +451,8 @@ def prefetch(items: Iterable[T], maxsize: int = 32) -> Iterator[T]:
 
     OpenCV releases the GIL while decoding, so decoding overlaps the consumer's work. An exception in
     the producer is raised here after the items produced before it. When the consumer stops early
-    (break, exception, Ctrl-C, close()), the producer is told to stop and joined before this returns.
+    (break, exception, Ctrl-C, close()), the producer is told to stop and joined as soon as this
+    generator is closed, which CPython does when the loop drops it (or use contextlib.closing).
     """
     if maxsize <= 0:
         raise ValueError(f"maxsize must be positive, got {maxsize}")

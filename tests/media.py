@@ -55,16 +55,15 @@ def read_barcode(image: np.ndarray) -> int:
     """The frame index drawn by `draw_barcode`, from an image in its stored (unrotated) orientation.
 
     image: (H, W, 3) RGB or BGR, or (H, W) gray, uint8. Each cell is read from its central half, so
-    compression blur at the cell edges does not matter.
+    compression blur at the cell edges does not matter; only those pixels are read (fast at 1080p).
     """
-    gray = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float64)
-    height, width = gray.shape
+    height, width = image.shape[:2]
     cell_w, cell_h = _barcode_cells(width, height)
     index = 0
     for bit in range(BARCODE_BITS):
         row, col = divmod(bit, _COLUMNS)
         top, left = row * cell_h + cell_h // 4, col * cell_w + cell_w // 4
-        cell = gray[top : top + max(1, cell_h // 2), left : left + max(1, cell_w // 2)]
+        cell = image[top : top + max(1, cell_h // 2), left : left + max(1, cell_w // 2)]
         if cell.mean() > 128:
             index |= 1 << bit
     return index

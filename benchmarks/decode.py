@@ -1,0 +1,325 @@
+"""Decoding benchmark: which way of pulling sparse frames out of a long video should VideoReader use?
+
+    python benchmarks/decode.py [--workdir DIR] [--minutes 10] [--repeats 3] [--doc docs/benchmarks.md]
+
+Makes (once, cached in the work folder) a long 1280x720 30 fps H.264 clip whose frames carry their
+index as a barcode, over a drifting pattern with camera-like noise (x264 veryfast, crf 23, its
+default keyframe interval of 250 frames), then times four strategies at 1 frame per second and at 64
+frames spread evenly, each run in a fresh process so its peak RSS is its own:
+
+    cv_read   read() every frame, keep the first at or after each target
+    cv_grab   grab() every frame, retrieve() only the kept ones
+    cv_seek   set(CAP_PROP_POS_FRAMES) then read() for every target
+    reader    malmm_cli.video.VideoReader: grab forward when near, checked seek when far
+
+Every strategy returns full-size RGB images, as VideoReader does. Runs shorter than --short (30 s)
+are repeated and the median is kept (shared machines are noisy). The table and the machine are
+written into the "Decoding" section of the doc, between markers, leaving the text around them alone.
+Not part of the test suite: on 2 cores it takes about 25 minutes, plus 5 to make the clip the first time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's malmm_cli and tests.media, whatever is installed
+
+SHORT_RUN = 30.0  # s: runs shorter than this are repeated (default of --short)
+START, END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
+STRATEGIES = ("cv_read", "cv_grab", "cv_seek", "reader")
+MODES = ("1fps", "N64")
+SLACK = 1e-3  # s, as in malmm_cli.video
+
+
+# --- the clip ---------------------------------------------------------------------------------------
+
+
+def make_clip(workdir: Path, minutes: float) -> Path:
+    """The benchmark clip and its frame times (a .json beside it), made once."""
+    from tests import media
+
+    path = workdir / f"barcode_{minutes:g}min_720p30_h264.mp4"
+    times_path = path.with_suffix(".times.json")
+    if path.exists() and times_path.exists():
+        return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"making {path} ({minutes:g} min of 720p; about {minutes * 0.5:.0f} min on 2 cores)...", flush=True)
+    started = time.monotonic()
+    partial = path.with_suffix(".partial.mp4")
+    media.make_video(partial, seconds=minutes * 60, fps=30, size=(1280, 720), codec="h264", noise=10, crf=23)
+    partial.rename(path)
+    times_path.write_text(json.dumps(media.frame_times(path)))
+    print(f"made in {time.monotonic() - started:.0f} s", flush=True)
+    return path
+
+
+def clip_facts(path: Path) -> dict:
+    import av
+
+    from tests import media
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        duration = float(stream.duration * stream.time_base)
+        facts = {"frames": stream.frames, "duration": duration, "size_mb": path.stat().st_size / 1e6}
+    keys = media.keyframe_times(path)
+    gaps = [b - a for a, b in itertools.pairwise(keys)] or [duration]
+    facts.update(keyframes=len(keys), max_gop=max(gaps), mbps=path.stat().st_size * 8 / duration / 1e6)
+    return facts
+
+
+# --- one run (in a child process) -------------------------------------------------------------------
+
+
+def targets_for(mode: str, duration: float) -> list[float]:
+    from malmm_cli.video import sample_times
+
+    return sample_times(duration, fps=1.0) if mode == "1fps" else sample_times(duration, frames=64)
+
+
+def cv_read(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    pending = iter(targets)
+    target = next(pending, None)
+    while target is not None:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        while target is not None and time_s >= target - SLACK:
+            yield target, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            target = next(pending, None)
+    capture.release()
+
+
+def cv_grab(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    pending = iter(targets)
+    target = next(pending, None)
+    while target is not None:
+        if not capture.grab():
+            break
+        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        if time_s >= target - SLACK:
+            ok, bgr = capture.retrieve()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            while target is not None and time_s >= target - SLACK:
+                yield target, time_s, rgb
+                target = next(pending, None)
+    capture.release()
+
+
+def cv_seek(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    for target in targets:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, math.ceil((target - SLACK) * fps))
+        ok, bgr = capture.read()
+        if ok:
+            yield target, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    capture.release()
+
+
+def reader(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    from malmm_cli.video import VideoReader
+
+    with VideoReader(path) as video:
+        for frame in video.frames(targets):
+            yield frame.target, frame.time, frame.image
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from
+    the parent through fork and exec, so a child of a big parent would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        found = re.search(r"^VmHWM:\s*(\d+) kB", status.read_text(), re.MULTILINE)
+        if found:
+            return int(found.group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(strategy: str, mode: str, path: Path) -> None:
+    """One timed run; prints one JSON line. Opening the file is inside the timed region."""
+    import cv2  # noqa: F401  (every strategy pays the same imports, outside the timed region)
+    import numpy  # noqa: F401
+
+    import malmm_cli.video  # noqa: F401
+    from tests import media
+
+    frame_times = json.loads(path.with_suffix(".times.json").read_text())
+    targets = targets_for(mode, frame_times[-1] + 1 / 30)
+    baseline = peak_rss_mib()
+    decode = {"cv_read": cv_read, "cv_grab": cv_grab, "cv_seek": cv_seek, "reader": reader}[strategy]
+    exact = delivered = 0
+    checking = 0.0  # s spent reading barcodes, taken out of the wall time
+    cpu_start, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for target, _time_s, image in decode(path, targets):
+        tick = time.perf_counter()
+        delivered += 1
+        exact += media.read_barcode(image) == media.expected_index(frame_times, target)
+        checking += time.perf_counter() - tick
+    wall = time.perf_counter() - started - checking
+    cpu_end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu_end.ru_utime + cpu_end.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
+    result = {"requested": len(targets), "delivered": delivered, "exact": exact, "wall": wall, "cpu": cpu}
+    print(json.dumps({**result, "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}))
+
+
+# --- the parent -------------------------------------------------------------------------------------
+
+
+def run_once(strategy: str, mode: str, path: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, __file__, "--child", strategy, mode, str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{strategy} {mode} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def measure(strategy: str, mode: str, path: Path, repeats: int, short: float) -> dict:
+    runs = [run_once(strategy, mode, path)]
+    while runs[0]["wall"] < short and len(runs) < repeats:
+        runs.append(run_once(strategy, mode, path))
+    median = sorted(runs, key=lambda run: run["wall"])[len(runs) // 2]
+    return {**median, "walls": [run["wall"] for run in runs]}
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem_kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.MULTILINE)
+    import av
+    import cv2
+
+    return {
+        "cpu": models[0] if models else platform.processor() or "unknown",
+        "cpuinfo_processors": len(re.findall(r"^processor\s*:", cpuinfo, re.MULTILINE)),
+        "os_cpu_count": os.cpu_count(),
+        "memory_gib": round(int(mem_kib.group(1)) / 2**20, 1) if mem_kib else None,
+        "python": platform.python_version(),
+        "opencv": cv2.__version__,
+        "pyav": av.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def table(results: dict[tuple[str, str], dict]) -> str:
+    rows = [
+        "| mode | strategy | requested | delivered | wall s | runs (s) | frames/s | exact % | CPU % "
+        "| peak RSS MiB (after imports) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for (mode, strategy), r in results.items():
+        runs = "/".join(f"{wall:.1f}" for wall in r["walls"]) if len(r["walls"]) > 1 else "1 run"
+        rows.append(
+            f"| {mode} | {strategy} | {r['requested']} | {r['delivered']} | {r['wall']:.2f} | {runs} "
+            f"| {r['delivered'] / r['wall']:.1f} | {100 * r['exact'] / max(1, r['delivered']):.1f} "
+            f"| {100 * r['cpu'] / r['wall']:.0f} | {r['peak_rss_mib']:.0f} ({r['baseline_rss_mib']:.0f}) |"
+        )
+    return "\n".join(rows)
+
+
+def report_block(command: str, facts: dict, box: dict, results: dict, repeats: int, short: float) -> str:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            START,
+            f"Measured {date} with `{command}`.",
+            "",
+            f"- Machine: {box['cpu']}, {box['cpuinfo_processors']} processors in /proc/cpuinfo, "
+            f"os.cpu_count() = {box['os_cpu_count']}, {box['memory_gib']} GiB RAM, no GPU; "
+            f"{box['platform']}, Python {box['python']}, OpenCV {box['opencv']}, PyAV {box['pyav']}.",
+            f"- Clip: {facts['duration'] / 60:.0f} min, 1280x720, 30 fps, {facts['frames']} frames, H.264 "
+            f"(x264 veryfast, crf 23, default keyframe interval: {facts['keyframes']} keyframes, longest GOP "
+            f"{facts['max_gop']:.1f} s), {facts['mbps']:.2f} Mbit/s, {facts['size_mb']:.0f} MB, MP4 faststart; "
+            "frame index barcode over a drifting pattern with per-frame noise.",
+            "- Each cell is a fresh process; wall time includes opening the file, excludes imports. Runs under "
+            f"{short:.0f} s were repeated {repeats} times and the median is shown; the machine is shared, so "
+            "treat differences under ~15 % as ties. Output: full-size RGB uint8, as VideoReader returns. "
+            "Exact: barcode = first frame at or after the target. Peak RSS is the child's VmHWM "
+            "(getrusage's ru_maxrss inherits the parent's peak through fork and exec).",
+            "",
+            table(results),
+            END,
+        ]
+    )
+
+
+def update_doc(doc: Path, block: str) -> None:
+    """Replace the marked block in the doc's Decoding section, creating the doc or section if needed."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    elif "\n## Decoding\n" in text:
+        text = text.replace("\n## Decoding\n", "\n## Decoding\n\n" + block + "\n", 1)
+    else:
+        text = text.rstrip("\n") + "\n\n## Decoding\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/malmm-decode-bench"), help="clip cache")
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the clip")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of short cells (median kept)")
+    parser.add_argument("--short", type=float, default=SHORT_RUN, help="cells faster than this (s) are repeated")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md", help="doc to update")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    args = parser.parse_args()
+    command = "python benchmarks/decode.py " + shlex.join(sys.argv[1:])
+
+    path = make_clip(args.workdir, args.minutes)
+    facts, box = clip_facts(path), machine()
+    print(f"{box['cpu']}: {box['os_cpu_count']} CPUs; clip {path} ({facts['mbps']:.2f} Mbit/s)", flush=True)
+    results: dict[tuple[str, str], dict] = {}
+    for mode in args.modes:
+        for strategy in args.strategies:
+            results[(mode, strategy)] = result = measure(strategy, mode, path, args.repeats, args.short)
+            walls = "/".join(f"{wall:.1f}" for wall in result["walls"])
+            print(
+                f"{mode:5} {strategy:8} {result['wall']:7.2f} s ({walls})  {result['delivered']} frames, "
+                f"{100 * result['exact'] / max(1, result['delivered']):.1f} % exact, "
+                f"{result['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    print()
+    print(table(results))
+    update_doc(args.doc, report_block(command.strip(), facts, box, results, args.repeats, args.short))
+    print(f"\nupdated {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
