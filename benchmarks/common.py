@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,32 +66,58 @@ def update_section(name: str, body: str, doc: Path = DOC) -> None:
 @dataclass(frozen=True)
 class ChildRun:
     seconds: float
-    peak_rss_mib: float  # the child's largest resident set, from the kernel's accounting
+    peak_rss_mib: float  # the child's own largest resident set (VmHWM)
     returncode: int
     stdout: str
     stderr: str
 
 
-def run_child(argv: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> ChildRun:
-    """Run a command to completion; its peak RSS comes from the kernel (wait4), exact per child."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > timeout:
-                process.kill()
-                _, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.02)
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        scale = 1024**2 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        return ChildRun(seconds, usage.ru_maxrss / scale, process.returncode, out.read(), err.read())
+# Runs a Python program and, at exit, prints its own peak RSS (VmHWM) on stderr. The kernel's
+# ru_maxrss is no use here: across fork and exec a child inherits its parent's peak.
+_PEAK_MARK = "@@malmm-peak-kib "
+_REPORT_PEAK = (
+    "import atexit, runpy, sys\n"
+    "def _peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    f"            sys.stderr.write('\\n{_PEAK_MARK}' + line.split()[1] + '\\n')\n"
+    "atexit.register(_peak)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def run_child(
+    argv: list[str], env: dict[str, str] | None = None, timeout: float = 3600, limit_bytes: int | None = None
+) -> ChildRun:
+    """Run a Python program (a script or console command path, then its arguments) to completion
+    in a fresh interpreter and return its time, own peak RSS and output. With `limit_bytes`, the
+    child's address space is capped, so an allocation past it fails instead of swamping the machine."""
+    command = [sys.executable, "-c", _REPORT_PEAK, *argv] if Path("/proc/self/status").exists() else argv
+
+    def cap() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+            preexec_fn=cap if limit_bytes else None,
+        )  # fmt: skip
+        stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
+    except subprocess.TimeoutExpired as expired:
+        stdout, stderr, returncode = expired.stdout or "", expired.stderr or "", -9
+    seconds = time.perf_counter() - started
+    peak = 0.0
+    kept = []
+    for line in stderr.splitlines():
+        if line.startswith(_PEAK_MARK):
+            peak = int(line[len(_PEAK_MARK) :]) / 1024
+        else:
+            kept.append(line)
+    return ChildRun(seconds, peak, returncode, stdout, "\n".join(kept))
 
 
 def median(values: list[float]) -> float:

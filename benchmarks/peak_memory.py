@@ -83,24 +83,16 @@ def instructblip_video(malmm, folder, frames, size, generator, settings, device,
 
 
 def measure(kind: str, folder: Path, frames: int, device: str, quantize: str, limit_gb: float | None) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--folder", str(folder), "--frames", str(frames),
+    command = [__file__, "--child", kind, "--folder", str(folder), "--frames", str(frames),
                "--device", device, "--quantize", quantize]  # fmt: skip
-    if limit_gb:
-        command = [sys.executable, "-c", _LIMITED.format(limit=int(limit_gb * 1024**3)), *command[1:]]
-    run = run_child(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    run = run_child(command, env=env, limit_bytes=int(limit_gb * 1024**3) if limit_gb else None)
     if run.returncode != 0:
         reason = "out of memory" if "MemoryError" in run.stderr or "memory" in run.stderr.lower() else "failed"
         tail = run.stderr.strip().splitlines()[-1:] or [f"exit {run.returncode}"]
         return {"ok": False, "reason": f"{reason} ({tail[0][:120]})", "seconds": run.seconds}
     data = json.loads(run.stdout.strip().splitlines()[-1])
     return {"ok": True, "rss": run.peak_rss_mib, "gpu": data["peak_gpu_mib"], "seconds": run.seconds}
-
-
-# Runs the child under an address-space limit (Linux): allocation beyond it raises MemoryError.
-_LIMITED = (
-    "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
 
 
 def cell(result: dict, device: str) -> str:
