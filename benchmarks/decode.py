@@ -4,13 +4,15 @@
 
 Makes (once, cached in the work folder) a long 1280x720 30 fps H.264 clip whose frames carry their
 index as a barcode, over a drifting pattern with camera-like noise (x264 veryfast, crf 23, its
-default keyframe interval of 250 frames), then times four strategies at 1 frame per second and at 64
+default keyframe interval of 250 frames), then times these strategies at 1 frame per second and at 64
 frames spread evenly, each run in a fresh process so its peak RSS is its own:
 
     cv_read   read() every frame, keep the first at or after each target
     cv_grab   grab() every frame, retrieve() only the kept ones
     cv_seek   set(CAP_PROP_POS_FRAMES) then read() for every target
-    reader    malmm_cli.video.VideoReader: grab forward when near, checked seek when far
+    reader    malmm_cli.video.VideoReader: grab forward when near, checked seek when far (the default)
+    parallel  malmm_cli.parallel.ParallelReader: the same frames, decoded by one process per core
+    keyframe  malmm_cli.keyframes.KeyframeReader: the nearest keyframes only (--seek keyframe), approximate
 
 Every strategy returns full-size RGB images, as VideoReader does. Runs shorter than --short (30 s)
 are repeated and the median is kept (shared machines are noisy). The table and the machine are
@@ -21,15 +23,12 @@ Not part of the test suite: on 2 cores it takes about 25 minutes, plus 5 to make
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import math
 import os
-import platform
 import re
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -39,9 +38,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's malmm_cli and tests.media, whatever is installed
 
+from benchmarks.common import machine, update_section  # noqa: E402
+
 SHORT_RUN = 30.0  # s: runs shorter than this are repeated (default of --short)
-START, END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
-STRATEGIES = ("cv_read", "cv_grab", "cv_seek", "reader")
+STRATEGIES = ("cv_read", "cv_grab", "cv_seek", "reader", "parallel", "keyframe")
 MODES = ("1fps", "N64")
 SLACK = 1e-3  # s, as in malmm_cli.video
 
@@ -151,6 +151,22 @@ def reader(path: Path, targets: list[float]) -> Iterator[tuple[float, float, obj
             yield frame.target, frame.time, frame.image
 
 
+def parallel(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    from malmm_cli.parallel import ParallelReader
+
+    with ParallelReader(path, workers=os.cpu_count() or 2) as video:
+        for frame in video.frames(targets):
+            yield frame.target, frame.time, frame.image
+
+
+def keyframe(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
+    from malmm_cli.keyframes import KeyframeReader
+
+    with KeyframeReader(path) as video:
+        for frame in video.frames(targets):
+            yield frame.target, frame.time, frame.image
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from
     the parent through fork and exec, so a child of a big parent would report the parent's peak."""
@@ -173,19 +189,23 @@ def child(strategy: str, mode: str, path: Path) -> None:
     frame_times = json.loads(path.with_suffix(".times.json").read_text())
     targets = targets_for(mode, frame_times[-1] + 1 / 30)
     baseline = peak_rss_mib()
-    decode = {"cv_read": cv_read, "cv_grab": cv_grab, "cv_seek": cv_seek, "reader": reader}[strategy]
+    decode = {"cv_read": cv_read, "cv_grab": cv_grab, "cv_seek": cv_seek, "reader": reader, "parallel": parallel,
+              "keyframe": keyframe}[strategy]  # fmt: skip
     exact = delivered = 0
+    errors: list[float] = []  # |frame time - target|: 0 to one frame when exact, up to half a GOP for keyframes
     checking = 0.0  # s spent reading barcodes, taken out of the wall time
     cpu_start, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for target, _time_s, image in decode(path, targets):
+    for target, time_s, image in decode(path, targets):
         tick = time.perf_counter()
         delivered += 1
+        errors.append(abs(time_s - target))
         exact += media.read_barcode(image) == media.expected_index(frame_times, target)
         checking += time.perf_counter() - tick
     wall = time.perf_counter() - started - checking
     cpu_end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu_end.ru_utime + cpu_end.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
-    result = {"requested": len(targets), "delivered": delivered, "exact": exact, "wall": wall, "cpu": cpu}
+    result = {"requested": len(targets), "delivered": delivered, "exact": exact, "wall": wall, "cpu": cpu,
+              "max_error": max(errors, default=0.0)}  # fmt: skip
     print(json.dumps({**result, "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}))
 
 
@@ -210,80 +230,43 @@ def measure(strategy: str, mode: str, path: Path, repeats: int, short: float) ->
     return {**median, "walls": [run["wall"] for run in runs]}
 
 
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.MULTILINE)
-    import av
-    import cv2
-
-    return {
-        "cpu": models[0] if models else platform.processor() or "unknown",
-        "cpuinfo_processors": len(re.findall(r"^processor\s*:", cpuinfo, re.MULTILINE)),
-        "os_cpu_count": os.cpu_count(),
-        "memory_gib": round(int(mem_kib.group(1)) / 2**20, 1) if mem_kib else None,
-        "python": platform.python_version(),
-        "opencv": cv2.__version__,
-        "pyav": av.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def table(results: dict[tuple[str, str], dict]) -> str:
     rows = [
-        "| mode | strategy | requested | delivered | wall s | runs (s) | frames/s | exact % | CPU % "
+        "| mode | strategy | requested | delivered | wall s | runs (s) | frames/s | exact % | max error s | CPU % "
         "| peak RSS MiB (after imports) |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for (mode, strategy), r in results.items():
         runs = "/".join(f"{wall:.1f}" for wall in r["walls"]) if len(r["walls"]) > 1 else "1 run"
         rows.append(
             f"| {mode} | {strategy} | {r['requested']} | {r['delivered']} | {r['wall']:.2f} | {runs} "
             f"| {r['delivered'] / r['wall']:.1f} | {100 * r['exact'] / max(1, r['delivered']):.1f} "
-            f"| {100 * r['cpu'] / r['wall']:.0f} | {r['peak_rss_mib']:.0f} ({r['baseline_rss_mib']:.0f}) |"
+            f"| {r.get('max_error', float('nan')):.3f} | {100 * r['cpu'] / r['wall']:.0f} "
+            f"| {r['peak_rss_mib']:.0f} ({r['baseline_rss_mib']:.0f}) |"
         )
     return "\n".join(rows)
 
 
-def report_block(command: str, facts: dict, box: dict, results: dict, repeats: int, short: float) -> str:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def report_body(facts: dict, results: dict, repeats: int, short: float) -> str:
+    import av
+    import cv2
+
     return "\n".join(
         [
-            START,
-            f"Measured {date} with `{command}`.",
-            "",
-            f"- Machine: {box['cpu']}, {box['cpuinfo_processors']} processors in /proc/cpuinfo, "
-            f"os.cpu_count() = {box['os_cpu_count']}, {box['memory_gib']} GiB RAM, no GPU; "
-            f"{box['platform']}, Python {box['python']}, OpenCV {box['opencv']}, PyAV {box['pyav']}.",
             f"- Clip: {facts['duration'] / 60:.0f} min, 1280x720, 30 fps, {facts['frames']} frames, H.264 "
             f"(x264 veryfast, crf 23, default keyframe interval: {facts['keyframes']} keyframes, longest GOP "
             f"{facts['max_gop']:.1f} s), {facts['mbps']:.2f} Mbit/s, {facts['size_mb']:.0f} MB, MP4 faststart; "
             "frame index barcode over a drifting pattern with per-frame noise.",
-            "- Each cell is a fresh process; wall time includes opening the file, excludes imports. Runs under "
-            f"{short:.0f} s were repeated {repeats} times and the median is shown; the machine is shared, so "
-            "treat differences under ~15 % as ties. Output: full-size RGB uint8, as VideoReader returns. "
-            "Exact: barcode = first frame at or after the target. Peak RSS is the child's VmHWM "
-            "(getrusage's ru_maxrss inherits the parent's peak through fork and exec).",
+            f"- OpenCV {cv2.__version__}, PyAV {av.__version__}. Each cell is a fresh process; wall time includes "
+            f"opening the file, excludes imports. Runs under {short:.0f} s were repeated {repeats} times and the "
+            "median is shown; the machine is shared, so treat differences under ~15 % as ties. Output: full-size "
+            "RGB uint8, as VideoReader returns. Exact: barcode = first frame at or after the target; max error: "
+            "largest |frame time - target|. Peak RSS is the child's VmHWM (getrusage's ru_maxrss inherits the "
+            "parent's peak through fork and exec).",
             "",
             table(results),
-            END,
         ]
     )
-
-
-def update_doc(doc: Path, block: str) -> None:
-    """Replace the marked block in the doc's Decoding section, creating the doc or section if needed."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif "\n## Decoding\n" in text:
-        text = text.replace("\n## Decoding\n", "\n## Decoding\n\n" + block + "\n", 1)
-    else:
-        text = text.rstrip("\n") + "\n\n## Decoding\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
 
 
 def main() -> None:
@@ -299,11 +282,9 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args()
-    command = "python benchmarks/decode.py " + shlex.join(sys.argv[1:])
-
     path = make_clip(args.workdir, args.minutes)
-    facts, box = clip_facts(path), machine()
-    print(f"{box['cpu']}: {box['os_cpu_count']} CPUs; clip {path} ({facts['mbps']:.2f} Mbit/s)", flush=True)
+    facts = clip_facts(path)
+    print(f"{machine()}; clip {path} ({facts['mbps']:.2f} Mbit/s)", flush=True)
     results: dict[tuple[str, str], dict] = {}
     for mode in args.modes:
         for strategy in args.strategies:
@@ -317,7 +298,7 @@ def main() -> None:
             )
     print()
     print(table(results))
-    update_doc(args.doc, report_block(command.strip(), facts, box, results, args.repeats, args.short))
+    update_section("decode-benchmark", report_body(facts, results, args.repeats, args.short), args.doc)
     print(f"\nupdated {args.doc}")
 
 

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/malmm-bench"))
+    parser.add_argument("--video", type=Path, help="an existing clip to use instead of making one")
     args = parser.parse_args()
 
     import torch
@@ -50,7 +51,7 @@ def main() -> None:
     from models import Malmm
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    video, folder = clip(args.workdir, args.minutes), model_folder(args.workdir, args.size)
+    video, folder = args.video or clip(args.workdir, args.minutes), model_folder(args.workdir, args.size)
     cache_dir = args.workdir / f"feature-cache-{args.size}"
     dtype = torch.float32 if args.device == "cpu" else torch.float16
     malmm = Malmm.from_pretrained(folder, device=args.device, dtype=dtype)
@@ -81,7 +82,8 @@ def main() -> None:
     lines = [
         f"## Second question on the same video ({args.size} model, {args.device})",
         "",
-        f"{args.minutes:g}-minute 1280x720 30 fps H.264 video, {args.fps:g} frame/s sampled ({result.frames} frames).",
+        f"{video.name}: {result.duration / 60:.1f}-minute video, {args.fps:g} frame/s sampled "
+        f"({result.frames} frames).",
         "In-process: model loaded once, each question timed alone. Whole command: `malmm ask`, start-up included.",
         "",
         "| | in-process s | whole command s |",
