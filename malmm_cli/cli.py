@@ -7,6 +7,10 @@ partly readable, 2 usage error (bad option, or a model/checkpoint that cannot be
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,27 +141,37 @@ PathsArgument = Annotated[list[Path], typer.Argument(help="Video files or folder
 
 @dataclass
 class RunOptions:
-    """The shared options, checked, for one command run."""
+    """The options every task command shares, as Typer declares them; `shared_options` adds them."""
 
-    model: str
-    checkpoint: Path | None
-    frames: int | None
-    fps: float | None
-    memory_bank_length: int | None
-    formats: list[str]
-    output_dir: Path | None
-    overwrite: bool
-    device: str
-    dtype: str
-    quantize: Quantize
-    quantize_vision: QuantizeVision
-    max_new_tokens: int | None
-    num_beams: int | None
-    quiet: bool
-    batch_size: int | None
-    no_cache: bool
-    seek: Seek
-    decode_workers: int
+    model: ModelOption = DEFAULT_MODEL
+    checkpoint: CheckpointOption = None
+    frames: FramesOption = None
+    fps: FpsOption = None
+    memory_bank_length: BankOption = None
+    format: FormatOption = None
+    output_dir: OutputDirOption = None
+    overwrite: OverwriteOption = False
+    device: DeviceOption = "auto"
+    dtype: DtypeOption = "auto"
+    quantize: QuantizeOption = Quantize.auto
+    quantize_vision: QuantizeVisionOption = QuantizeVision.none
+    max_new_tokens: MaxTokensOption = None
+    num_beams: BeamsOption = None
+    batch_size: BatchOption = None
+    seek: SeekOption = Seek.exact
+    decode_workers: WorkersOption = 1
+    no_cache: NoCacheOption = False
+    quiet: QuietOption = False
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.fps is not None:
+            raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
+        if len(set(self.formats)) != len(self.formats):
+            raise typer.BadParameter("a format is given twice", param_hint="--format")
+
+    @property
+    def formats(self) -> list[str]:
+        return [f.value for f in self.format or [Format.txt]]
 
     def cache(self) -> FeatureCache | None:
         from malmm_cli.feature_cache import FeatureCache
@@ -167,11 +181,8 @@ class RunOptions:
     def sampling(self, task: Task) -> Sampling:
         from malmm_cli.pipeline import Sampling
 
-        if self.frames is not None and self.fps is not None:
-            raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
-        if self.fps is not None:
-            return Sampling(fps=self.fps, seek=self.seek.value, decode_workers=self.decode_workers)
-        return Sampling(frames=self.frames or task.frames, seek=self.seek.value, decode_workers=self.decode_workers)
+        rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
+        return Sampling(**rate, seek=self.seek.value, decode_workers=self.decode_workers)
 
     def bank(self, task: Task) -> int:
         return self.memory_bank_length or task.memory_bank_length
@@ -180,11 +191,32 @@ class RunOptions:
         return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
 
 
-def _options(**values: object) -> RunOptions:
-    formats = [f.value for f in values.pop("formats") or [Format.txt]]  # type: ignore[union-attr]
-    if len(set(formats)) != len(formats):
-        raise typer.BadParameter("a format is given twice", param_hint="--format")
-    return RunOptions(formats=formats, **values)  # type: ignore[arg-type]
+def shared_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a task command every RunOptions field as an option; it receives them as `options`.
+
+    Typer reads a command's options from its signature, so the signature shown to Typer is the
+    command's own parameters followed by RunOptions' fields, with their Typer annotations.
+    """
+    own_hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        parameter.replace(annotation=own_hints[parameter.name])
+        for parameter in inspect.signature(command).parameters.values()
+        if parameter.name != "options"
+    ]
+    option_hints = typing.get_type_hints(RunOptions, include_extras=True)
+    shared = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=option_hints[f.name])
+        for f in dataclasses.fields(RunOptions)
+    ]
+
+    @functools.wraps(command)
+    def run_command(**values: object) -> None:
+        options = RunOptions(**{f.name: values.pop(f.name) for f in dataclasses.fields(RunOptions)})
+        command(**values, options=options)
+
+    run_command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    run_command.__annotations__ = {}  # Typer must take the annotations from the signature above
+    return run_command
 
 
 def _duration(text: str | None, option: str) -> float | None:
@@ -299,39 +331,17 @@ def _run(
 
 
 @app.command()
+@shared_options
 def caption(
     paths: PathsArgument,
     segment: Annotated[
         str | None,
         typer.Option("--segment", "-s", help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30)."),
     ] = None,
-    model: ModelOption = DEFAULT_MODEL,
-    checkpoint: CheckpointOption = None,
-    frames: FramesOption = None,
-    fps: FpsOption = None,
-    memory_bank_length: BankOption = None,
-    format: FormatOption = None,
-    output_dir: OutputDirOption = None,
-    overwrite: OverwriteOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    quantize: QuantizeOption = Quantize.auto,
-    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
-    max_new_tokens: MaxTokensOption = None,
-    num_beams: BeamsOption = None,
-    batch_size: BatchOption = None,
-    seek: SeekOption = Seek.exact,
-    decode_workers: WorkersOption = 1,
-    no_cache: NoCacheOption = False,
-    quiet: QuietOption = False,
+    *,
+    options: RunOptions,
 ) -> None:
     """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too."""
-    options = _options(
-        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
-        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
-        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
-    )  # fmt: skip
     segment_seconds = _duration(segment, "--segment")
     sampling = options.sampling(CAPTION)
     cache = options.cache()
@@ -349,39 +359,17 @@ def caption(
 
 
 @app.command()
+@shared_options
 def ask(
     path: Annotated[Path, typer.Argument(help="A video file, or a folder of videos.")],
     question: Annotated[str | None, typer.Argument(help="The question (or use --question-file).")] = None,
     question_file: Annotated[
         Path | None, typer.Option("--question-file", help="Questions, one per line (blank and # lines skipped).")
     ] = None,
-    model: ModelOption = DEFAULT_MODEL,
-    checkpoint: CheckpointOption = None,
-    frames: FramesOption = None,
-    fps: FpsOption = None,
-    memory_bank_length: BankOption = None,
-    format: FormatOption = None,
-    output_dir: OutputDirOption = None,
-    overwrite: OverwriteOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    quantize: QuantizeOption = Quantize.auto,
-    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
-    max_new_tokens: MaxTokensOption = None,
-    num_beams: BeamsOption = None,
-    batch_size: BatchOption = None,
-    seek: SeekOption = Seek.exact,
-    decode_workers: WorkersOption = 1,
-    no_cache: NoCacheOption = False,
-    quiet: QuietOption = False,
+    *,
+    options: RunOptions,
 ) -> None:
     """Answer questions about a video (defaults: 20 frames, memory bank 10)."""
-    options = _options(
-        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
-        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
-        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
-    )  # fmt: skip
     questions = [question.strip()] if question and question.strip() else []
     if question_file is not None:
         questions += _read_lines(question_file, "questions", "--question-file")
@@ -403,6 +391,7 @@ def ask(
 
 
 @app.command()
+@shared_options
 def predict(
     paths: PathsArgument,
     labels: Annotated[
@@ -413,34 +402,11 @@ def predict(
         typer.Option("--every", "-e", help="Timeline interval (default 60s without --labels, none with them)."),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = 5,
-    model: ModelOption = DEFAULT_MODEL,
-    checkpoint: CheckpointOption = None,
-    frames: FramesOption = None,
-    fps: FpsOption = None,
-    memory_bank_length: BankOption = None,
-    format: FormatOption = None,
-    output_dir: OutputDirOption = None,
-    overwrite: OverwriteOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    quantize: QuantizeOption = Quantize.auto,
-    quantize_vision: QuantizeVisionOption = QuantizeVision.none,
-    max_new_tokens: MaxTokensOption = None,
-    num_beams: BeamsOption = None,
-    batch_size: BatchOption = None,
-    seek: SeekOption = Seek.exact,
-    decode_workers: WorkersOption = 1,
-    no_cache: NoCacheOption = False,
-    quiet: QuietOption = False,
+    *,
+    options: RunOptions,
 ) -> None:
     """Action predictions (defaults: 100 frames, memory bank 20): a timeline and the next action, or
     ranked --labels."""
-    options = _options(
-        model=model, checkpoint=checkpoint, frames=frames, fps=fps, memory_bank_length=memory_bank_length,
-        formats=format, output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, quantize=quantize,
-        quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams, quiet=quiet,
-        batch_size=batch_size, no_cache=no_cache, seek=seek, decode_workers=decode_workers,
-    )  # fmt: skip
     label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
     every_seconds = _duration(every, "--every") if every is not None else (None if label_list else 60.0)
     sampling = options.sampling(CLASSIFICATION)
