@@ -46,7 +46,7 @@ def check_python() -> list[Check]:
 
 def check_packages() -> list[Check]:
     rows = []
-    for package, minimum in (("torch", "2.4"), ("transformers", "5.0"), ("huggingface-hub", "1.0")):
+    for package, minimum in (("torch", "2.5"), ("transformers", "5.0"), ("huggingface-hub", "1.0")):
         found = _version(package)
         if found is None:
             rows.append(Check(package, "fail", "not installed"))

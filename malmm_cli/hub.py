@@ -151,10 +151,12 @@ def check_reachable(repo: str) -> None:
 
 
 def download(repo: str, progress_class: type | None = None) -> Path:
-    """Fetch a model's config, tokenizers and safetensors weights (never the .bin copies)."""
+    """Fetch a model's config, tokenizers and safetensors weights (never the .bin copies).
+
+    Call check_reachable first: without a network this would retry each file for ~23 s.
+    """
     from huggingface_hub import snapshot_download
 
-    check_reachable(repo)
     folder = snapshot_download(
         repo,
         allow_patterns=MODEL_FILES,

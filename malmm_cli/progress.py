@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 
 class _RateColumn(ProgressColumn):
-    """Frames per second of the current video."""
+    """Items per second, in the bar's own unit (frames for a video, videos for the overall bar)."""
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} frames/s", style="progress.data.speed")
+        unit = task.fields.get("unit", "frames")
+        return Text("" if speed is None else f"{speed:.1f} {unit}/s", style="progress.data.speed")
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Reporter:
         with Progress(*columns, console=self.console, transient=False) as progress:
             self._progress = progress
             if videos > 1:
-                self._overall = progress.add_task("[bold]all videos", total=videos)
+                self._overall = progress.add_task("[bold]all videos", total=videos, unit="videos")
             try:
                 yield
             finally:
