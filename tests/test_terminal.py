@@ -1,0 +1,97 @@
+"""What a person sees in a terminal: animated bars, the download bar, and one-line failures."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from malmm_cli import progress
+from malmm_cli.batch import Input, StdoutWriter, run_batch
+from malmm_cli.progress import Reporter
+from malmm_cli.results import VideoResult
+from tests import media
+from tests.fake_hub import FakeHub, fill_cache
+
+REPO = "Salesforce/instructblip-vicuna-7b"
+
+
+def test_bars_in_a_terminal(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a terminal, stderr gets live bars (per video and overall); stdout still only results."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a", "b"):
+        media.make_video(folder / f"{name}.mp4", seconds=2, fps=10)
+    result = run("caption", folder, "--frames", "3", "--format", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b[" in result.stderr  # drawn, not plain lines
+    assert "all videos" in result.stderr and "frames/s" in result.stderr
+    assert "\x1b[" not in result.stdout and len(result.stdout.splitlines()) == 2
+
+
+def test_download_bar_counts_the_bytes(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    from malmm_cli import hub
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    reporter = Reporter(console=console)
+    seen: list[Progress] = []
+    original = progress._rich_tqdm
+
+    def spy(bars: Progress, description: str) -> type:
+        seen.append(bars)
+        return original(bars, description)
+
+    monkeypatch.setattr(progress, "_rich_tqdm", spy)
+    with FakeHub({REPO: tiny_llama_dir}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        folder = hub.resolve(REPO, reporter.downloading)
+    expected = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    (task,) = seen[0].tasks  # one bar: bytes written, of the known total
+    assert task.completed == task.total == expected
+    assert f"download {REPO}" in console.file.getvalue()
+
+
+def test_out_of_gpu_memory_is_one_line_and_the_batch_goes_on(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=200)
+    reporter = Reporter(console=console)
+    inputs = [Input(tmp_path / "a.mp4", Path("a")), Input(tmp_path / "b.mp4", Path("b"))]
+    done = []
+
+    def process(item: Input, _progress) -> VideoResult:
+        if item.path.name == "a.mp4":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        done.append(item.path.name)
+        return VideoResult(str(item.path), "caption", 1.0, 1, 0.0, 0.0, caption="ok")
+
+    stdout = io.StringIO()
+    outcomes = run_batch(inputs, process, reporter=reporter, formats=["txt"], output_dir=None,
+                         stdout=StdoutWriter("txt", single=False, stream=stdout))  # fmt: skip
+    assert [o.status for o in outcomes] == ["failed", "done"] and done == ["b.mp4"]
+    errors = [line for line in console.file.getvalue().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "out of GPU memory: try --quantize 4bit" in errors[0]
+    assert "Traceback" not in console.file.getvalue()
+
+
+def test_cached_hub_model_runs_offline(run, tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A hub id found in the cache is used with no network at all, HF_HUB_OFFLINE or not."""
+    fill_cache(tmp_path / "hf", REPO, tiny_llama_dir)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network used: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    clip = media.make_video(tmp_path / "clip.mp4", seconds=2, fps=10)
+    result = run("caption", clip, "--frames", "3", "--device", "cpu", "--num-beams", "1", "--model", REPO,
+                 model=False)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert f"Loaded {REPO}" in result.stderr
