@@ -52,9 +52,12 @@ def merge_adjacent(tensor: torch.Tensor, sizes: torch.Tensor, index: torch.Tenso
         return flat.gather(1, slot_index.unsqueeze(-1).expand(-1, -1, -1, features))
 
     first = index.unsqueeze(1)  # [B, 1, N]
-    size_a = sizes.gather(1, first).unsqueeze(-1).to(flat.dtype)  # [B, 1, N, 1]
-    size_b = sizes.gather(1, first + 1).unsqueeze(-1).to(flat.dtype)
-    merged = (gather_slots(first) * size_a + gather_slots(first + 1) * size_b) / (size_a + size_b)
+    size_a = sizes.gather(1, first).float()  # [B, 1, N]
+    size_b = sizes.gather(1, first + 1).float()
+    # Blend with weights in [0, 1] computed in float32: a size-weighted sum would overflow float16
+    # once a slot stands for thousands of frames (an hour of video) times features of magnitude 20+.
+    weight_a = (size_a / (size_a + size_b)).unsqueeze(-1).to(flat.dtype)  # [B, 1, N, 1]
+    merged = gather_slots(first) * weight_a + gather_slots(first + 1) * (1 - weight_a)
 
     out = gather_slots(_surviving_slots(num_slots, first))
     out.scatter_(1, first.unsqueeze(-1).expand(-1, -1, -1, features), merged)

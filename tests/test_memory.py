@@ -71,3 +71,14 @@ def test_state_validates_its_settings() -> None:
         MemoryState(ids, ids, memory_bank_length=0)
     with pytest.raises(ValueError, match="total_frames"):
         MemoryState(ids, ids, memory_bank_length=2, total_frames=0)
+
+
+def test_merging_large_slots_stays_finite_in_float16() -> None:
+    """An hour of video at 1 frame/s into 10 slots: slots of ~1000 frames, features of magnitude 50."""
+    slots = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
+    slots[:, 2] = -50.0
+    sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
+    merged = MemoryBank(slots, sizes).compress(2)
+    assert torch.isfinite(merged.slots).all()
+    torch.testing.assert_close(merged.slots[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
+    assert merged.sizes[0, 0].tolist() == [3500.0, 3500.0]
