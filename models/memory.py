@@ -22,7 +22,9 @@ def most_similar_adjacent(slots: torch.Tensor) -> torch.Tensor:
     """Index i of the adjacent pair (i, i+1) with the highest cosine similarity, per token position.
 
     slots: [B, S, N, C] with S >= 2. Returns [B, N] (long); ties resolve to the earliest pair.
+    Measured in float32: in float16 the dot products and norms of 1408-wide features can overflow.
     """
+    slots = slots.float()
     similarity = F.cosine_similarity(slots[:, :-1], slots[:, 1:], dim=-1)  # [B, S-1, N]
     return similarity.argmax(dim=1)
 

@@ -82,3 +82,21 @@ def test_merging_large_slots_stays_finite_in_float16() -> None:
     assert torch.isfinite(merged.slots).all()
     torch.testing.assert_close(merged.slots[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
     assert merged.sizes[0, 0].tolist() == [3500.0, 3500.0]
+
+
+def test_similarity_is_measured_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU kernels accumulate float16 sums in float32 anyway; GPU ones may not. Guard the dtype."""
+    from models import memory
+
+    seen = []
+    original = memory.F.cosine_similarity
+
+    def spy(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        seen.append((a.dtype, b.dtype))
+        return original(a, b, dim=dim)
+
+    monkeypatch.setattr(memory.F, "cosine_similarity", spy)
+    wide = torch.full((1, 3, 1, 1408), 20.0, dtype=torch.float16)
+    wide[0, 0, 0, ::2] = -20.0  # slot 0 differs from slots 1 and 2, which are equal
+    assert most_similar_adjacent(wide).item() == 1
+    assert seen == [(torch.float32, torch.float32)]
