@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,44 +24,68 @@ import torch
 
 from benchmarks.common import model_folder, update_section
 from models import CAPTION, Malmm
-from models.memory import MemoryState, remember
+from models.memory import compress_slots
 from models.modeling import frame_position
 from models.qformer import attend, project
 
 
-def reference_step(model, state: MemoryState, features: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
-    """The reference's per-frame computation: banks hold raw entries and are re-projected each time."""
+@dataclass
+class ReferenceMemory:
+    """The reference's memory: raw banks in time order, concatenated and compressed each frame."""
+
+    length: int
+    total_frames: int
+    frames_seen: int = 0
+    visual: tuple[torch.Tensor, torch.Tensor] | None = None  # (slots [B, S, N, C], sizes [B, S, N])
+    queries: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+
+
+def remember(bank: tuple[torch.Tensor, torch.Tensor] | None, entry: torch.Tensor, length: int) -> tuple:
+    ones = torch.ones(entry.shape[0], 1, entry.shape[1])
+    slots, sizes = (entry.unsqueeze(1), ones) if bank is None else (
+        torch.cat([bank[0], entry.unsqueeze(1)], dim=1), torch.cat([bank[1], ones], dim=1))  # fmt: skip
+    return compress_slots(slots, sizes) if slots.shape[1] > length else (slots, sizes)
+
+
+def flat(bank: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return bank[0].reshape(bank[0].shape[0], -1, bank[0].shape[-1])
+
+
+def reference_step(model, memory: ReferenceMemory, ids, mask, features: torch.Tensor) -> torch.Tensor:
+    """The reference's per-frame computation: every layer re-projects its whole bank, every frame."""
     qformer = model.qformer
     table = model.frame_position_embedding.weight
-    frame = features + frame_position(table, state.frames_seen, state.total_frames)
-    queries = model.query_tokens.expand(state.batch_size, -1, -1)
-    hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)
-    ones = torch.ones(state.batch_size, queries.shape[1], dtype=torch.bool)
-    token_mask = torch.cat([ones, state.instruction_mask.bool()], dim=1)
-    visual = frame if state.visual is None else torch.cat([state.visual.flat(), frame], dim=1)
-    banks = []
-    for layer, past in zip(qformer.encoder.layer, state.queries or (None,) * len(qformer.encoder.layer), strict=True):
-        context = hidden if past is None else torch.cat([past.flat(), hidden], dim=1)
-        mask = token_mask if past is None else token_mask.repeat(1, len(past) + 1)
-        attended = attend(layer.attention, hidden, project(layer.attention, context), mask)
-        banks.append(remember(past, hidden, state.memory_bank_length))
+    frame = features + frame_position(table, memory.frames_seen, memory.total_frames)
+    queries = model.query_tokens.expand(ids.shape[0], -1, -1)
+    hidden = qformer.embeddings(input_ids=ids, query_embeds=queries)
+    token_mask = torch.cat([torch.ones(ids.shape[0], queries.shape[1], dtype=torch.bool), mask.bool()], dim=1)
+    visual = frame if memory.visual is None else torch.cat([flat(memory.visual), frame], dim=1)
+    memory.queries = memory.queries or [None] * len(qformer.encoder.layer)
+    for number, layer in enumerate(qformer.encoder.layer):
+        past = memory.queries[number]
+        context = hidden if past is None else torch.cat([flat(past), hidden], dim=1)
+        steps = 1 if past is None else past[0].shape[1] + 1
+        attended = attend(layer.attention, hidden, project(layer.attention, context), token_mask.repeat(1, steps))
+        memory.queries[number] = remember(past, hidden, memory.length)
         query = attended[:, : queries.shape[1]]
         if layer.has_cross_attention:
             query = attend(layer.crossattention, query, project(layer.crossattention, visual))
         text = attended[:, queries.shape[1] :]
         hidden = torch.cat([layer.output_query(layer.intermediate_query(query), query),
                             layer.output(layer.intermediate(text), text)], dim=1)  # fmt: skip
-    return hidden[:, : queries.shape[1]], state.advanced(remember(state.visual, frame, state.memory_bank_length),
-                                                           tuple(banks))  # fmt: skip
+    memory.visual = remember(memory.visual, frame, memory.length)
+    memory.frames_seen += 1
+    return hidden[:, : queries.shape[1]]
 
 
 @torch.inference_mode()
 def reference_loop(malmm: Malmm, clip: torch.Tensor, bank: int) -> torch.Tensor:
-    state = malmm.new_memory(CAPTION.prompt(), bank, total_frames=clip.shape[0])
+    tokens = malmm.qformer_tokenizer([CAPTION.prompt()], return_tensors="pt")
+    memory = ReferenceMemory(bank, clip.shape[0])
     output = None
     for frame in clip:  # one frame at a time through the vision encoder, then the Q-Former
         features = malmm.model.vision_features(frame.unsqueeze(0).to(malmm.device))
-        output, state = reference_step(malmm.model, state, features)
+        output = reference_step(malmm.model, memory, tokens.input_ids, tokens.attention_mask, features)
     return output
 
 

@@ -1,153 +1,182 @@
-"""The bounded, compressed memory of MA-LMM, as plain data passed through the frame loop.
+"""The bounded, compressed memory of MA-LMM: what one video leaves behind as it is read.
 
 A memory bank keeps one slot per remembered step, each slot a set of N tokens. When the bank
-holds more slots than its capacity, the two temporally adjacent slots that are most alike are
-merged (separately for every token position), so the bank never grows past its capacity however
-long the video is. Merging is a mean weighted by how many original frames each slot already
-stands for, so a slot that absorbed ten frames is not outvoted by one new frame.
+holds more slots than its length, the two temporally adjacent slots that are most alike are merged
+(separately for every token position), so the bank never grows past its length however long the
+video is. Merging is a mean weighted by how many original frames each slot already stands for, so
+a slot that absorbed ten frames is not outvoted by one new frame.
 
-Nothing here is stored on a module: a `MemoryState` belongs to one video (one batch of videos)
-and is replaced, never mutated, by every step.
+Two forms of the same computation:
+- `compress_slots` is the definition, on plain tensors in time order (what the reference does);
+- `MemoryBank` does it in place, in fixed buffers, at a cost per frame that does not grow with
+  the bank: attention does not depend on the order of its keys (each slot already carries its
+  frame position), so slots need not move. A merge writes one slot per token position, frees the
+  other for the next frame, and a per-token `order` index keeps the temporal neighbours; the
+  similarity of each neighbouring pair is kept and only the pairs next to a merge are measured
+  again. Tests check that both forms agree exactly.
+
+Nothing here is stored on a module: a `MemoryState` belongs to one video (or one batch of videos).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity over the last dimension, in float32: in float16 the dot products and norms
+    of 1408-wide features can overflow."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
 def most_similar_adjacent(slots: torch.Tensor) -> torch.Tensor:
     """Index i of the adjacent pair (i, i+1) with the highest cosine similarity, per token position.
 
     slots: [B, S, N, C] with S >= 2. Returns [B, N] (long); ties resolve to the earliest pair.
-    Measured in float32: in float16 the dot products and norms of 1408-wide features can overflow.
     """
-    slots = slots.float()
-    similarity = F.cosine_similarity(slots[:, :-1], slots[:, 1:], dim=-1)  # [B, S-1, N]
-    return similarity.argmax(dim=1)
+    return similarity(slots[:, :-1], slots[:, 1:]).argmax(dim=1)  # [B, S-1, N] -> [B, N]
 
 
-def _surviving_slots(num_slots: int, first: torch.Tensor) -> torch.Tensor:
-    """For a merge of slot first+1 into slot first ([B, 1, N]): the source of each output slot.
+def blend(a: torch.Tensor, b: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor) -> torch.Tensor:
+    """Size-weighted mean of two slots. a, b: [B, 1, N, F]; sizes [B, 1, N].
 
-    Every slot except first+1 survives, in order. Returns [B, S-1, N] (long).
+    The weights lie in [0, 1] and are computed in float32: a size-weighted sum would overflow
+    float16 once a slot stands for thousands of frames (an hour of video) times features of 20+.
     """
-    kept = torch.arange(num_slots - 1, device=first.device).view(1, -1, 1)  # [1, S-1, 1]
-    return kept + (kept > first).long()
+    weight_a = (size_a.float() / (size_a.float() + size_b.float())).unsqueeze(-1).to(a.dtype)  # [B, 1, N, 1]
+    return a * weight_a + b * (1 - weight_a)
 
 
-def merge_adjacent(tensor: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Merge slot index+1 into slot index, per batch row and token position, weighted by sizes.
+def _gather_slot(tensor: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """tensor [B, S, N, F], slot [B, 1, N] (long) -> [B, 1, N, F]: one slot per token position."""
+    return tensor.gather(1, slot.unsqueeze(-1).expand(-1, -1, -1, tensor.shape[-1]))
 
-    tensor: [B, S, N, *] (any trailing feature dims), sizes: [B, S, N], index: [B, N].
-    Returns [B, S-1, N, *]. Because the weights sum to one, merging an affine function of the
-    slots (for example their key projections) gives the same result as projecting the merged slots.
+
+def compress_slots(slots: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One merge, by definition: slots [B, S, N, C] in time order, sizes [B, S, N] -> S-1 slots.
+
+    For each token position, the most similar adjacent pair (i, i+1) becomes one slot, the
+    size-weighted mean of the two, and the sizes add up.
     """
-    batch, num_slots, num_tokens = sizes.shape
-    trailing = tensor.shape[3:]
-    flat = tensor.reshape(batch, num_slots, num_tokens, -1)  # [B, S, N, F]
-    features = flat.shape[-1]
-
-    def gather_slots(slot_index: torch.Tensor) -> torch.Tensor:  # [B, K, N] -> [B, K, N, F]
-        return flat.gather(1, slot_index.unsqueeze(-1).expand(-1, -1, -1, features))
-
-    first = index.unsqueeze(1)  # [B, 1, N]
-    size_a = sizes.gather(1, first).float()  # [B, 1, N]
-    size_b = sizes.gather(1, first + 1).float()
-    # Blend with weights in [0, 1] computed in float32: a size-weighted sum would overflow float16
-    # once a slot stands for thousands of frames (an hour of video) times features of magnitude 20+.
-    weight_a = (size_a / (size_a + size_b)).unsqueeze(-1).to(flat.dtype)  # [B, 1, N, 1]
-    merged = gather_slots(first) * weight_a + gather_slots(first + 1) * (1 - weight_a)
-
-    out = gather_slots(_surviving_slots(num_slots, first))
-    out.scatter_(1, first.unsqueeze(-1).expand(-1, -1, -1, features), merged)
-    return out.reshape(batch, num_slots - 1, num_tokens, *trailing)
+    index = most_similar_adjacent(slots).unsqueeze(1)  # [B, 1, N]
+    merged = blend(_gather_slot(slots, index), _gather_slot(slots, index + 1),
+                   sizes.gather(1, index), sizes.gather(1, index + 1))  # fmt: skip
+    keep_left = torch.arange(slots.shape[1] - 1, device=slots.device).view(1, -1, 1) < index  # [B, S-1, N]
+    out = torch.where(keep_left.unsqueeze(-1), slots[:, :-1], slots[:, 1:])  # slot i+1 removed
+    out.scatter_(1, index.unsqueeze(-1).expand(-1, -1, -1, slots.shape[-1]), merged)
+    out_sizes = torch.where(keep_left, sizes[:, :-1], sizes[:, 1:])
+    out_sizes.scatter_(1, index, sizes.gather(1, index) + sizes.gather(1, index + 1))
+    return out, out_sizes
 
 
-def merge_sizes(sizes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Slot sizes after `merge_adjacent` with the same index: the merged slot counts both."""
-    first = index.unsqueeze(1)  # [B, 1, N]
-    out = sizes.gather(1, _surviving_slots(sizes.shape[1], first))
-    out.scatter_(1, first, sizes.gather(1, first) + sizes.gather(1, first + 1))
-    return out
-
-
-@dataclass(frozen=True)
 class MemoryBank:
-    """Past steps of one stream.
+    """Past steps of one stream, in fixed buffers of `length + 1` slots, updated in place.
 
-    - `slots` [B, S, N, C]: the remembered entries; similarity for merging is measured on these.
-    - `sizes` [B, S, N]: how many original frames each slot stands for.
+    Buffers (physical slots p, token positions n):
+    - `slots` [B, P, N, C]: the remembered entries; similarity for merging is measured on these.
     - `projections`: for each attention layer that reads this bank, the keys and values of the
-      slots [B, S, N, 2D], kept so they are computed once per frame, never again. They are merged
-      with the same weights as the slots, which equals projecting the merged slots (the
-      projections are affine and the weights sum to one).
+      slots [B, P, N, 2D], computed once per frame and merged with the slots' weights (equal to
+      projecting the merged slots: the projections are affine and the weights sum to one).
+    - `sizes` [B, P, N]: how many original frames each slot stands for.
+    - `order` [B, P, N]: the physical slot of the k-th oldest remembered step, per token position.
+    - `pair_similarity` [B, P - 1, N]: similarity of temporal neighbours k and k+1.
+    The physical slots in use are always 0 .. len(self) - 1 until the bank first overflows, and
+    all of them from then on, so `context` is a view, never a copy.
     """
 
-    slots: torch.Tensor
-    sizes: torch.Tensor
-    projections: tuple[torch.Tensor, ...] = ()
-
-    @classmethod
-    def start(cls, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> MemoryBank:
-        """A bank holding one step. entry: [B, N, C]; projections: [B, N, 2D] each."""
-        sizes = torch.ones(entry.shape[:2], dtype=torch.float32, device=entry.device)
-        return cls(entry.unsqueeze(1), sizes.unsqueeze(1), tuple(p.unsqueeze(1) for p in projections))
+    def __init__(self, length: int, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()):
+        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, N, 2D] each."""
+        if length < 1:
+            raise ValueError(f"memory bank length must be at least 1, got {length}")
+        batch, tokens = entry.shape[:2]
+        self.length = length
+        capacity = length + 1  # one more than the bank keeps: the current step, until compressed
+        self.slots = entry.new_empty(batch, capacity, tokens, entry.shape[-1])
+        self.projections = tuple(p.new_empty(batch, capacity, tokens, p.shape[-1]) for p in projections)
+        self.sizes = torch.zeros(batch, capacity, tokens, dtype=torch.float32, device=entry.device)
+        self.order = torch.zeros(batch, capacity, tokens, dtype=torch.long, device=entry.device)
+        self.pair_similarity = torch.zeros(batch, capacity - 1, tokens, dtype=torch.float32, device=entry.device)
+        self.free = torch.zeros(batch, 1, tokens, dtype=torch.long, device=entry.device)  # where the next step goes
+        self.used = 0
+        self.append(entry, projections)
 
     def __len__(self) -> int:
-        return self.slots.shape[1]
+        return self.used
 
-    def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> MemoryBank:
-        """The bank with one more step at the end. entry: [B, N, C]; projections: [B, N, 2D] each."""
+    def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> None:
+        """Remember one more step (at most one beyond `length`, until `compress`)."""
+        if self.used > self.length:
+            raise RuntimeError("compress the bank before adding another step")
         if len(projections) != len(self.projections):
             raise ValueError(f"bank keeps {len(self.projections)} projections, got {len(projections)}")
-        ones = torch.ones_like(self.sizes[:, :1])
-        return MemoryBank(
-            torch.cat([self.slots, entry.unsqueeze(1)], dim=1),
-            torch.cat([self.sizes, ones], dim=1),
-            tuple(
-                torch.cat([old, new.unsqueeze(1)], dim=1)
-                for old, new in zip(self.projections, projections, strict=True)
-            ),
-        )
+        where = self.free  # [B, 1, N]
+        for buffer, value in zip((self.slots, *self.projections), (entry, *projections), strict=True):
+            buffer.scatter_(1, where.unsqueeze(-1).expand(-1, -1, -1, buffer.shape[-1]), value.unsqueeze(1))
+        self.sizes.scatter_(1, where, 1.0)
+        if self.used:  # the newest neighbour pair: previous newest step and this one
+            newest = self.order[:, self.used - 1 : self.used]
+            pair = similarity(_gather_slot(self.slots, newest), entry.unsqueeze(1))  # [B, 1, N]
+            self.pair_similarity[:, self.used - 1 : self.used] = pair
+        self.order[:, self.used : self.used + 1] = where
+        self.used += 1
+        if self.used < self.slots.shape[1]:  # still filling up: slots are taken in turn
+            self.free = torch.full_like(self.free, self.used)
 
-    def compress(self, capacity: int) -> MemoryBank:
-        """Merge most-similar adjacent slots until at most `capacity` slots remain."""
-        bank = self
-        while len(bank) > capacity:
-            index = most_similar_adjacent(bank.slots)
-            bank = MemoryBank(
-                merge_adjacent(bank.slots, bank.sizes, index),
-                merge_sizes(bank.sizes, index),
-                tuple(merge_adjacent(p, bank.sizes, index) for p in bank.projections),
-            )
-        return bank
+    def compress(self) -> None:
+        """If the bank holds more than `length` steps, merge the most similar neighbours (per token)."""
+        if self.used <= self.length:
+            return
+        pairs = self.used - 1
+        index = self.pair_similarity[:, :pairs].argmax(dim=1, keepdim=True)  # [B, 1, N], earliest on ties
+        first, second = self.order.gather(1, index), self.order.gather(1, index + 1)  # physical slots
+        size_a, size_b = self.sizes.gather(1, first), self.sizes.gather(1, second)
+        for buffer in (self.slots, *self.projections):
+            merged = blend(_gather_slot(buffer, first), _gather_slot(buffer, second), size_a, size_b)
+            buffer.scatter_(1, first.unsqueeze(-1).expand(-1, -1, -1, buffer.shape[-1]), merged)
+        self.sizes.scatter_(1, first, size_a + size_b)
+        self.free = second
 
-    def flat(self) -> torch.Tensor:
-        """All remembered tokens in time order: [B, S * N, C]."""
-        return _flatten_slots(self.slots)
+        # Temporal neighbours after the merge: step i+1 leaves the order; pairs (k, k+1) before
+        # the merge keep their similarity, later ones shift down by one; the merged step's two
+        # pairs are measured again.
+        slot_left = torch.arange(self.order.shape[1] - 1, device=index.device).view(1, -1, 1) <= index
+        self.order[:, :-1] = torch.where(slot_left, self.order[:, :-1], self.order[:, 1:])
+        pair_left = torch.arange(pairs - 1, device=index.device).view(1, -1, 1) < index
+        kept = self.pair_similarity[:, :pairs]
+        self.pair_similarity[:, : pairs - 1] = torch.where(pair_left, kept[:, :-1], kept[:, 1:])
+        self.used -= 1
+        if self.used > 1:
+            self._remeasure(index - 1, index > 0)  # (step before, merged step), if any
+            self._remeasure(index, index < self.used - 1)  # (merged step, step after), if any
 
-    def flat_projection(self, layer: int) -> torch.Tensor:
-        """Keys and values of all remembered tokens for one reading layer: [B, S * N, 2D]."""
-        return _flatten_slots(self.projections[layer])
+    def _remeasure(self, pair: torch.Tensor, where: torch.Tensor) -> None:
+        """Measure again the similarity of neighbour pairs `pair` [B, 1, N], at positions where `where`."""
+        pair = pair.clamp(0, self.used - 2)
+        left = _gather_slot(self.slots, self.order.gather(1, pair))
+        right = _gather_slot(self.slots, self.order.gather(1, pair + 1))
+        value = torch.where(where, similarity(left, right), self.pair_similarity.gather(1, pair))
+        self.pair_similarity.scatter_(1, pair, value)
+
+    def context(self, layer: int) -> torch.Tensor:
+        """Keys and values of every remembered step for one reading layer: [B, used * N, 2D] (a view)."""
+        buffer = self.projections[layer][:, : self.used]
+        return buffer.reshape(buffer.shape[0], -1, buffer.shape[-1])
+
+    def in_time_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots [B, used, N, C], sizes [B, used, N]) oldest first, as `compress_slots` keeps them."""
+        order = self.order[:, : self.used]
+        slots = self.slots.gather(1, order.unsqueeze(-1).expand(-1, -1, -1, self.slots.shape[-1]))
+        return slots, self.sizes.gather(1, order)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.slots, *self.projections, self.sizes, self.order, self.pair_similarity, self.free]
 
 
-def _flatten_slots(tensor: torch.Tensor) -> torch.Tensor:  # [B, S, N, F] -> [B, S * N, F]
-    batch, slots, tokens, features = tensor.shape
-    return tensor.reshape(batch, slots * tokens, features)
-
-
-def remember(
-    bank: MemoryBank | None, entry: torch.Tensor, capacity: int, projections: tuple[torch.Tensor, ...] = ()
-) -> MemoryBank:
-    """Add one step to a bank (or start one) and compress it back to `capacity` slots."""
-    grown = MemoryBank.start(entry, projections) if bank is None else bank.append(entry, projections)
-    return grown.compress(capacity)
-
-
-@dataclass(frozen=True)
+@dataclass
 class MemoryState:
     """Everything MA-LMM remembers about one video (or one batch of videos) while reading it.
 
@@ -160,7 +189,9 @@ class MemoryState:
     - `frames_seen`: frames read so far; `total_frames`: frames the caller plans to read, if
       known (it only affects frame positions past the end of the position table).
 
-    Size is bounded: after any number of frames, each bank has at most `memory_bank_length` slots.
+    Each step updates the state in place (its buffers are reused, so a frame costs the same however
+    long the video); `copy()` it first to read two continuations of the same video. Size is bounded:
+    after the first frame it holds the same buffers, of `memory_bank_length + 1` slots, for good.
     """
 
     instruction_ids: torch.Tensor
@@ -169,7 +200,7 @@ class MemoryState:
     total_frames: int | None = None
     frames_seen: int = 0
     visual: MemoryBank | None = None
-    queries: tuple[MemoryBank | None, ...] = field(default_factory=tuple)
+    queries: list[MemoryBank] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.memory_bank_length < 1:
@@ -181,17 +212,16 @@ class MemoryState:
     def batch_size(self) -> int:
         return self.instruction_ids.shape[0]
 
-    def advanced(self, visual: MemoryBank, queries: tuple[MemoryBank, ...]) -> MemoryState:
-        """The state after one more frame, with its banks already compressed."""
-        return replace(self, visual=visual, queries=queries, frames_seen=self.frames_seen + 1)
+    def copy(self) -> MemoryState:
+        """An independent copy, for reading two different continuations of the same video."""
+        return copy.deepcopy(self)
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the state holds (for measuring its size)."""
-        banks = [self.visual, *self.queries]
         held = [self.instruction_ids, self.instruction_mask]
-        for bank in banks:
+        for bank in [self.visual, *self.queries]:
             if bank is not None:
-                held += [bank.slots, bank.sizes, *bank.projections]
+                held += bank.tensors()
         return held
 
     def nbytes(self) -> int:

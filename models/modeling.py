@@ -99,15 +99,15 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         )
 
     def step(self, state: MemoryState, features: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
-        """Read the next frame of every video in the batch.
+        """Read the next frame of every video in the batch into `state` (updated in place).
 
         features: [B, N, C] from `vision_features`. Returns the Q-Former query output [B, NQ, D]
-        (what the LLM would see if the video ended here) and the next memory state.
+        (what the LLM would see if the video ended here) and the state.
         """
         table = self.frame_position_embedding.weight
         position = frame_position(table, state.frames_seen, state.total_frames)
         frame = features.to(table.device) + position.to(features.dtype)  # added to all N tokens
-        return qformer_step(self.qformer, self.query_tokens, state, frame)
+        return qformer_step(self.qformer, self.query_tokens, state, frame), state
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:
         """Q-Former output [B, NQ, D] -> LLM input embeddings [B, NQ, H]."""

@@ -10,7 +10,8 @@ the attention arithmetic, because MA-LMM changes what the keys and values are:
 
 After the step each bank gains the current entry and is compressed back to the bank length. The
 banks also keep every reading layer's keys and values of their entries, so a frame costs the
-projection of that frame only; the reference re-projects the whole bank in every layer, per frame.
+projection of that frame only (the reference re-projects the whole bank in every layer, per
+frame), and they are updated in place (memory.py), so nothing is copied as the bank fills.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers.models.instructblip.modeling_instructblip import (
     InstructBlipQFormerModel,
 )
 
-from models.memory import MemoryState, remember
+from models.memory import MemoryBank, MemoryState
 
 
 def project(attention: InstructBlipQFormerAttention, states: torch.Tensor) -> torch.Tensor:
@@ -60,11 +61,12 @@ def qformer_step(
     query_tokens: torch.Tensor,
     state: MemoryState,
     frame: torch.Tensor,
-) -> tuple[torch.Tensor, MemoryState]:
-    """Read one frame. frame: [B, N, C] vision features with the frame position already added.
+) -> torch.Tensor:
+    """Read one frame into `state` (updated in place). frame: [B, N, C] vision features with the
+    frame position already added. Returns the Q-Former output at the query positions [B, NQ, D].
 
-    Returns the Q-Former output at the query positions [B, NQ, D] and the next state. Only the
-    current frame and the current input are projected to keys and values: the banks keep theirs.
+    Only the current frame and the current input are projected to keys and values: the banks
+    keep theirs, and attention reads them where they are.
     """
     batch = state.batch_size
     queries = query_tokens.expand(batch, -1, -1)  # [B, NQ, D]
@@ -72,27 +74,28 @@ def qformer_step(
     hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)  # [B, NQ+Lt, D]
     query_mask = torch.ones(batch, num_queries, dtype=torch.bool, device=hidden.device)
     token_mask = torch.cat([query_mask, state.instruction_mask.to(hidden.device).bool()], dim=1)
+    length = state.memory_bank_length
 
     frame = frame.to(hidden.device)
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
     frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, N, 2D] each
-    past_visual = state.visual
-    visual_contexts = iter(  # [B, (S+1)N, 2D] per cross-attention layer, in order: [visual bank ; frame]
-        projected if past_visual is None else torch.cat([past_visual.flat_projection(i), projected], dim=1)
-        for i, projected in enumerate(frame_projections)
-    )
+    if state.visual is None:
+        state.visual = MemoryBank(length, frame, frame_projections)
+    else:
+        state.visual.append(frame, frame_projections)
+    # Every cross-attention layer reads [visual bank ; current frame]: [B, (S+1)N, 2D] each.
+    visual_contexts = iter([state.visual.context(i) for i in range(len(cross_layers))])
 
-    past_queries = state.queries or (None,) * len(qformer.encoder.layer)
-    query_banks = []
-    for layer, past in zip(qformer.encoder.layer, past_queries, strict=True):
+    for number, layer in enumerate(qformer.encoder.layer):
         current = project(layer.attention, hidden)  # [B, NQ+Lt, 2D]
-        if past is None:
-            context, context_mask = current, token_mask
-        else:  # keys and values over [remembered inputs ; current input]
-            context = torch.cat([past.flat_projection(0), current], dim=1)  # [B, (S+1)(NQ+Lt), 2D]
-            context_mask = token_mask.repeat(1, len(past) + 1)
-        attended = attend(layer.attention, hidden, context, context_mask)
-        query_banks.append(remember(past, hidden, state.memory_bank_length, (current,)))
+        if number == len(state.queries):
+            state.queries.append(MemoryBank(length, hidden, (current,)))
+        else:
+            state.queries[number].append(hidden, (current,))
+        inputs = state.queries[number]
+        # keys and values over [remembered inputs ; current input], the padding mask once per step
+        attended = attend(layer.attention, hidden, inputs.context(0), token_mask.repeat(1, len(inputs)))
+        inputs.compress()
 
         query_part = attended[:, :num_queries]
         if layer.has_cross_attention:
@@ -102,5 +105,6 @@ def qformer_step(
         text_out = layer.output(layer.intermediate(text_part), text_part)
         hidden = torch.cat([query_out, text_out], dim=1)
 
-    visual_bank = remember(past_visual, frame, state.memory_bank_length, frame_projections)
-    return hidden[:, :num_queries], state.advanced(visual_bank, tuple(query_banks))
+    state.visual.compress()
+    state.frames_seen += 1
+    return hidden[:, :num_queries]

@@ -1,11 +1,11 @@
-"""The memory bank: weighted merging of adjacent slots, and a state whose size does not grow."""
+"""The memory bank: weighted merging of adjacent slots, in place, bounded, equal to the definition."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.memory import MemoryBank, MemoryState, merge_adjacent, merge_sizes, most_similar_adjacent, remember
+from models.memory import MemoryBank, MemoryState, compress_slots, most_similar_adjacent
 
 
 def test_merge_is_size_weighted_mean_of_most_similar_pair() -> None:
@@ -14,9 +14,9 @@ def test_merge_is_size_weighted_mean_of_most_similar_pair() -> None:
     c = torch.tensor([0.0, 1.0])
     slots = torch.stack([a, b, c]).view(1, 3, 1, 2)
     sizes = torch.tensor([3.0, 1.0, 1.0]).view(1, 3, 1)
-    bank = MemoryBank(slots, sizes).compress(2)
-    torch.testing.assert_close(bank.slots[0, :, 0], torch.stack([(3 * a + b) / 4, c]))
-    assert bank.sizes.flatten().tolist() == [4.0, 1.0]
+    merged, merged_sizes = compress_slots(slots, sizes)
+    torch.testing.assert_close(merged[0, :, 0], torch.stack([(3 * a + b) / 4, c]))
+    assert merged_sizes.flatten().tolist() == [4.0, 1.0]
 
 
 def test_each_token_position_merges_its_own_pair() -> None:
@@ -24,8 +24,7 @@ def test_each_token_position_merges_its_own_pair() -> None:
     slots = torch.randn(2, 5, 7, 16)
     sizes = torch.randint(1, 4, (2, 5, 7)).float()
     index = most_similar_adjacent(slots)
-    merged = merge_adjacent(slots, sizes, index)
-    merged_sizes = merge_sizes(sizes, index)
+    merged, merged_sizes = compress_slots(slots, sizes)
     for b in range(2):
         for n in range(7):
             i = int(index[b, n])
@@ -38,31 +37,67 @@ def test_each_token_position_merges_its_own_pair() -> None:
 
 
 def test_ties_merge_the_earliest_pair() -> None:
-    slots = torch.ones(1, 4, 1, 3)  # all pairs equally similar
-    index = most_similar_adjacent(slots)
-    assert index.item() == 0
+    assert most_similar_adjacent(torch.ones(1, 4, 1, 3)).item() == 0  # all pairs equally similar
 
 
-def test_merging_commutes_with_affine_maps() -> None:
-    """Why projected keys/values can be merged like the raw bank (used to avoid recomputation)."""
-    torch.manual_seed(2)
-    slots = torch.randn(1, 6, 4, 8)
-    sizes = torch.randint(1, 5, (1, 6, 4)).float()
-    layer = torch.nn.Linear(8, 5)
-    index = most_similar_adjacent(slots)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            layer(merge_adjacent(slots, sizes, index)), merge_adjacent(layer(slots), sizes, index)
+@pytest.mark.parametrize("length", [1, 3, 6])
+def test_bank_in_place_equals_the_definition(length: int) -> None:
+    """The in-place bank (any physical order) and compress_slots (time order) agree exactly."""
+    torch.manual_seed(length)
+    batch, tokens = 2, 5
+    project = torch.nn.Linear(8, 6)
+    reference_slots = reference_sizes = None
+    bank = None
+    for step in range(40):
+        entry = torch.randn(batch, tokens, 8)
+        if step % 7 == 3:  # exact ties: a repeated frame
+            entry = reference_slots[:, -1].clone()
+        with torch.no_grad():
+            projection = project(entry)
+        if bank is None:
+            bank = MemoryBank(length, entry, (projection,))
+            reference_slots, reference_sizes = entry.unsqueeze(1), torch.ones(batch, 1, tokens)
+        else:
+            bank.append(entry, (projection,))
+            reference_slots = torch.cat([reference_slots, entry.unsqueeze(1)], dim=1)
+            reference_sizes = torch.cat([reference_sizes, torch.ones(batch, 1, tokens)], dim=1)
+        context = bank.context(0)  # what attention reads: every remembered step and this one
+        assert context.shape == (batch, len(bank) * tokens, 6)
+        bank.compress()
+        if reference_slots.shape[1] > length:
+            reference_slots, reference_sizes = compress_slots(reference_slots, reference_sizes)
+        slots, sizes = bank.in_time_order()
+        assert torch.equal(slots, reference_slots), f"step {step}"
+        assert torch.equal(sizes, reference_sizes), f"step {step}"
+        assert len(bank) == min(step + 1, length)
+    with torch.no_grad():  # projections were merged like the slots: affine maps and weights summing to one
+        projected_in_order = bank.projections[0].gather(
+            1, bank.order[:, : len(bank)].unsqueeze(-1).expand(-1, -1, -1, 6)
         )
+        torch.testing.assert_close(projected_in_order, project(reference_slots), atol=1e-5, rtol=1e-5)
 
 
-def test_bank_never_exceeds_capacity_and_counts_every_frame() -> None:
+def test_bank_never_exceeds_its_length_and_counts_every_frame() -> None:
     torch.manual_seed(3)
     bank = None
     for frames in range(1, 60):
-        bank = remember(bank, torch.randn(2, 5, 8), capacity=4)
+        entry = torch.randn(2, 5, 8)
+        if bank is None:
+            bank = MemoryBank(4, entry)
+        else:
+            bank.append(entry)
+        bank.compress()
         assert len(bank) == min(frames, 4)
-        assert torch.all(bank.sizes.sum(1) == frames)
+        assert torch.all(bank.in_time_order()[1].sum(1) == frames)
+
+
+def test_bank_refuses_a_second_step_before_compressing() -> None:
+    bank = MemoryBank(1, torch.zeros(1, 2, 3))
+    bank.append(torch.ones(1, 2, 3))
+    with pytest.raises(RuntimeError, match="compress"):
+        bank.append(torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match="at least 1"):
+        MemoryBank(0, torch.zeros(1, 2, 3))
 
 
 def test_state_validates_its_settings() -> None:
@@ -78,10 +113,10 @@ def test_merging_large_slots_stays_finite_in_float16() -> None:
     slots = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
     slots[:, 2] = -50.0
     sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
-    merged = MemoryBank(slots, sizes).compress(2)
-    assert torch.isfinite(merged.slots).all()
-    torch.testing.assert_close(merged.slots[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
-    assert merged.sizes[0, 0].tolist() == [3500.0, 3500.0]
+    merged, merged_sizes = compress_slots(slots, sizes)
+    assert torch.isfinite(merged).all()
+    torch.testing.assert_close(merged[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
+    assert merged_sizes[0, 0].tolist() == [3500.0, 3500.0]
 
 
 def test_similarity_is_measured_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:

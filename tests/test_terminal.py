@@ -32,7 +32,7 @@ def test_bars_in_a_terminal(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     result = run("caption", folder, "--frames", "3", "--format", "jsonl")
     assert result.exit_code == 0, result.stderr
     assert "\x1b[" in result.stderr  # drawn, not plain lines
-    assert "all videos" in result.stderr and "frames/s" in result.stderr
+    assert "all videos" in result.stderr and "2/2" in result.stderr  # the overall bar, drawn to its end
     assert "\x1b[" not in result.stdout and len(result.stdout.splitlines()) == 2
 
 
