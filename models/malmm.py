@@ -1,14 +1,15 @@
 """The Python API: load MA-LMM once, then read any number of videos with it.
 
     from models import Malmm, CAPTION
-    malmm = Malmm.from_pretrained("Salesforce/instructblip-vicuna-7b", checkpoint="msrvtt_cap.pth")
+    malmm = Malmm.from_pretrained("Salesforce/instructblip-vicuna-7b", checkpoint="checkpoint_best.pth")
     state = malmm.new_memory(CAPTION.prompt(), CAPTION.memory_bank_length, total_frames=80)
     for pixels in frame_batches:                      # [F, 3, 224, 224] each, in time order
         output, state = malmm.read(pixels, state)
     print(malmm.generate(output, CAPTION.prompt(), CAPTION.generation))
 
-Each video gets its own `MemoryState`; nothing about a video is kept on the model, so videos
-never leak into each other. The model knows nothing of files: pixels come from the caller.
+Each video gets its own `MemoryState` (updated in place as frames are read); nothing about a video
+is kept on the model, so videos never leak into each other. The model knows nothing of files:
+pixels come from the caller.
 """
 
 from __future__ import annotations

@@ -129,3 +129,16 @@ def test_tiny_model_sees_different_frames_differently(tiny_malmm: Malmm) -> None
     """Guards the tests above: with near-zero vision weights every frame would encode the same."""
     features = tiny_malmm.encode_frames(video(2, seed=10))
     assert (features[0] - features[1]).abs().mean() > 0.1 * features.abs().mean()
+
+
+def test_copied_state_continues_independently(tiny_malmm: Malmm) -> None:
+    """The state is updated in place; a copy follows its own continuation of the same video."""
+    start, ending_a, ending_b = video(5, seed=11), video(4, seed=12), video(4, seed=13)
+    state = tiny_malmm.new_memory(CAPTION.prompt(), 3)
+    _, state = tiny_malmm.read(start, state)
+    branch = state.copy()
+    output_a, _ = tiny_malmm.read(ending_a, state)
+    output_b, _ = tiny_malmm.read(ending_b, branch)
+    alone_b, _ = tiny_malmm.read(torch.cat([start, ending_b]), tiny_malmm.new_memory(CAPTION.prompt(), 3))
+    torch.testing.assert_close(output_b, alone_b, atol=1e-6, rtol=0)
+    assert not torch.allclose(output_a, output_b)
