@@ -42,13 +42,13 @@ def most_similar_adjacent(slots: torch.Tensor) -> torch.Tensor:
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor) -> torch.Tensor:
-    """Size-weighted mean of two slots. a, b: [B, 1, N, F]; sizes [B, 1, N].
+    """Size-weighted mean of two slots. a, b: [B, G, N, F]; sizes [B, 1, N] (the same for every G).
 
     The weights lie in [0, 1] and are computed in float32: a size-weighted sum would overflow
     float16 once a slot stands for thousands of frames (an hour of video) times features of 20+.
     """
     weight_a = (size_a.float() / (size_a.float() + size_b.float())).unsqueeze(-1).to(a.dtype)  # [B, 1, N, 1]
-    return a * weight_a + b * (1 - weight_a)
+    return torch.lerp(b, a, weight_a)  # b + weight_a (a - b): one pass, no temporaries
 
 
 def _gather_slot(tensor: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
@@ -79,33 +79,64 @@ class MemoryBank:
     Buffers (physical slots p, token positions n):
     - `slots` [B, P, N, C]: the remembered entries; similarity for merging is measured on these.
     - `projections`: for each attention layer that reads this bank, the keys and values of the
-      slots [B, P, N, 2D], computed once per frame and merged with the slots' weights (equal to
-      projecting the merged slots: the projections are affine and the weights sum to one).
+      slots, per head: [B, G, P, N, d] (G = 2 x heads groups of d features, keys then values),
+      computed once per frame and merged with the slots' weights (equal to projecting the merged
+      slots: the projections are affine and the weights sum to one). Head-major, so that the
+      keys of one head over all remembered tokens are one contiguous block for attention.
     - `sizes` [B, P, N]: how many original frames each slot stands for.
     - `order` [B, P, N]: the physical slot of the k-th oldest remembered step, per token position.
     - `pair_similarity` [B, P - 1, N]: similarity of temporal neighbours k and k+1.
     The physical slots in use are always 0 .. len(self) - 1 until the bank first overflows, and
-    all of them from then on, so `context` is a view, never a copy.
+    all of them from then on, so `context` is a view, never a copy. Slots are read and written a
+    token row at a time (`index_select`/`index_copy_` on a flat view of each buffer), which moves
+    whole rows instead of computing an index for every element as `gather`/`scatter` would.
     """
 
     def __init__(self, length: int, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()):
-        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, N, 2D] each."""
+        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, G, N, d] each."""
         if length < 1:
             raise ValueError(f"memory bank length must be at least 1, got {length}")
         batch, tokens = entry.shape[:2]
         self.length = length
         capacity = length + 1  # one more than the bank keeps: the current step, until compressed
         self.slots = entry.new_empty(batch, capacity, tokens, entry.shape[-1])
-        self.projections = tuple(p.new_empty(batch, capacity, tokens, p.shape[-1]) for p in projections)
+        self.projections = tuple(p.new_empty(batch, p.shape[1], capacity, tokens, p.shape[-1]) for p in projections)
         self.sizes = torch.zeros(batch, capacity, tokens, dtype=torch.float32, device=entry.device)
         self.order = torch.zeros(batch, capacity, tokens, dtype=torch.long, device=entry.device)
         self.pair_similarity = torch.zeros(batch, capacity - 1, tokens, dtype=torch.float32, device=entry.device)
         self.free = torch.zeros(batch, 1, tokens, dtype=torch.long, device=entry.device)  # where the next step goes
         self.used = 0
+        # Row of (b, g, slot 0, n) in a buffer's flat view, by number of groups (see `_rows`).
+        self._first_rows = {b.shape[1]: self._slot_zero_rows(b) for b in self._buffers()}
         self.append(entry, projections)
 
     def __len__(self) -> int:
         return self.used
+
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        """Every per-slot buffer as [B, G, P, N, d] (the slots are one group of C features)."""
+        return (self.slots.unsqueeze(1), *self.projections)
+
+    @staticmethod
+    def _slot_zero_rows(buffer: torch.Tensor) -> torch.Tensor:
+        """[B, G, N]: the row of `buffer.view(-1, d)` holding slot 0 of group g, token n."""
+        batch, groups, capacity, tokens, _ = buffer.shape
+        group = torch.arange(batch * groups, device=buffer.device).view(batch, groups, 1)
+        return group * (capacity * tokens) + torch.arange(tokens, device=buffer.device)
+
+    def _rows(self, buffer: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Rows of `buffer.view(-1, d)` holding physical slot `slot` [B, 1, N] of every group: [B*G*N]."""
+        return (self._first_rows[buffer.shape[1]] + slot * buffer.shape[3]).flatten()
+
+    def _read(self, buffer: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Slot `slot` [B, 1, N] of every token position: [B, G, N, d]."""
+        rows = buffer.view(-1, buffer.shape[-1]).index_select(0, self._rows(buffer, slot))
+        return rows.view(buffer.shape[0], buffer.shape[1], buffer.shape[3], buffer.shape[4])
+
+    def _write(self, buffer: torch.Tensor, slot: torch.Tensor, value: torch.Tensor) -> None:
+        """Write `value` [B, G, N, d] into slot `slot` [B, 1, N] of every token position."""
+        rows = self._rows(buffer, slot)
+        buffer.view(-1, buffer.shape[-1]).index_copy_(0, rows, value.reshape(rows.shape[0], -1))
 
     def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> None:
         """Remember one more step (at most one beyond `length`, until `compress`)."""
@@ -114,13 +145,12 @@ class MemoryBank:
         if len(projections) != len(self.projections):
             raise ValueError(f"bank keeps {len(self.projections)} projections, got {len(projections)}")
         where = self.free  # [B, 1, N]
-        for buffer, value in zip((self.slots, *self.projections), (entry, *projections), strict=True):
-            buffer.scatter_(1, where.unsqueeze(-1).expand(-1, -1, -1, buffer.shape[-1]), value.unsqueeze(1))
+        for buffer, value in zip(self._buffers(), (entry.unsqueeze(1), *projections), strict=True):
+            self._write(buffer, where, value)
         self.sizes.scatter_(1, where, 1.0)
         if self.used:  # the newest neighbour pair: previous newest step and this one
-            newest = self.order[:, self.used - 1 : self.used]
-            pair = similarity(_gather_slot(self.slots, newest), entry.unsqueeze(1))  # [B, 1, N]
-            self.pair_similarity[:, self.used - 1 : self.used] = pair
+            newest = self._read(self.slots.unsqueeze(1), self.order[:, self.used - 1 : self.used])
+            self.pair_similarity[:, self.used - 1 : self.used] = similarity(newest, entry.unsqueeze(1))  # [B, 1, N]
         self.order[:, self.used : self.used + 1] = where
         self.used += 1
         if self.used < self.slots.shape[1]:  # still filling up: slots are taken in turn
@@ -134,9 +164,9 @@ class MemoryBank:
         index = self.pair_similarity[:, :pairs].argmax(dim=1, keepdim=True)  # [B, 1, N], earliest on ties
         first, second = self.order.gather(1, index), self.order.gather(1, index + 1)  # physical slots
         size_a, size_b = self.sizes.gather(1, first), self.sizes.gather(1, second)
-        for buffer in (self.slots, *self.projections):
-            merged = blend(_gather_slot(buffer, first), _gather_slot(buffer, second), size_a, size_b)
-            buffer.scatter_(1, first.unsqueeze(-1).expand(-1, -1, -1, buffer.shape[-1]), merged)
+        for buffer in self._buffers():
+            merged = blend(self._read(buffer, first), self._read(buffer, second), size_a, size_b)
+            self._write(buffer, first, merged)
         self.sizes.scatter_(1, first, size_a + size_b)
         self.free = second
 
@@ -156,15 +186,16 @@ class MemoryBank:
     def _remeasure(self, pair: torch.Tensor, where: torch.Tensor) -> None:
         """Measure again the similarity of neighbour pairs `pair` [B, 1, N], at positions where `where`."""
         pair = pair.clamp(0, self.used - 2)
-        left = _gather_slot(self.slots, self.order.gather(1, pair))
-        right = _gather_slot(self.slots, self.order.gather(1, pair + 1))
+        slots = self.slots.unsqueeze(1)
+        left = self._read(slots, self.order.gather(1, pair))
+        right = self._read(slots, self.order.gather(1, pair + 1))
         value = torch.where(where, similarity(left, right), self.pair_similarity.gather(1, pair))
         self.pair_similarity.scatter_(1, pair, value)
 
     def context(self, layer: int) -> torch.Tensor:
-        """Keys and values of every remembered step for one reading layer: [B, used * N, 2D] (a view)."""
-        buffer = self.projections[layer][:, : self.used]
-        return buffer.reshape(buffer.shape[0], -1, buffer.shape[-1])
+        """Keys and values of every remembered step for one reading layer: [B, G, used * N, d] (a view)."""
+        buffer = self.projections[layer][:, :, : self.used]
+        return buffer.reshape(*buffer.shape[:2], -1, buffer.shape[-1])
 
     def in_time_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots [B, used, N, C], sizes [B, used, N]) oldest first, as `compress_slots` keeps them."""
@@ -201,12 +232,14 @@ class MemoryState:
     frames_seen: int = 0
     visual: MemoryBank | None = None
     queries: list[MemoryBank] = field(default_factory=list)
+    padded: bool = field(init=False)  # whether any instruction has padding to mask out
 
     def __post_init__(self) -> None:
         if self.memory_bank_length < 1:
             raise ValueError(f"memory_bank_length must be at least 1, got {self.memory_bank_length}")
         if self.total_frames is not None and self.total_frames < 1:
             raise ValueError(f"total_frames must be at least 1, got {self.total_frames}")
+        self.padded = not bool(self.instruction_mask.all())  # once here, not a device sync per frame
 
     @property
     def batch_size(self) -> int:

@@ -27,9 +27,11 @@ from models.memory import MemoryBank, MemoryState
 
 
 def project(attention: InstructBlipQFormerAttention, states: torch.Tensor) -> torch.Tensor:
-    """Keys and values of `states` [B, T, C] for one attention layer: [B, T, 2D] (keys, then values)."""
+    """Keys and values of `states` [B, T, C] for one attention layer, per head: [B, 2H, T, d]
+    (the H key heads, then the H value heads), the layout `attend` and the banks use."""
     heads = attention.attention
-    return torch.cat([heads.key(states), heads.value(states)], dim=-1)
+    keys_values = torch.cat([heads.key(states), heads.value(states)], dim=-1)  # [B, T, 2D]
+    return keys_values.view(*states.shape[:2], 2 * heads.num_attention_heads, -1).transpose(1, 2)
 
 
 def attend(
@@ -38,20 +40,17 @@ def attend(
     keys_values: torch.Tensor,
     context_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention of `hidden` [B, L, D] over projected `keys_values` [B, K, 2D], then the
-    residual block (dense + residual + LayerNorm).
+    """Multi-head attention of `hidden` [B, L, D] over projected `keys_values` [B, 2H, K, d], then
+    the residual block (dense + residual + LayerNorm).
 
     context_mask: [B, K] bool, True where a key may be attended to (None: all).
     """
     heads = attention.attention
     num_heads, head_size = heads.num_attention_heads, heads.attention_head_size
-
-    def split(x: torch.Tensor) -> torch.Tensor:  # [B, L, H*d] -> [B, H, L, d]
-        return x.view(x.shape[0], x.shape[1], num_heads, head_size).transpose(1, 2)
-
-    key, value = keys_values.chunk(2, dim=-1)
+    key, value = keys_values.chunk(2, dim=1)  # [B, H, K, d] each
+    query = heads.query(hidden).view(*hidden.shape[:2], num_heads, head_size).transpose(1, 2)  # [B, H, L, d]
     mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, K]
-    out = F.scaled_dot_product_attention(split(heads.query(hidden)), split(key), split(value), attn_mask=mask)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)  # [B, L, D]
     return attention.output(out, hidden)
 
@@ -78,23 +77,24 @@ def qformer_step(
 
     frame = frame.to(hidden.device)
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
-    frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, N, 2D] each
+    frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, 2H, N, d] each
     if state.visual is None:
         state.visual = MemoryBank(length, frame, frame_projections)
     else:
         state.visual.append(frame, frame_projections)
-    # Every cross-attention layer reads [visual bank ; current frame]: [B, (S+1)N, 2D] each.
+    # Every cross-attention layer reads [visual bank ; current frame]: [B, 2H, (S+1)N, d] each.
     visual_contexts = iter([state.visual.context(i) for i in range(len(cross_layers))])
 
     for number, layer in enumerate(qformer.encoder.layer):
-        current = project(layer.attention, hidden)  # [B, NQ+Lt, 2D]
+        current = project(layer.attention, hidden)  # [B, 2H, NQ+Lt, d]
         if number == len(state.queries):
             state.queries.append(MemoryBank(length, hidden, (current,)))
         else:
             state.queries[number].append(hidden, (current,))
         inputs = state.queries[number]
         # keys and values over [remembered inputs ; current input], the padding mask once per step
-        attended = attend(layer.attention, hidden, inputs.context(0), token_mask.repeat(1, len(inputs)))
+        context_mask = token_mask.repeat(1, len(inputs)) if state.padded else None  # none: every key counts
+        attended = attend(layer.attention, hidden, inputs.context(0), context_mask)
         inputs.compress()
 
         query_part = attended[:, :num_queries]

@@ -52,8 +52,8 @@ def test_bank_in_place_equals_the_definition(length: int) -> None:
         entry = torch.randn(batch, tokens, 8)
         if step % 7 == 3:  # exact ties: a repeated frame
             entry = reference_slots[:, -1].clone()
-        with torch.no_grad():
-            projection = project(entry)
+        with torch.no_grad():  # per head, as attention reads them: [B, 2 groups, N, 3]
+            projection = project(entry).view(batch, tokens, 2, 3).transpose(1, 2)
         if bank is None:
             bank = MemoryBank(length, entry, (projection,))
             reference_slots, reference_sizes = entry.unsqueeze(1), torch.ones(batch, 1, tokens)
@@ -62,7 +62,10 @@ def test_bank_in_place_equals_the_definition(length: int) -> None:
             reference_slots = torch.cat([reference_slots, entry.unsqueeze(1)], dim=1)
             reference_sizes = torch.cat([reference_sizes, torch.ones(batch, 1, tokens)], dim=1)
         context = bank.context(0)  # what attention reads: every remembered step and this one
-        assert context.shape == (batch, len(bank) * tokens, 6)
+        assert context.shape == (batch, 2, len(bank) * tokens, 3)
+        # a view of the bank, not a copy, with each head's keys one contiguous block of rows
+        assert context.untyped_storage().data_ptr() == bank.projections[0].untyped_storage().data_ptr()
+        assert context.stride()[-2:] == (3, 1)
         bank.compress()
         if reference_slots.shape[1] > length:
             reference_slots, reference_sizes = compress_slots(reference_slots, reference_sizes)
@@ -71,10 +74,10 @@ def test_bank_in_place_equals_the_definition(length: int) -> None:
         assert torch.equal(sizes, reference_sizes), f"step {step}"
         assert len(bank) == min(step + 1, length)
     with torch.no_grad():  # projections were merged like the slots: affine maps and weights summing to one
-        projected_in_order = bank.projections[0].gather(
-            1, bank.order[:, : len(bank)].unsqueeze(-1).expand(-1, -1, -1, 6)
-        )
-        torch.testing.assert_close(projected_in_order, project(reference_slots), atol=1e-5, rtol=1e-5)
+        order = bank.order[:, : len(bank)]  # [B, S, N]
+        projected_in_order = bank.projections[0].gather(2, order[:, None, :, :, None].expand(-1, 2, -1, -1, 3))
+        expected = project(reference_slots).view(batch, len(bank), tokens, 2, 3).permute(0, 3, 1, 2, 4)
+        torch.testing.assert_close(projected_in_order, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_bank_never_exceeds_its_length_and_counts_every_frame() -> None:
