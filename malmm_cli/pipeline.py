@@ -128,7 +128,6 @@ class VideoStream:
         info = probe(self.path)
         self.duration = info.duration
         self.times = sampling.times(info.duration)
-        self._notes: list[str] = []
         if sampling.seek == "keyframe" and supports_keyframes(info):
             self._reader = KeyframeReader(self.path, info)
         else:

@@ -52,7 +52,7 @@ def blend(a: torch.Tensor, b: torch.Tensor, size_a: torch.Tensor, size_b: torch.
 
 
 def _gather_slot(tensor: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """tensor [B, S, N, F], slot [B, 1, N] (long) -> [B, 1, N, F]: one slot per token position."""
+    """tensor [B, S, N, F], slot [B, K, N] (long) -> [B, K, N, F]: slot[b, k, n] of each token position."""
     return tensor.gather(1, slot.unsqueeze(-1).expand(-1, -1, -1, tensor.shape[-1]))
 
 
@@ -200,8 +200,7 @@ class MemoryBank:
     def in_time_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots [B, used, N, C], sizes [B, used, N]) oldest first, as `compress_slots` keeps them."""
         order = self.order[:, : self.used]
-        slots = self.slots.gather(1, order.unsqueeze(-1).expand(-1, -1, -1, self.slots.shape[-1]))
-        return slots, self.sizes.gather(1, order)
+        return _gather_slot(self.slots, order), self.sizes.gather(1, order)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.slots, *self.projections, self.sizes, self.order, self.pair_similarity, self.free]
