@@ -14,19 +14,20 @@ pixels come from the caller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, BlipImageProcessorPil, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
 from models.checkpoint import CheckpointReport, load_lavis_checkpoint
 from models.generation import generate, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import DEFAULT_MODEL, GenerationSettings
-from models.quantization import quantization_config, quantize_vision_8bit
+from models.quantization import cpu_4bit_packs_weights, quantization_config, quantize_vision_8bit, unfit_for_cpu_4bit
 
 INSTRUCTION_MAX_TOKENS = 128  # MA-LMM's max_txt_len for the Q-Former instruction
 
@@ -40,6 +41,7 @@ class Malmm:
     qformer_tokenizer: PreTrainedTokenizerBase
     image_processor: BlipImageProcessorPil
     checkpoint_report: CheckpointReport | None = None
+    notes: list[str] = field(default_factory=list)  # what loading changed from what was asked
 
     @classmethod
     def from_pretrained(
@@ -58,21 +60,34 @@ class Malmm:
 
         checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`) loaded on top.
         quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
-        dtype defaults to float32; the weights load onto `device` (default CPU) unless a device_map
-        is given. Other keyword arguments go to transformers' `from_pretrained`.
+        dtype (default float32) is that of the ViT and the LLM; the memory path (Q-Former, banks,
+        frame positions, projection) is float32 whatever it is (see models/modeling.py). The
+        weights load onto `device` (default CPU) unless a device_map is given. Other keyword
+        arguments go to transformers' `from_pretrained`.
         """
         source = str(name_or_path)
         dtype = dtype or torch.float32
         device = torch.device(device or "cpu")
         model_kwargs.setdefault("device_map", {"": str(device)})  # weights load straight onto the device
+        config = InstructBlipConfig.from_pretrained(source, local_files_only=local_files_only)
+        keep, notes = [], []
+        if quantize == "4bit" and device.type == "cpu" and cpu_4bit_packs_weights():
+            keep = unfit_for_cpu_4bit(config)
+            if keep:
+                notes.append(
+                    f"{len(keep)} LLM layers kept in full precision: bitsandbytes' 4-bit kernel for this CPU "
+                    "needs out_features divisible by 32 and in_features by 64"
+                )
         model = MalmmForConditionalGeneration.from_pretrained(
             source,
+            config=config,
             dtype=dtype,
-            quantization_config=quantization_config(quantize, compute_dtype=dtype),
+            quantization_config=quantization_config(quantize, compute_dtype=dtype, keep=keep),
             local_files_only=local_files_only,
             **model_kwargs,
         )
         model.eval().requires_grad_(False)  # frozen: outputs of inference_mode calls stay usable anywhere
+        model.keep_memory_path_in_float32()
         report = load_lavis_checkpoint(model, checkpoint) if checkpoint is not None else None
         if quantize_vision:
             quantize_vision_8bit(model)
@@ -81,7 +96,7 @@ class Malmm:
             source, subfolder="qformer_tokenizer", local_files_only=local_files_only, truncation_side="left"
         )
         image_processor = BlipImageProcessorPil.from_pretrained(source, local_files_only=local_files_only)
-        return cls(model, tokenizer, qformer_tokenizer, image_processor, report)
+        return cls(model, tokenizer, qformer_tokenizer, image_processor, report, notes)
 
     @property
     def device(self) -> torch.device:
@@ -101,15 +116,25 @@ class Malmm:
         )
         return self.model.new_memory(tokens.input_ids, tokens.attention_mask, memory_bank_length, total_frames)
 
+    def instruction_length(self, instruction: str) -> int:
+        """Q-Former tokens of an instruction before truncation (it reads INSTRUCTION_MAX_TOKENS at most)."""
+        return len(self.qformer_tokenizer(instruction).input_ids)
+
     @torch.inference_mode()
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[F, 3, H, W] preprocessed frames -> [F, N, C] vision features."""
         return self.model.vision_features(pixel_values)
 
     @torch.inference_mode()
-    def step(self, state: MemoryState, features: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
-        """One frame per video of the batch: features [B, N, C] -> (query output [B, NQ, D], state)."""
-        return self.model.step(state, features)
+    def step(
+        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, MemoryState]:
+        """One frame per video of the batch: features [B, N, C] -> (query output [B, NQ, D], state).
+
+        index: the frame's place in the plan of `total_frames` (default: frames read so far), so
+        that frames skipped or missing do not shift the positions of later ones.
+        """
+        return self.model.step(state, features, index)
 
     @torch.inference_mode()
     def read(self, pixel_values: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:

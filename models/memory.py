@@ -44,11 +44,20 @@ def most_similar_adjacent(slots: torch.Tensor) -> torch.Tensor:
 def blend(a: torch.Tensor, b: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor) -> torch.Tensor:
     """Size-weighted mean of two slots. a, b: [B, G, N, F]; sizes [B, 1, N] (the same for every G).
 
-    The weights lie in [0, 1] and are computed in float32: a size-weighted sum would overflow
-    float16 once a slot stands for thousands of frames (an hour of video) times features of 20+.
+    Weights and arithmetic are float32 at least, whatever the slots' dtype: in float16 a frame
+    merged into a slot of 3,000 frames would weigh 0.000488 instead of 0.000333, and nothing
+    from about 4,000 frames on. (Banks store float32 for that reason, see `storage_dtype`.)
     """
-    weight_a = (size_a.float() / (size_a.float() + size_b.float())).unsqueeze(-1).to(a.dtype)  # [B, 1, N, 1]
-    return torch.lerp(b, a, weight_a)  # b + weight_a (a - b): one pass, no temporaries
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    weight_a = (size_a.to(dtype) / (size_a.to(dtype) + size_b.to(dtype))).unsqueeze(-1)  # [B, 1, N, 1]
+    return torch.lerp(b.to(dtype), a.to(dtype), weight_a).to(a.dtype)  # b + weight_a (a - b)
+
+
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What a bank stores entries of `dtype` in: float32 at least, so that a slot standing for
+    thousands of frames still moves when one more frame is merged into it (a float16 slot near 1.0
+    cannot move by less than 0.0005, and one new frame among 5,000 moves it by 0.0002)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _gather_slot(tensor: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
@@ -76,7 +85,7 @@ def compress_slots(slots: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tens
 class MemoryBank:
     """Past steps of one stream, in fixed buffers of `length + 1` slots, updated in place.
 
-    Buffers (physical slots p, token positions n):
+    Buffers (physical slots p, token positions n), in float32 at least (`storage_dtype`):
     - `slots` [B, P, N, C]: the remembered entries; similarity for merging is measured on these.
     - `projections`: for each attention layer that reads this bank, the keys and values of the
       slots, per head: [B, G, P, N, d] (G = 2 x heads groups of d features, keys then values),
@@ -99,8 +108,11 @@ class MemoryBank:
         batch, tokens = entry.shape[:2]
         self.length = length
         capacity = length + 1  # one more than the bank keeps: the current step, until compressed
-        self.slots = entry.new_empty(batch, capacity, tokens, entry.shape[-1])
-        self.projections = tuple(p.new_empty(batch, p.shape[1], capacity, tokens, p.shape[-1]) for p in projections)
+        self.slots = entry.new_empty(batch, capacity, tokens, entry.shape[-1], dtype=storage_dtype(entry.dtype))
+        self.projections = tuple(
+            p.new_empty(batch, p.shape[1], capacity, tokens, p.shape[-1], dtype=storage_dtype(p.dtype))
+            for p in projections
+        )
         self.sizes = torch.zeros(batch, capacity, tokens, dtype=torch.float32, device=entry.device)
         self.order = torch.zeros(batch, capacity, tokens, dtype=torch.long, device=entry.device)
         self.pair_similarity = torch.zeros(batch, capacity - 1, tokens, dtype=torch.float32, device=entry.device)
@@ -136,7 +148,7 @@ class MemoryBank:
     def _write(self, buffer: torch.Tensor, slot: torch.Tensor, value: torch.Tensor) -> None:
         """Write `value` [B, G, N, d] into slot `slot` [B, 1, N] of every token position."""
         rows = self._rows(buffer, slot)
-        buffer.view(-1, buffer.shape[-1]).index_copy_(0, rows, value.reshape(rows.shape[0], -1))
+        buffer.view(-1, buffer.shape[-1]).index_copy_(0, rows, value.reshape(rows.shape[0], -1).to(buffer.dtype))
 
     def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> None:
         """Remember one more step (at most one beyond `length`, until `compress`)."""

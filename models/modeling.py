@@ -9,11 +9,18 @@ own initialisation, so zero-shot use is InstructBLIP reading frames through the 
 Where a frame goes: pixels -> `vision_features` (frozen ViT, its post-LayerNorm = MA-LMM's
 `ln_vision`) -> `step` (+ frame position, Q-Former with memory, see qformer.py) -> after the last
 frame, `language_inputs` (projection to the LLM width) -> generation.py.
+
+Precision: the ViT and the LLM run in the dtype they are loaded in (half precision on a GPU), the
+memory path in float32 on every device: the vision LayerNorm, frame positions, query tokens,
+Q-Former, memory banks and language projection, as the reference runs them (LAVIS keeps these in
+float32 beside a float16 ViT and LLM). Merging thousands of frames into one slot needs it, and it
+is cheap: the Q-Former step is about 1% of a frame's FLOPs and 0.2 B of the model's 8 B parameters.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -24,6 +31,8 @@ from models.memory import MemoryState
 from models.qformer import qformer_step
 
 DEFAULT_MAX_NUM_FRAMES = 120  # rows of MA-LMM's frame position table
+# Modules kept in float32 whatever dtype the model loads in (see the module docstring).
+FLOAT32_MODULES = ["query_tokens", "qformer", "language_projection", "frame_position_embedding", "post_layernorm"]
 
 
 def max_num_frames(config: InstructBlipConfig) -> int:
@@ -39,8 +48,10 @@ def frame_position(table: torch.Tensor, index: int, total_frames: int | None = N
     - total_frames > R: the table is stretched over the video: frame t sits at fractional row
       t * (R - 1) / (total_frames - 1), linearly interpolated between its two neighbours, so the
       first frame is row 0, the last is row R-1 and order is kept. (The reference crashes here.)
-    A position only depends on the frame index and the planned total, never on frames read, so
-    the output after any frame stays readable online.
+    `index` is the frame's place in the plan (its sample number), not a count of frames read:
+    frames skipped or missing leave their rows unused instead of squeezing later frames forward.
+    A position only depends on that index and the planned total, so the output after any frame
+    stays readable online.
     """
     rows = table.shape[0]
     if index < 0:
@@ -59,6 +70,8 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
 
     # A plain InstructBLIP checkpoint has no frame table: it is expected to be missing.
     _keys_to_ignore_on_load_missing: ClassVar[list[str]] = [r"frame_position_embedding\.weight"]
+    # transformers loads these in float32 even when asked for float16 or bfloat16.
+    _keep_in_fp32_modules_strict: ClassVar[list[str]] = FLOAT32_MODULES
 
     def __init__(self, config: InstructBlipConfig):
         super().__init__(config)
@@ -70,15 +83,29 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         if module is getattr(self, "frame_position_embedding", None):
             nn.init.zeros_(module.weight)  # MA-LMM's initialisation: no position until trained
 
+    def keep_memory_path_in_float32(self) -> None:
+        """Cast the memory path (FLOAT32_MODULES) to float32 where loading left it lower: a frame
+        table missing from the checkpoint is created in the load dtype."""
+        if self.query_tokens.dtype != torch.float32:
+            self.query_tokens.data = self.query_tokens.data.float()
+        for module in (self.qformer, self.language_projection, self.frame_position_embedding,
+                       self.vision_model.post_layernorm):  # fmt: skip
+            if any(p.dtype != torch.float32 for p in module.parameters()):
+                module.float()
+
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen ViT features after its final LayerNorm: [F, 3, H, W] -> [F, N, C].
 
-        Frames are independent here, so any number can be encoded in one batch.
+        The ViT runs in its own dtype, the LayerNorm (MA-LMM's `ln_vision`) in its own, float32
+        by the precision policy, so the features come out in float32. Frames are independent
+        here, so any number can be encoded in one batch.
         """
         vision = self.vision_model
-        pixel_values = pixel_values.to(vision.embeddings.patch_embedding.weight.device)
-        pixel_values = pixel_values.to(vision.embeddings.patch_embedding.weight.dtype)
-        return vision(pixel_values=pixel_values).last_hidden_state
+        weight = vision.embeddings.patch_embedding.weight
+        hidden = vision.embeddings(pixel_values.to(weight.device, weight.dtype))  # [F, N, C]
+        hidden = vision.encoder(inputs_embeds=hidden).last_hidden_state
+        norm = vision.post_layernorm
+        return norm(hidden.to(norm.weight.device, norm.weight.dtype))
 
     def new_memory(
         self,
@@ -98,15 +125,26 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
             total_frames=total_frames,
         )
 
-    def step(self, state: MemoryState, features: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
+    def step(
+        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, MemoryState]:
         """Read the next frame of every video in the batch into `state` (updated in place).
 
-        features: [B, N, C] from `vision_features`. Returns the Q-Former query output [B, NQ, D]
-        (what the LLM would see if the video ended here) and the state.
+        features: [B, N, C] from `vision_features`. index: where the frame sits in the plan of
+        `state.total_frames` frames (0-based), one for all videos or one each; by default the
+        number of frames read so far, right for a caller that reads every planned frame in turn.
+        Returns the Q-Former query output [B, NQ, D] (what the LLM would see if the video ended
+        here) and the state.
         """
         table = self.frame_position_embedding.weight
-        position = frame_position(table, state.frames_seen, state.total_frames)
-        frame = features.to(table.device) + position.to(features.dtype)  # added to all N tokens
+        if index is None:
+            index = state.frames_seen
+        indices = [index] * features.shape[0] if isinstance(index, int) else list(index)
+        if len(indices) != features.shape[0]:
+            raise ValueError(f"{len(indices)} frame indices for a batch of {features.shape[0]} videos")
+        rows = {i: frame_position(table, i, state.total_frames) for i in set(indices)}
+        position = torch.stack([rows[i] for i in indices])  # [B, C]
+        frame = features.to(table.device, table.dtype) + position[:, None, :]  # added to all N tokens
         return qformer_step(self.qformer, self.query_tokens, state, frame), state
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:

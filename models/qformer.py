@@ -47,8 +47,8 @@ def attend(
     """
     heads = attention.attention
     num_heads, head_size = heads.num_attention_heads, heads.attention_head_size
-    key, value = keys_values.chunk(2, dim=1)  # [B, H, K, d] each
     query = heads.query(hidden).view(*hidden.shape[:2], num_heads, head_size).transpose(1, 2)  # [B, H, L, d]
+    key, value = keys_values.to(query.dtype).chunk(2, dim=1)  # [B, H, K, d] each; banks hold float32
     mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, K]
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)  # [B, L, D]

@@ -173,11 +173,13 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
         cross_attention_frequency=2,
         encoder_hidden_size=48,
     )
+    # LLM widths are multiples of 64: bitsandbytes' 4-bit kernel on AVX512-BF16 CPUs needs
+    # out_features % 32 == 0 and in_features % 64 == 0 (models/quantization.py).
     if llm == "llama":
         text = LlamaConfig(
             vocab_size=vocab_size or len(WORDS) + 5,
-            hidden_size=40,
-            intermediate_size=80,
+            hidden_size=64,
+            intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=4,
@@ -189,9 +191,9 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
     else:
         text = T5Config(
             vocab_size=vocab_size or len(WORDS) + 4,
-            d_model=40,
-            d_kv=10,
-            d_ff=80,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
             num_layers=2,
             num_decoder_layers=2,
             num_heads=4,
