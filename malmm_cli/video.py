@@ -56,6 +56,14 @@ class VideoInfo:
     height: int
     codec: str  # FFmpeg's name: h264, hevc, vp9, av1...
     rotation: int  # clockwise degrees players turn the stored picture (0, 90, 180, 270)
+    still: bool = False  # a still image (PNG, JPEG...), not a video: it has one frame
+
+    @property
+    def frames_available(self) -> int:
+        """How many frames the video has (counted by the container, else duration x rate)."""
+        if self.still:
+            return 1
+        return self.frame_count or max(1, round(self.duration * self.fps))
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,13 +179,45 @@ def _pyav_decodes_a_frame(container: av.container.InputContainer, stream: av.vid
     return False
 
 
-def _last_packet_time(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
-    """Stream length found by reading every packet header (demux only, no decoding): end of the last one."""
-    start, end = stream.start_time or 0, None
+TAIL_SECONDS = 10.0  # how far before the container's end to look for a stream's last packets
+
+
+def _packets_end(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
+    """The latest pts + duration among the stream's packets from where the container stands."""
+    end = None
     for packet in container.demux(stream):
         if packet.pts is not None:
             finish = packet.pts + (packet.duration or 0)
             end = finish if end is None else max(end, finish)
+    return end
+
+
+def _stream_length(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """Seconds from the stream's first timestamp to the end of its last packet (demux only).
+
+    Looks at the last TAIL_SECONDS of the container first (a seek to this stream's keyframe at or
+    before that point, then packet headers), and reads every packet when that finds none of the
+    stream's packets. The container's own duration is no substitute: it counts from its
+    own start and runs to the end of its longest stream, so it is not this stream's length when the
+    timestamps do not start at 0 (MPEG-TS, some Matroska) or another video stream is longer.
+    """
+    start = stream.start_time or 0
+    if container.duration and container.duration > 0:
+        container_end = container.duration / av.time_base + (container.start_time or 0) / av.time_base
+        target = int((container_end - TAIL_SECONDS) / stream.time_base)
+        if target > start:
+            try:
+                container.seek(target, stream=stream, backward=True)  # this stream's keyframe at or before it
+                end = _packets_end(container, stream)
+                if end is not None:
+                    return float((end - start) * stream.time_base)
+            except av.error.FFmpegError:
+                pass
+    try:
+        container.seek(start, stream=stream, backward=True)
+    except av.error.FFmpegError:
+        return None
+    end = _packets_end(container, stream)
     return None if end is None else float((end - start) * stream.time_base)
 
 
@@ -209,24 +249,40 @@ def probe(path: Path) -> VideoInfo:
         finally:
             capture.release()
 
+        still = _is_still_image(container)
         duration = None
         if stream.duration and stream.duration > 0:
             duration = float(stream.duration * stream.time_base)
-        elif container.duration and container.duration > 0:
-            duration = container.duration / av.time_base
-        elif cv_fps > 0 and cv_count > 0:
+        elif not still:
+            duration = _stream_length(container, stream)
+        if not duration and cv_fps > 0 and cv_count > 0:
             duration = cv_count / cv_fps
-        else:
-            duration = _last_packet_time(container, stream)
+        if not duration and still:
+            duration = 1 / cv_fps if cv_fps > 0 else 0.04
         if not duration or duration <= 0 or not math.isfinite(duration):
             raise VideoError("no timestamps in the file (a raw stream? remux it into .mp4 or .mkv)")
 
-        frame_count = stream.frames if stream.frames and stream.frames > 0 else None
+        frame_count = 1 if still else stream.frames if stream.frames and stream.frames > 0 else None
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else cv_fps if cv_fps > 0 else (frame_count or 0) / duration
         if fps <= 0:
             raise VideoError("unknown frame rate")
-    return VideoInfo(path, duration, fps, frame_count, width, height, codec, rotation)
+    return VideoInfo(path, duration, fps, frame_count, width, height, codec, rotation, still)
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg reads still images (PNG, JPEG, WebP, BMP, TIFF...) with its image demuxers."""
+    names = set(container.format.name.split(","))
+    return "image2" in names or any(name.endswith("_pipe") for name in names)
+
+
+def check_readable(path: Path) -> None:
+    """The cheap part of `probe`, run on every input before the model loads: the file exists, is
+    readable, is a container FFmpeg recognises and holds a video stream. Raises VideoError."""
+    path = Path(path)
+    head = _read_head(path)
+    with _open_container(path, head) as container:
+        _video_stream(container)
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -246,6 +302,29 @@ def sample_times(duration: float, frames: int | None = None, fps: float | None =
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     count = math.ceil(duration * fps - 1e-9)  # k / fps < duration, with float noise at the boundary
     return [k / fps for k in range(count) if k / fps < duration]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sample times for one video and, when the request had to be changed, why."""
+
+    times: list[float]
+    note: str | None = None
+
+
+def plan_times(info: VideoInfo, frames: int | None = None, fps: float | None = None) -> Plan:
+    """Sample times for `info`, never more than the video has frames: asking for more would read
+    the same frames again and again. A still image gives its one frame."""
+    if info.still:
+        return Plan([0.0], "a still image, not a video: read as its one frame")
+    available = info.frames_available
+    if frames is not None and frames > available:  # every frame once: at the frames' own times
+        note = f"{frames} frames asked for, but the video has {available}: reading each once"
+        return Plan(sample_times(info.duration, fps=info.fps), note)
+    if fps is not None and fps > info.fps * (1 + 1e-6):
+        note = f"{fps:g} frames/s asked for, but the video has {info.fps:g}: reading at {info.fps:g}"
+        return Plan(sample_times(info.duration, fps=info.fps), note)
+    return Plan(sample_times(info.duration, frames=frames, fps=fps))
 
 
 # --- decoding ---------------------------------------------------------------------------------------

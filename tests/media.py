@@ -241,6 +241,43 @@ def remux(src: Path, dst: Path, faststart: bool) -> Path:
     return Path(dst)
 
 
+def remux_with_offset(src: Path, dst: Path, offset: float) -> Path:
+    """`src`'s video stream in `dst` (say .mkv) with every timestamp `offset` seconds later, as
+    recordings cut from a longer stream often are."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        stream_in = source.streams.video[0]
+        stream_out = target.add_stream_from_template(stream_in)
+        shift = round(offset / stream_in.time_base)
+        for packet in source.demux(stream_in):
+            if packet.dts is None:
+                continue
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = stream_out
+            target.mux(packet)
+    return Path(dst)
+
+
+def mux_two_videos(first: Path, second: Path, dst: Path) -> Path:
+    """One container holding the video streams of `first` and `second` (a longer second stream
+    makes the container's duration that of the second)."""
+    with av.open(str(first)) as one, av.open(str(second)) as two, av.open(str(dst), "w") as target:
+        pairs = [(source, target.add_stream_from_template(source.streams.video[0])) for source in (one, two)]
+        for source, stream_out in pairs:  # every stream exists before the first packet is muxed
+            for packet in source.demux(source.streams.video[0]):
+                if packet.dts is None:
+                    continue
+                packet.stream = stream_out
+                target.mux(packet)
+    return Path(dst)
+
+
+def make_still_image(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
+    """A PNG or JPEG (by suffix) with barcode 0 on it."""
+    picture = next(_pictures(size, 1, 6, 0))
+    cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_YUV2BGR_I420))
+    return Path(path)
+
+
 def make_truncated(src: Path, dst: Path, keep_fraction: float, faststart: bool) -> Path:
     """`src` (MP4) cut after `keep_fraction` of its bytes, like a recording interrupted mid-write.
 

@@ -19,7 +19,17 @@ import numpy as np
 import pytest
 
 from malmm_cli import video
-from malmm_cli.video import Frame, VideoError, VideoInfo, VideoReader, prefetch, probe, sample_times
+from malmm_cli.video import (
+    Frame,
+    VideoError,
+    VideoInfo,
+    VideoReader,
+    check_readable,
+    plan_times,
+    prefetch,
+    probe,
+    sample_times,
+)
 from tests import media
 
 
@@ -64,6 +74,67 @@ def assert_exact(path: Path, frames: list[Frame], rotate: int = 0) -> None:
 def test_probe_reads_container_facts(clips: dict[str, Path]) -> None:
     info = probe(clips["cfr"])
     assert info == VideoInfo(clips["cfr"], 20.0, 25.0, 500, 64, 48, "h264", 0)
+
+
+@pytest.mark.parametrize("layout", ["offset", "second stream"])
+def test_duration_is_the_video_streams_own(clips: dict[str, Path], tmp_path: Path, layout: str) -> None:
+    """A Matroska whose timestamps start at 5 s, or whose second video stream is longer, has a
+    container duration that is not this stream's: every frame past 4 s was reported missing."""
+    four = media.make_video(tmp_path / "four.mp4", seconds=4, fps=10)
+    if layout == "offset":
+        path = media.remux_with_offset(four, tmp_path / "offset.mkv", 5.0)
+    else:
+        nine = media.make_video(tmp_path / "nine.mp4", seconds=9, fps=10)
+        path = media.mux_two_videos(four, nine, tmp_path / "two.mkv")
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base == pytest.approx(9.0, abs=0.1)  # what was used before
+    info = probe(path)
+    assert info.duration == pytest.approx(4.0, abs=0.01)
+    frames, report = read_all(path, sample_times(info.duration, frames=8))
+    assert len(frames) == 8 and report.missing == [] and report.ended_at is None
+    assert [media.read_barcode(f.image) for f in frames] == [3, 8, 13, 18, 23, 28, 33, 38]  # at or after 0.25 + k/2
+
+
+def test_mpeg_ts_and_webm_durations(clips: dict[str, Path], tmp_path: Path) -> None:
+    ts = tmp_path / "clip.ts"
+    media.remux(clips["gop1s"], ts, faststart=False)
+    with av.open(str(ts)) as container:
+        assert container.start_time > 0  # MPEG-TS timestamps start at 1.4 s
+    assert probe(ts).duration == pytest.approx(20.0, abs=0.05)
+    assert probe(clips["webm"]).duration == pytest.approx(10.0, abs=0.05)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_still_images_are_one_frame_with_a_note(tmp_path: Path, suffix: str) -> None:
+    info = probe(media.make_still_image(tmp_path / f"photo{suffix}"))
+    assert info.still and info.frames_available == 1
+    plan = plan_times(info, frames=80)
+    assert plan.times == [0.0] and "still image" in plan.note
+    frames, _ = read_all(info.path, plan.times)
+    assert len(frames) == 1 and media.read_barcode(frames[0].image) == 0
+
+
+def test_plans_never_ask_for_more_frames_than_the_video_has(clips: dict[str, Path]) -> None:
+    """100,000 "frames" of a short clip used to read the same frames over and over."""
+    info = probe(clips["gop1s"])  # 20 s at 25 fps: 500 frames
+    plan = plan_times(info, frames=100_000)
+    assert len(plan.times) == 500 and "has 500" in plan.note
+    plan = plan_times(info, fps=1000)
+    assert len(plan.times) == 500 and "has 25" in plan.note
+    assert plan_times(info, frames=80) == video.Plan(sample_times(20.0, frames=80))
+    frames, _ = read_all(info.path, plan_times(info, frames=100_000).times)
+    assert [media.read_barcode(f.image) for f in frames] == list(range(500))  # each frame once
+
+
+def test_check_readable_is_the_cheap_part_of_probe(clips: dict[str, Path], tmp_path: Path) -> None:
+    check_readable(clips["cfr"])
+    for path, reason in (
+        (tmp_path / "missing.mp4", "no such file"),
+        (media.make_text_file(tmp_path / "notes.mp4"), "not a video"),
+        (media.make_audio_only(tmp_path / "song.m4a"), "audio only"),
+    ):
+        with pytest.raises(VideoError, match=reason):
+            check_readable(path)
 
 
 def test_probe_without_frame_count_in_the_header(clips: dict[str, Path]) -> None:
