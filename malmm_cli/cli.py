@@ -510,7 +510,7 @@ def cache_info() -> None:
 
     cache = FeatureCache()
     entries = cache.entries()
-    total = sum(size for _, size, _ in entries)
+    total = sum(entry.size for entry in entries)
     typer.echo(f"location: {cache.folder}")
     typer.echo(f"entries: {len(entries)} videos, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB")
     typer.echo("settings: MALMM_CACHE_DIR (location), MALMM_CACHE_SIZE (limit in GB); --no-cache to bypass")

@@ -64,7 +64,7 @@ def test_memory_loop_over_5000_half_precision_frames(dtype: torch.dtype) -> None
     torch.manual_seed(0)
     length, batch, tokens, width = 6, 1, 3, 8
     bank = definition = sizes = None
-    for step in range(5000):
+    for _ in range(5000):
         entry = (torch.randn(batch, tokens, width) * 4).to(dtype)  # what a half-precision ViT hands over
         if bank is None:
             bank = MemoryBank(length, entry)
