@@ -1,31 +1,40 @@
 """Running a task over many inputs: find the videos, skip finished ones, keep going past bad ones.
 
 A bad input never stops a batch: it gets one line naming the file and the reason, and the run
-goes on. Results are written atomically as each video finishes, so a killed run loses at most
-the video in progress, and the next run skips what is already written (unless --overwrite).
+goes on. Results are written atomically as each video finishes, with a record of what produced
+them (records.py), so a killed run loses at most the video in progress, and the next run skips
+exactly the videos whose results were made the same way.
+
+Results are named after the input and the task: `clip.caption.json`, `clip.ask.srt`,
+`clip.predict.csv`, mirroring sub-folders of a folder given as input. Two inputs of the same name
+with different extensions in one folder keep their extension: `clip.mp4.caption.json`,
+`clip.mkv.caption.json`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
+from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
 from malmm_cli.video import VideoError
-from malmm_cli.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_result
+from malmm_cli.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts"}
     | {".3gp", ".ogv", ".mxf", ".vob"}
 )
+ONE_VIDEO_FORMATS = ("srt", "vtt")  # a subtitle file belongs to one video
 
 
 @dataclass(frozen=True)
@@ -36,50 +45,121 @@ class Input:
     stem: Path
 
 
+def _reason(error: BaseException) -> str:
+    if isinstance(error, RuntimeError) and "Symlink loop" in str(error):
+        return "a symbolic link that points back to itself"
+    if isinstance(error, OSError) and error.errno == 40:  # ELOOP
+        return "a symbolic link that points back to itself"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
+    (so a link back up the tree cannot loop)."""
+    found = []
+    for root, folders, files in os.walk(folder, followlinks=False):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
     """Files as given (whatever their extension) and the videos found under folders, recursively.
 
-    A folder without videos is a failure of its own; a path given twice is read once.
+    A folder without videos, or a path that cannot even be looked at (a symbolic link loop), is
+    a failure of its own; a path given twice is read once.
     """
     inputs: list[Input] = []
     failures: list[Outcome] = []
     seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in VIDEO_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.is_file()
-            )
-            if not found:
-                extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
-                failures.append(Outcome(str(path), "failed", f"folder has no video files ({extensions}, ...)"))
-            candidates = [Input(p, p.relative_to(path).with_suffix("")) for p in found]
-        else:
-            candidates = [Input(path, Path(path.stem))]
-        for candidate in candidates:
-            key = candidate.path.resolve()
-            if key not in seen:
-                seen.add(key)
-                inputs.append(candidate)
+        try:
+            if path.is_dir():
+                found = _videos_in(path)
+                if not found:
+                    extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
+                    failures.append(Outcome(str(path), "failed", f"folder has no video files ({extensions}, ...)"))
+                candidates = [Input(p, p.relative_to(path).with_suffix("")) for p in found]
+            else:
+                candidates = [Input(path, Path(path.stem))]
+            for candidate in candidates:
+                key = candidate.path.resolve(strict=False)
+                if key not in seen:
+                    seen.add(key)
+                    inputs.append(candidate)
+        except (OSError, RuntimeError) as error:  # symlink loops, unreadable folders
+            failures.append(Outcome(str(path), "failed", _reason(error)))
     return inputs, failures
 
 
-def output_collisions(inputs: Sequence[Input]) -> list[str]:
-    """Inputs that would write the same output files (same name from different folders)."""
-    owners: dict[Path, list[Path]] = {}
+def name_outputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
+    """Inputs whose result names are unique: clip.mp4 and clip.mkv side by side keep their
+    extension in the name. Returns the inputs and the clashes that remain (the same file name in
+    different folders given separately), as text."""
+
+    def clashes(items: Sequence[Input]) -> dict[Path, list[Input]]:
+        owners: dict[Path, list[Input]] = {}
+        for item in items:
+            owners.setdefault(item.stem, []).append(item)
+        return {stem: group for stem, group in owners.items() if len(group) > 1}
+
+    clashing = {item.path for group in clashes(inputs).values() for item in group}
+    named = [replace(i, stem=i.stem.with_name(i.path.name)) if i.path in clashing else i for i in inputs]
+    remaining = [" and ".join(str(i.path) for i in group) for group in clashes(named).values()]
+    return named, remaining
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a rerun does with each input: `pending` to process (with the reasons of those whose
+    results are redone), `skipped` (results made the same way exist)."""
+
+    pending: list[Input]
+    skipped: list[Outcome]
+    redone: dict[Path, list[str]]
+
+
+def plan_resume(
+    inputs: Sequence[Input], output_dir: Path | None, settings: Settings, formats: list[str], overwrite: bool
+) -> Resume:
+    if output_dir is None:
+        return Resume(list(inputs), [], {})
+    pending, skipped, redone = [], [], {}
     for item in inputs:
-        owners.setdefault(item.stem, []).append(item.path)
-    return [" and ".join(str(p) for p in paths) for paths in owners.values() if len(paths) > 1]
+        outputs = output_paths(output_dir, item.stem, settings.task, formats)
+        existing = [path for path in outputs if path.is_file()]
+        if overwrite:
+            pending.append(item)
+            continue
+        changed = differences(read_record(record_path(output_dir, item.stem, settings.task)), settings, item.path)
+        if not changed and len(existing) == len(outputs):
+            skipped.append(Outcome(str(item.path), "skipped", "results made with the same settings exist"))
+            continue
+        pending.append(item)
+        if existing:
+            redone[item.path] = changed
+    return Resume(pending, skipped, redone)
+
+
+def write_results(result: VideoResult, output_dir: Path, item: Input, settings: Settings, formats: list[str]) -> None:
+    """Every format, atomically, then the record that vouches for them (removed first, so that a
+    run killed half-way leaves no record for a mix of old and new files)."""
+    record_file = record_path(output_dir, item.stem, settings.task)
+    record_file.unlink(missing_ok=True)
+    for fmt, path in zip(formats, output_paths(output_dir, item.stem, settings.task, formats), strict=True):
+        write_atomic(path, FORMATTERS[fmt](result))
+    write_atomic(record_file, json.dumps(record(settings, item.path, formats), indent=2) + "\n")
 
 
 class StdoutWriter:
     """Results on stdout, one video after the other, in one format.
 
-    json prints one document at the end: an object for a single video file, a list otherwise
-    (use jsonl to stream one object per line). csv prints its header once.
+    json prints one document at the end (or when interrupted): an object for a single video file,
+    a list otherwise (use jsonl to stream one object per line). csv prints its header once.
+    srt and vtt hold one video's subtitles, so the command line allows them for one input only.
     """
 
     def __init__(self, fmt: str, single: bool, stream: TextIO | None = None):
@@ -88,6 +168,7 @@ class StdoutWriter:
         self.stream = stream or sys.stdout
         self._json: list[dict] = []
         self._count = 0
+        self._closed = False
 
     def add(self, result: VideoResult) -> None:
         if self.fmt == "json":
@@ -99,23 +180,24 @@ class StdoutWriter:
             text = FORMATTERS[self.fmt](result)
             if not self.single and self.fmt == "txt":
                 text = f"# {result.path}\n{text}"
-            if self._count and self.fmt in ("txt", "srt", "vtt"):
+            if self._count and self.fmt == "txt":
                 text = "\n" + text
         self.stream.write(text)
         self.stream.flush()
         self._count += 1
 
     def close(self) -> None:
+        """Finish the document (json, an empty csv); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         if self.fmt == "json" and (self._json or not self.single):
             document = self._json[0] if self.single and len(self._json) == 1 else self._json
             self.stream.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
             self.stream.flush()
         elif self.fmt == "csv" and self._count == 0 and not self.single:
             self.stream.write(",".join(CSV_HEADER) + "\n")
-
-
-def already_done(item: Input, output_dir: Path | None, formats: list[str]) -> bool:
-    return output_dir is not None and all(p.is_file() for p in output_paths(output_dir, item.stem, formats))
+            self.stream.flush()
 
 
 def run_batch(
@@ -125,15 +207,24 @@ def run_batch(
     reporter: Reporter,
     formats: list[str],
     output_dir: Path | None,
-    stdout: StdoutWriter,
+    stdout: StdoutWriter | None,
+    settings: Settings,
+    redone: dict[Path, list[str]] | None = None,
 ) -> list[Outcome]:
-    """Process each input, writing its results as soon as it is done. Returns one Outcome each."""
+    """Process each input, writing its results as soon as it is done. Returns one Outcome each.
+
+    stdout None: nothing is printed there (subtitles of several videos go to --output-dir only).
+    """
     outcomes: list[Outcome] = []
     with reporter.batch(len(inputs)):
         for item in inputs:
-            outcomes.append(_run_one(item, process, reporter, formats, output_dir, stdout))
+            outcome = _run_one(item, process, reporter, formats, output_dir, stdout, settings)
+            if outcome.status in ("done", "partial") and item.path in (redone or {}):
+                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
+            outcomes.append(outcome)
             reporter.video_done()
-    stdout.close()
+    if stdout is not None:
+        stdout.close()
     return outcomes
 
 
@@ -143,40 +234,43 @@ def _run_one(
     reporter: Reporter,
     formats: list[str],
     output_dir: Path | None,
-    stdout: StdoutWriter,
+    stdout: StdoutWriter | None,
+    settings: Settings,
 ) -> Outcome:
     name = str(item.path)
     started = time.monotonic()
     progress = reporter.video(name)
     try:
         result = process(item, progress)
-        if output_dir is not None:
-            write_result(result, output_dir, item.stem, formats)
     except VideoError as error:
-        reporter.error(f"{name}: {error}")
-        return Outcome(name, "failed", str(error), time.monotonic() - started)
+        return _failed(reporter, name, str(error), started)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         reason = (
             "out of GPU memory: try --quantize 4bit, --quantize-vision 8bit or a smaller --memory-bank-length "
             "(video length does not matter)"
         )
-        reporter.error(f"{name}: {reason}")
-        return Outcome(name, "failed", reason, time.monotonic() - started)
-    except OSError as error:  # writing results: disk full, permissions
-        reason = f"cannot write results: {error.strerror or error}"
-        reporter.error(f"{name}: {reason}")
-        return Outcome(name, "failed", reason, time.monotonic() - started)
+        return _failed(reporter, name, reason, started)
     except Exception as error:  # a bad input must not stop the batch, nor print a traceback
-        reason = f"unexpected error: {type(error).__name__}: {error}".splitlines()[0]
-        reporter.error(f"{name}: {reason}")
-        return Outcome(name, "failed", reason, time.monotonic() - started)
+        return _failed(reporter, name, f"unexpected error: {type(error).__name__}: {error}".splitlines()[0], started)
+    if output_dir is not None:
+        try:
+            write_results(result, output_dir, item, settings, formats)
+        except OSError as error:  # disk full, permissions
+            where = f" to {error.filename}" if getattr(error, "filename", None) else ""
+            return _failed(reporter, name, f"cannot write results{where}: {error.strerror or error}", started)
     progress.finish()
-    stdout.add(result)
+    if stdout is not None:
+        stdout.add(result)
     for note in result.notes:
-        reporter.info(f"{name}: {note}")
+        reporter.note(name, note)
     for warning in result.warnings:
         reporter.warn(f"{name}: {warning}")
     status = "partial" if result.warnings else "done"
     detail = "; ".join(result.warnings) or f"{result.frames} frames"
     return Outcome(name, status, detail, time.monotonic() - started)
+
+
+def _failed(reporter: Reporter, name: str, reason: str, started: float) -> Outcome:
+    reporter.error(f"{name}: {reason}")
+    return Outcome(name, "failed", reason, time.monotonic() - started)

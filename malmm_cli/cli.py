@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
+import os
+import sys
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from malmm_cli.feature_cache import FeatureCache
     from malmm_cli.pipeline import Sampling
     from malmm_cli.progress import Reporter, VideoProgress
+    from malmm_cli.records import Settings
     from malmm_cli.results import VideoResult
     from models.malmm import Malmm
 
@@ -45,98 +48,148 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
-    txt = "txt"
-    json = "json"
-    jsonl = "jsonl"
-    srt = "srt"
-    vtt = "vtt"
-    csv = "csv"
+FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
+QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+# Option values are parsed here, so that a bad value gets a plain sentence rather than a type name.
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise typer.BadParameter(f"must be 1 or more, not {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a positive number of frames per second, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise typer.BadParameter(f"{text!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _metavar(choices: tuple[str, ...]) -> str:
+    return f"[{'|'.join(choices)}]"
 
 
 # Options every task command shares. Frames and bank length default to the task's MA-LMM setting.
 ModelOption = Annotated[
-    str, typer.Option("--model", "-m", help="Hugging Face hub id or local folder of an InstructBLIP model.")
+    str,
+    typer.Option(
+        "--model", "-m", metavar="MODEL", help="Hugging Face hub id or local folder of an InstructBLIP model."
+    ),
 ]
 CheckpointOption = Annotated[
     Path | None,
-    typer.Option("--checkpoint", "-c", help="MA-LMM fine-tuned checkpoint (LAVIS .pth) loaded on top of --model."),
-]
-FramesOption = Annotated[
-    int | None, typer.Option("--frames", "-n", min=1, help="Frames sampled uniformly over each video.")
-]
-FpsOption = Annotated[
-    float | None, typer.Option("--fps", min=0.0001, help="Sample this many frames per second instead of --frames.")
-]
-BankOption = Annotated[
-    int | None, typer.Option("--memory-bank-length", "-b", min=1, help="Memory bank length (frames remembered).")
-]
-FormatOption = Annotated[
-    list[Format] | None,
-    typer.Option("--format", "-f", help="Output format; repeat for several. stdout gets the first, --output-dir all."),
-]
-OutputDirOption = Annotated[
-    Path | None,
-    typer.Option("--output-dir", "-o", help="Write results here, named after each input (clip.mp4 -> clip.srt)."),
-]
-OverwriteOption = Annotated[
-    bool, typer.Option("--overwrite", help="Redo inputs whose results already exist in --output-dir.")
-]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOption = Annotated[
-    str,
-    typer.Option("--dtype", help="auto (float16 on GPU, bfloat16 for T5, float32 on CPU), float16, bfloat16, float32."),
-]
-
-
-class Quantize(str, Enum):
-    auto = "auto"
-    none = "none"
-    bits8 = "8bit"
-    bits4 = "4bit"
-
-
-class QuantizeVision(str, Enum):
-    none = "none"
-    bits8 = "8bit"
-
-
-QuantizeOption = Annotated[
-    Quantize,
     typer.Option(
-        "--quantize", help="LLM weights: auto picks none, 8bit or 4bit to fit the GPU's free memory (none on CPU)."
+        "--checkpoint", "-c", metavar="FILE", help="MA-LMM fine-tuned checkpoint (LAVIS .pth) loaded on top of --model."
     ),
 ]
+FramesOption = Annotated[
+    int | None,
+    typer.Option("--frames", "-n", metavar="N", parser=_count, help="Frames sampled uniformly over each video."),
+]
+FpsOption = Annotated[
+    float | None,
+    typer.Option("--fps", metavar="FPS", parser=_rate, help="Sample this many frames per second instead of --frames."),
+]
+BankOption = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-bank-length", "-b", metavar="L", parser=_count, help="Memory bank length (frames remembered)."
+    ),
+]
+FormatOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--format", "-f", metavar=_metavar(FORMATS), parser=_choice(*FORMATS),
+        help="Output format; repeat for several. stdout gets the first, --output-dir all.",
+    ),
+]  # fmt: skip
+OutputDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output-dir", "-o", metavar="DIR",
+        help="Write results here, named after each input and task (clip.mp4 -> clip.caption.srt).",
+    ),
+]  # fmt: skip
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Redo inputs even when their results were made with the same settings.")
+]
+DeviceOption = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype", metavar=_metavar(DTYPES), parser=_choice(*DTYPES),
+        help="Of the vision encoder and LLM: auto is float16 on GPU (bfloat16 for T5), float32 on CPU.",
+    ),
+]  # fmt: skip
+QuantizeOption = Annotated[
+    str,
+    typer.Option(
+        "--quantize", metavar=_metavar(QUANTIZE_CHOICES), parser=_choice(*QUANTIZE_CHOICES),
+        help="LLM weights: auto picks none, 8bit or 4bit to fit the free memory.",
+    ),
+]  # fmt: skip
 QuantizeVisionOption = Annotated[
-    QuantizeVision, typer.Option("--quantize-vision", help="Also shrink the 1B-parameter vision encoder to 8-bit.")
-]
+    str,
+    typer.Option(
+        "--quantize-vision", metavar="[none|8bit]", parser=_choice("none", "8bit"),
+        help="Also shrink the 1B-parameter vision encoder to 8-bit.",
+    ),
+]  # fmt: skip
 MaxTokensOption = Annotated[
-    int | None, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens (task default).")
+    int | None,
+    typer.Option("--max-new-tokens", metavar="N", parser=_count, help="Longest answer, in tokens (task default)."),
 ]
-BeamsOption = Annotated[int | None, typer.Option("--num-beams", min=1, help="Beam search width (default 5).")]
+BeamsOption = Annotated[
+    int | None, typer.Option("--num-beams", metavar="N", parser=_count, help="Beam search width (default 5).")
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info lines on stderr.")]
 BatchOption = Annotated[
     int | None,
-    typer.Option("--batch-size", min=1, help="Frames the vision encoder reads at once (default: fit free memory)."),
-]
-
-
-class Seek(str, Enum):
-    exact = "exact"
-    keyframe = "keyframe"
-
-
+    typer.Option(
+        "--batch-size", metavar="N", parser=_count,
+        help="Frames the vision encoder reads at once (default: fit free memory).",
+    ),
+]  # fmt: skip
 SeekOption = Annotated[
-    Seek,
-    typer.Option("--seek", help="exact: the frame at each time; keyframe: nearest keyframes, much faster (H.264)."),
-]
+    str,
+    typer.Option(
+        "--seek", metavar="[exact|keyframe]", parser=_choice("exact", "keyframe"),
+        help="exact: the frame at each time; keyframe: nearest keyframes, much faster (H.264).",
+    ),
+]  # fmt: skip
 WorkersOption = Annotated[
-    int, typer.Option("--decode-workers", min=1, help="Decode exact frames in this many processes.")
+    int, typer.Option("--decode-workers", metavar="N", parser=_count, help="Decode exact frames in N processes.")
 ]
 NoCacheOption = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
 ]
-PathsArgument = Annotated[list[Path], typer.Argument(help="Video files or folders (searched recursively).")]
+# Arguments are described in each command's help text: Typer would print their Python types.
+PathsArgument = Annotated[list[Path], typer.Argument(metavar="PATH", hidden=True, show_default=False)]
 
 
 @dataclass
@@ -153,12 +206,12 @@ class RunOptions:
     overwrite: OverwriteOption = False
     device: DeviceOption = "auto"
     dtype: DtypeOption = "auto"
-    quantize: QuantizeOption = Quantize.auto
-    quantize_vision: QuantizeVisionOption = QuantizeVision.none
+    quantize: QuantizeOption = "auto"
+    quantize_vision: QuantizeVisionOption = "none"
     max_new_tokens: MaxTokensOption = None
     num_beams: BeamsOption = None
     batch_size: BatchOption = None
-    seek: SeekOption = Seek.exact
+    seek: SeekOption = "exact"
     decode_workers: WorkersOption = 1
     no_cache: NoCacheOption = False
     quiet: QuietOption = False
@@ -171,24 +224,44 @@ class RunOptions:
 
     @property
     def formats(self) -> list[str]:
-        return [f.value for f in self.format or [Format.txt]]
+        return list(self.format or ["txt"])
 
-    def cache(self) -> FeatureCache | None:
+    def cache(self, reporter: Reporter) -> FeatureCache | None:
         from malmm_cli.feature_cache import FeatureCache
 
-        return None if self.no_cache else FeatureCache()
+        return None if self.no_cache else FeatureCache(on_problem=reporter.warn)
 
     def sampling(self, task: Task) -> Sampling:
         from malmm_cli.pipeline import Sampling
 
         rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
-        return Sampling(**rate, seek=self.seek.value, decode_workers=self.decode_workers)
+        return Sampling(**rate, seek=self.seek, decode_workers=self.decode_workers)
 
     def bank(self, task: Task) -> int:
         return self.memory_bank_length or task.memory_bank_length
 
     def generation(self, task: Task) -> GenerationSettings:
         return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+
+    def settings(self, task: Task, name: str, request: dict[str, object]) -> Settings:
+        """What the results of this run depend on, for the records beside them."""
+        from malmm_cli.feature_cache import default_cache_dir
+        from malmm_cli.loading import SetupError, resolve_device
+        from malmm_cli.records import Settings, checkpoint_identity, model_identity
+
+        try:
+            device = resolve_device(self.device).split(":")[0]
+        except SetupError as error:
+            raise typer.BadParameter(str(error), param_hint="--device") from error
+        memo = None if self.no_cache or not default_cache_dir().is_dir() else default_cache_dir()
+        return Settings(
+            task=name, request=request, model=model_identity(self.model),
+            checkpoint=checkpoint_identity(self.checkpoint, memo), sampling=self.sampling(task).describe(),
+            memory_bank_length=self.bank(task),
+            precision={"device": device, "dtype": self.dtype, "quantize": self.quantize,
+                       "quantize_vision": self.quantize_vision},
+            generation=dataclasses.asdict(self.generation(task)),
+        )  # fmt: skip
 
 
 def shared_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -219,21 +292,13 @@ def shared_options(command: Callable[..., None]) -> Callable[..., None]:
     return run_command
 
 
-def _duration(text: str | None, option: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint=option) from error
-
-
 def _read_lines(path: Path, what: str, option: str) -> list[str]:
     """Non-empty stripped lines of a text file (questions, labels)."""
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as error:
-        raise typer.BadParameter(f"cannot read {path}: {error}", param_hint=option) from error
+        reason = getattr(error, "strerror", None) or str(error)
+        raise typer.BadParameter(f"cannot read {path}: {reason}", param_hint=option) from error
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
         raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)
@@ -258,7 +323,7 @@ def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
     generation = options.generation(task)
     load_options = LoadOptions(
         model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
-        quantize=options.quantize.value, quantize_vision=options.quantize_vision is QuantizeVision.bits8,
+        quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
         memory_bank_length=options.bank(task), num_beams=generation.num_beams,
         max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8,
     )  # fmt: skip
@@ -273,112 +338,182 @@ def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
         reporter.error(f"cannot load model {options.model}: {str(error).strip().splitlines()[0]}")
         raise typer.Exit(EXIT_USAGE) from error
     reporter.info(f"Loaded {options.model} on {malmm.device} (quantize {mode}; {plan.describe()})")
+    for note in malmm.notes:
+        reporter.info(note)
     if malmm.checkpoint_report is not None:
         report = malmm.checkpoint_report
         (reporter.info if report.clean else reporter.warn)(report.message())
     return malmm
 
 
+def _check_output_dir(folder: Path) -> None:
+    """The output folder exists or can be made, and a file can be written in it: a usage error
+    now rather than every video failing after the model has loaded."""
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint="--output-dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".malmm-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        reason = f"cannot write in {folder}: {error.strerror or error}"
+        raise typer.BadParameter(reason, param_hint="--output-dir") from None
+
+
+def _check_stdout_format(options: RunOptions, videos: int) -> bool:
+    """Whether stdout gets results. A subtitle file holds one video: several videos as srt/vtt
+    go to --output-dir only (a usage error without it)."""
+    fmt = options.formats[0]
+    if fmt not in ("srt", "vtt") or videos <= 1:
+        return True
+    if options.output_dir is None:
+        raise typer.BadParameter(
+            f"{fmt} holds the subtitles of one video: for {videos} videos use --output-dir DIR (one .{fmt} "
+            "each), or print another format first (-f jsonl)",
+            param_hint="--format",
+        )
+    return False
+
+
 def _run(
     paths: list[Path],
     options: RunOptions,
     task: Task,
-    process: Callable[[Malmm, Input, VideoProgress], VideoResult],
+    request: tuple[str, dict[str, object]],
+    process: Callable[[Malmm, Input, VideoProgress, FeatureCache | None], VideoResult],
+    reporter: Reporter | None = None,
 ) -> None:
-    """Expand inputs, skip finished ones, load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.batch import StdoutWriter, already_done, expand_inputs, output_collisions, run_batch
+    """Check everything that can be checked without the model (inputs, output folder, what is
+    already done), load the model if anything is left, run, summarise, exit."""
+    from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch
     from malmm_cli.progress import Outcome, Reporter, summary_table
+    from malmm_cli.video import VideoError, check_readable
 
-    reporter = Reporter(quiet=options.quiet)
+    reporter = reporter or Reporter(quiet=options.quiet)
+    stdout: StdoutWriter | None = None
+    outcomes: list[Outcome] = []
     try:
         inputs, outcomes = expand_inputs(paths)
+        inputs, clashes = name_outputs(inputs)
         if options.output_dir is not None:
-            collisions = output_collisions(inputs)
-            if collisions:
+            if clashes:
                 raise typer.BadParameter(
-                    f"these inputs would write the same results: {'; '.join(collisions)}", param_hint="PATHS"
+                    f"these inputs would write the same results: {'; '.join(clashes)} (give their folder "
+                    "instead, or run them with different --output-dir)",
+                    param_hint="PATH",
                 )
+            _check_output_dir(options.output_dir)
+        printing = _check_stdout_format(options, len(inputs))
+        settings = options.settings(task, *request)
+        resume = plan_resume(inputs, options.output_dir, settings, options.formats, options.overwrite)
+        outcomes += resume.skipped
         pending = []
-        for item in inputs:
-            if not options.overwrite and already_done(item, options.output_dir, options.formats):
-                outcomes.append(Outcome(str(item.path), "skipped", "results exist (--overwrite to redo)"))
-            else:
+        for item in resume.pending:  # the cheap part of reading each video, before the model loads
+            try:
+                check_readable(item.path)
                 pending.append(item)
+            except VideoError as error:
+                outcomes.append(Outcome(str(item.path), "failed", str(error)))
         for failure in outcomes:
             if failure.status == "failed":
                 reporter.error(f"{failure.path}: {failure.detail}")
+        if resume.redone and not options.overwrite:
+            changed = sorted({reason for reasons in resume.redone.values() for reason in reasons})
+            reporter.info(
+                f"{len(resume.redone)} of {len(inputs)} videos have results in {options.output_dir} made "
+                f"differently ({', '.join(changed)}): they are made again and replaced"
+            )
+        if not printing:
+            reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir()
-        stdout = StdoutWriter(options.formats[0], single=single)
+        stdout = StdoutWriter(options.formats[0], single=single) if printing else None
         if pending:
             malmm = load_model(options, task, reporter)
+            cache = options.cache(reporter)
             outcomes += run_batch(
                 pending,
-                lambda item, progress: process(malmm, item, progress),
+                lambda item, progress: process(malmm, item, progress, cache),
                 reporter=reporter,
                 formats=options.formats,
                 output_dir=options.output_dir,
                 stdout=stdout,
+                settings=settings,
+                redone=resume.redone,
             )
-        else:
+        elif stdout is not None:
             stdout.close()
     except KeyboardInterrupt:
+        if stdout is not None:
+            stdout.close()  # the finished videos' json list, or the csv header
         reporter.console.print("Interrupted: results of finished videos are kept.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     bad = [o for o in outcomes if o.status in ("failed", "partial")]
-    if bad or (len(outcomes) > 1 and not options.quiet):
+    if len(outcomes) > 1 and (bad or not options.quiet):
         reporter.console.print(summary_table(outcomes))
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
-@app.command()
+@app.command(short_help="Caption videos, whole and by segment.")
 @shared_options
 def caption(
     paths: PathsArgument,
     segment: Annotated[
-        str | None,
-        typer.Option("--segment", "-s", help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30)."),
+        float | None,
+        typer.Option(
+            "--segment",
+            "-s",
+            metavar="DURATION",
+            parser=_seconds,
+            help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30).",
+        ),
     ] = None,
     *,
     options: RunOptions,
 ) -> None:
-    """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too."""
-    segment_seconds = _duration(segment, "--segment")
-    sampling = options.sampling(CAPTION)
-    cache = options.cache()
+    """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too.
 
-    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+    PATH is a video file, several files or a folder (searched recursively for videos).
+    """
+    sampling = options.sampling(CAPTION)
+
+    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
         from malmm_cli.pipeline import caption_video
 
         return caption_video(
             malmm, item.path, sampling=sampling, memory_bank_length=options.bank(CAPTION),
-            segment=segment_seconds, settings=options.generation(CAPTION), progress=progress,
+            segment=segment, settings=options.generation(CAPTION), progress=progress,
             batch_size=malmm_batch(malmm, options), cache=cache,
         )  # fmt: skip
 
-    _run(paths, options, CAPTION, process)
+    _run(paths, options, CAPTION, ("caption", {"segment": segment}), process)
 
 
-@app.command()
+@app.command(short_help="Answer questions about videos.")
 @shared_options
 def ask(
-    path: Annotated[Path, typer.Argument(help="A video file, or a folder of videos.")],
-    question: Annotated[str | None, typer.Argument(help="The question (or use --question-file).")] = None,
+    path: Annotated[Path, typer.Argument(metavar="PATH", hidden=True, show_default=False)],
+    question: Annotated[str | None, typer.Argument(metavar="QUESTION", hidden=True, show_default=False)] = None,
     question_file: Annotated[
-        Path | None, typer.Option("--question-file", help="Questions, one per line (blank and # lines skipped).")
+        Path | None,
+        typer.Option("--question-file", metavar="FILE", help="Questions, one per line (blank and # lines skipped)."),
     ] = None,
     *,
     options: RunOptions,
 ) -> None:
-    """Answer questions about a video (defaults: 20 frames, memory bank 10)."""
+    """Answer questions about a video (defaults: 20 frames, memory bank 10).
+
+    PATH is a video file or a folder of videos; QUESTION the question, or give several with
+    --question-file. Each question reads the video through its own memory, all in one pass.
+    """
     questions = [question.strip()] if question and question.strip() else []
     if question_file is not None:
         questions += _read_lines(question_file, "questions", "--question-file")
     if not questions:
         raise typer.BadParameter("give a QUESTION or --question-file", param_hint="QUESTION")
     sampling = options.sampling(QUESTION)
-    cache = options.cache()
 
-    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
         from malmm_cli.pipeline import answer_questions
 
         return answer_questions(
@@ -387,32 +522,50 @@ def ask(
             batch_size=malmm_batch(malmm, options), cache=cache,
         )  # fmt: skip
 
-    _run([path], options, QUESTION, process)
+    _run([path], options, QUESTION, ("ask", {"questions": questions}), process)
 
 
-@app.command()
+@app.command(short_help="Predict actions: a timeline, the next action, or ranked labels.")
 @shared_options
 def predict(
     paths: PathsArgument,
     labels: Annotated[
-        Path | None, typer.Option("--labels", "-l", help="Closed-set labels, one per line: rank them.")
+        Path | None,
+        typer.Option("--labels", "-l", metavar="FILE", help="Closed-set labels, one per line: rank them."),
     ] = None,
     every: Annotated[
-        str | None,
-        typer.Option("--every", "-e", help="Timeline interval (default 60s without --labels, none with them)."),
+        float | None,
+        typer.Option(
+            "--every",
+            "-e",
+            metavar="DURATION",
+            parser=_seconds,
+            help="Timeline interval (default 60s without --labels, none with them).",
+        ),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to report.")] = 5,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", metavar="K", parser=_count, help="How many ranked labels to report.")
+    ] = 5,
     *,
     options: RunOptions,
 ) -> None:
     """Action predictions (defaults: 100 frames, memory bank 20): a timeline and the next action, or
-    ranked --labels."""
-    label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
-    every_seconds = _duration(every, "--every") if every is not None else (None if label_list else 60.0)
-    sampling = options.sampling(CLASSIFICATION)
-    cache = options.cache()
+    ranked --labels.
 
-    def process(malmm: Malmm, item: Input, progress: VideoProgress) -> VideoResult:
+    PATH is a video file, several files or a folder (searched recursively for videos).
+    """
+    from malmm_cli.progress import Reporter
+
+    reporter = Reporter(quiet=options.quiet)
+    label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
+    if label_list is not None and len(set(label_list)) < len(label_list):
+        repeated = sorted({label for label in label_list if label_list.count(label) > 1})
+        reporter.warn(f"labels given more than once are ranked once: {', '.join(repeated)}")
+        label_list = list(dict.fromkeys(label_list))
+    every_seconds = every if every is not None else (None if label_list else 60.0)
+    sampling = options.sampling(CLASSIFICATION)
+
+    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
         from malmm_cli.pipeline import predict_actions
 
         return predict_actions(
@@ -421,11 +574,12 @@ def predict(
             progress=progress, batch_size=malmm_batch(malmm, options), cache=cache,
         )  # fmt: skip
 
-    _run(paths, options, CLASSIFICATION, process)
+    request = {"labels": label_list, "every": every_seconds, "top_k": top_k if label_list else None}
+    _run(paths, options, CLASSIFICATION, ("predict", request), process, reporter)
 
 
 models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", short_help="List, check and download models.")
 
 
 @models_app.command("list")
@@ -500,7 +654,7 @@ def models_download(
 
 cache_app = typer.Typer(help="The vision feature cache that makes a second question about a video fast.",
                         no_args_is_help=True)  # fmt: skip
-app.add_typer(cache_app, name="cache")
+app.add_typer(cache_app, name="cache", short_help="Inspect or empty the vision feature cache.")
 
 
 @cache_app.command("info")
@@ -508,25 +662,33 @@ def cache_info() -> None:
     """Where the cache is, what it holds, and its size limit."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache()
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
     entries = cache.entries()
     total = sum(entry.size for entry in entries)
     typer.echo(f"location: {cache.folder}")
     typer.echo(f"entries: {len(entries)} videos, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB")
+    partials = cache.partials()
+    if partials:
+        stale = [p for p in partials if cache.is_stale(p)]
+        size = sum(p.size for p in partials) / 1024**3
+        typer.echo(
+            f"unfinished: {len(partials)} ({size:.2f} GiB): {len(partials) - len(stale)} being written, "
+            f"{len(stale)} left by runs that stopped (removed by `malmm cache clear` or the next run)"
+        )
     typer.echo("settings: MALMM_CACHE_DIR (location), MALMM_CACHE_SIZE (limit in GB); --no-cache to bypass")
 
 
 @cache_app.command("clear")
 def cache_clear() -> None:
-    """Remove every cached video."""
+    """Remove every cached video (and what stopped runs left); nothing else in the folder."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache()
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
     freed = cache.clear()
     typer.echo(f"removed {freed / 1024**3:.2f} GiB from {cache.folder}")
 
 
-@app.command()
+@app.command(short_help="Check what this machine can run.")
 def doctor() -> None:
     """Check this machine: versions, GPUs, quantization, video codecs, cached models."""
     from rich.table import Table
@@ -582,4 +744,13 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The `malmm` command. An error malmm did not foresee is one line, not a traceback
+    (MALMM_DEBUG=1 shows it); its exit status is 1."""
+    try:
+        app()
+    except Exception as error:
+        if os.environ.get("MALMM_DEBUG"):
+            raise
+        message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        print(f"error: unexpected: {message} (MALMM_DEBUG=1 shows where)", file=sys.stderr)
+        sys.exit(EXIT_FAILED)

@@ -31,7 +31,6 @@ from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_times, prefetch, probe
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
-from models.malmm import INSTRUCTION_MAX_TOKENS
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
 NEXT_ACTION_PROMPT = "what is the person likely to do next?"
@@ -451,15 +450,15 @@ def answer_questions(
 
 
 def _long_question_notes(malmm: Malmm, questions: list[str], prompts: list[str]) -> list[str]:
-    """The Q-Former reads at most INSTRUCTION_MAX_TOKENS of an instruction (MA-LMM's limit)."""
-    notes = []
+    """The Q-Former reads at most 128 tokens of an instruction (MA-LMM's limit)."""
+    notes, limit = [], malmm.instruction_limit
     for number, prompt in enumerate(prompts, start=1):
         length = malmm.instruction_length(prompt)
-        if length > INSTRUCTION_MAX_TOKENS:
+        if length > limit:
             which = f"question {number}" if len(questions) > 1 else "the question"
             notes.append(
-                f"{which} is {length} tokens with its prompt, more than the Q-Former's {INSTRUCTION_MAX_TOKENS}: "
-                f"the Q-Former reads only its last {INSTRUCTION_MAX_TOKENS} (the LLM reads all of it)"
+                f"{which} is {length} tokens with its prompt, more than the Q-Former's {limit}: "
+                f"the Q-Former reads only its last {limit} (the LLM reads all of it)"
             )
     return notes
 

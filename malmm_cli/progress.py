@@ -60,10 +60,18 @@ class Reporter:
         self.animated = self.console.is_terminal and not quiet
         self._progress: Progress | None = None
         self._overall = None
+        self._notes_shown: set[str] = set()
 
     def info(self, message: str) -> None:
         if not self.quiet:
             self.console.print(escape(message))
+
+    def note(self, name: str, note: str) -> None:
+        """How a video was read, where it differs from what was asked. A note repeated word for word
+        for later videos (a long question asked of a whole folder) is shown once."""
+        if note not in self._notes_shown:
+            self._notes_shown.add(note)
+            self.info(f"{name}: {note}")
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(message)}")

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,18 +69,30 @@ def cues(result: VideoResult) -> list[TimedText]:
     return spans
 
 
+def cue_text(text: str, vtt: bool = False) -> str:
+    """Text that stays inside its cue: a blank line would end the cue, and "-->" start a new one in
+    the player's eyes; WebVTT also reads "&" and "<" as markup (">" may stay)."""
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    text = "\n".join(line for line in lines if line) or " "
+    text = text.replace("-->", "->")
+    if vtt:
+        text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return text
+
+
 def to_srt(result: VideoResult) -> str:
     blocks = []
     for number, cue in enumerate(cues(result), start=1):
         start, end = format_timestamp(cue.start, ","), format_timestamp(cue.end, ",")
-        blocks.append(f"{number}\n{start} --> {end}\n{cue.text}\n")
+        blocks.append(f"{number}\n{start} --> {end}\n{cue_text(cue.text)}\n")
     return "\n".join(blocks)
 
 
 def to_vtt(result: VideoResult) -> str:
     blocks = ["WEBVTT\n"]
     for cue in cues(result):
-        blocks.append(f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}\n{cue.text}\n")
+        times = f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}"
+        blocks.append(f"{times}\n{cue_text(cue.text, vtt=True)}\n")
     return "\n".join(blocks)
 
 
@@ -119,15 +131,21 @@ FORMATTERS: dict[str, Callable[[VideoResult], str]] = {
 }
 
 
-def output_paths(output_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
-    """Where one input's results go: output_dir/stem.<format> for each format."""
-    return [output_dir / stem.parent / f"{stem.name}.{fmt}" for fmt in formats]
+def output_paths(output_dir: Path, stem: Path, task: str, formats: list[str]) -> list[Path]:
+    """Where one input's results go: output_dir/<stem>.<task>.<format> for each format, so the
+    results of different tasks for one video never overwrite each other."""
+    return [output_dir / stem.parent / f"{stem.name}.{task}.{fmt}" for fmt in formats]
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
+    """Write to a temporary file beside `path`, then rename it over `path`.
+
+    The file is created with mode 0666 less the umask, as any other program's output would be
+    (a temporary file's usual 0600 would otherwise stay on the result).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -135,12 +153,5 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-
-
-def write_result(result: VideoResult, output_dir: Path, stem: Path, formats: list[str]) -> list[Path]:
-    paths = output_paths(output_dir, stem, formats)
-    for fmt, path in zip(formats, paths, strict=True):
-        write_atomic(path, FORMATTERS[fmt](result))
-    return paths

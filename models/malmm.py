@@ -111,13 +111,19 @@ class Malmm:
             instructions,
             padding="longest",
             truncation=True,
-            max_length=INSTRUCTION_MAX_TOKENS,
+            max_length=self.instruction_limit,
             return_tensors="pt",
         )
         return self.model.new_memory(tokens.input_ids, tokens.attention_mask, memory_bank_length, total_frames)
 
+    @property
+    def instruction_limit(self) -> int:
+        """Q-Former tokens of an instruction that are read: MA-LMM's 128, or fewer if the Q-Former
+        has fewer positions."""
+        return min(INSTRUCTION_MAX_TOKENS, self.model.config.qformer_config.max_position_embeddings)
+
     def instruction_length(self, instruction: str) -> int:
-        """Q-Former tokens of an instruction before truncation (it reads INSTRUCTION_MAX_TOKENS at most)."""
+        """Q-Former tokens of an instruction before truncation (see `instruction_limit`)."""
         return len(self.qformer_tokenizer(instruction).input_ids)
 
     @torch.inference_mode()

@@ -1,12 +1,16 @@
-"""Finding inputs, naming outputs, stdout in each format."""
+"""Finding inputs, naming outputs, deciding what a rerun redoes, stdout in each format."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
-from malmm_cli.batch import Input, StdoutWriter, already_done, expand_inputs, output_collisions
+import pytest
+
+from malmm_cli.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, write_results
+from malmm_cli.records import Settings, read_record, record_path
 from malmm_cli.results import VideoResult
 
 
@@ -35,22 +39,97 @@ def test_missing_paths_are_kept_to_fail_later_and_empty_folders_fail(tmp_path: P
     assert len(failures) == 1 and failures[0].status == "failed" and "no video files" in failures[0].detail
 
 
-def test_collisions_are_found(tmp_path: Path) -> None:
-    inputs = [Input(tmp_path / "a" / "clip.mp4", Path("clip")), Input(tmp_path / "b" / "clip.mov", Path("clip"))]
-    assert output_collisions(inputs) == [f"{inputs[0].path} and {inputs[1].path}"]
-    assert output_collisions(inputs[:1]) == []
+def test_symlink_loops_are_one_failure_not_a_crash(tmp_path: Path) -> None:
+    """A symlink loop given as an argument used to abort the whole run with a traceback."""
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop)
+    folder = tmp_path / "folder"
+    touch(folder / "a.mp4")
+    (folder / "up").symlink_to(folder)  # a link back up the tree: not followed
+    inputs, failures = expand_inputs([loop, folder])
+    assert [i.path.name for i in inputs] == ["a.mp4"]
+    assert [(f.path, f.status) for f in failures] == [(str(loop), "failed")]
+    assert "points back to itself" in failures[0].detail
 
 
-def test_already_done_needs_every_format(tmp_path: Path) -> None:
-    item = Input(tmp_path / "clip.mp4", Path("clip"))
-    touch(tmp_path / "out" / "clip.json")
-    assert already_done(item, tmp_path / "out", ["json"])
-    assert not already_done(item, tmp_path / "out", ["json", "srt"])
-    assert not already_done(item, None, ["json"])
+def test_same_name_other_extension_keeps_the_extension(tmp_path: Path) -> None:
+    """clip.mp4 and clip.mkv in one folder used to make the whole -o run a usage error."""
+    for name in ("clip.mp4", "clip.mkv", "other.mp4"):
+        touch(tmp_path / "in" / name)
+    inputs, _ = expand_inputs([tmp_path / "in"])
+    named, clashes = name_outputs(inputs)
+    assert sorted(str(i.stem) for i in named) == ["clip.mkv", "clip.mp4", "other"] and clashes == []
+    _, clashes = name_outputs(
+        [Input(tmp_path / "a" / "x.mp4", Path("x")), Input(tmp_path / "b" / "x.mp4", Path("x"))]
+    )
+    assert clashes == [f"{tmp_path / 'a' / 'x.mp4'} and {tmp_path / 'b' / 'x.mp4'}"]
+
+
+def settings(**request: object) -> Settings:
+    return Settings("ask", request, "model@rev", None, "frames=20,seek=exact", 10, {"dtype": "auto"}, {"num_beams": 5})
 
 
 def result(name: str) -> VideoResult:
     return VideoResult(name, "caption", 4.0, 2, 0.0, 3.0, caption=f"caption of {name}")
+
+
+def test_a_rerun_skips_only_results_made_the_same_way(tmp_path: Path) -> None:
+    """Resume used to look at file names only: a second question was 'already done'."""
+    video = touch(tmp_path / "clip.mp4")
+    item, out = Input(video, Path("clip")), tmp_path / "out"
+    first = settings(questions=["what colour is the car?"])
+    write_results(result(str(video)), out, item, first, ["json"])
+    assert sorted(p.name for p in out.iterdir()) == [".malmm", "clip.ask.json"]
+    assert plan_resume([item], out, first, ["json"], overwrite=False).skipped  # same settings: skipped
+    second = settings(questions=["who drives?"])
+    resume = plan_resume([item], out, second, ["json"], overwrite=False)
+    assert resume.pending == [item] and resume.redone == {video: ["questions"]}
+    assert plan_resume([item], out, first, ["json", "srt"], overwrite=False).pending == [item]  # a format missing
+    assert plan_resume([item], out, first, ["json"], overwrite=True).pending == [item]
+    os.utime(video, ns=(1, 1))  # the video changed
+    assert plan_resume([item], out, first, ["json"], overwrite=False).redone == {video: ["the video file"]}
+    recorded = read_record(record_path(out, item.stem, "ask"))
+    assert recorded["settings"]["request"] == {"questions": ["what colour is the car?"]}
+    assert recorded["formats"] == ["json"] and recorded["settings"]["version"]
+
+
+def test_results_without_a_record_are_redone(tmp_path: Path) -> None:
+    video = touch(tmp_path / "clip.mp4")
+    item, out = Input(video, Path("clip")), tmp_path / "out"
+    touch(out / "clip.ask.json")  # made by an older malmm, or by hand
+    resume = plan_resume([item], out, settings(questions=["q"]), ["json"], overwrite=False)
+    assert resume.pending == [item] and resume.redone == {video: ["no record of how they were made"]}
+
+
+def test_the_record_goes_before_and_comes_back_after_the_results(tmp_path: Path, monkeypatch) -> None:
+    video = touch(tmp_path / "clip.mp4")
+    item, out = Input(video, Path("clip")), tmp_path / "out"
+    write_results(result(str(video)), out, item, settings(questions=["q"]), ["json", "srt"])
+    from malmm_cli import batch
+
+    def disk_full_on_srt(path: Path, text: str) -> None:
+        if path.suffix == ".srt":
+            raise OSError(28, "No space left on device")
+        original(path, text)
+
+    original = batch.write_atomic
+    monkeypatch.setattr(batch, "write_atomic", disk_full_on_srt)
+    with pytest.raises(OSError):
+        write_results(result(str(video)), out, item, settings(questions=["other"]), ["json", "srt"])
+    assert read_record(record_path(out, item.stem, "ask")) is None  # json is new, srt old: no record vouches
+    assert plan_resume([item], out, settings(questions=["q"]), ["json", "srt"], overwrite=False).pending == [item]
+
+
+def test_result_files_follow_the_umask(tmp_path: Path) -> None:
+    """Results used to be created with mode 0600 whatever the umask."""
+    video = touch(tmp_path / "clip.mp4")
+    old = os.umask(0o022)
+    try:
+        write_results(result(str(video)), tmp_path / "out", Input(video, Path("clip")), settings(), ["txt", "json"])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert modes == {"clip.ask.txt": 0o644, "clip.ask.json": 0o644}
 
 
 def test_stdout_json_is_an_object_for_one_file_and_a_list_otherwise() -> None:
@@ -64,6 +143,7 @@ def test_stdout_json_is_an_object_for_one_file_and_a_list_otherwise() -> None:
     writer.add(result("a.mp4"))
     writer.add(result("b.mp4"))
     writer.close()
+    writer.close()  # closing twice (after an interrupt) prints it once
     assert [d["file"] for d in json.loads(several.getvalue())] == ["a.mp4", "b.mp4"]
     empty = io.StringIO()
     StdoutWriter("json", single=False, stream=empty).close()

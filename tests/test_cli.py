@@ -66,15 +66,16 @@ def test_every_format_is_written_and_parses_back(run, videos: Path, tmp_path: Pa
     args = [f for fmt in formats for f in ("--format", fmt)]
     result = run("caption", videos / "five.mp4", "--fps", "2", "--segment", "2", "--output-dir", tmp_path, *args)
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"five.{fmt}" for fmt in formats)
-    data = json.loads((tmp_path / "five.json").read_text())
-    assert json.loads((tmp_path / "five.jsonl").read_text()) == data
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert written == sorted(f"five.caption.{fmt}" for fmt in formats)
+    data = json.loads((tmp_path / "five.caption.json").read_text())
+    assert json.loads((tmp_path / "five.caption.jsonl").read_text()) == data
     spans = [(s["start"], s["end"], s["text"]) for s in data["segments"]]
-    assert [(c.start, c.end, c.text) for c in parse_srt((tmp_path / "five.srt").read_text())] == spans
-    assert [(c.start, c.end, c.text) for c in parse_vtt((tmp_path / "five.vtt").read_text())] == spans
-    rows = list(csv.DictReader(io.StringIO((tmp_path / "five.csv").read_text())))
+    assert [(c.start, c.end, c.text) for c in parse_srt((tmp_path / "five.caption.srt").read_text())] == spans
+    assert [(c.start, c.end, c.text) for c in parse_vtt((tmp_path / "five.caption.vtt").read_text())] == spans
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "five.caption.csv").read_text())))
     assert [r["kind"] for r in rows] == ["caption", "segment", "segment", "segment"]
-    assert (tmp_path / "five.txt").read_text().splitlines()[0] == data["caption"]
+    assert (tmp_path / "five.caption.txt").read_text().splitlines()[0] == data["caption"]
     assert result.stdout.splitlines()[0] == data["caption"]  # stdout gets the first format
 
 
@@ -126,20 +127,42 @@ def test_folder_mode_mirrors_subfolders_and_resumes(run, videos: Path, tmp_path:
     out = tmp_path / "out"
     first = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json")
     assert first.exit_code == 0, first.stderr
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["a.json", "nested/b.json"]
+    results = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json") if ".malmm" not in p.parts)
+    assert results == ["a.caption.json", "nested/b.caption.json"]
     assert "malmm summary" in first.stderr
-    stamp = (out / "a.json").stat().st_mtime_ns
+    stamp = (out / "a.caption.json").stat().st_mtime_ns
 
     again = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json")
     assert again.exit_code == 0 and "Loading" not in again.stderr  # nothing left to do: no model load
-    assert again.stderr.count("skipped") == 2 and (out / "a.json").stat().st_mtime_ns == stamp
+    assert again.stderr.count("skipped") == 2 and (out / "a.caption.json").stat().st_mtime_ns == stamp
 
-    (out / "nested" / "b.json").unlink()
+    (out / "nested" / "b.caption.json").unlink()
     resumed = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json")
     assert resumed.exit_code == 0 and "b.mkv: 3 frames" in resumed.stderr and "a.mp4: 3 frames" not in resumed.stderr
 
     redone = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json", "--overwrite")
-    assert redone.exit_code == 0 and (out / "a.json").stat().st_mtime_ns != stamp
+    assert redone.exit_code == 0 and (out / "a.caption.json").stat().st_mtime_ns != stamp
+
+
+def test_a_rerun_with_other_settings_redoes_and_other_tasks_keep_their_files(run, videos: Path, tmp_path: Path) -> None:
+    """`caption -o out`, then `ask -o out` used to print [] and skip every video."""
+    out = tmp_path / "out"
+    folder = videos / "folder"
+    captions = run("caption", folder, "--frames", "3", "-o", out, "-f", "json")
+    asked = run("ask", folder, "what colour is the car?", "--frames", "3", "-o", out, "-f", "json")
+    assert captions.exit_code == asked.exit_code == 0, asked.stderr
+    assert [Path(d["file"]).name for d in json.loads(asked.stdout)] == ["a.mp4", "b.mkv"]
+    assert json.loads((out / "a.caption.json").read_text())["caption"]  # the captions are still there
+    assert json.loads((out / "a.ask.json").read_text())["answers"][0]["question"] == "what colour is the car?"
+
+    other = run("ask", folder, "who drives?", "--frames", "3", "-o", out, "-f", "json")
+    assert other.exit_code == 0 and "2 of 2 videos have results" in other.stderr and "questions" in other.stderr
+    assert json.loads((out / "a.ask.json").read_text())["answers"][0]["question"] == "who drives?"
+    for changed in (["--frames", "4"], ["--memory-bank-length", "3"], ["--max-new-tokens", "3"]):
+        redo = run("ask", folder, "who drives?", "--frames", "3", *changed, "-o", out, "-f", "json")
+        assert redo.exit_code == 0 and "made again" in redo.stderr, changed
+    same = run("ask", folder, "who drives?", "--frames", "3", "--max-new-tokens", "3", "-o", out, "-f", "json")
+    assert same.exit_code == 0 and same.stderr.count("skipped") == 2 and "Loading" not in same.stderr
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +203,7 @@ def test_damaged_file_gives_a_partial_result(run, tmp_path: Path) -> None:
     assert result.exit_code == 1, result.stderr  # written, but not all of the video could be read
     data = json.loads(result.stdout)
     assert data["caption"] and 0 < data["frames"] < 8 and data["warnings"]
-    assert "warning:" in result.stderr and "partial" in result.stderr
+    assert "warning:" in result.stderr and "malmm summary" not in result.stderr  # the table is for batches
 
 
 @pytest.mark.parametrize(
@@ -231,30 +254,57 @@ def test_help_reads_well(run) -> None:
     assert "--segment" in run("caption", "--help", model=False).stdout
 
 
-def test_ctrl_c_stops_cleanly_with_130(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    long = media.make_video(tmp_path / "long.mp4", seconds=60, fps=10, size=(64, 48))
-    command = [str(Path(sys.executable).parent / "malmm"), "caption", str(long), "--fps", "10",
-               "--model", str(tiny_llama_dir), *FAST]  # fmt: skip
+def _interrupted(command: list[str], ready: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run malmm, press Ctrl-C once `ready` appears on stderr; (status, stdout, stderr).
+
+    The child gets its own process group with SIGINT at its default, as a shell's foreground job
+    has: a background job of a non-interactive shell (CI) starts with SIGINT ignored, and would
+    then never see the Ctrl-C.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, process_group=0,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    stderr = ""
     try:
-        deadline = time.monotonic() + 120
-        stderr = ""
-        while "Loaded" not in stderr and time.monotonic() < deadline:  # wait until it is reading frames
+        deadline = time.monotonic() + timeout
+        while ready not in stderr and time.monotonic() < deadline:
             line = process.stderr.readline()
             if not line and process.poll() is not None:
                 break
             stderr += line
         time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:  # never leave it running, whatever failed above
             process.kill()
             process.communicate()
-    stderr += err
-    assert process.returncode == 130, stderr
-    assert "Interrupted" in stderr and "Traceback" not in stderr and out == ""
+    return process.returncode, out, stderr + err
+
+
+def _malmm(tiny_llama_dir: Path, *args: str | Path) -> list[str]:
+    return [str(Path(sys.executable).parent / "malmm"), *map(str, args), "--model", str(tiny_llama_dir), *FAST]
+
+
+def test_ctrl_c_stops_cleanly_with_130(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    long = media.make_video(tmp_path / "long.mp4", seconds=60, fps=10, size=(64, 48))
+    status, out, err = _interrupted(_malmm(tiny_llama_dir, "caption", long, "--fps", "10"), "Loaded")
+    assert status == 130, err
+    assert "Interrupted" in err and "Traceback" not in err and out == ""
+
+
+def test_ctrl_c_keeps_the_finished_videos_json_on_stdout(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Interrupted folder runs with -f json used to print nothing at all."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    media.make_video(folder / "a.mp4", seconds=2, fps=10)
+    media.make_video(folder / "b.mp4", seconds=60, fps=10)
+    command = _malmm(tiny_llama_dir, "caption", folder, "--fps", "10", "--format", "json", "--no-cache")
+    status, out, err = _interrupted(command, "a.mp4: 20 frames")
+    assert status == 130, err
+    assert [Path(d["file"]).name for d in json.loads(out)] == ["a.mp4"]
 
 
 def test_second_question_uses_the_feature_cache(run, videos: Path, tmp_path: Path, monkeypatch) -> None:
@@ -269,3 +319,110 @@ def test_second_question_uses_the_feature_cache(run, videos: Path, tmp_path: Pat
     assert bypass.exit_code == 0 and "entries: 1 videos" in run("cache", "info", model=False).stdout
     cleared = run("cache", "clear", model=False)
     assert cleared.exit_code == 0 and "entries: 0 videos" in run("cache", "info", model=False).stdout
+
+
+def test_inputs_and_output_folder_are_checked_before_the_model_loads(run, videos: Path, tmp_path: Path) -> None:
+    """`malmm caption typo.mp4` used to report the missing model (and download 32 GB first)."""
+    missing_model = ["--model", str(tmp_path / "no-model")]
+    typo = run("caption", tmp_path / "typo.mp4", *missing_model)
+    assert typo.exit_code == 1 and "typo.mp4: no such file" in typo.stderr
+    assert "Loading" not in typo.stderr and "no-model" not in typo.stderr
+    text = media.make_text_file(tmp_path / "notes.mp4")
+    assert "not a video" in run("caption", text, *missing_model).stderr
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("")
+    result = run("caption", videos / "short.mp4", "-o", a_file, *missing_model)
+    assert result.exit_code == 2 and f"{a_file} exists and is not a folder" in result.stderr
+    assert "Loading" not in result.stderr
+
+
+def test_a_text_file_as_checkpoint_is_one_line(run, videos: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "notes.pth"
+    checkpoint.write_text("not a checkpoint\n")
+    result = run("caption", videos / "short.mp4", "--frames", "2", "--checkpoint", checkpoint)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "not a PyTorch checkpoint" in result.stderr
+
+
+def test_subtitles_of_several_videos_need_an_output_folder(run, videos: Path, tmp_path: Path) -> None:
+    """Several videos as one SRT/VTT stream used to give several headers players read as one cue."""
+    refused = run("caption", videos / "folder", "--frames", "2", "-f", "vtt")
+    assert refused.exit_code == 2 and "--output-dir" in refused.stderr and refused.stdout == ""
+    written = run("caption", videos / "folder", "--frames", "2", "-f", "srt", "-o", tmp_path / "out")
+    assert written.exit_code == 0 and written.stdout == ""
+    assert len(parse_srt((tmp_path / "out" / "a.caption.srt").read_text())) == 1
+    single = run("caption", videos / "short.mp4", "--frames", "2", "-f", "srt")
+    assert single.exit_code == 0 and len(parse_srt(single.stdout)) == 1
+
+
+def test_same_stem_other_extension_in_one_folder(run, tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    media.make_video(folder / "clip.mp4", seconds=2, fps=10)
+    media.make_video(folder / "clip.mkv", seconds=2, fps=10, seed=1)
+    result = run("caption", folder, "--frames", "2", "-f", "json", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [
+        "clip.mkv.caption.json",
+        "clip.mp4.caption.json",
+    ]
+
+
+def test_empty_segments_are_named_in_a_note(run, tmp_path: Path) -> None:
+    """--segment 60s on a 2-hour video at 80 frames gave 80 cues, not 120, without a word."""
+    clip = media.make_video(tmp_path / "ten.mp4", seconds=10, fps=10)
+    result = run("caption", clip, "--frames", "2", "--segment", "2s", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [(s["start"], s["end"]) for s in data["segments"]] == [(2.0, 4.0), (6.0, 8.0)]
+    assert any("3 of 5 segments have no sampled frame" in note and "--fps 2" in note for note in data["notes"])
+    assert "3 of 5 segments have no sampled frame" in result.stderr
+
+
+def test_more_frames_than_the_clip_has_and_still_images(run, videos: Path, tmp_path: Path) -> None:
+    many = run("caption", videos / "short.mp4", "--frames", "100000", "-f", "json")
+    assert many.exit_code == 0 and json.loads(many.stdout)["frames"] == 30  # 3 s at 10 fps, each once
+    assert "has 30: reading each once" in many.stderr
+    photo = media.make_still_image(tmp_path / "photo.png")
+    still = run("caption", photo, "-f", "json")
+    assert still.exit_code == 0 and json.loads(still.stdout)["frames"] == 1
+    assert "still image" in still.stderr
+
+
+def test_duplicate_labels_are_ranked_once(run, videos: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cooking\nswimming\ncooking\n")
+    result = run("predict", videos / "short.mp4", "--labels", labels, "--frames", "2", "-f", "json")
+    assert result.exit_code == 0 and "ranked once: cooking" in result.stderr
+    ranked = json.loads(result.stdout)["labels"]
+    assert sorted(r["label"] for r in ranked) == ["cooking", "swimming"]
+    assert sum(r["probability"] for r in ranked) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_question_past_the_qformer_limit_gets_a_note(run, videos: Path) -> None:
+    question = "what " * 140 + "happens?"
+    result = run("ask", videos / "short.mp4", question, "--frames", "2", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    (note,) = json.loads(result.stdout)["notes"]
+    assert "more than the Q-Former's 64" in note and note in result.stderr  # the tiny model's 64 positions
+
+
+def test_help_and_errors_speak_plainly(run) -> None:
+    """Help used to show {paths}..., <list[Path]>, <int range>, [x>=0.0001]; errors 'Value error, ...'."""
+    for command in (["caption"], ["ask"], ["predict"], ["models"], ["cache"], ["doctor"]):
+        text = run(*command, "--help", model=False).stdout
+        for internal in ("<list[", "<int", "<float", "<str>", "<path>", "[x>=", "{paths}", "{path}"):
+            assert internal not in text, (command, internal)
+    listing = run("--help", model=False).stdout
+    commands = listing[listing.index("Commands:") :]
+    assert "..." not in commands  # no summary cut mid-sentence
+    for args, message in (
+        (["--fps", "inf"], "must be a positive number of frames per second, not inf"),
+        (["--fps", "0"], "must be a positive number"),
+        (["--frames", "x"], "'x' is not a whole number"),
+        (["--quantize", "bogus"], "'bogus' is not one of: auto, none, 8bit, 4bit"),
+        (["--seek", "fast"], "'fast' is not one of: exact, keyframe"),
+    ):
+        result = run("caption", "x.mp4", *args)
+        assert result.exit_code == 2 and message in result.stderr, args
+        assert "Value error" not in result.stderr and "Input should be" not in result.stderr

@@ -14,6 +14,7 @@ from rich.progress import Progress
 from malmm_cli import progress
 from malmm_cli.batch import Input, StdoutWriter, run_batch
 from malmm_cli.progress import Reporter
+from malmm_cli.records import Settings
 from malmm_cli.results import VideoResult
 from tests import media
 from tests.fake_hub import FakeHub, fill_cache
@@ -72,7 +73,8 @@ def test_out_of_gpu_memory_is_one_line_and_the_batch_goes_on(tmp_path: Path) -> 
         return VideoResult(str(item.path), "caption", 1.0, 1, 0.0, 0.0, caption="ok")
 
     stdout = io.StringIO()
-    outcomes = run_batch(inputs, process, reporter=reporter, formats=["txt"], output_dir=None,
+    settings = Settings("caption", {}, "model", None, "frames=3", 40, {}, {})
+    outcomes = run_batch(inputs, process, reporter=reporter, formats=["txt"], output_dir=None, settings=settings,
                          stdout=StdoutWriter("txt", single=False, stream=stdout))  # fmt: skip
     assert [o.status for o in outcomes] == ["failed", "done"] and done == ["b.mp4"]
     errors = [line for line in console.file.getvalue().splitlines() if line.startswith("error:")]

@@ -115,9 +115,10 @@ def test_txt_is_the_answer_first() -> None:
     assert writers.to_txt(one) == "a dog\n"
 
 
-def test_files_are_named_after_the_input(tmp_path: Path) -> None:
-    paths = writers.write_result(caption_result(), tmp_path, Path("sub/cook"), ["srt", "json"])
-    assert paths == [tmp_path / "sub" / "cook.srt", tmp_path / "sub" / "cook.json"]
+def test_files_are_named_after_the_input_and_the_task(tmp_path: Path) -> None:
+    paths = writers.output_paths(tmp_path, Path("sub/cook"), "caption", ["srt", "json"])
+    assert paths == [tmp_path / "sub" / "cook.caption.srt", tmp_path / "sub" / "cook.caption.json"]
+    writers.write_atomic(paths[0], writers.to_srt(caption_result()))
     assert parse_srt(paths[0].read_text()) == caption_result().segments
 
 
@@ -133,3 +134,17 @@ def test_killed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
         writers.write_atomic(target, "new result\n")
     assert target.read_text() == "old result\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cook.json"]  # no temporary left behind
+
+
+def test_subtitle_syntax_in_a_text_stays_inside_its_cue() -> None:
+    """A question with '-->' or blank lines used to end its cue and start a bogus one."""
+    result = VideoResult("clip.mp4", "ask", 10.0, 4, 0.0, 9.0, answers=[
+        Answer("what happens --> next?\n\nand then?", "a <b> & c"),
+        Answer("second", "answer"),
+    ])  # fmt: skip
+    srt = parse_srt(writers.to_srt(result))
+    vtt = parse_vtt(writers.to_vtt(result))
+    assert len(srt) == len(vtt) == 2
+    assert srt[0].text == "Q: what happens -> next?\nand then?\nA: a <b> & c"
+    assert vtt[0].text == "Q: what happens -> next?\nand then?\nA: a &lt;b> &amp; c"
+    assert srt[1].text == vtt[1].text == "Q: second\nA: answer"
