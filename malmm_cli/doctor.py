@@ -56,6 +56,24 @@ def check_packages() -> list[Check]:
     return rows
 
 
+def check_machine() -> list[Check]:
+    """CPU (and whether it computes bfloat16 natively: bitsandbytes' fast 4-bit path needs it) and RAM."""
+    import psutil
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    name = model or platform.processor() or platform.machine()
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    extras = f"; {torch.backends.cpu.get_cpu_capability()}" + (", bfloat16 in hardware" if bf16 else "")
+    memory = psutil.virtual_memory()
+    return [
+        Check("CPU", "info", f"{name}, {os.cpu_count()} cores{extras}"),
+        Check("RAM", "info", f"{memory.available / GIB:.1f} GiB available of {memory.total / GIB:.1f} GiB"),
+    ]
+
+
 def check_devices() -> list[Check]:
     import torch
 
@@ -76,6 +94,8 @@ def check_bitsandbytes() -> list[Check]:
     """Runs one 8-bit and one 4-bit layer on the best device: an installed package is not enough."""
     import torch
 
+    import models.quantization  # noqa: F401  (quiets bitsandbytes' import-time notices first)
+
     found = _version("bitsandbytes")
     if found is None:
         return [Check("bitsandbytes", "warn", "not installed: --quantize 4bit/8bit unavailable")]
@@ -94,7 +114,13 @@ def check_bitsandbytes() -> list[Check]:
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return [Check("bitsandbytes", "warn", f"{found}, no working {device} backend ({reason}): no --quantize")]
-    note = ", but slower per token than unquantized there (measured: 1.3x 8-bit, 2.8x 4-bit)" if device == "cpu" else ""
+    note = ""
+    if device == "cpu":
+        from models.quantization import cpu_4bit_packs_weights
+
+        note = ", slower per token than unquantized there (measured: 1.3x 8-bit, 2.8x 4-bit)"
+        if cpu_4bit_packs_weights():
+            note += "; 4-bit uses the AVX512-BF16 kernel (layers not multiples of 32x64 stay full precision)"
     return [Check("bitsandbytes", "ok", f"{found}, 4-bit and 8-bit work on {device}{note}")]
 
 
@@ -168,30 +194,43 @@ def check_cache() -> list[Check]:
 
 
 def recommend_quantization() -> list[Check]:
-    """The --quantize that `auto` picks here for the default model (from its shapes, no download)."""
+    """The --quantize that `auto` picks here for the default model (from its shapes, no download):
+    the most precise setting whose memory plan fits the free GPU memory, or the available RAM."""
     import torch
 
     from models.architectures import architecture
     from models.memory_plan import choose_quantization, count_parameters, plan_memory
 
-    if not torch.cuda.is_available():
-        return [Check("recommended --quantize", "info", "none (CPU: full float32 precision)")]
     config = architecture("vicuna-7b")
     counts = count_parameters(config)
-    plans = {mode: plan_memory(config, quantize=mode, counts=counts) for mode in ("none", "8bit", "4bit")}
-    free = max(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    if torch.cuda.is_available():
+        free = max(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        dtype, where = torch.float16, "GPU memory"
+    else:
+        import psutil
+
+        free, dtype, where = psutil.virtual_memory().available, torch.float32, "RAM"
+
+    def estimate(mode: str, vision: bool = False):
+        return plan_memory(config, quantize=mode, quantize_vision=vision, dtype=dtype, counts=counts)
+
+    plans = {mode: estimate(mode) for mode in ("none", "8bit", "4bit")}
     choice = choose_quantization(plans, free)
     if choice is None:
-        vision = plan_memory(config, quantize="4bit", quantize_vision=True, counts=counts)
+        vision = estimate("4bit", True)
         if vision.total <= free:
             return [Check("recommended --quantize", "ok", f"4bit --quantize-vision 8bit ({vision.describe()})")]
-        return [Check("recommended --quantize", "warn", f"the default model needs {vision.describe()}: too big here")]
-    return [Check("recommended --quantize", "ok", f"{choice} for vicuna-7b ({plans[choice].describe()})")]
+        detail = f"the default model needs {vision.describe()} at least; {free / GIB:.1f} GiB of {where} is free"
+        return [Check("recommended --quantize", "warn", detail)]
+    precision = "float16" if dtype == torch.float16 else "float32"
+    detail = f"{choice} for vicuna-7b in {precision} ({plans[choice].describe()}; {free / GIB:.1f} GiB {where} free)"
+    return [Check("recommended --quantize", "ok", detail)]
 
 
 CHECKS: list[Callable[[], list[Check]]] = [
     check_python,
     check_packages,
+    check_machine,
     check_devices,
     check_bitsandbytes,
     check_video,

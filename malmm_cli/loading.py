@@ -104,11 +104,9 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
         )  # fmt: skip
 
     free = free_memory(device)
-    if options.quantize == "auto":
-        if device == "cpu" or free is None:  # bitsandbytes on CPU saves memory but is much slower
-            mode = "none"
-        else:
-            mode = choose_quantization({m: estimate(m) for m in ("none", "8bit", "4bit")}, free) or "4bit"
+    if options.quantize == "auto":  # the most precise that fits (on CPU quantized layers are slower, but fit)
+        fitting = choose_quantization({m: estimate(m) for m in ("none", "8bit", "4bit")}, free) if free else None
+        mode = fitting or ("4bit" if free else "none")
     else:
         mode = options.quantize
     chosen = estimate(mode)

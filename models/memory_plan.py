@@ -3,6 +3,8 @@
 Weights are counted from the configuration on PyTorch's meta device (no memory, no download
 beyond config.json). Activations are upper estimates for one step of each stage. What MA-LMM needs
 does not depend on the video's length: the memory bank is bounded, frames are encoded in batches.
+The memory path (Q-Former, frame table, projection, memory banks) is float32 whatever the dtype
+of the ViT and the LLM (models/modeling.py).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def plan_memory(
     """Estimate device memory for running MA-LMM with these settings (any video length)."""
     counts = counts or count_parameters(config)
     width = torch.finfo(dtype).bits // 8
+    float32 = 4  # the memory path's width, on every device
     vision_linear = QUANTIZED_BYTES["8bit"] if quantize_vision else width
     llm_linear = QUANTIZED_BYTES.get(quantize, width)
 
@@ -114,8 +117,8 @@ def plan_memory(
     slots = memory_bank_length + 1
     cross_layers = -(-q.num_hidden_layers // q.cross_attention_frequency)
     queries = config.num_query_tokens + prompt_tokens
-    memory = slots * tokens * (v.hidden_size + 2 * cross_layers * q.hidden_size) * width
-    memory += q.num_hidden_layers * slots * queries * q.hidden_size * width
+    memory = slots * tokens * (v.hidden_size + 2 * cross_layers * q.hidden_size) * float32
+    memory += q.num_hidden_layers * slots * queries * 3 * q.hidden_size * float32  # inputs, keys, values
     # LLM generation: key/value cache for every beam, one layer's MLP, last-position logits.
     hidden = getattr(t, "hidden_size", None) or t.d_model
     layers = getattr(t, "num_hidden_layers", None) or t.num_layers * 2
@@ -127,7 +130,7 @@ def plan_memory(
     llm_activation = num_beams * sequence * (3 * hidden + 2 * intermediate) * width + num_beams * t.vocab_size * 4
     return MemoryPlan(
         vision=int(counts.vision_linear * vision_linear + counts.vision_other * width),
-        qformer=counts.qformer * width,
+        qformer=counts.qformer * float32,
         llm=int(counts.llm_linear * llm_linear + counts.llm_other * width),
         activations=vision_activation + memory + kv_cache + llm_activation,
         quantize=quantize,

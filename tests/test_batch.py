@@ -59,9 +59,7 @@ def test_same_name_other_extension_keeps_the_extension(tmp_path: Path) -> None:
     inputs, _ = expand_inputs([tmp_path / "in"])
     named, clashes = name_outputs(inputs)
     assert sorted(str(i.stem) for i in named) == ["clip.mkv", "clip.mp4", "other"] and clashes == []
-    _, clashes = name_outputs(
-        [Input(tmp_path / "a" / "x.mp4", Path("x")), Input(tmp_path / "b" / "x.mp4", Path("x"))]
-    )
+    _, clashes = name_outputs([Input(tmp_path / "a" / "x.mp4", Path("x")), Input(tmp_path / "b" / "x.mp4", Path("x"))])
     assert clashes == [f"{tmp_path / 'a' / 'x.mp4'} and {tmp_path / 'b' / 'x.mp4'}"]
 
 

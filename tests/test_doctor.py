@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from malmm_cli import doctor
@@ -11,7 +12,8 @@ from malmm_cli.doctor import Check, run_checks
 
 def test_checks_on_this_machine() -> None:
     rows = {check.name: check for check in run_checks()}
-    for name in ("Python", "torch", "transformers", "OpenCV", "decode H.264", "bitsandbytes", "recommended --quantize"):
+    for name in ("Python", "torch", "transformers", "CPU", "RAM", "OpenCV", "decode H.264", "bitsandbytes",
+                 "recommended --quantize"):  # fmt: skip
         assert name in rows, name
     assert rows["decode H.264"].status == "ok" and "8 of 8" in rows["decode H.264"].detail
     assert rows["OpenCV"].status == "ok"
@@ -36,3 +38,20 @@ def test_exit_status(monkeypatch) -> None:
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1
     assert "missing or broken: decode H.264" in result.stdout
+
+
+def test_cpu_recommendation_follows_the_memory_plan(monkeypatch) -> None:
+    """On a 24 GB CPU machine doctor recommended none, where float32 vicuna-7b needs ~35 GiB."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the recommendation follows GPU memory")
+    for available, expected in ((24, "8bit"), (64, "none"), (12.5, "4bit")):
+        memory = psutil.virtual_memory()._replace(available=int(available * 1024**3))
+        monkeypatch.setattr(psutil, "virtual_memory", lambda memory=memory: memory)
+        (row,) = doctor.recommend_quantization()
+        assert row.status == "ok" and row.detail.startswith(f"{expected} for vicuna-7b in float32"), row.detail
+    memory = psutil.virtual_memory()._replace(available=2 * 1024**3)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    assert doctor.recommend_quantization()[0].status == "warn"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -12,8 +14,8 @@ from torch import nn
 from models import CAPTION, GenerationSettings, Malmm
 from models.architectures import architecture
 from models.memory_plan import GIB, choose_quantization, plan_memory
-from models.quantization import quantization_config
-from tests.tiny_models import IMAGE_SIZE
+from models.quantization import cpu_4bit_packs_weights, fits_packed_4bit, quantization_config
+from tests.tiny_models import IMAGE_SIZE, build_model_folder, tiny_config
 
 QUANTIZED_TYPES = {"8bit": (bnb.nn.Linear8bitLt, torch.int8), "4bit": (bnb.nn.Linear4bit, torch.uint8)}
 FULL_PRECISION = ("vision_model", "qformer", "language_projection", "language_model.lm_head")
@@ -84,8 +86,51 @@ def test_memory_plan_for_vicuna_7b_shapes() -> None:
     assert plans["4bit"].llm < plans["none"].llm / 3
     assert plan_memory(config, quantize="4bit", quantize_vision=True).vision < plans["4bit"].vision * 0.6
     assert choose_quantization(plans, 24 * GIB) == "none"
-    assert choose_quantization(plans, 12 * GIB) == "8bit"
-    assert choose_quantization(plans, int(8.5 * GIB)) == "4bit"
+    assert choose_quantization(plans, 13 * GIB) == "8bit"
+    assert choose_quantization(plans, int(9.5 * GIB)) == "4bit"
     assert choose_quantization(plans, 2 * GIB) is None
     # memory does not depend on how many frames are read: there is no frames argument at all
     assert plan_memory(config, memory_bank_length=40).total > plan_memory(config, memory_bank_length=10).total
+
+
+def test_the_packed_4bit_cpu_kernel_rule() -> None:
+    """bitsandbytes' 4-bit kernel on AVX512-BF16 CPUs takes out_features % 32 == 0 and in_features % 64 == 0;
+    elsewhere (other CPUs) every shape works. The rule is checked against the kernel where it runs."""
+    assert fits_packed_4bit(nn.Linear(64, 32)) and fits_packed_4bit(nn.Linear(4096, 11008))
+    assert not fits_packed_4bit(nn.Linear(40, 80)) and not fits_packed_4bit(nn.Linear(96, 64))
+    for in_features, out_features in ((64, 32), (128, 96), (40, 80), (96, 64)):
+        layer = bnb.nn.Linear4bit(in_features, out_features, compute_dtype=torch.float32, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(torch.randn(out_features, in_features), requires_grad=False, quant_type="nf4")
+        layer = layer.to("cpu").eval()
+        with torch.inference_mode():
+            fits = fits_packed_4bit(nn.Linear(in_features, out_features))
+            if fits or not cpu_4bit_packs_weights():
+                assert layer(torch.randn(3, in_features)).shape == (3, out_features)
+            else:
+                with pytest.raises((AssertionError, RuntimeError)):
+                    layer(torch.randn(3, in_features))
+
+
+def test_layers_the_cpu_4bit_kernel_cannot_take_stay_full_precision(tmp_path: Path, monkeypatch) -> None:
+    """An LLM 40 wide used to end in "RuntimeError: shape '[32, 0]' is invalid" on AVX512-BF16 CPUs."""
+    config = tiny_config()
+    config.text_config.hidden_size, config.text_config.intermediate_size = 40, 80
+    folder = build_model_folder(tmp_path / "odd", config)
+    monkeypatch.setattr("models.malmm.cpu_4bit_packs_weights", lambda: True)  # as on such a CPU, wherever this runs
+    malmm = Malmm.from_pretrained(folder, quantize="4bit")
+    linears = [m for n, m in malmm.model.language_model.named_modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is nn.Linear for m in linears)  # every layer is 40 or 80 wide: none fits
+    assert len(malmm.notes) == 1 and "kept in full precision" in malmm.notes[0]
+    output, _ = next_token_logits(malmm)
+    assert malmm.generate(output, CAPTION.prompt(), GenerationSettings(max_new_tokens=3, num_beams=1))
+
+
+def test_no_kernels_community_line_on_stderr(tiny_llama_dir: Path) -> None:
+    command = [
+        sys.executable,
+        "-c",
+        f"from models import Malmm; Malmm.from_pretrained({str(tiny_llama_dir)!r}, quantize='4bit')",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "kernels-community" not in done.stderr and "gemm_4bit_forward" not in done.stderr
