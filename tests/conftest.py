@@ -15,7 +15,7 @@ from tests.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--num-beams", "1", "--max-new-tokens", "5"]  # CLI options for quick tests
-DEFAULT_GOLDEN = REPO.parent / "shared" / "fixtures" / "malmm_lavis_golden.pt"
+DEFAULT_GOLDEN = REPO / "tests" / "fixtures" / "malmm_lavis_golden.pt"  # see tests/fixtures/README.md
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,9 +38,7 @@ def golden() -> dict:
     """The reference MA-LMM outputs; MALMM_GOLDEN_FIXTURE points at another file of that format."""
     path = Path(os.environ.get("MALMM_GOLDEN_FIXTURE", DEFAULT_GOLDEN))
     if not path.is_file():
-        if os.environ.get("CI") or "MALMM_GOLDEN_FIXTURE" in os.environ:
-            pytest.fail(f"golden fixture not found: {path}")
-        pytest.skip(f"golden fixture not found: {path} (set MALMM_GOLDEN_FIXTURE)")
+        pytest.fail(f"golden fixture not found: {path} (tests/fixtures/README.md says where it comes from)")
     data = torch.load(path, map_location="cpu", weights_only=True)
     assert data["format"] == "malmm-lavis-golden-v1", data.get("format")
     return data
