@@ -49,11 +49,15 @@ def command_line() -> str:
     return shlex.join(["python", str(shown), *sys.argv[1:]])
 
 
-def update_section(name: str, body: str, doc: Path = DOC) -> None:
-    """Replace this benchmark's section of the doc (between its markers), or append it."""
+def update_section(name: str, body: str, doc: Path = DOC, stamp: bool = True) -> None:
+    """Replace this benchmark's section of the doc (between its markers), or append it.
+
+    stamp: add today's date, this machine and this command (False when `body` reports figures
+    measured elsewhere and says so itself).
+    """
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.strip()}\n\n_Measured {datetime.date.today().isoformat()} on {machine()}._\n" \
-            f"_Command: `{command_line()}`_\n{end}"  # fmt: skip
+    footer = f"\n_Measured {datetime.date.today().isoformat()} on {machine()}._\n_Command: `{command_line()}`_\n"
+    block = f"{start}\n{body.strip()}\n{footer if stamp else ''}{end}"
     text = doc.read_text() if doc.exists() else DOC_TITLE
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]

@@ -53,6 +53,9 @@ def check_packages() -> list[Check]:
             continue
         old = tuple(int(p) for p in found.split("+")[0].split(".")[:2]) < tuple(int(p) for p in minimum.split("."))
         rows.append(Check(package, "fail" if old else "ok", found + (f" (malmm needs >= {minimum})" if old else "")))
+    pyav = _version("av")
+    missing = "not installed: files are probed by OpenCV alone (plainer reasons), no --seek keyframe"
+    rows.append(Check("PyAV", "ok", pyav) if pyav else Check("PyAV", "warn", missing))
     return rows
 
 

@@ -15,16 +15,24 @@ import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 
-from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, probe
+from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, av, probe
 
 KEYFRAME_CODECS = frozenset({"h264"})
 
 
+def keyframes_unavailable(info: VideoInfo) -> str | None:
+    """Why keyframe sampling cannot read this video (then it is read exactly), or None."""
+    if av is None:
+        return "keyframe sampling needs PyAV, which is not installed: exact frames read"
+    if info.codec not in KEYFRAME_CODECS:
+        return f"keyframe sampling supports H.264 only: exact frames read from this {info.codec}"
+    return None
+
+
 def supports_keyframes(info: VideoInfo) -> bool:
-    return info.codec in KEYFRAME_CODECS
+    return keyframes_unavailable(info) is None
 
 
 class KeyframeReader:
@@ -34,7 +42,7 @@ class KeyframeReader:
         self.path = Path(path)
         self.info = info if info is not None else probe(self.path)
         if not supports_keyframes(self.info):
-            raise VideoError(f"keyframe sampling supports H.264 only, not {self.info.codec}")
+            raise VideoError(keyframes_unavailable(self.info))
         self.report: ReadReport | None = None
 
     def close(self) -> None:

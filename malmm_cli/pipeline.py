@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
-from malmm_cli.keyframes import KeyframeReader, supports_keyframes
+from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.parallel import ParallelReader
 from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.timefmt import format_timestamp
@@ -160,11 +160,11 @@ class VideoStream:
         self.times = plan.times
         if plan.note:
             self._notes.append(plan.note)
-        if self.sampling.seek == "keyframe" and supports_keyframes(info):
-            self._reader = KeyframeReader(self.path, info)
-            return
         if self.sampling.seek == "keyframe":
-            self._notes.append(f"keyframe sampling supports H.264 only: exact frames read from this {info.codec}")
+            if (reason := keyframes_unavailable(info)) is None:
+                self._reader = KeyframeReader(self.path, info)
+                return
+            self._notes.append(reason)
         workers = self.sampling.decode_workers
         self._reader = ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
 

@@ -2,8 +2,9 @@
 
 Nothing here knows about the model. OpenCV decodes (its `grab()` moves through frames without
 converting them, `retrieve()` converts only the kept ones); PyAV only probes, because it reports
-why a file cannot be read where OpenCV just says no. The sampling algorithm and its measurements
-are in docs/benchmarks.md ("Decoding").
+why a file cannot be read where OpenCV just says no. Without PyAV (a machine where it cannot be
+installed), probing falls back to OpenCV alone: the same facts, plainer reasons. The sampling
+algorithm and its measurements are in docs/benchmarks.md ("Decoding").
 
 Times are seconds on the video's own clock: 0 is the stream's start, as OpenCV's
 CAP_PROP_POS_MSEC counts. The frame for a target time t is the first frame shown at or after t
@@ -27,9 +28,13 @@ from typing import TypeVar
 # stderr; malmm reports what matters itself. Set before cv2 loads FFmpeg; a user's setting wins.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import av
 import cv2
 import numpy as np
+
+try:
+    import av
+except ImportError:  # probing falls back to OpenCV (`_probe_with_opencv`)
+    av = None
 
 T = TypeVar("T")
 
@@ -229,6 +234,8 @@ def probe(path: Path) -> VideoInfo:
     """
     path = Path(path)
     head = _read_head(path)
+    if av is None:
+        return _probe_with_opencv(path, head)
     with _open_container(path, head) as container:
         stream = _video_stream(container)
         if stream.codec_context is None:  # FFmpeg does not know the codec tag at all
@@ -281,8 +288,39 @@ def check_readable(path: Path) -> None:
     readable, is a container FFmpeg recognises and holds a video stream. Raises VideoError."""
     path = Path(path)
     head = _read_head(path)
+    if av is None:
+        _probe_with_opencv(path, head)
+        return
     with _open_container(path, head) as container:
         _video_stream(container)
+
+
+_FOURCC_CODECS = {  # OpenCV's codec tags, as FFmpeg names the codecs
+    "avc1": "h264", "h264": "h264", "hev1": "hevc", "hvc1": "hevc", "hevc": "hevc", "vp09": "vp9", "vp90": "vp9",
+    "av01": "av1", "mp4v": "mpeg4", "xvid": "mpeg4", "fmp4": "mpeg4", "mjpg": "mjpeg",
+}  # fmt: skip
+
+
+def _probe_with_opencv(path: Path, head: bytes) -> VideoInfo:
+    """`probe` without PyAV: OpenCV's figures (frame count over rate for the duration)."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            raise VideoError(_unreadable_container_reason(path, head))
+        if not capture.grab():
+            raise VideoError("no frame could be decoded")
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        rotation = int(capture.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        tag = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower()
+    finally:
+        capture.release()
+    if not (fps > 0 and count > 0):
+        raise VideoError("no timestamps in the file (a raw stream? remux it into .mp4 or .mkv)")
+    codec = _FOURCC_CODECS.get(tag, tag or "unknown")
+    return VideoInfo(path, count / fps, fps, count, width, height, codec, rotation, still=count == 1)
 
 
 # --- sampling ---------------------------------------------------------------------------------------

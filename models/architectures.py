@@ -64,3 +64,17 @@ def architecture(name: str) -> InstructBlipConfig:
         image_token_index=32001 if name.startswith("vicuna") else 32100,
         max_num_frames=120,
     )
+
+
+def reduced_depth(config: InstructBlipConfig, vision_layers: int = 2, llm_layers: int = 2) -> InstructBlipConfig:
+    """The same widths (hidden sizes, heads, vocabulary, 257 tokens a frame) with fewer ViT and LLM
+    layers; the Q-Former keeps all of its own. For checks and benchmarks at real shapes that fit a
+    CPU: vicuna-7b becomes ~0.9 B parameters instead of 8 B."""
+    reduced = InstructBlipConfig.from_dict(config.to_dict())
+    reduced.vision_config.num_hidden_layers = vision_layers
+    text = reduced.text_config
+    if text.model_type == "t5":
+        text.num_layers = text.num_decoder_layers = llm_layers
+    else:
+        text.num_hidden_layers = llm_layers
+    return reduced

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration
+from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipVisionModel
 
 from models.memory import MemoryState
 from models.qformer import qformer_step
@@ -65,6 +65,17 @@ def frame_position(table: torch.Tensor, index: int, total_frames: int | None = N
     return table[low] * (1 - weight) + table[high] * weight
 
 
+def encode_vision(vision: InstructBlipVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """[F, 3, H, W] -> [F, N, C]: the ViT in its own dtype, then its final LayerNorm (MA-LMM's
+    `ln_vision`) in its own, float32 by the precision policy, so the features come out in float32.
+    Frames are independent here, so any number can be encoded in one batch."""
+    weight = vision.embeddings.patch_embedding.weight
+    hidden = vision.embeddings(pixel_values.to(weight.device, weight.dtype))  # [F, N, C]
+    hidden = vision.encoder(inputs_embeds=hidden).last_hidden_state
+    norm = vision.post_layernorm
+    return norm(hidden.to(norm.weight.device, norm.weight.dtype))
+
+
 class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
     """InstructBLIP with MA-LMM's frame positions and memory-bank step (see module docstring)."""
 
@@ -94,18 +105,8 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
                 module.float()
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen ViT features after its final LayerNorm: [F, 3, H, W] -> [F, N, C].
-
-        The ViT runs in its own dtype, the LayerNorm (MA-LMM's `ln_vision`) in its own, float32
-        by the precision policy, so the features come out in float32. Frames are independent
-        here, so any number can be encoded in one batch.
-        """
-        vision = self.vision_model
-        weight = vision.embeddings.patch_embedding.weight
-        hidden = vision.embeddings(pixel_values.to(weight.device, weight.dtype))  # [F, N, C]
-        hidden = vision.encoder(inputs_embeds=hidden).last_hidden_state
-        norm = vision.post_layernorm
-        return norm(hidden.to(norm.weight.device, norm.weight.dtype))
+        """Frozen ViT features after its final LayerNorm: [F, 3, H, W] -> [F, N, C] (see `encode_vision`)."""
+        return encode_vision(self.vision_model, pixel_values)
 
     def new_memory(
         self,

@@ -587,3 +587,23 @@ def test_prefetch_delivers_the_same_frames(clips: dict[str, Path]) -> None:
         assert reader.report.delivered == len(times)
     assert [(f.index, f.time) for f in ahead] == [(f.index, f.time) for f in direct]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(ahead, direct, strict=True))
+
+
+def test_without_pyav_opencv_probes_alone(clips: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """Where PyAV cannot be installed (the project's GPU machine), malmm still reads videos."""
+    from malmm_cli import keyframes
+
+    with_pyav = probe(clips["cfr"])
+    monkeypatch.setattr(video, "av", None)
+    monkeypatch.setattr(keyframes, "av", None)
+    info = probe(clips["cfr"])
+    assert (info.duration, info.fps, info.frame_count, info.codec) == (20.0, 25.0, 500, "h264")
+    assert (info.width, info.height) == (with_pyav.width, with_pyav.height)
+    assert probe(clips["hevc"]).codec == "hevc" and probe(clips["rot90"]).rotation == 90
+    frames, report = read_all(clips["cfr"], sample_times(info.duration, frames=5))
+    assert_exact(clips["cfr"], frames)
+    assert report.missing == []
+    check_readable(clips["cfr"])
+    with pytest.raises(VideoError, match="not a video"):
+        check_readable(media.make_text_file(tmp_path / "notes.mp4"))
+    assert "needs PyAV" in keyframes.keyframes_unavailable(info)

@@ -217,15 +217,16 @@ def build_model_folder(
 ) -> Path:
     """Save a random-weight model of any shape with the tiny tokenizers and a matching image processor.
 
-    The weights are InstructBLIP without a frame table, as on the hub. The tokenizers' ids fit any
-    vocabulary at least as large as theirs, so full-size shapes work too (for benchmarks).
+    The weights are InstructBLIP without a frame table, as on the hub, built directly in `dtype`
+    (a float16 model of real widths never exists in float32). The tokenizers' ids fit any
+    vocabulary at least as large as theirs, so full-size shapes work too.
     """
     torch.manual_seed(seed)
     config.vision_config.initializer_range = 0.02  # transformers' default (1e-10) makes every frame look the same
-    model = InstructBlipForConditionalGeneration(config).eval()
+    model = InstructBlipForConditionalGeneration._from_config(config, dtype=dtype).eval()
     with torch.no_grad():  # the hub weights have non-zero query tokens; random ones exercise more
         model.query_tokens.normal_(std=0.5)
-    model.to(dtype).save_pretrained(directory)
+    model.save_pretrained(directory)
     llm = config.text_config.model_type
     (llama_tokenizer() if llm == "llama" else t5_tokenizer()).save_pretrained(directory)
     qformer_tokenizer().save_pretrained(directory / "qformer_tokenizer")
