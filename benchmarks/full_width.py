@@ -1,7 +1,7 @@
 """Full-width smoke run: `malmm caption` at instructblip-vicuna-7b's and flan-t5-xl's real widths on CPU.
 
     python benchmarks/full_width.py [--workdir DIR] [--vision-layers 2] [--llm-layers 2]
-                                    [--frames 8,24] [--modes none,8bit,4bit]
+                                    [--frames 8,24] [--modes none,8bit,4bit] [--repeats 3]
 
 Random weights with the real widths (ViT 1408 wide, 16 heads, 257 tokens a frame; all 12 Q-Former
 layers; LLaMA 4096 wide, 32 heads, 32,002-token vocabulary; T5 2048 wide, 32 heads, 32,128
@@ -9,7 +9,8 @@ tokens) and few ViT and LLM layers, built directly in float16 (a model of these 
 in float32 while building) and saved once in the work folder. Each run is a fresh `malmm caption`
 process on a 640x360 clip; its peak RSS is the child's own VmHWM. Seconds per frame are the
 difference between runs of two frame counts divided by the frames between them, so loading and
-generation cancel out.
+generation cancel out; each figure is the median of --repeats runs, the modes taken in turn so
+that the machine's slow and fast moments spread over all of them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import run_child, update_section
+from benchmarks.common import median, run_child, update_section
 
 READ_LINE = re.compile(r": (\d+) frames in ([\d.]+) s")
 
@@ -58,26 +59,32 @@ def main() -> None:
     parser.add_argument("--llm-layers", type=int, default=2)
     parser.add_argument("--frames", default="8,24", help="two frame counts")
     parser.add_argument("--modes", default="none,8bit,4bit")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     few, many = (int(n) for n in args.frames.split(","))
     folders, clip = prepare(args.workdir, args.vision_layers, args.llm_layers)
     malmm = str(Path(sys.executable).parent / "malmm")
     env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}
     runs = [("vicuna-7b", mode) for mode in args.modes.split(",")] + [("flan-t5-xl", "none")]
+    measured: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    for _ in range(args.repeats):
+        for name, mode in runs:
+            for frames in (few, many):
+                command = [malmm, "caption", str(clip), "--model", str(folders[name]), "--device", "cpu",
+                           "--quantize", mode, "--frames", str(frames), "--no-cache", "--format", "json"]  # fmt: skip
+                run = run_child(command, env=env)
+                read = READ_LINE.search(run.stderr)
+                if run.returncode != 0 or read is None:
+                    raise SystemExit(f"malmm failed ({name}, {mode}, {frames} frames):\n{run.stderr[-3000:]}")
+                measured.setdefault((name, mode, frames), []).append(
+                    (run.seconds, float(read.group(2)), run.peak_rss_mib)
+                )
     rows = []
     for name, mode in runs:
-        measured = {}
-        for frames in (few, many):
-            command = [malmm, "caption", str(clip), "--model", str(folders[name]), "--device", "cpu",
-                       "--quantize", mode, "--frames", str(frames), "--no-cache", "--format", "json"]  # fmt: skip
-            run = run_child(command, env=env)
-            read = READ_LINE.search(run.stderr)
-            if run.returncode != 0 or read is None:
-                raise SystemExit(f"malmm failed ({name}, {mode}, {frames} frames):\n{run.stderr[-3000:]}")
-            measured[frames] = (run.seconds, float(read.group(2)), run.peak_rss_mib)
-        per_frame = (measured[many][1] - measured[few][1]) / (many - few)
-        rows.append((name, mode, measured[few], measured[many], per_frame))
-        print(f"{name} {mode}: {per_frame:.2f} s/frame, peak RSS {measured[many][2]:.0f} MiB", flush=True)
+        low, high = (tuple(median(list(v)) for v in zip(*measured[name, mode, n], strict=True)) for n in (few, many))
+        per_frame = (high[1] - low[1]) / (many - few)
+        rows.append((name, mode, low, high, per_frame))
+        print(f"{name} {mode}: {per_frame:.2f} s/frame, peak RSS {high[2]:.0f} MiB", flush=True)
 
     lines = [
         "## Full-width smoke run (`malmm caption` at real widths, CPU)",
@@ -86,8 +93,9 @@ def main() -> None:
         f"{args.vision_layers} ViT layers, all 12 Q-Former layers, {args.llm_layers} LLM layers "
         "(vicuna: 0.9 B parameters instead of 8 B), built in float16, run in float32 (the CPU dtype) with the "
         "LLM as `--quantize` says; default caption settings (bank 40, 5 beams, up to 50 new tokens). Each "
-        "cell is one fresh process on a 60 s 640x360 clip. s/frame: the difference of the read times "
-        f"(video read plus caption) at {many} and {few} frames over {many - few} frames.",
+        f"run is one fresh process on a 60 s 640x360 clip; medians of {args.repeats} runs. s/frame: the "
+        f"difference of the read times (video read plus caption) at {many} and {few} frames over {many - few} "
+        "frames.",
         "",
         f"| model | --quantize | wall s ({few} frames) | wall s ({many} frames) | s/frame | peak RSS MiB ({many}) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",

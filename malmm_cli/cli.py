@@ -393,6 +393,8 @@ def _run(
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
+    if options.checkpoint is not None and not options.checkpoint.is_file():
+        raise typer.BadParameter(f"{options.checkpoint}: no such file", param_hint="--checkpoint")
     try:
         inputs, outcomes = expand_inputs(paths)
         inputs, clashes = name_outputs(inputs)

@@ -160,13 +160,16 @@ class VideoStream:
         self.times = plan.times
         if plan.note:
             self._notes.append(plan.note)
+        self._reader = self._choose_reader(info)
+
+    def _choose_reader(self, info: VideoInfo) -> VideoReader | KeyframeReader | ParallelReader:
         if self.sampling.seek == "keyframe":
             if (reason := keyframes_unavailable(info)) is None:
-                self._reader = KeyframeReader(self.path, info)
-                return
-            self._notes.append(reason)
+                return KeyframeReader(self.path, info)
+            if reason not in self._notes:
+                self._notes.append(reason)
         workers = self.sampling.decode_workers
-        self._reader = ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
+        return ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
 
     @property
     def from_cache(self) -> bool:
@@ -191,7 +194,7 @@ class VideoStream:
             if resume is None:
                 return
             start = resume
-            self._open()  # the rest of the video, decoded
+            self._reader = self._choose_reader(probe(self.path))  # the rest of the same plan, decoded
         yield from self._decode(start)
 
     def _decode(self, start: int) -> Iterator[tuple[Sample, torch.Tensor]]:
@@ -245,7 +248,8 @@ class VideoStream:
         except CacheReadError as error:
             self.cache.problem("an entry broke while it was read; the rest of the video is decoded", error)
             self._cached = None
-            self._replayed_missing = sum(1 for t in missing if resume < len(self.times) and t < self.times[resume])
+            resumed_at = self.times[resume] if resume < len(self.times) else math.inf
+            self._replayed_missing = sum(1 for t in missing if t < resumed_at)
             return resume
         self._replayed_missing = len(missing)
         self._replayed_end = cached.meta["ended_at"]
@@ -373,8 +377,9 @@ def _caption(
     grid = Grid(segment, stream.duration) if segment else None
     planned = grid.planned(stream.times) if grid else Counter()
     first_planned: dict[int, int] = {}  # segment -> plan index of its first frame: positions restart there
-    for number, time in enumerate(stream.times):
-        first_planned.setdefault(grid.index(time) if grid else 0, number)
+    if grid is not None:
+        for number, time in enumerate(stream.times):
+            first_planned.setdefault(grid.index(time), number)
     segments: list[TimedText] = []
     current: _Segment | None = None
 
