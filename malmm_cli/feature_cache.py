@@ -118,6 +118,15 @@ def _size(folder: Path) -> int:
         return 0
 
 
+def _described(folders: list[Path]) -> list[CacheEntry]:
+    """Size and last use of each folder (those gone meanwhile are left out)."""
+    found = []
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            found.append(CacheEntry(folder, _size(folder), folder.stat().st_mtime))
+    return found
+
+
 class CacheReadError(Exception):
     """A cached entry could not be read to the end (removed or damaged while in use)."""
 
@@ -275,23 +284,11 @@ class FeatureCache:
 
     def entries(self) -> list[CacheEntry]:
         """Complete entries, least recently used first."""
-        found = []
-        for folder in self._owned()[0]:
-            try:
-                found.append(CacheEntry(folder, _size(folder), folder.stat().st_mtime))
-            except OSError:
-                continue
-        return sorted(found, key=lambda entry: entry.last_used)
+        return sorted(_described(self._owned()[0]), key=lambda entry: entry.last_used)
 
     def partials(self) -> list[CacheEntry]:
         """Unfinished entries: being written by a running process, or left by a killed one."""
-        found = []
-        for folder in self._owned()[1]:
-            try:
-                found.append(CacheEntry(folder, _size(folder), folder.stat().st_mtime))
-            except OSError:
-                continue
-        return found
+        return _described(self._owned()[1])
 
     @staticmethod
     def is_stale(partial: CacheEntry, now: float | None = None) -> bool:
