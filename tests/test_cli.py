@@ -317,6 +317,13 @@ def test_second_question_uses_the_feature_cache(run, videos: Path, tmp_path: Pat
     assert "entries: 1 videos" in info.stdout and str(tmp_path / "cache") in info.stdout
     bypass = run("ask", videos / "short.mp4", "who?", "--frames", "6", "--no-cache")
     assert bypass.exit_code == 0 and "entries: 1 videos" in run("cache", "info", model=False).stdout
+    from malmm_cli.feature_cache import _this_host
+
+    (tmp_path / "cache" / f".{'a' * 40}.{_this_host()}-999999999-0a1b.partial").mkdir()  # left by a killed run
+    assert (
+        "unfinished: 1 (0.00 GiB): 0 being written, 1 left by runs that stopped"
+        in run("cache", "info", model=False).stdout
+    )
     cleared = run("cache", "clear", model=False)
     assert cleared.exit_code == 0 and "entries: 0 videos" in run("cache", "info", model=False).stdout
 
@@ -426,3 +433,18 @@ def test_help_and_errors_speak_plainly(run) -> None:
         result = run("caption", "x.mp4", *args)
         assert result.exit_code == 2 and message in result.stderr, args
         assert "Value error" not in result.stderr and "Input should be" not in result.stderr
+
+
+def test_an_unforeseen_error_is_one_line(monkeypatch, capsys) -> None:
+    from malmm_cli import cli
+
+    def explode() -> None:
+        raise RuntimeError("something nobody expected\nwith a second line")
+
+    monkeypatch.setattr(cli, "app", explode)
+    monkeypatch.delenv("MALMM_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: unexpected: RuntimeError: something nobody expected (MALMM_DEBUG=1 shows where)\n"
