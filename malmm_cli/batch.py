@@ -45,14 +45,6 @@ class Input:
     stem: Path
 
 
-def _reason(error: BaseException) -> str:
-    if isinstance(error, RuntimeError) and "Symlink loop" in str(error):
-        return "a symbolic link that points back to itself"
-    if isinstance(error, OSError) and error.errno == 40:  # ELOOP
-        return "a symbolic link that points back to itself"
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
 def _videos_in(folder: Path) -> list[Path]:
     """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
     (so a link back up the tree cannot loop)."""
@@ -69,29 +61,26 @@ def _videos_in(folder: Path) -> list[Path]:
 def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
     """Files as given (whatever their extension) and the videos found under folders, recursively.
 
-    A folder without videos, or a path that cannot even be looked at (a symbolic link loop), is
-    a failure of its own; a path given twice is read once.
+    A folder without videos is a failure of its own; a path given twice is read once. A file that
+    cannot be read (missing, a symbolic link loop) is kept, to fail with its reason when checked.
     """
     inputs: list[Input] = []
     failures: list[Outcome] = []
     seen: set[Path] = set()
     for path in paths:
-        try:
-            if path.is_dir():
-                found = _videos_in(path)
-                if not found:
-                    extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
-                    failures.append(Outcome(str(path), "failed", f"folder has no video files ({extensions}, ...)"))
-                candidates = [Input(p, p.relative_to(path).with_suffix("")) for p in found]
-            else:
-                candidates = [Input(path, Path(path.stem))]
-            for candidate in candidates:
-                key = candidate.path.resolve(strict=False)
-                if key not in seen:
-                    seen.add(key)
-                    inputs.append(candidate)
-        except (OSError, RuntimeError) as error:  # symlink loops, unreadable folders
-            failures.append(Outcome(str(path), "failed", _reason(error)))
+        if path.is_dir():
+            found = _videos_in(path)
+            if not found:
+                extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
+                failures.append(Outcome(str(path), "failed", f"folder has no video files ({extensions}, ...)"))
+            candidates = [Input(p, p.relative_to(path).with_suffix("")) for p in found]
+        else:
+            candidates = [Input(path, Path(path.stem))]
+        for candidate in candidates:
+            key = Path(os.path.realpath(candidate.path))  # never raises, symbolic link loops included
+            if key not in seen:
+                seen.add(key)
+                inputs.append(candidate)
     return inputs, failures
 
 

@@ -62,7 +62,7 @@ class Settings:
     checkpoint: str | None
     sampling: str
     memory_bank_length: int
-    precision: dict[str, str]  # dtype, quantize, quantize_vision as asked
+    precision: dict[str, str]  # device type; dtype, quantize, quantize_vision as asked
     generation: dict[str, Any]
     version: str = field(default=__version__)
 

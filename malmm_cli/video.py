@@ -13,6 +13,7 @@ CAP_PROP_POS_MSEC counts. The frame for a target time t is the first frame shown
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import queue
@@ -100,6 +101,10 @@ def _read_head(path: Path, size: int = 64) -> bytes:
         raise VideoError("no such file") from None
     except PermissionError:
         raise VideoError("permission denied") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise VideoError("a symbolic link that points back to itself") from None
+        raise VideoError(f"cannot read the file ({error.strerror or error})") from None
     if stat.S_ISDIR(status.st_mode):
         raise VideoError("a directory, not a file")
     if not stat.S_ISREG(status.st_mode):

@@ -12,6 +12,7 @@ import pytest
 from malmm_cli.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, write_results
 from malmm_cli.records import Settings, read_record, record_path
 from malmm_cli.results import VideoResult
+from malmm_cli.video import VideoError, check_readable
 
 
 def touch(path: Path) -> Path:
@@ -47,9 +48,9 @@ def test_symlink_loops_are_one_failure_not_a_crash(tmp_path: Path) -> None:
     touch(folder / "a.mp4")
     (folder / "up").symlink_to(folder)  # a link back up the tree: not followed
     inputs, failures = expand_inputs([loop, folder])
-    assert [i.path.name for i in inputs] == ["a.mp4"]
-    assert [(f.path, f.status) for f in failures] == [(str(loop), "failed")]
-    assert "points back to itself" in failures[0].detail
+    assert [i.path.name for i in inputs] == ["loop.mp4", "a.mp4"] and failures == []  # kept, to fail when read
+    with pytest.raises(VideoError, match=r"^a symbolic link that points back to itself$"):
+        check_readable(loop)
 
 
 def test_same_name_other_extension_keeps_the_extension(tmp_path: Path) -> None:

@@ -171,7 +171,9 @@ def bad_inputs(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     root = tmp_path_factory.mktemp("bad")
     source = media.make_video(root / "source.mp4", seconds=6, fps=10, faststart=False)
     (root / "empty_folder").mkdir()
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
     return {
+        "symlink loop": (root / "loop.mp4", "points back to itself"),
         "missing": (root / "missing.mp4", "no such file"),
         "zero bytes": (media.make_empty_file(root / "zero.mp4"), "empty file"),
         "not a video": (media.make_text_file(root / "text.mp4"), "not a video"),
