@@ -6,10 +6,12 @@ MA-LMM and InstructBLIP do. Works for decoder-only LLMs (Vicuna) and encoder-dec
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 from transformers import PreTrainedTokenizerBase
+from transformers.modeling_outputs import BaseModelOutput
 
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import GenerationSettings
@@ -101,21 +103,25 @@ def score_labels(
 ) -> torch.Tensor:
     """Log-likelihood of each label as the whole answer: [B, K] (sum of token log-probs, eos included).
 
-    Higher is more likely. Labels are scored in chunks of `labels_per_batch` to bound memory.
+    Higher is more likely. The shared prefix ([queries ; prompt]) is run through the LLM once
+    per call (its key/value cache, or the encoder's output for T5, is reused); labels are then
+    scored in chunks of `labels_per_batch` to bound memory (COIN has 180 labels).
     """
     if not labels:
         raise ValueError("no labels to score")
     decoder_only = model.config.use_decoder_only_language_model
     label_ids = [_label_ids(tokenizer, label, decoder_only) for label in labels]
     embeds, mask = _prefix(model, tokenizer, query_output, prompts)  # [B, P, H]
+    prefix = _DecoderPrefix(model, embeds, mask) if decoder_only else _EncoderPrefix(model, embeds, mask)
     scores = torch.empty(len(prompts), len(labels), dtype=torch.float32)
+    pad_id = tokenizer.pad_token_id or 0 if decoder_only else model.language_model.config.pad_token_id or 0
     for start in range(0, len(labels), labels_per_batch):
         chunk = label_ids[start : start + labels_per_batch]
-        if decoder_only:
-            chunk_scores = _score_decoder_only(model, embeds, mask, chunk, tokenizer.pad_token_id or 0)
-        else:
-            chunk_scores = _score_encoder_decoder(model, embeds, mask, chunk)
-        scores[:, start : start + len(chunk)] = chunk_scores.float().cpu()
+        ids, real = _padded(chunk, pad_id, embeds.device)  # [K, L]
+        logits = prefix.label_logits(ids, real)  # [B*K, L, V]
+        batch = len(prompts)
+        chunk_scores = _sum_log_probs(logits, ids.repeat(batch, 1), real.repeat(batch, 1)).view(batch, len(chunk))
+        scores[:, start : start + len(chunk)] = chunk_scores.cpu()
     return scores
 
 
@@ -130,48 +136,54 @@ def _padded(chunk: list[list[int]], pad_id: int, device: torch.device) -> tuple[
     return ids, real
 
 
-def _score_decoder_only(
-    model: MalmmForConditionalGeneration,
-    prefix: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    chunk: list[list[int]],
-    pad_id: int,
-) -> torch.Tensor:
-    """[B, K]: each sequence is [prefix ; label]; label token i is predicted at position P + i - 1."""
-    batch, prefix_len, _ = prefix.shape
-    labels, real = _padded(chunk, pad_id, prefix.device)  # [K, L]
-    count, length = labels.shape
-    label_embeds = model.get_input_embeddings()(labels)  # [K, L, H]
-    embeds = torch.cat([prefix.repeat_interleave(count, 0), label_embeds.repeat(batch, 1, 1)], dim=1)  # [B*K, P+L, H]
-    mask = torch.cat([prefix_mask.repeat_interleave(count, 0), real.repeat(batch, 1).long()], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # padding takes no position, as in generate
-    language_model = model.language_model
-    decoder = language_model.get_decoder()
-    hidden = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-    predicting = hidden[:, prefix_len - 1 : prefix_len + length - 1]  # states that predict the label
-    logits = language_model.get_output_embeddings()(predicting).float()  # [B*K, L, V]
-    return _sum_log_probs(logits, labels.repeat(batch, 1), real.repeat(batch, 1)).view(batch, count)
+class _DecoderPrefix:
+    """A decoder-only LLM after reading [queries ; prompt] once: each sequence is [prefix ; label],
+    label token i predicted by the state before it (the prefix's last state for i = 0)."""
+
+    def __init__(self, model: MalmmForConditionalGeneration, prefix: torch.Tensor, prefix_mask: torch.Tensor):
+        self.language_model = model.language_model
+        self.embed = model.get_input_embeddings()
+        self.mask = prefix_mask
+        positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)  # padding takes no position, as in generate
+        out = self.language_model.get_decoder()(
+            inputs_embeds=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
+        )
+        self.cache = out.cache
+        self.last = out.last_hidden_state[:, -1:]  # [B, 1, H]: predicts the first label token
+
+    def label_logits(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """[B*K, L, V] for the K labels `ids` [K, L] after every prefix (rows b*K + k)."""
+        batch, count = self.mask.shape[0], ids.shape[0]
+        cache = copy.deepcopy(self.cache)  # the next call extends it: each chunk starts from the prefix
+        cache.batch_repeat_interleave(count)
+        mask = torch.cat([self.mask.repeat_interleave(count, 0), real.repeat(batch, 1).long()], dim=1)
+        start = self.mask.sum(dim=1).repeat_interleave(count, 0)[:, None]  # real prefix tokens
+        positions = start + torch.arange(ids.shape[1], device=ids.device)
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=self.embed(ids).repeat(batch, 1, 1), attention_mask=mask, position_ids=positions,
+            cache=cache, use_cache=True,
+        ).last_hidden_state  # fmt: skip
+        predicting = torch.cat([self.last.repeat_interleave(count, 0), hidden[:, :-1]], dim=1)  # [B*K, L, H]
+        return self.language_model.get_output_embeddings()(predicting).float()
 
 
-def _score_encoder_decoder(
-    model: MalmmForConditionalGeneration,
-    prefix: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    chunk: list[list[int]],
-) -> torch.Tensor:
-    """[B, K] for T5-style models: the prefix is the encoder input, the label the decoder target."""
-    batch = prefix.shape[0]
-    language_model = model.language_model
-    pad_id = language_model.config.pad_token_id or 0
-    labels, real = _padded(chunk, pad_id, prefix.device)
-    count = labels.shape[0]
-    targets = labels.masked_fill(~real, -100).repeat(batch, 1)
-    logits = language_model(
-        inputs_embeds=prefix.repeat_interleave(count, 0),
-        attention_mask=prefix_mask.repeat_interleave(count, 0),
-        labels=targets,
-    ).logits.float()
-    return _sum_log_probs(logits, labels.repeat(batch, 1), real.repeat(batch, 1)).view(batch, count)
+class _EncoderPrefix:
+    """A T5-style LLM after encoding [queries ; prompt] once: the label is the decoder's target."""
+
+    def __init__(self, model: MalmmForConditionalGeneration, prefix: torch.Tensor, prefix_mask: torch.Tensor):
+        self.language_model = model.language_model
+        self.mask = prefix_mask
+        self.encoded = self.language_model.get_encoder()(inputs_embeds=prefix, attention_mask=prefix_mask)
+        self.pad_id = self.language_model.config.pad_token_id or 0
+
+    def label_logits(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        batch, count = self.mask.shape[0], ids.shape[0]
+        encoded = BaseModelOutput(last_hidden_state=self.encoded.last_hidden_state.repeat_interleave(count, 0))
+        return self.language_model(
+            encoder_outputs=encoded,
+            attention_mask=self.mask.repeat_interleave(count, 0),
+            labels=ids.masked_fill(~real, -100).repeat(batch, 1),
+        ).logits.float()
 
 
 def _sum_log_probs(logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

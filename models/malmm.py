@@ -103,9 +103,17 @@ class Malmm:
         return self.model.query_tokens.device
 
     def new_memory(
-        self, instruction: str | list[str], memory_bank_length: int, total_frames: int | None = None
+        self,
+        instruction: str | list[str],
+        memory_bank_length: int,
+        total_frames: int | Sequence[int] | None = None,
+        *,
+        strategy: str = "malmm",
+        readers_per_video: int = 1,
     ) -> MemoryState:
-        """An empty memory for one video (a string) or a batch of videos (a list, one each)."""
+        """An empty memory for one video (a string) or a batch of readers (a list, one instruction
+        each; `readers_per_video` consecutive ones per video share its visual bank, e.g. several
+        questions about one video). strategy: how the past is kept (models.memory.STRATEGIES)."""
         instructions = [instruction] if isinstance(instruction, str) else list(instruction)
         tokens = self.qformer_tokenizer(
             instructions,
@@ -114,7 +122,10 @@ class Malmm:
             max_length=self.instruction_limit,
             return_tensors="pt",
         )
-        return self.model.new_memory(tokens.input_ids, tokens.attention_mask, memory_bank_length, total_frames)
+        return self.model.new_memory(
+            tokens.input_ids, tokens.attention_mask, memory_bank_length, total_frames,
+            strategy=strategy, readers_per_video=readers_per_video,
+        )  # fmt: skip
 
     @property
     def instruction_limit(self) -> int:
@@ -135,7 +146,8 @@ class Malmm:
     def step(
         self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
     ) -> tuple[torch.Tensor, MemoryState]:
-        """One frame per video of the batch: features [B, N, C] -> (query output [B, NQ, D], state).
+        """One frame per video of the batch: features [V, N, C] -> (what the LLM would read now, one
+        per reader [R, T, D], state).
 
         index: the frame's place in the plan of `total_frames` (default: frames read so far), so
         that frames skipped or missing do not shift the positions of later ones.

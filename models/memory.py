@@ -16,15 +16,27 @@ Two forms of the same computation:
   again. Tests check that both forms agree exactly.
 
 Nothing here is stored on a module: a `MemoryState` belongs to one video (or one batch of videos).
+
+Memory strategies (`STRATEGIES`), one seam for MA-LMM and the baselines it is compared with:
+- "malmm": the merging banks above (the default);
+- "fifo": the same banks, but a full bank drops its oldest step instead of merging;
+- "avgpool": no bank; the LLM reads the mean of every frame's Q-Former output;
+- "concat": no bank; the LLM reads the Q-Former outputs of every frame, one after the other
+  (grows with the video, so it refuses more frames than `memory_bank_length`);
+- "none": no bank; the LLM reads the last frame's Q-Former output (MA-LMM's no-memory ablation).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
+BANKED = ("malmm", "fifo")  # the strategies whose Q-Former reads each frame through memory banks
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,12 +113,21 @@ class MemoryBank:
     whole rows instead of computing an index for every element as `gather`/`scatter` would.
     """
 
-    def __init__(self, length: int, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()):
-        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, G, N, d] each."""
+    def __init__(
+        self, length: int, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = (), evict: str = "merge"
+    ):
+        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, G, N, d] each.
+
+        evict: what a full bank does with one step too many: "merge" the most similar neighbours
+        (MA-LMM) or drop the "oldest" (FIFO).
+        """
         if length < 1:
             raise ValueError(f"memory bank length must be at least 1, got {length}")
+        if evict not in ("merge", "oldest"):
+            raise ValueError(f"evict must be 'merge' or 'oldest', got {evict!r}")
         batch, tokens = entry.shape[:2]
         self.length = length
+        self.evict = evict
         capacity = length + 1  # one more than the bank keeps: the current step, until compressed
         self.slots = entry.new_empty(batch, capacity, tokens, entry.shape[-1], dtype=storage_dtype(entry.dtype))
         self.projections = tuple(
@@ -160,7 +181,7 @@ class MemoryBank:
         for buffer, value in zip(self._buffers(), (entry.unsqueeze(1), *projections), strict=True):
             self._write(buffer, where, value)
         self.sizes.scatter_(1, where, 1.0)
-        if self.used:  # the newest neighbour pair: previous newest step and this one
+        if self.used and self.evict == "merge":  # the newest neighbour pair: previous newest step and this one
             newest = self._read(self.slots.unsqueeze(1), self.order[:, self.used - 1 : self.used])
             self.pair_similarity[:, self.used - 1 : self.used] = similarity(newest, entry.unsqueeze(1))  # [B, 1, N]
         self.order[:, self.used : self.used + 1] = where
@@ -171,6 +192,9 @@ class MemoryBank:
     def compress(self) -> None:
         """If the bank holds more than `length` steps, merge the most similar neighbours (per token)."""
         if self.used <= self.length:
+            return
+        if self.evict == "oldest":
+            self._drop_oldest()
             return
         pairs = self.used - 1
         index = self.pair_similarity[:, :pairs].argmax(dim=1, keepdim=True)  # [B, 1, N], earliest on ties
@@ -195,6 +219,12 @@ class MemoryBank:
             self._remeasure(index - 1, index > 0)  # (step before, merged step), if any
             self._remeasure(index, index < self.used - 1)  # (merged step, step after), if any
 
+    def _drop_oldest(self) -> None:
+        """FIFO: the oldest step leaves; its slot takes the next one."""
+        self.free = self.order[:, :1].clone()
+        self.order[:, :-1] = self.order[:, 1:].clone()
+        self.used -= 1
+
     def _remeasure(self, pair: torch.Tensor, where: torch.Tensor) -> None:
         """Measure again the similarity of neighbour pairs `pair` [B, 1, N], at positions where `where`."""
         pair = pair.clamp(0, self.used - 2)
@@ -217,44 +247,138 @@ class MemoryBank:
     def tensors(self) -> list[torch.Tensor]:
         return [self.slots, *self.projections, self.sizes, self.order, self.pair_similarity, self.free]
 
+    def select(self, rows: torch.Tensor) -> MemoryBank:
+        """A bank of some batch rows only (a copy)."""
+        chosen = copy.copy(self)
+        for name in ("slots", "sizes", "order", "pair_similarity", "free"):
+            setattr(chosen, name, getattr(self, name).index_select(0, rows.to(self.slots.device)))
+        chosen.projections = tuple(p.index_select(0, rows.to(p.device)) for p in self.projections)
+        chosen._first_rows = {b.shape[1]: chosen._slot_zero_rows(b) for b in chosen._buffers()}
+        return chosen
+
 
 @dataclass
 class MemoryState:
-    """Everything MA-LMM remembers about one video (or one batch of videos) while reading it.
+    """Everything MA-LMM remembers about a batch of videos while reading them.
 
-    - `instruction_ids`, `instruction_mask` [B, Lt]: the Q-Former instruction. It is part of the
-      state because the query banks hold its token positions: it cannot change mid-video.
+    Rows are readers: one instruction each, `readers_per_video` consecutive rows per video (several
+    questions about one video). The visual bank does not depend on the instruction, so it holds
+    one row per video, shared by that video's readers; each reader has its own query banks.
+
+    - `instruction_ids`, `instruction_mask` [R, Lt]: the Q-Former instructions (R = videos x
+      readers_per_video). Part of the state because the query banks hold their token positions:
+      they cannot change mid-video.
     - `visual`: vision features (after the vision LayerNorm, plus the frame position) of past
-      frames, one bank shared by every cross-attention layer.
-    - `queries`: one bank per Q-Former layer holding that layer's past inputs (query tokens and
-      instruction tokens), which its self-attention reads as extra keys and values.
+      frames, one bank [V, ...] shared by every cross-attention layer and every reader of a video.
+    - `queries`: one bank [R, ...] per Q-Former layer holding that layer's past inputs (query tokens
+      and instruction tokens), which its self-attention reads as extra keys and values.
     - `frames_seen`: frames read so far; `total_frames`: frames the caller plans to read, if
-      known (it only affects frame positions past the end of the position table).
+      known, one for all videos or one each (it only affects frame positions past the end of the
+      position table).
+    - `strategy`: how the past is kept (see STRATEGIES); `pooled`: what the LLM will read for the
+      strategies without banks (the running sum of outputs for avgpool, every output for concat).
 
     Each step updates the state in place (its buffers are reused, so a frame costs the same however
     long the video); `copy()` it first to read two continuations of the same video. Size is bounded:
-    after the first frame it holds the same buffers, of `memory_bank_length + 1` slots, for good.
+    after the first frame it holds the same buffers, of `memory_bank_length + 1` slots, for good
+    (concat: buffers of `memory_bank_length` frames, allocated at the first frame).
     """
 
     instruction_ids: torch.Tensor
     instruction_mask: torch.Tensor
     memory_bank_length: int
-    total_frames: int | None = None
+    total_frames: int | Sequence[int] | None = None
+    strategy: str = "malmm"
+    readers_per_video: int = 1
     frames_seen: int = 0
     visual: MemoryBank | None = None
     queries: list[MemoryBank] = field(default_factory=list)
+    pooled: torch.Tensor | None = None
     padded: bool = field(init=False)  # whether any instruction has padding to mask out
 
     def __post_init__(self) -> None:
         if self.memory_bank_length < 1:
             raise ValueError(f"memory_bank_length must be at least 1, got {self.memory_bank_length}")
-        if self.total_frames is not None and self.total_frames < 1:
-            raise ValueError(f"total_frames must be at least 1, got {self.total_frames}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"memory strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.readers_per_video < 1 or self.instruction_ids.shape[0] % self.readers_per_video:
+            raise ValueError(
+                f"{self.instruction_ids.shape[0]} instructions do not split into videos of {self.readers_per_video}"
+            )
+        totals = self.frame_totals()
+        if len(totals) != self.videos:
+            raise ValueError(f"{len(totals)} frame totals for {self.videos} videos")
+        for total in totals:
+            if total is not None and total < 1:
+                raise ValueError(f"total_frames must be at least 1, got {total}")
+            if self.strategy == "concat" and total is not None and total > self.memory_bank_length:
+                raise ValueError(self._concat_limit(total))
         self.padded = not bool(self.instruction_mask.all())  # once here, not a device sync per frame
+
+    def _concat_limit(self, frames: int) -> str:
+        return (
+            f"the concat strategy keeps every frame, at most {self.memory_bank_length} (the memory bank "
+            f"length); {frames} frames are more: sample fewer or raise the bank length"
+        )
 
     @property
     def batch_size(self) -> int:
+        """Readers (rows of the query banks and of the output)."""
         return self.instruction_ids.shape[0]
+
+    @property
+    def videos(self) -> int:
+        return self.batch_size // self.readers_per_video
+
+    @property
+    def banked(self) -> bool:
+        """Whether the Q-Former reads each frame through memory banks (else each frame alone)."""
+        return self.strategy in BANKED
+
+    def frame_totals(self) -> list[int | None]:
+        """Planned frames of each video (None: unknown)."""
+        if self.total_frames is None or isinstance(self.total_frames, int):
+            return [self.total_frames] * (self.instruction_ids.shape[0] // max(1, self.readers_per_video))
+        return list(self.total_frames)
+
+    def start_step(self) -> None:
+        """Before a frame: without banks the Q-Former reads it alone; concat has room for it."""
+        if self.strategy == "concat" and self.frames_seen >= self.memory_bank_length:
+            raise ValueError(self._concat_limit(self.frames_seen + 1))
+        if not self.banked:
+            self.visual, self.queries = None, []
+
+    def language_queries(self, output: torch.Tensor) -> torch.Tensor:
+        """What the LLM would read if the video ended after this step: output [R, NQ, D] ->
+        [R, T, D] (T = NQ, or NQ x frames read for concat). Call once per step, after it."""
+        if self.strategy == "avgpool":
+            self.pooled = output.float() if self.pooled is None else self.pooled + output.float()
+            return (self.pooled / self.frames_seen).to(output.dtype)
+        if self.strategy == "concat":
+            rows, tokens, width = output.shape
+            if self.pooled is None:
+                self.pooled = output.new_empty(rows, self.memory_bank_length * tokens, width)
+            start = (self.frames_seen - 1) * tokens
+            self.pooled[:, start : start + tokens] = output
+            return self.pooled[:, : start + tokens]
+        return output
+
+    def select(self, videos: Sequence[int]) -> MemoryState:
+        """The state of some of the videos only (their readers and banks), for going on without
+        the others (videos of a batch that ended)."""
+        rows = [v * self.readers_per_video + r for v in videos for r in range(self.readers_per_video)]
+        video_index = torch.tensor(list(videos), device=self.instruction_ids.device)
+        row_index = torch.tensor(rows, device=self.instruction_ids.device)
+        totals = self.frame_totals()
+        chosen = copy.copy(self)
+        chosen.instruction_ids = self.instruction_ids.index_select(0, row_index)
+        chosen.instruction_mask = self.instruction_mask.index_select(0, row_index)
+        chosen.total_frames = [totals[v] for v in videos]
+        chosen.visual = None if self.visual is None else self.visual.select(video_index)
+        chosen.queries = [bank.select(row_index) for bank in self.queries]
+        chosen.pooled = None if self.pooled is None else self.pooled.index_select(0, row_index.to(self.pooled.device))
+        chosen.padded = not bool(chosen.instruction_mask.all())
+        return chosen
 
     def copy(self) -> MemoryState:
         """An independent copy, for reading two different continuations of the same video."""
@@ -266,6 +390,8 @@ class MemoryState:
         for bank in [self.visual, *self.queries]:
             if bank is not None:
                 held += bank.tensors()
+        if self.pooled is not None:
+            held.append(self.pooled)
         return held
 
     def nbytes(self) -> int:

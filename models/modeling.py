@@ -113,9 +113,13 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         instruction_ids: torch.Tensor,
         instruction_mask: torch.Tensor | None = None,
         memory_bank_length: int = 10,
-        total_frames: int | None = None,
+        total_frames: int | Sequence[int] | None = None,
+        *,
+        strategy: str = "malmm",
+        readers_per_video: int = 1,
     ) -> MemoryState:
-        """An empty memory for a batch of videos read with this Q-Former instruction [B, Lt]."""
+        """An empty memory for readers with these Q-Former instructions [R, Lt], `readers_per_video`
+        consecutive rows per video (see MemoryState)."""
         device = self.query_tokens.device
         if instruction_mask is None:
             instruction_mask = torch.ones_like(instruction_ids)
@@ -124,6 +128,8 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
             instruction_mask=instruction_mask.to(device),
             memory_bank_length=memory_bank_length,
             total_frames=total_frames,
+            strategy=strategy,
+            readers_per_video=readers_per_video,
         )
 
     def step(
@@ -131,11 +137,12 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
     ) -> tuple[torch.Tensor, MemoryState]:
         """Read the next frame of every video in the batch into `state` (updated in place).
 
-        features: [B, N, C] from `vision_features`. index: where the frame sits in the plan of
-        `state.total_frames` frames (0-based), one for all videos or one each; by default the
-        number of frames read so far, right for a caller that reads every planned frame in turn.
-        Returns the Q-Former query output [B, NQ, D] (what the LLM would see if the video ended
-        here) and the state.
+        features: [V, N, C] from `vision_features`, one frame per video. index: where the frame
+        sits in the plan of its video's total frames (0-based), one for all videos or one each; by
+        default the number of frames read so far, right for a caller that reads every planned
+        frame in turn. Returns what the LLM would read if the videos ended here, per reader
+        ([R, NQ, D]: the Q-Former query output, or for avgpool/concat the mean/concatenation of
+        every step's), and the state.
         """
         table = self.frame_position_embedding.weight
         if index is None:
@@ -143,10 +150,14 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         indices = [index] * features.shape[0] if isinstance(index, int) else list(index)
         if len(indices) != features.shape[0]:
             raise ValueError(f"{len(indices)} frame indices for a batch of {features.shape[0]} videos")
-        rows = {i: frame_position(table, i, state.total_frames) for i in set(indices)}
-        position = torch.stack([rows[i] for i in indices])  # [B, C]
+        totals = state.frame_totals()
+        if len(totals) != len(indices):
+            raise ValueError(f"{features.shape[0]} frames for a state of {len(totals)} videos")
+        rows = {key: frame_position(table, *key) for key in set(zip(indices, totals, strict=True))}
+        position = torch.stack([rows[key] for key in zip(indices, totals, strict=True)])  # [V, C]
         frame = features.to(table.device, table.dtype) + position[:, None, :]  # added to all N tokens
-        return qformer_step(self.qformer, self.query_tokens, state, frame), state
+        output = qformer_step(self.qformer, self.query_tokens, state, frame)
+        return state.language_queries(output), state
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:
         """Q-Former output [B, NQ, D] -> LLM input embeddings [B, NQ, H]."""

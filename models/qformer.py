@@ -8,6 +8,10 @@ the attention arithmetic, because MA-LMM changes what the keys and values are:
 - every self-attention layer takes keys and values from [its query bank ; current input], queries
   from the current input only, and repeats the instruction padding mask once per remembered step.
 
+The visual bank does not depend on the instruction: a video read by several readers (questions)
+has one visual bank, and cross-attention reads it for all of them at once, their queries side by
+side in one sequence (attention is computed per query, so this is the same arithmetic).
+
 After the step each bank gains the current entry and is compressed back to the bank length. The
 banks also keep every reading layer's keys and values of their entries, so a frame costs the
 projection of that frame only (the reference re-projects the whole bank in every layer, per
@@ -61,13 +65,18 @@ def qformer_step(
     state: MemoryState,
     frame: torch.Tensor,
 ) -> torch.Tensor:
-    """Read one frame into `state` (updated in place). frame: [B, N, C] vision features with the
-    frame position already added. Returns the Q-Former output at the query positions [B, NQ, D].
+    """Read one frame into `state` (updated in place). frame: [V, N, C] vision features of each
+    video with the frame position already added. Returns the Q-Former output at the query
+    positions of every reader [R, NQ, D] (R = V x readers per video).
 
     Only the current frame and the current input are projected to keys and values: the banks
     keep theirs, and attention reads them where they are.
     """
-    batch = state.batch_size
+    state.start_step()
+    batch, videos = state.batch_size, state.videos
+    if frame.shape[0] != videos:
+        raise ValueError(f"{frame.shape[0]} frames for a state of {videos} videos")
+    evict = "oldest" if state.strategy == "fifo" else "merge"
     queries = query_tokens.expand(batch, -1, -1)  # [B, NQ, D]
     num_queries = queries.shape[1]
     hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)  # [B, NQ+Lt, D]
@@ -79,7 +88,7 @@ def qformer_step(
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
     frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, 2H, N, d] each
     if state.visual is None:
-        state.visual = MemoryBank(length, frame, frame_projections)
+        state.visual = MemoryBank(length, frame, frame_projections, evict)
     else:
         state.visual.append(frame, frame_projections)
     # Every cross-attention layer reads [visual bank ; current frame]: [B, 2H, (S+1)N, d] each.
@@ -88,7 +97,7 @@ def qformer_step(
     for number, layer in enumerate(qformer.encoder.layer):
         current = project(layer.attention, hidden)  # [B, 2H, NQ+Lt, d]
         if number == len(state.queries):
-            state.queries.append(MemoryBank(length, hidden, (current,)))
+            state.queries.append(MemoryBank(length, hidden, (current,), evict))
         else:
             state.queries[number].append(hidden, (current,))
         inputs = state.queries[number]
@@ -98,8 +107,9 @@ def qformer_step(
         inputs.compress()
 
         query_part = attended[:, :num_queries]
-        if layer.has_cross_attention:
-            query_part = attend(layer.crossattention, query_part, next(visual_contexts))
+        if layer.has_cross_attention:  # each video's readers side by side: [V, readers x NQ, D]
+            side_by_side = query_part.reshape(videos, -1, query_part.shape[-1])
+            query_part = attend(layer.crossattention, side_by_side, next(visual_contexts)).view_as(query_part)
         query_out = layer.output_query(layer.intermediate_query(query_part), query_part)
         text_part = attended[:, num_queries:]
         text_out = layer.output(layer.intermediate(text_part), text_part)
