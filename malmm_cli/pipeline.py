@@ -1,279 +1,105 @@
-"""From a video file to an answer: the library functions the `malmm` command calls.
+"""From video files to answers: the one reading loop that every task describes.
 
     from models import Malmm
     from malmm_cli.pipeline import caption_video
     malmm = Malmm.from_pretrained()
     print(caption_video(malmm, "clip.mp4").caption)
 
-A frame's way: `VideoStream` probes the file, plans sample times, decodes them ahead in a thread
-(video.py), preprocesses them with the model's image processor and encodes them with the vision
-model in small batches; each task then steps one or more memory states frame by frame and asks the
-LLM at the end (and, for segments and timelines, at their boundaries).
+A frame's way: `VideoStream` (stream.py) yields the vision features of each sampled frame, in time
+order. `read_videos` steps every memory with them, one frame of each video of a batch per step
+(the videos in lockstep, their memories stepped as one batch). Memories are read out at the ends
+of their spans and at the end of the video, and the LLM turns each read-out into text or ranks
+labels (every read-out of a step in one batch). A task is only a description of its readers
+(`Reader`): caption, ask and predict are three lists of readers, not three loops.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Generator, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
-from PIL import Image
 
-from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
-from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
-from malmm_cli.parallel import ParallelReader
+from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
+from malmm_cli.stream import VISION_BATCH, NoProgress, Progress, Sample, Sampling, VideoStream, preprocess
 from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_times, prefetch, probe
+from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
+
+__all__ = [
+    "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
+    "predict_actions", "predict_readers", "preprocess", "question_readers", "read_videos",
+]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
 NEXT_ACTION_PROMPT = "what is the person likely to do next?"
-VISION_BATCH = 8  # frames encoded together by the vision model
+ANSWERS_PER_BATCH = 16  # read-outs the LLM answers at once, unless the caller sizes it
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Which frames to read: `frames` spread uniformly over the video, or `fps` per second.
+class Memory:
+    """How every reader remembers: bank length and strategy (models.memory.STRATEGIES).
 
-    seek: "exact" reads the frame at each time; "keyframe" takes the nearest keyframes instead
-    (H.264 only, much faster, approximate). decode_workers > 1 decodes exact frames in that many
-    processes (same frames, for machines with cores to spare). A video never gets more samples
-    than it has frames (`plan_times`).
-    """
+    With "concat" the bank length is the most frames a memory may hold (it keeps all of them)."""
 
-    frames: int | None = None
-    fps: float | None = None
-    seek: str = "exact"
-    decode_workers: int = 1
-
-    def __post_init__(self) -> None:
-        if (self.frames is None) == (self.fps is None):
-            raise ValueError("give exactly one of frames or fps")
-        if self.frames is not None and (isinstance(self.frames, bool) or self.frames < 1):
-            raise ValueError(f"frames must be a positive integer, got {self.frames!r}")
-        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be a positive, finite number, got {self.fps!r}")
-        if self.seek not in ("exact", "keyframe"):
-            raise ValueError(f"seek must be 'exact' or 'keyframe', got {self.seek!r}")
-        if self.decode_workers < 1:
-            raise ValueError(f"decode_workers must be at least 1, got {self.decode_workers!r}")
-
-    def plan(self, info: VideoInfo) -> Plan:
-        return plan_times(info, frames=self.frames, fps=self.fps)
-
-    def describe(self) -> str:
-        """What decides which frames are read, exactly (part of the feature cache key)."""
-        rate = f"frames={self.frames}" if self.fps is None else f"fps={self.fps!r}"
-        return f"{rate},seek={self.seek}"
+    bank_length: int
+    strategy: str = "malmm"
 
 
 @dataclass(frozen=True)
-class Sample:
-    """Where a frame read sits: its index in the plan, the time asked for, and its real timestamp.
+class Reader:
+    """One memory reading the video with its Q-Former instruction, and when it is read out.
 
-    The index, not the count of frames read, gives the frame its position embedding, so frames
-    skipped (keyframe sampling) or missing (damaged files) leave later frames where they belong.
+    at_end: the LLM prompt when the video ends (None: no read-out then). every: also read out at
+    the end of each span of this many seconds (`Grid`), asking `at_span`. restart: each span is
+    read by a memory of its own, started empty (segment captions); otherwise one memory reads the
+    whole video and span read-outs say what it holds so far (a timeline). labels: rank these
+    instead of generating text (the top_k at the end, the likeliest at each span).
+    role: the part of the result it fills: caption, segment, question or timeline.
     """
 
-    index: int
-    target: float
-    time: float
+    role: str
+    instruction: str
+    at_end: str | None = None
+    every: float | None = None
+    at_span: str | None = None
+    restart: bool = False
+    labels: tuple[str, ...] = ()
+    top_k: int = 1
+    question: str | None = None
 
 
-class Progress(Protocol):
-    """Receives per-video progress (the CLI draws it; library callers may pass nothing)."""
-
-    def start(self, total_frames: int, from_cache: bool = False) -> None: ...
-
-    def advance(self, frames: int = 1) -> None: ...
-
-
-class _NoProgress:
-    def start(self, total_frames: int, from_cache: bool = False) -> None:
-        pass
-
-    def advance(self, frames: int = 1) -> None:
-        pass
+def caption_readers(segment: float | None = None) -> list[Reader]:
+    """The whole video's caption; with `segment` seconds, also each segment's, read on its own."""
+    prompt = CAPTION.prompt()
+    readers = [Reader("caption", prompt, at_end=prompt)]
+    if segment:
+        readers.append(Reader("segment", prompt, every=segment, at_span=prompt, restart=True))
+    return readers
 
 
-def preprocess(malmm: Malmm, image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] -> [3, S, S] exactly as the model was trained (its own image processor)."""
-    return malmm.image_processor(images=Image.fromarray(image), return_tensors="pt").pixel_values[0]
+def question_readers(questions: Sequence[str]) -> list[Reader]:
+    """One reader per question: the Q-Former reads each frame through the question. The video's
+    visual memory is shared by all of them (models/memory.py)."""
+    if not questions:
+        raise ValueError("no questions to answer")
+    return [Reader("question", QUESTION.prompt(q), at_end=QUESTION.prompt(q), question=q) for q in questions]
 
 
-class VideoStream:
-    """The sampled frames of one video with their vision features, in time order, memory bounded.
-
-    With a feature cache, a video read before with the same settings and vision weights is
-    replayed from disk (no probing, decoding or vision encoding); otherwise its features are
-    written to the cache as they are computed. Should a cached entry break while it is replayed
-    (removed by another run, damaged), the rest of the video is decoded instead. Use it in a
-    `with` block: leaving the block (Ctrl-C included) stops the decoding thread and releases the
-    file at once.
-    """
-
-    def __init__(
-        self,
-        malmm: Malmm,
-        path: str | Path,
-        sampling: Sampling,
-        batch_size: int = VISION_BATCH,
-        cache: FeatureCache | None = None,
-    ):
-        self.malmm = malmm
-        self.path = Path(path)
-        self.sampling = sampling
-        self.batch_size = batch_size
-        self.cache = cache
-        self._decoded: Iterator[tuple[Sample, torch.Tensor]] | None = None
-        self._writer: CacheWriter | None = None
-        self._reader: VideoReader | KeyframeReader | ParallelReader | None = None
-        self._cached: CachedVideo | None = None
-        self._notes: list[str] = []
-        self._replayed_missing = 0  # frames the cached part of the video could not decode back then
-        self._replayed_end: float | None = None
-        key = None
-        if cache is not None and self.path.is_file():
-            key = cache.key(self.path, sampling.describe(), cache.vision_key(malmm.model, malmm.image_processor))
-            self._cached = cache.load(key) if key else None
-        if self._cached is not None:
-            meta = self._cached.meta
-            self.duration = float(meta["duration"])
-            self.times = [float(t) for t in meta["times"]]
-            self._notes = list(meta["notes"])
-            return
-        self._open()
-        if key is not None:
-            self._writer = cache.writer(key)
-
-    def _open(self) -> None:
-        """Probe the file, plan its sample times and choose the reader."""
-        info = probe(self.path)
-        self.duration = info.duration
-        plan = self.sampling.plan(info)
-        self.times = plan.times
-        if plan.note:
-            self._notes.append(plan.note)
-        self._reader = self._choose_reader(info)
-
-    def _choose_reader(self, info: VideoInfo) -> VideoReader | KeyframeReader | ParallelReader:
-        if self.sampling.seek == "keyframe":
-            if (reason := keyframes_unavailable(info)) is None:
-                return KeyframeReader(self.path, info)
-            if reason not in self._notes:
-                self._notes.append(reason)
-        workers = self.sampling.decode_workers
-        return ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
-
-    @property
-    def from_cache(self) -> bool:
-        return self._cached is not None
-
-    def __enter__(self) -> VideoStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._decoded is not None:
-            self._decoded.close()  # stops and joins the decoding thread
-        if self._reader is not None:
-            self._reader.close()
-        if self._writer is not None:  # not committed: the video was not read to the end
-            self._writer.abandon()
-
-    def __iter__(self) -> Iterator[tuple[Sample, torch.Tensor]]:
-        """(sample, features [1, N, C]) per frame read; decoding and preprocessing run ahead."""
-        start = 0
-        if self._cached is not None:
-            resume = yield from self._replay(self._cached)
-            if resume is None:
-                return
-            start = resume
-            self._reader = self._choose_reader(probe(self.path))  # the rest of the same plan, decoded
-        yield from self._decode(start)
-
-    def _decode(self, start: int) -> Iterator[tuple[Sample, torch.Tensor]]:
-        """Decode, preprocess (in a thread, ahead) and encode the planned frames from index `start`."""
-
-        def samples() -> Iterator[tuple[Sample, torch.Tensor]]:
-            for frame in self._reader.frames(self.times[start:]):
-                sample = Sample(start + frame.index, frame.target, frame.time)
-                yield sample, preprocess(self.malmm, frame.image)
-
-        self._decoded = prefetch(samples())
-        batch: list[tuple[Sample, torch.Tensor]] = []
-        for item in self._decoded:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield from self._encode(batch)
-                batch = []
-        if batch:
-            yield from self._encode(batch)
-        if self._writer is not None:
-            report = self._reader.report
-            meta = {"duration": self.duration, "times": self.times, "missing": report.missing,
-                    "ended_at": report.ended_at, "notes": self._notes}  # fmt: skip
-            self._writer.commit(meta)
-            self._writer = None
-
-    def _encode(self, batch: list[tuple[Sample, torch.Tensor]]) -> Iterator[tuple[Sample, torch.Tensor]]:
-        pixels = torch.stack([pixels for _, pixels in batch])
-        if self.malmm.device.type == "cuda":  # page-locked memory lets the copy overlap the decoding
-            pixels = pixels.pin_memory().to(self.malmm.device, non_blocking=True)
-        features = self.malmm.encode_frames(pixels)
-        if self._writer is not None:  # the cache keeps float16: read the same values now as on a hit
-            features = features.to(torch.float16).to(features.dtype)
-        for (sample, _), feature in zip(batch, features, strict=True):
-            if self._writer is not None:
-                self._writer.add(sample.index, sample.target, sample.time, feature)
-            yield sample, feature.unsqueeze(0)
-
-    def _replay(self, cached: CachedVideo) -> Generator[tuple[Sample, torch.Tensor], None, int | None]:
-        """Frames from the cache. Returns None when all were replayed, else the plan index to go on
-        decoding from (the entry broke while being read)."""
-        dtype = self.malmm.model.frame_position_embedding.weight.dtype
-        missing, resume = [float(t) for t in cached.meta["missing"]], 0
-        try:
-            for indices, targets, times, features in cached.chunks():
-                features = features.to(self.malmm.device, dtype)
-                for index, target, time_s, feature in zip(indices.tolist(), targets.tolist(), times.tolist(),
-                                                          features, strict=True):  # fmt: skip
-                    yield Sample(index, target, time_s), feature.unsqueeze(0)
-                    resume = index + 1
-        except CacheReadError as error:
-            self.cache.problem("an entry broke while it was read; the rest of the video is decoded", error)
-            self._cached = None
-            resumed_at = self.times[resume] if resume < len(self.times) else math.inf
-            self._replayed_missing = sum(1 for t in missing if t < resumed_at)
-            return resume
-        self._replayed_missing = len(missing)
-        self._replayed_end = cached.meta["ended_at"]
-        return None
-
-    def notes(self) -> list[str]:
-        """How the frames were read, where it differs from what was asked (not a failure)."""
-        return list(self._notes)
-
-    def warnings(self) -> list[str]:
-        """What could not be read (damaged or truncated files)."""
-        missing, ended_at = self._replayed_missing, self._replayed_end
-        if self._reader is not None and self._reader.report is not None:
-            missing += len(self._reader.report.missing)
-            ended_at = self._reader.report.ended_at
-        notes = []
-        if ended_at is not None:
-            notes.append(
-                f"decoding stopped at {format_timestamp(ended_at)} of "
-                f"{format_timestamp(self.duration)}: the file is truncated or damaged"
-            )
-        if missing:
-            notes.append(f"{missing} of {len(self.times)} sampled frames could not be decoded")
-        return notes
+def predict_readers(labels: Sequence[str] | None = None, every: float | None = None, top_k: int = 5) -> list[Reader]:
+    """Without labels: a timeline (every `every` seconds, what is happening so far) and the likely
+    next action at the end. With labels: the top_k labels at the end, and the likeliest label per
+    interval with `every`. A label given twice is ranked once (it would split its probability)."""
+    prompt = CLASSIFICATION.prompt()
+    if labels:
+        ranked = tuple(dict.fromkeys(labels))
+        return [Reader("timeline", prompt, at_end=prompt, every=every, at_span=prompt, labels=ranked, top_k=top_k)]
+    return [Reader("timeline", prompt, at_end=NEXT_ACTION_PROMPT, every=every, at_span=TIMELINE_PROMPT)]
 
 
 @dataclass
@@ -341,6 +167,274 @@ class Grid:
         )
 
 
+@dataclass
+class _Readout:
+    """A memory read out: which reader, which span (None: the end of the video), what the LLM
+    reads ([1, T, D]), what it is asked; `answer` once answered (text, or ranked labels)."""
+
+    video: _Video
+    reader: int
+    span: tuple[float, float] | None
+    tokens: torch.Tensor
+    prompt: str
+    answer: str | list[RankedLabel] | None = None
+
+
+class _Video:
+    """One video being read: its stream, bookkeeping, the spans of its readers and the memories
+    of its restarting readers (the others live in the batch's shared state)."""
+
+    def __init__(
+        self, malmm: Malmm, number: int, path: str | Path, stream: VideoStream, readers: list[Reader], memory: Memory
+    ):
+        self.malmm, self.number, self.path, self.stream = malmm, number, path, stream
+        self.readers, self.memory = readers, memory
+        self.frames = iter(stream)
+        self.run = _Run()
+        self.grids = {i: Grid(r.every, stream.duration) for i, r in enumerate(readers) if r.every}
+        self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
+        self.outputs: dict[int, torch.Tensor] = {}  # reader -> what the LLM would read now [1, T, D]
+        self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current span
+        self.first_planned: dict[int, dict[int, int]] = {}  # restarting reader -> span -> plan index of its first frame
+        for i in self.grids:
+            if readers[i].restart:
+                starts: dict[int, int] = {}
+                for number, time in enumerate(stream.times):
+                    starts.setdefault(self.grids[i].index(time), number)
+                self.first_planned[i] = starts
+        self.readouts: list[_Readout] = []
+        self.error: Exception | None = None
+
+    def span_ends(self, sample: Sample) -> list[_Readout]:
+        """Before stepping a frame: read out the spans it leaves; a restarting reader starts an
+        empty memory for the span it enters."""
+        ended = []
+        for i, grid in self.grids.items():
+            index = grid.index(sample.target)
+            if self.span.get(i, index) != index:
+                ended.append(self._readout(i, grid.span(self.span[i]), self.readers[i].at_span))
+            if self.readers[i].restart and self.span.get(i) != index:
+                planned = grid.planned(self.stream.times)[index]
+                self.restarted[i] = self.malmm.new_memory(
+                    self.readers[i].instruction, self.memory.bank_length, planned, strategy=self.memory.strategy
+                )
+            self.span[i] = index
+        return ended
+
+    def step(self, sample: Sample, features: torch.Tensor, shared: dict[int, torch.Tensor]) -> None:
+        """After the shared state has read the frame (`shared`: reader -> its output), step the
+        restarting readers' memories (frame positions restart with each span)."""
+        self.run.saw(sample)
+        self.outputs.update(shared)
+        for i, state in self.restarted.items():
+            position = sample.index - self.first_planned[i][self.span[i]]
+            self.outputs[i], _ = self.malmm.step(state, features, position)
+
+    def end(self) -> list[_Readout]:
+        """The video ended: its last spans and its end read-outs."""
+        if self.run.frames == 0:
+            raise VideoError("no frame could be decoded")
+        ended = []
+        for i, grid in self.grids.items():
+            start, end = grid.span(self.span[i])
+            if not self.readers[i].restart:  # a timeline's last interval reaches the last frame read
+                end = max(end, self.run.last)
+            ended.append(self._readout(i, (start, end), self.readers[i].at_span))
+        for i, reader in enumerate(self.readers):
+            if reader.at_end is not None:
+                ended.append(self._readout(i, None, reader.at_end))
+        return ended
+
+    def _readout(self, reader: int, span: tuple[float, float] | None, prompt: str | None) -> _Readout:
+        return _Readout(self, reader, span, self.outputs[reader], prompt or self.readers[reader].instruction)
+
+    def result(self, task: str) -> VideoResult:
+        result = self.run.result(self.stream, self.path, task)
+        result.notes += _long_instruction_notes(self.malmm, self.readers)
+        for i, grid in self.grids.items():
+            what = "segment" if self.readers[i].restart else "timeline interval"
+            if note := grid.empty_note(self.stream.times, what):
+                result.notes.append(note)
+        for readout in sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf))):
+            _fill(result, self.readers[readout.reader], readout)
+        return result
+
+
+def _fill(result: VideoResult, reader: Reader, readout: _Readout) -> None:
+    """Put one answered read-out where its reader's role says."""
+    answer = readout.answer
+    if readout.span is not None:
+        text = answer[0].label if reader.labels else answer
+        (result.segments if reader.role == "segment" else result.timeline).append(TimedText(*readout.span, text))
+    elif reader.role == "caption":
+        result.caption = answer
+    elif reader.role == "question":
+        result.answers.append(Answer(reader.question, answer))
+    elif reader.labels:
+        result.labels = answer
+    else:
+        result.next_action = answer
+
+
+def read_videos(
+    malmm: Malmm,
+    paths: Sequence[str | Path],
+    readers: Sequence[Reader],
+    task: str,
+    *,
+    sampling: Sampling,
+    memory: Memory,
+    settings: GenerationSettings,
+    progress: Sequence[Progress] | None = None,
+    batch_size: int = VISION_BATCH,
+    cache: FeatureCache | None = None,
+    answers_per_batch: int = ANSWERS_PER_BATCH,
+) -> list[VideoResult | Exception]:
+    """Read several videos in lockstep and answer what their readers ask: one result per path, or
+    the exception that video failed with (the others go on without it).
+
+    Each video is decoded in a thread of its own (all ahead of the model); at every step the next
+    frame of each video is read by one batched state (the readers that never restart, several
+    per video sharing its visual bank); videos that end, or fail, leave the batch there. Results
+    equal reading each video alone (to float rounding).
+    """
+    readers = list(readers)
+    if not readers:
+        raise ValueError("nothing to read: no readers")
+    progress = list(progress) if progress is not None else [NoProgress() for _ in paths]
+    shared = [i for i, reader in enumerate(readers) if not reader.restart]
+    results: list[VideoResult | Exception | None] = [None] * len(paths)
+    with ExitStack() as streams:
+        videos: list[_Video] = []
+        for number, path in enumerate(paths):
+            try:
+                stream = streams.enter_context(VideoStream(malmm, path, sampling, batch_size, cache))
+                _check_frames(memory, len(stream.times))
+                video = _Video(malmm, number, path, stream, readers, memory)
+            except Exception as error:  # one video's failure is its own
+                results[number] = error
+                continue
+            videos.append(video)
+            progress[number].start(len(stream.times), stream.from_cache)
+        instructions = [readers[i].instruction for i in shared] * len(videos)
+        state = None
+        if videos and shared:
+            totals = [len(video.stream.times) for video in videos]
+            state = malmm.new_memory(instructions, memory.bank_length, totals, strategy=memory.strategy,
+                                     readers_per_video=len(shared))  # fmt: skip
+        while videos:
+            frames, pending, ended = [], [], []
+            for video in videos:
+                try:
+                    item = next(video.frames, None)
+                    if item is None:
+                        pending += video.end()
+                        ended.append(video)
+                    else:
+                        frames.append((video, *item))
+                        pending += video.span_ends(item[0])
+                except Exception as error:
+                    video.error = error
+            going = [video for video, _, _ in frames]
+            if state is not None and len(going) < len(videos):  # those that ended or failed leave the batch
+                state = state.select([videos.index(video) for video in going]) if going else None
+            if frames:
+                outputs = None
+                if state is not None:
+                    features = torch.cat([features for _, _, features in frames])  # [V, N, C]
+                    outputs, state = malmm.step(state, features, [sample.index for _, sample, _ in frames])
+                for row, (video, sample, features) in enumerate(frames):
+                    own = {} if outputs is None else {
+                        reader: outputs[row * len(shared) + j : row * len(shared) + j + 1]
+                        for j, reader in enumerate(shared)
+                    }  # fmt: skip
+                    try:
+                        video.step(sample, features, own)
+                    except Exception as error:
+                        video.error = error
+                    progress[video.number].advance()
+            _answer(malmm, [r for r in pending if r.video.error is None], settings, answers_per_batch)
+            for video in videos:
+                if video.error is not None:
+                    results[video.number] = video.error
+                elif video in ended:
+                    results[video.number] = video.result(task)
+            failed_now = [video for video in going if video.error is not None]
+            if failed_now and state is not None:
+                keep = [video for video in going if video.error is None]
+                state = state.select([going.index(video) for video in keep]) if keep else None
+            videos = [video for video in going if video.error is None]
+    return results
+
+
+def _check_frames(memory: Memory, planned: int) -> None:
+    """concat keeps every frame: refuse a video with more planned frames than it may hold."""
+    if memory.strategy == "concat" and planned > memory.bank_length:
+        raise VideoError(
+            f"{planned} frames are planned, but --memory concat keeps at most the memory bank length "
+            f"({memory.bank_length}) frames: sample fewer (--frames) or raise --memory-bank-length"
+        )
+
+
+def _answer(malmm: Malmm, pending: list[_Readout], settings: GenerationSettings, per_batch: int) -> None:
+    """Answer read-outs in batches of `per_batch`: those ranking the same labels together, those
+    generating text together (grouped by the length of what the LLM reads: concat varies)."""
+    groups: dict[tuple, list[_Readout]] = defaultdict(list)
+    for readout in pending:
+        reader = readout.video.readers[readout.reader]
+        top_k = 1 if readout.span is not None else reader.top_k
+        groups[(reader.labels, top_k, readout.tokens.shape[1])].append(readout)
+    for (labels, top_k, _), group in groups.items():
+        for start in range(0, len(group), per_batch):
+            chunk = group[start : start + per_batch]
+            tokens = torch.cat([readout.tokens for readout in chunk])
+            prompts = [readout.prompt for readout in chunk]
+            if labels:
+                answers = rank_labels(malmm, tokens, prompts, list(labels), top_k)
+            else:
+                answers = malmm.generate(tokens, prompts, settings)
+            for readout, answer in zip(chunk, answers, strict=True):
+                readout.answer = answer
+                readout.video.readouts.append(readout)
+
+
+def rank_labels(
+    malmm: Malmm, tokens: torch.Tensor, prompts: str | list[str], labels: list[str], top_k: int
+) -> list[list[RankedLabel]]:
+    """The `top_k` likeliest labels for each read-out [B, T, D], likeliest first."""
+    scores = malmm.score_labels(tokens, prompts, labels)  # [B, K]
+    ranked = []
+    for row in scores:
+        probabilities = torch.softmax(row, dim=0)
+        order = torch.argsort(row, descending=True)[:top_k]
+        ranked.append([RankedLabel(labels[i], row[i].item(), probabilities[i].item()) for i in order.tolist()])
+    return ranked
+
+
+def _long_instruction_notes(malmm: Malmm, readers: list[Reader]) -> list[str]:
+    """The Q-Former reads at most 128 tokens of an instruction (MA-LMM's limit)."""
+    notes, limit = [], malmm.instruction_limit
+    questions = [reader for reader in readers if reader.role == "question"]
+    for number, reader in enumerate(questions, start=1):
+        length = malmm.instruction_length(reader.instruction)
+        if length > limit:
+            which = f"question {number}" if len(questions) > 1 else "the question"
+            notes.append(
+                f"{which} is {length} tokens with its prompt, more than the Q-Former's {limit}: "
+                f"the Q-Former reads only its last {limit} (the LLM reads all of it)"
+            )
+    return notes
+
+
+def read_video(malmm: Malmm, path: str | Path, readers: Sequence[Reader], task: str, **options: object) -> VideoResult:
+    """One video (see `read_videos`); its failure is raised."""
+    progress = options.pop("progress", None)
+    (result,) = read_videos(malmm, [path], readers, task, progress=[progress or NoProgress()], **options)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 def caption_video(
     malmm: Malmm,
     path: str | Path,
@@ -349,6 +443,7 @@ def caption_video(
     memory_bank_length: int = CAPTION.memory_bank_length,
     segment: float | None = None,
     settings: GenerationSettings = CAPTION.generation,
+    memory: str = "malmm",
     progress: Progress | None = None,
     batch_size: int = VISION_BATCH,
     cache: FeatureCache | None = None,
@@ -358,65 +453,11 @@ def caption_video(
     Each segment is read with a memory of its own (started empty at the segment start), beside
     the whole-video memory; the frames are decoded and encoded once for both.
     """
-    progress = progress or _NoProgress()
-    with VideoStream(malmm, path, sampling or Sampling(frames=CAPTION.frames), batch_size, cache) as stream:
-        return _caption(malmm, stream, path, memory_bank_length, segment, settings, progress)
-
-
-def _caption(
-    malmm: Malmm,
-    stream: VideoStream,
-    path: str | Path,
-    memory_bank_length: int,
-    segment: float | None,
-    settings: GenerationSettings,
-    progress: Progress,
-) -> VideoResult:
-    prompt = CAPTION.prompt()
-    whole = malmm.new_memory(prompt, memory_bank_length, total_frames=len(stream.times))
-    grid = Grid(segment, stream.duration) if segment else None
-    planned = grid.planned(stream.times) if grid else Counter()
-    first_planned: dict[int, int] = {}  # segment -> plan index of its first frame: positions restart there
-    if grid is not None:
-        for number, time in enumerate(stream.times):
-            first_planned.setdefault(grid.index(time), number)
-    segments: list[TimedText] = []
-    current: _Segment | None = None
-
-    def close(part: _Segment) -> None:
-        segments.append(TimedText(*grid.span(part.index), malmm.generate(part.output, prompt, settings)[0]))
-
-    run, output = _Run(), None
-    progress.start(len(stream.times), stream.from_cache)
-    for sample, features in stream:
-        run.saw(sample)
-        output, whole = malmm.step(whole, features, sample.index)
-        if grid is not None:
-            index = grid.index(sample.target)
-            if current is None or current.index != index:  # a new segment starts with an empty memory
-                if current is not None:
-                    close(current)
-                current = _Segment(index, malmm.new_memory(prompt, memory_bank_length, planned[index]))
-            position = sample.index - first_planned[index]
-            current.output, current.state = malmm.step(current.state, features, position)
-        progress.advance()
-    if current is not None:
-        close(current)
-    if grid is not None and (note := grid.empty_note(stream.times, "segment")):
-        run.notes.append(note)
-    result = run.result(stream, path, "caption")
-    result.caption = malmm.generate(output, prompt, settings)[0]
-    result.segments = segments
-    return result
-
-
-@dataclass
-class _Segment:
-    """A segment being read: its index on the segment grid, its own memory, its latest output."""
-
-    index: int
-    state: MemoryState
-    output: torch.Tensor | None = None
+    return read_video(
+        malmm, path, caption_readers(segment), "caption", sampling=sampling or Sampling(frames=CAPTION.frames),
+        memory=Memory(memory_bank_length, memory), settings=settings, progress=progress, batch_size=batch_size,
+        cache=cache,
+    )  # fmt: skip
 
 
 def answer_questions(
@@ -427,55 +468,19 @@ def answer_questions(
     sampling: Sampling | None = None,
     memory_bank_length: int = QUESTION.memory_bank_length,
     settings: GenerationSettings = QUESTION.generation,
+    memory: str = "malmm",
     progress: Progress | None = None,
     batch_size: int = VISION_BATCH,
     cache: FeatureCache | None = None,
+    answers_per_batch: int = ANSWERS_PER_BATCH,
 ) -> VideoResult:
-    """Answers to questions about one video, read once: one memory per question, stepped as a batch.
-
-    (The Q-Former reads each frame through the question, so each question needs its own memory.)
-    """
-    if not questions:
-        raise ValueError("no questions to answer")
-    progress = progress or _NoProgress()
-    prompts = [QUESTION.prompt(question) for question in questions]
-    run = _Run(notes=_long_question_notes(malmm, questions, prompts))
-    with VideoStream(malmm, path, sampling or Sampling(frames=QUESTION.frames), batch_size, cache) as stream:
-        state = malmm.new_memory(prompts, memory_bank_length, total_frames=len(stream.times))
-        output = None
-        progress.start(len(stream.times), stream.from_cache)
-        for sample, features in stream:
-            run.saw(sample)
-            output, state = malmm.step(state, features.expand(len(questions), -1, -1), sample.index)
-            progress.advance()
-        result = run.result(stream, path, "ask")
-    answers = malmm.generate(output, prompts, settings)
-    result.answers = [Answer(q, a) for q, a in zip(questions, answers, strict=True)]
-    return result
-
-
-def _long_question_notes(malmm: Malmm, questions: list[str], prompts: list[str]) -> list[str]:
-    """The Q-Former reads at most 128 tokens of an instruction (MA-LMM's limit)."""
-    notes, limit = [], malmm.instruction_limit
-    for number, prompt in enumerate(prompts, start=1):
-        length = malmm.instruction_length(prompt)
-        if length > limit:
-            which = f"question {number}" if len(questions) > 1 else "the question"
-            notes.append(
-                f"{which} is {length} tokens with its prompt, more than the Q-Former's {limit}: "
-                f"the Q-Former reads only its last {limit} (the LLM reads all of it)"
-            )
-    return notes
-
-
-def rank_labels(malmm: Malmm, output: torch.Tensor, labels: list[str], top_k: int) -> list[RankedLabel]:
-    """The `top_k` likeliest labels for one video's query output [1, NQ, D]; a label given twice
-    is ranked once (it would split its probability)."""
-    labels = list(dict.fromkeys(labels))
-    scores = malmm.score_labels(output, CLASSIFICATION.prompt(), labels)[0]
-    probabilities = torch.softmax(scores, dim=0)
-    order = torch.argsort(scores, descending=True)[:top_k]
-    return [RankedLabel(labels[i], scores[i].item(), probabilities[i].item()) for i in order.tolist()]
+    """Answers to questions about one video, read once: one memory per question (the Q-Former reads
+    each frame through the question), one visual memory for all of them."""
+    return read_video(
+        malmm, path, question_readers(questions), "ask", sampling=sampling or Sampling(frames=QUESTION.frames),
+        memory=Memory(memory_bank_length, memory), settings=settings, progress=progress, batch_size=batch_size,
+        cache=cache, answers_per_batch=answers_per_batch,
+    )  # fmt: skip
 
 
 def predict_actions(
@@ -488,60 +493,14 @@ def predict_actions(
     sampling: Sampling | None = None,
     memory_bank_length: int = CLASSIFICATION.memory_bank_length,
     settings: GenerationSettings = CLASSIFICATION.generation,
+    memory: str = "malmm",
     progress: Progress | None = None,
     batch_size: int = VISION_BATCH,
     cache: FeatureCache | None = None,
 ) -> VideoResult:
-    """Action predictions, read online from the memory as the video plays.
-
-    Without labels: a timeline (every `every` seconds, what is happening so far) and the likely
-    next action at the end. With labels: the labels ranked by likelihood (top_k), and with `every`
-    also the likeliest label per interval.
-    """
-    progress = progress or _NoProgress()
-    with VideoStream(malmm, path, sampling or Sampling(frames=CLASSIFICATION.frames), batch_size, cache) as stream:
-        return _predict(malmm, stream, path, labels, every, top_k, memory_bank_length, settings, progress)
-
-
-def _predict(
-    malmm: Malmm,
-    stream: VideoStream,
-    path: str | Path,
-    labels: list[str] | None,
-    every: float | None,
-    top_k: int,
-    memory_bank_length: int,
-    settings: GenerationSettings,
-    progress: Progress,
-) -> VideoResult:
-    state = malmm.new_memory(CLASSIFICATION.prompt(), memory_bank_length, total_frames=len(stream.times))
-    grid = Grid(every, stream.duration) if every else None
-    timeline: list[TimedText] = []
-
-    def describe(output: torch.Tensor) -> str:
-        if labels:
-            return rank_labels(malmm, output, labels, 1)[0].label
-        return malmm.generate(output, TIMELINE_PROMPT, settings)[0]
-
-    run, output, interval = _Run(), None, None  # interval: index of the current one on the --every grid
-    progress.start(len(stream.times), stream.from_cache)
-    for sample, features in stream:
-        index = grid.index(sample.target) if grid else None
-        if interval is not None and index != interval:  # an interval ended: what the memory says so far
-            timeline.append(TimedText(*grid.span(interval), describe(output)))
-        interval = index
-        run.saw(sample)
-        output, state = malmm.step(state, features, sample.index)
-        progress.advance()
-    if interval is not None:
-        start, end = grid.span(interval)
-        timeline.append(TimedText(start, max(end, run.last), describe(output)))
-    if grid is not None and (note := grid.empty_note(stream.times, "timeline interval")):
-        run.notes.append(note)
-    result = run.result(stream, path, "predict")
-    result.timeline = timeline
-    if labels:
-        result.labels = rank_labels(malmm, output, labels, top_k)
-    else:
-        result.next_action = malmm.generate(output, NEXT_ACTION_PROMPT, settings)[0]
-    return result
+    """Action predictions, read online from the memory as the video plays (see `predict_readers`)."""
+    return read_video(
+        malmm, path, predict_readers(labels, every, top_k), "predict",
+        sampling=sampling or Sampling(frames=CLASSIFICATION.frames), memory=Memory(memory_bank_length, memory),
+        settings=settings, progress=progress, batch_size=batch_size, cache=cache,
+    )  # fmt: skip

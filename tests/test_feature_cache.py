@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli import pipeline
+from malmm_cli import stream as stream_module
 from malmm_cli.feature_cache import FeatureCache, default_cache_dir
 from malmm_cli.pipeline import Sampling, VideoStream, answer_questions
 from tests import media
@@ -34,7 +34,7 @@ def test_second_read_comes_from_the_cache_without_decoding(tiny_malmm, clip, tmp
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(pipeline, "probe", no_decoding)
+    monkeypatch.setattr(stream_module, "probe", no_decoding)
     monkeypatch.setattr(tiny_malmm, "encode_frames", no_decoding)
     hit, cached_times, cached = read(tiny_malmm, clip, cache)
     assert hit and cached_times == times

@@ -90,8 +90,10 @@ def recorded_steps(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> list[t
     calls = []
     original = tiny_malmm.step
 
-    def spy(state, features, index=None):
-        calls.append((id(state), state.total_frames, index))
+    def spy(state, features, index=None):  # one video: its total and index (a batch of one gives lists)
+        (total,) = state.frame_totals()
+        (step_index,) = [index] if isinstance(index, int) or index is None else index
+        calls.append((id(state), total, step_index))
         return original(state, features, index)
 
     monkeypatch.setattr(tiny_malmm, "step", spy)

@@ -1,0 +1,267 @@
+"""The sampled frames of one video and their vision features, in time order: `VideoStream`.
+
+A frame's way to the memory: `VideoStream` probes the file and plans sample times (`Sampling`,
+video.py), decodes them ahead in a thread, preprocesses them with the model's image processor and
+encodes them with the vision model in small batches, or replays the features of an earlier read
+from the feature cache. pipeline.py steps the memories with what comes out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
+from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
+from malmm_cli.parallel import ParallelReader
+from malmm_cli.timefmt import format_timestamp
+from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_times, prefetch, probe
+from models import Malmm
+
+VISION_BATCH = 8  # frames encoded together by the vision model
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames to read: `frames` spread uniformly over the video, or `fps` per second.
+
+    seek: "exact" reads the frame at each time; "keyframe" takes the nearest keyframes instead
+    (H.264 only, much faster, approximate). decode_workers > 1 decodes exact frames in that many
+    processes (same frames, for machines with cores to spare). A video never gets more samples
+    than it has frames (`plan_times`).
+    """
+
+    frames: int | None = None
+    fps: float | None = None
+    seek: str = "exact"
+    decode_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.frames is None) == (self.fps is None):
+            raise ValueError("give exactly one of frames or fps")
+        if self.frames is not None and (isinstance(self.frames, bool) or self.frames < 1):
+            raise ValueError(f"frames must be a positive integer, got {self.frames!r}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive, finite number, got {self.fps!r}")
+        if self.seek not in ("exact", "keyframe"):
+            raise ValueError(f"seek must be 'exact' or 'keyframe', got {self.seek!r}")
+        if self.decode_workers < 1:
+            raise ValueError(f"decode_workers must be at least 1, got {self.decode_workers!r}")
+
+    def plan(self, info: VideoInfo) -> Plan:
+        return plan_times(info, frames=self.frames, fps=self.fps)
+
+    def describe(self) -> str:
+        """What decides which frames are read, exactly (part of the feature cache key)."""
+        rate = f"frames={self.frames}" if self.fps is None else f"fps={self.fps!r}"
+        return f"{rate},seek={self.seek}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where a frame read sits: its index in the plan, the time asked for, and its real timestamp.
+
+    The index, not the count of frames read, gives the frame its position embedding, so frames
+    skipped (keyframe sampling) or missing (damaged files) leave later frames where they belong.
+    """
+
+    index: int
+    target: float
+    time: float
+
+
+class Progress(Protocol):
+    """Receives per-video progress (the CLI draws it; library callers may pass nothing)."""
+
+    def start(self, total_frames: int, from_cache: bool = False) -> None: ...
+
+    def advance(self, frames: int = 1) -> None: ...
+
+
+class NoProgress:
+    def start(self, total_frames: int, from_cache: bool = False) -> None:
+        pass
+
+    def advance(self, frames: int = 1) -> None:
+        pass
+
+
+def preprocess(malmm: Malmm, image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> [3, S, S] exactly as the model was trained (its own image processor)."""
+    return malmm.image_processor(images=Image.fromarray(image), return_tensors="pt").pixel_values[0]
+
+
+class VideoStream:
+    """The sampled frames of one video with their vision features, in time order, memory bounded.
+
+    With a feature cache, a video read before with the same settings and vision weights is
+    replayed from disk (no probing, decoding or vision encoding); otherwise its features are
+    written to the cache as they are computed. Should a cached entry break while it is replayed
+    (removed by another run, damaged), the rest of the video is decoded instead. Use it in a
+    `with` block: leaving the block (Ctrl-C included) stops the decoding thread and releases the
+    file at once.
+    """
+
+    def __init__(
+        self,
+        malmm: Malmm,
+        path: str | Path,
+        sampling: Sampling,
+        batch_size: int = VISION_BATCH,
+        cache: FeatureCache | None = None,
+    ):
+        self.malmm = malmm
+        self.path = Path(path)
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.cache = cache
+        self._decoded: Iterator[tuple[Sample, torch.Tensor]] | None = None
+        self._writer: CacheWriter | None = None
+        self._reader: VideoReader | KeyframeReader | ParallelReader | None = None
+        self._cached: CachedVideo | None = None
+        self._notes: list[str] = []
+        self._replayed_missing = 0  # frames the cached part of the video could not decode back then
+        self._replayed_end: float | None = None
+        key = None
+        if cache is not None and self.path.is_file():
+            key = cache.key(self.path, sampling.describe(), cache.vision_key(malmm.model, malmm.image_processor))
+            self._cached = cache.load(key) if key else None
+        if self._cached is not None:
+            meta = self._cached.meta
+            self.duration = float(meta["duration"])
+            self.times = [float(t) for t in meta["times"]]
+            self._notes = list(meta["notes"])
+            return
+        self._open()
+        if key is not None:
+            self._writer = cache.writer(key)
+
+    def _open(self) -> None:
+        """Probe the file, plan its sample times and choose the reader."""
+        info = probe(self.path)
+        self.duration = info.duration
+        plan = self.sampling.plan(info)
+        self.times = plan.times
+        if plan.note:
+            self._notes.append(plan.note)
+        self._reader = self._choose_reader(info)
+
+    def _choose_reader(self, info: VideoInfo) -> VideoReader | KeyframeReader | ParallelReader:
+        if self.sampling.seek == "keyframe":
+            if (reason := keyframes_unavailable(info)) is None:
+                return KeyframeReader(self.path, info)
+            if reason not in self._notes:
+                self._notes.append(reason)
+        workers = self.sampling.decode_workers
+        return ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
+
+    @property
+    def from_cache(self) -> bool:
+        return self._cached is not None
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._decoded is not None:
+            self._decoded.close()  # stops and joins the decoding thread
+        if self._reader is not None:
+            self._reader.close()
+        if self._writer is not None:  # not committed: the video was not read to the end
+            self._writer.abandon()
+
+    def __iter__(self) -> Iterator[tuple[Sample, torch.Tensor]]:
+        """(sample, features [1, N, C]) per frame read; decoding and preprocessing run ahead."""
+        start = 0
+        if self._cached is not None:
+            resume = yield from self._replay(self._cached)
+            if resume is None:
+                return
+            start = resume
+            self._reader = self._choose_reader(probe(self.path))  # the rest of the same plan, decoded
+        yield from self._decode(start)
+
+    def _decode(self, start: int) -> Iterator[tuple[Sample, torch.Tensor]]:
+        """Decode, preprocess (in a thread, ahead) and encode the planned frames from index `start`."""
+
+        def samples() -> Iterator[tuple[Sample, torch.Tensor]]:
+            for frame in self._reader.frames(self.times[start:]):
+                sample = Sample(start + frame.index, frame.target, frame.time)
+                yield sample, preprocess(self.malmm, frame.image)
+
+        self._decoded = prefetch(samples())
+        batch: list[tuple[Sample, torch.Tensor]] = []
+        for item in self._decoded:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield from self._encode(batch)
+                batch = []
+        if batch:
+            yield from self._encode(batch)
+        if self._writer is not None:
+            report = self._reader.report
+            meta = {"duration": self.duration, "times": self.times, "missing": report.missing,
+                    "ended_at": report.ended_at, "notes": self._notes}  # fmt: skip
+            self._writer.commit(meta)
+            self._writer = None
+
+    def _encode(self, batch: list[tuple[Sample, torch.Tensor]]) -> Iterator[tuple[Sample, torch.Tensor]]:
+        pixels = torch.stack([pixels for _, pixels in batch])
+        if self.malmm.device.type == "cuda":  # page-locked memory lets the copy overlap the decoding
+            pixels = pixels.pin_memory().to(self.malmm.device, non_blocking=True)
+        features = self.malmm.encode_frames(pixels)
+        if self._writer is not None:  # the cache keeps float16: read the same values now as on a hit
+            features = features.to(torch.float16).to(features.dtype)
+        for (sample, _), feature in zip(batch, features, strict=True):
+            if self._writer is not None:
+                self._writer.add(sample.index, sample.target, sample.time, feature)
+            yield sample, feature.unsqueeze(0)
+
+    def _replay(self, cached: CachedVideo) -> Generator[tuple[Sample, torch.Tensor], None, int | None]:
+        """Frames from the cache. Returns None when all were replayed, else the plan index to go on
+        decoding from (the entry broke while being read)."""
+        dtype = self.malmm.model.frame_position_embedding.weight.dtype
+        missing, resume = [float(t) for t in cached.meta["missing"]], 0
+        try:
+            for indices, targets, times, features in cached.chunks():
+                features = features.to(self.malmm.device, dtype)
+                for index, target, time_s, feature in zip(indices.tolist(), targets.tolist(), times.tolist(),
+                                                          features, strict=True):  # fmt: skip
+                    yield Sample(index, target, time_s), feature.unsqueeze(0)
+                    resume = index + 1
+        except CacheReadError as error:
+            self.cache.problem("an entry broke while it was read; the rest of the video is decoded", error)
+            self._cached = None
+            resumed_at = self.times[resume] if resume < len(self.times) else math.inf
+            self._replayed_missing = sum(1 for t in missing if t < resumed_at)
+            return resume
+        self._replayed_missing = len(missing)
+        self._replayed_end = cached.meta["ended_at"]
+        return None
+
+    def notes(self) -> list[str]:
+        """How the frames were read, where it differs from what was asked (not a failure)."""
+        return list(self._notes)
+
+    def warnings(self) -> list[str]:
+        """What could not be read (damaged or truncated files)."""
+        missing, ended_at = self._replayed_missing, self._replayed_end
+        if self._reader is not None and self._reader.report is not None:
+            missing += len(self._reader.report.missing)
+            ended_at = self._reader.report.ended_at
+        notes = []
+        if ended_at is not None:
+            notes.append(
+                f"decoding stopped at {format_timestamp(ended_at)} of "
+                f"{format_timestamp(self.duration)}: the file is truncated or damaged"
+            )
+        if missing:
+            notes.append(f"{missing} of {len(self.times)} sampled frames could not be decoded")
+        return notes
