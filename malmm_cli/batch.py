@@ -1,9 +1,10 @@
 """Running a task over many inputs: find the videos, skip finished ones, keep going past bad ones.
 
 A bad input never stops a batch: it gets one line naming the file and the reason, and the run
-goes on. Results are written atomically as each video finishes, with a record of what produced
-them (records.py), so a killed run loses at most the video in progress, and the next run skips
-exactly the videos whose results were made the same way.
+goes on. Several videos are read at once (`--video-batch`); results are written atomically as
+each batch finishes, in input order, with a record of what produced them (records.py), so a
+killed run loses at most the videos in progress, and the next run skips exactly the videos whose
+results were made the same way.
 
 Results are named after the input and the task: `clip.caption.json`, `clip.ask.srt`,
 `clip.predict.csv`, mirroring sub-folders of a folder given as input. Two inputs of the same name
@@ -189,9 +190,12 @@ class StdoutWriter:
             self.stream.flush()
 
 
+Read = Callable[[list[Input], list[VideoProgress], Callable[[int, "VideoResult | Exception"], None]], list]
+
+
 def run_batch(
     inputs: Sequence[Input],
-    process: Callable[[Input, VideoProgress], VideoResult],
+    read: Read,
     *,
     reporter: Reporter,
     formats: list[str],
@@ -199,49 +203,103 @@ def run_batch(
     stdout: StdoutWriter | None,
     settings: Settings,
     redone: dict[Path, list[str]] | None = None,
+    videos_at_once: int = 1,
 ) -> list[Outcome]:
-    """Process each input, writing its results as soon as it is done. Returns one Outcome each.
+    """Read the inputs, `videos_at_once` at a time. Returns one Outcome each.
 
+    `read(items, progress, done)` reads a batch and calls `done(i, result)` as soon as its i-th
+    video is finished (or failed: result is then the exception), so each video's results are
+    written the moment it ends; stdout gets them in input order. One video's failure does not
+    touch the others; an exception out of `read` fails the videos it had not finished.
     stdout None: nothing is printed there (subtitles of several videos go to --output-dir only).
     """
     outcomes: list[Outcome] = []
     with reporter.batch(len(inputs)):
-        for item in inputs:
-            outcome = _run_one(item, process, reporter, formats, output_dir, stdout, settings)
-            if outcome.status in ("done", "partial") and item.path in (redone or {}):
-                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
-            outcomes.append(outcome)
-            reporter.video_done()
+        for start in range(0, len(inputs), videos_at_once):
+            group = list(inputs[start : start + videos_at_once])
+            outcomes += _run_group(group, read, reporter, formats, output_dir, stdout, settings, redone or {})
     if stdout is not None:
         stdout.close()
     return outcomes
 
 
-def _run_one(
-    item: Input,
-    process: Callable[[Input, VideoProgress], VideoResult],
+def _run_group(
+    group: list[Input],
+    read: Read,
     reporter: Reporter,
     formats: list[str],
     output_dir: Path | None,
     stdout: StdoutWriter | None,
     settings: Settings,
-) -> Outcome:
-    name = str(item.path)
+    redone: dict[Path, list[str]],
+) -> list[Outcome]:
     started = time.monotonic()
-    progress = reporter.video(name)
+    progress = [reporter.video(str(item.path)) for item in group]
+    outcomes: dict[int, Outcome] = {}
+    printable: dict[int, VideoResult] = {}
+    printed = 0
+
+    def print_in_order() -> None:
+        nonlocal printed
+        while printed in outcomes:
+            if printed in printable and stdout is not None:
+                stdout.add(printable.pop(printed))
+            printed += 1
+
+    def done(number: int, result: VideoResult | Exception) -> None:
+        if number in outcomes:
+            return
+        item = group[number]
+        outcome = _finish(item, result, progress[number], reporter, formats, output_dir, settings, started)
+        if outcome.status in ("done", "partial"):
+            printable[number] = result
+            if item.path in redone:
+                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
+        outcomes[number] = outcome
+        reporter.video_done()
+        print_in_order()
+
     try:
-        result = process(item, progress)
-    except VideoError as error:
-        return _failed(reporter, name, str(error), started)
-    except torch.OutOfMemoryError:
+        results = read(group, progress, done)
+    except KeyboardInterrupt:
+        for number in sorted(printable):  # finished videos are not lost to stdout either
+            if stdout is not None:
+                stdout.add(printable.pop(number))
+        raise
+    except Exception as error:  # the batch as a whole failed (out of memory, say)
+        results = [error] * len(group)
+    for number, result in enumerate(results):
+        done(number, result)
+    return [outcomes[number] for number in range(len(group))]
+
+
+def failure_reason(error: Exception) -> str:
+    """One line saying why a video failed."""
+    if isinstance(error, VideoError):
+        return str(error)
+    if isinstance(error, torch.OutOfMemoryError):
         torch.cuda.empty_cache()
-        reason = (
-            "out of GPU memory: try --quantize 4bit, --quantize-vision 8bit or a smaller --memory-bank-length "
-            "(video length does not matter)"
+        return (
+            "out of GPU memory: try --quantize 4bit, --quantize-vision 8bit, a smaller --memory-bank-length "
+            "or --video-batch 1 (video length does not matter)"
         )
-        return _failed(reporter, name, reason, started)
-    except Exception as error:  # a bad input must not stop the batch, nor print a traceback
-        return _failed(reporter, name, f"unexpected error: {type(error).__name__}: {error}".splitlines()[0], started)
+    return f"unexpected error: {type(error).__name__}: {error}".splitlines()[0]
+
+
+def _finish(
+    item: Input,
+    result: VideoResult | Exception,
+    progress: VideoProgress,
+    reporter: Reporter,
+    formats: list[str],
+    output_dir: Path | None,
+    settings: Settings,
+    started: float,
+) -> Outcome:
+    """Write one video's results and say how it went."""
+    name = str(item.path)
+    if isinstance(result, Exception):
+        return _failed(reporter, name, failure_reason(result), started)
     if output_dir is not None:
         try:
             write_results(result, output_dir, item, settings, formats)
@@ -249,8 +307,6 @@ def _run_one(
             where = f" to {error.filename}" if getattr(error, "filename", None) else ""
             return _failed(reporter, name, f"cannot write results{where}: {error.strerror or error}", started)
     progress.finish()
-    if stdout is not None:
-        stdout.add(result)
     for note in result.notes:
         reporter.note(name, note)
     for warning in result.warnings:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
 
     from malmm_cli.batch import Input
     from malmm_cli.feature_cache import FeatureCache
-    from malmm_cli.pipeline import Sampling
+    from malmm_cli.pipeline import Reader, Sampling
     from malmm_cli.progress import Reporter, VideoProgress
     from malmm_cli.records import Settings
     from malmm_cli.results import VideoResult
@@ -51,6 +51,7 @@ app = typer.Typer(
 FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
 QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+MEMORY_STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")  # models.memory.STRATEGIES, without torch
 
 
 # Option values are parsed here, so that a bad value gets a plain sentence rather than a type name.
@@ -185,6 +186,21 @@ SeekOption = Annotated[
 WorkersOption = Annotated[
     int, typer.Option("--decode-workers", metavar="N", parser=_count, help="Decode exact frames in N processes.")
 ]
+MemoryOption = Annotated[
+    str,
+    typer.Option(
+        "--memory", metavar=_metavar(MEMORY_STRATEGIES), parser=_choice(*MEMORY_STRATEGIES),
+        help="How the past is kept: malmm merges similar frames (default); fifo drops the oldest; avgpool, "
+        "concat and none read each frame alone and give the LLM their mean, all of them, or the last.",
+    ),
+]  # fmt: skip
+VideoBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--video-batch", metavar="N", parser=_count,
+        help="Videos of a folder read at once, in lockstep (default: what fits, at most 8).",
+    ),
+]  # fmt: skip
 NoCacheOption = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
 ]
@@ -201,6 +217,7 @@ class RunOptions:
     frames: FramesOption = None
     fps: FpsOption = None
     memory_bank_length: BankOption = None
+    memory: MemoryOption = "malmm"
     format: FormatOption = None
     output_dir: OutputDirOption = None
     overwrite: OverwriteOption = False
@@ -211,6 +228,7 @@ class RunOptions:
     max_new_tokens: MaxTokensOption = None
     num_beams: BeamsOption = None
     batch_size: BatchOption = None
+    video_batch: VideoBatchOption = None
     seek: SeekOption = "exact"
     decode_workers: WorkersOption = 1
     no_cache: NoCacheOption = False
@@ -260,7 +278,7 @@ class RunOptions:
             memory_bank_length=self.bank(task),
             precision={"device": device, "dtype": self.dtype, "quantize": self.quantize,
                        "quantize_vision": self.quantize_vision},
-            generation=dataclasses.asdict(self.generation(task)),
+            generation=dataclasses.asdict(self.generation(task)), memory=self.memory,
         )  # fmt: skip
 
 
@@ -303,12 +321,6 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
     if not lines:
         raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)
     return lines
-
-
-def malmm_batch(malmm: Malmm, options: RunOptions) -> int:
-    from malmm_cli.loading import vision_batch_size
-
-    return vision_batch_size(malmm, options.batch_size)
 
 
 def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
@@ -381,11 +393,12 @@ def _run(
     options: RunOptions,
     task: Task,
     request: tuple[str, dict[str, object]],
-    process: Callable[[Malmm, Input, VideoProgress, FeatureCache | None], VideoResult],
+    readers: list[Reader],
     reporter: Reporter | None = None,
 ) -> None:
-    """Check everything that can be checked without the model (inputs, output folder, what is
-    already done), load the model if anything is left, run, summarise, exit."""
+    """Read the videos with these readers (the task's description, see pipeline.py): check
+    everything that can be checked without the model (inputs, output folder, what is already
+    done), load the model if anything is left, run, summarise, exit."""
     from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch
     from malmm_cli.progress import Outcome, Reporter, summary_table
     from malmm_cli.video import VideoError, check_readable
@@ -395,6 +408,7 @@ def _run(
     outcomes: list[Outcome] = []
     if options.checkpoint is not None and not options.checkpoint.is_file():
         raise typer.BadParameter(f"{options.checkpoint}: no such file", param_hint="--checkpoint")
+    _check_concat(options, task)
     try:
         inputs, outcomes = expand_inputs(paths)
         inputs, clashes = name_outputs(inputs)
@@ -432,10 +446,11 @@ def _run(
         stdout = StdoutWriter(options.formats[0], single=single) if printing else None
         if pending:
             malmm = load_model(options, task, reporter)
-            cache = options.cache(reporter)
+            read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
             outcomes += run_batch(
                 pending,
-                lambda item, progress: process(malmm, item, progress, cache),
+                read,
+                videos_at_once=videos_at_once,
                 reporter=reporter,
                 formats=options.formats,
                 output_dir=options.output_dir,
@@ -454,6 +469,48 @@ def _run(
     if len(outcomes) > 1 and (bad or not options.quiet):
         reporter.console.print(summary_table(outcomes))
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _reader(
+    malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
+) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
+    """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
+    from malmm_cli.loading import reading_sizes, vision_batch_size
+    from malmm_cli.pipeline import Memory, check_memory, read_videos
+
+    memory = Memory(options.bank(task), options.memory)
+    try:
+        check_memory(malmm, memory)
+    except ValueError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    generation = options.generation(task)
+    sizes = reading_sizes(
+        malmm, memory_bank_length=memory.bank_length, readers=len(readers), num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens, videos=options.video_batch,
+    )  # fmt: skip
+    cache = options.cache(reporter)
+    vision_batch = vision_batch_size(malmm, options.batch_size)
+
+    def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
+        return read_videos(
+            malmm, [item.path for item in items], readers, name, sampling=options.sampling(task), memory=memory,
+            settings=generation, progress=progress, batch_size=vision_batch, cache=cache,
+            answers_per_batch=sizes.answers, on_done=done,
+        )  # fmt: skip
+
+    return read, sizes.videos
+
+
+def _check_concat(options: RunOptions, task: Task) -> None:
+    """concat keeps every frame, up to the bank length: with --frames that is known now."""
+    frames, bank = options.frames or task.frames, options.bank(task)
+    if options.memory == "concat" and options.fps is None and frames > bank:
+        raise typer.BadParameter(
+            f"concat keeps every frame, at most the memory bank length ({bank}): --frames {frames} is more; "
+            f"give --frames {bank} or --memory-bank-length {frames}",
+            param_hint="--memory",
+        )
 
 
 @app.command(short_help="Caption videos, whole and by segment.")
@@ -477,18 +534,9 @@ def caption(
 
     PATH is a video file, several files or a folder (searched recursively for videos).
     """
-    sampling = options.sampling(CAPTION)
+    from malmm_cli.pipeline import caption_readers
 
-    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
-        from malmm_cli.pipeline import caption_video
-
-        return caption_video(
-            malmm, item.path, sampling=sampling, memory_bank_length=options.bank(CAPTION),
-            segment=segment, settings=options.generation(CAPTION), progress=progress,
-            batch_size=malmm_batch(malmm, options), cache=cache,
-        )  # fmt: skip
-
-    _run(paths, options, CAPTION, ("caption", {"segment": segment}), process)
+    _run(paths, options, CAPTION, ("caption", {"segment": segment}), caption_readers(segment))
 
 
 @app.command(short_help="Answer questions about videos.")
@@ -513,18 +561,9 @@ def ask(
         questions += _read_lines(question_file, "questions", "--question-file")
     if not questions:
         raise typer.BadParameter("give a QUESTION or --question-file", param_hint="QUESTION")
-    sampling = options.sampling(QUESTION)
+    from malmm_cli.pipeline import question_readers
 
-    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
-        from malmm_cli.pipeline import answer_questions
-
-        return answer_questions(
-            malmm, item.path, questions, sampling=sampling, memory_bank_length=options.bank(QUESTION),
-            settings=options.generation(QUESTION), progress=progress,
-            batch_size=malmm_batch(malmm, options), cache=cache,
-        )  # fmt: skip
-
-    _run([path], options, QUESTION, ("ask", {"questions": questions}), process)
+    _run([path], options, QUESTION, ("ask", {"questions": questions}), question_readers(questions))
 
 
 @app.command(short_help="Predict actions: a timeline, the next action, or ranked labels.")
@@ -565,19 +604,11 @@ def predict(
         reporter.warn(f"labels given more than once are ranked once: {', '.join(repeated)}")
         label_list = list(dict.fromkeys(label_list))
     every_seconds = every if every is not None else (None if label_list else 60.0)
-    sampling = options.sampling(CLASSIFICATION)
-
-    def process(malmm: Malmm, item: Input, progress: VideoProgress, cache: FeatureCache | None) -> VideoResult:
-        from malmm_cli.pipeline import predict_actions
-
-        return predict_actions(
-            malmm, item.path, labels=label_list, every=every_seconds, top_k=top_k, sampling=sampling,
-            memory_bank_length=options.bank(CLASSIFICATION), settings=options.generation(CLASSIFICATION),
-            progress=progress, batch_size=malmm_batch(malmm, options), cache=cache,
-        )  # fmt: skip
-
     request = {"labels": label_list, "every": every_seconds, "top_k": top_k if label_list else None}
-    _run(paths, options, CLASSIFICATION, ("predict", request), process, reporter)
+    from malmm_cli.pipeline import predict_readers
+
+    readers = predict_readers(label_list, every_seconds, top_k)
+    _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
 
 
 models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)

@@ -18,11 +18,15 @@ from models.memory_plan import (
     MemoryPlan,
     choose_quantization,
     count_parameters,
+    generation_bytes,
+    memory_state_bytes,
     plan_memory,
     vision_activation_per_frame,
 )
 
 MAX_VISION_BATCH = 64
+MAX_ANSWERS_PER_BATCH = 64  # read-outs (x beams) the LLM generates at once
+MAX_VIDEO_BATCH = 8  # videos read at once
 CPU_VISION_BATCH = 8  # larger batches buy nothing on a CPU
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -163,3 +167,31 @@ def vision_batch_size(malmm: Any, requested: int | None = None) -> int:
     free = torch.cuda.mem_get_info(device)[0]
     per_frame = vision_activation_per_frame(malmm.model.config, malmm.model.frame_position_embedding.weight.dtype)
     return max(1, min(MAX_VISION_BATCH, int(free * 0.5 // per_frame)))
+
+
+@dataclass(frozen=True)
+class ReadingSizes:
+    """How much is done at once, sized by the memory plan to half of what is free after loading."""
+
+    videos: int  # videos read in lockstep
+    answers: int  # read-outs the LLM answers in one batch (each with its beams)
+
+
+def reading_sizes(
+    malmm: Any, *, memory_bank_length: int, readers: int, num_beams: int, max_new_tokens: int,
+    videos: int | None = None, free: int | None = None,
+) -> ReadingSizes:  # fmt: skip
+    """Videos at once (as asked, else what fits, at most MAX_VIDEO_BATCH) and read-outs per
+    generation batch (questions x beams in half the free memory, at most MAX_ANSWERS_PER_BATCH)."""
+    config = malmm.model.config
+    dtype = malmm.model.language_model.get_input_embeddings().weight.dtype
+    device = malmm.device
+    if free is None:
+        free = free_memory(str(device)) if device.type in ("cuda", "cpu") else None
+    budget = (free or 8 * GIB) // 2
+    per_answer = generation_bytes(config, dtype, num_beams, max_new_tokens)
+    answers = max(1, min(MAX_ANSWERS_PER_BATCH, budget // per_answer))
+    if videos is None:
+        per_video = memory_state_bytes(config, memory_bank_length, readers)
+        videos = max(1, min(MAX_VIDEO_BATCH, (budget - min(answers, readers) * per_answer) // per_video))
+    return ReadingSizes(videos=int(videos), answers=int(answers))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm,
 
 __all__ = [
     "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
+    "check_memory",
     "predict_actions", "predict_readers", "preprocess", "question_readers", "read_videos",
 ]  # fmt: skip
 
@@ -289,6 +290,7 @@ def read_videos(
     batch_size: int = VISION_BATCH,
     cache: FeatureCache | None = None,
     answers_per_batch: int = ANSWERS_PER_BATCH,
+    on_done: Callable[[int, VideoResult | Exception], None] | None = None,
 ) -> list[VideoResult | Exception]:
     """Read several videos in lockstep and answer what their readers ask: one result per path, or
     the exception that video failed with (the others go on without it).
@@ -296,14 +298,22 @@ def read_videos(
     Each video is decoded in a thread of its own (all ahead of the model); at every step the next
     frame of each video is read by one batched state (the readers that never restart, several
     per video sharing its visual bank); videos that end, or fail, leave the batch there. Results
-    equal reading each video alone (to float rounding).
+    equal reading each video alone (to float rounding). on_done(i, result) is called the moment
+    the i-th video ends or fails.
     """
     readers = list(readers)
     if not readers:
         raise ValueError("nothing to read: no readers")
+    check_memory(malmm, memory)
     progress = list(progress) if progress is not None else [NoProgress() for _ in paths]
     shared = [i for i, reader in enumerate(readers) if not reader.restart]
     results: list[VideoResult | Exception | None] = [None] * len(paths)
+
+    def conclude(number: int, result: VideoResult | Exception) -> None:
+        results[number] = result
+        if on_done is not None:
+            on_done(number, result)
+
     with ExitStack() as streams:
         videos: list[_Video] = []
         for number, path in enumerate(paths):
@@ -312,7 +322,7 @@ def read_videos(
                 _check_frames(memory, len(stream.times))
                 video = _Video(malmm, number, path, stream, readers, memory)
             except Exception as error:  # one video's failure is its own
-                results[number] = error
+                conclude(number, error)
                 continue
             videos.append(video)
             progress[number].start(len(stream.times), stream.from_cache)
@@ -356,15 +366,33 @@ def read_videos(
             _answer(malmm, [r for r in pending if r.video.error is None], settings, answers_per_batch)
             for video in videos:
                 if video.error is not None:
-                    results[video.number] = video.error
+                    conclude(video.number, video.error)
                 elif video in ended:
-                    results[video.number] = video.result(task)
+                    try:
+                        conclude(video.number, video.result(task))
+                    except Exception as error:
+                        conclude(video.number, error)
             failed_now = [video for video in going if video.error is not None]
             if failed_now and state is not None:
                 keep = [video for video in going if video.error is None]
                 state = state.select([going.index(video) for video in keep]) if keep else None
             videos = [video for video in going if video.error is None]
     return results
+
+
+def check_memory(malmm: Malmm, memory: Memory, prompt_tokens: int = 64) -> None:
+    """concat gives the LLM every frame's query tokens: refuse a cap the LLM cannot read."""
+    if memory.strategy != "concat":
+        return
+    config = malmm.model.config
+    limit = getattr(config.text_config, "max_position_embeddings", None)  # T5's relative positions have none
+    tokens = memory.bank_length * config.num_query_tokens
+    if limit is not None and tokens + prompt_tokens > limit:
+        most = max(1, (limit - prompt_tokens) // config.num_query_tokens)
+        raise ValueError(
+            f"--memory concat with a bank length of {memory.bank_length} gives the LLM {tokens} query tokens, "
+            f"more than its {limit} positions hold with a prompt: use --memory-bank-length {most} or less"
+        )
 
 
 def _check_frames(memory: Memory, planned: int) -> None:

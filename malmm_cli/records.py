@@ -64,10 +64,14 @@ class Settings:
     memory_bank_length: int
     precision: dict[str, str]  # device type; dtype, quantize, quantize_vision as asked
     generation: dict[str, Any]
+    memory: str = "malmm"  # the memory strategy (records made before there was a choice lack it)
     version: str = field(default=__version__)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_ASSUMED = {"memory": "malmm"}  # what a record without the field was made with
 
 
 def _video_identity(video: Path) -> dict[str, int]:
@@ -101,7 +105,7 @@ def differences(record: dict[str, Any] | None, settings: Settings, video: Path) 
         if name == "request":
             changed += [key for key in sorted(set(old.get(name, {})) | set(new[name]))
                         if old.get(name, {}).get(key) != new[name].get(key)]  # fmt: skip
-        elif old.get(name) != new[name]:
+        elif old.get(name, _ASSUMED.get(name)) != new[name]:
             changed.append(name)
     if record.get("video") != _video_identity(video):
         changed.append("the video file")

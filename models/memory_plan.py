@@ -110,32 +110,56 @@ def plan_memory(
     vision_linear = QUANTIZED_BYTES["8bit"] if quantize_vision else width
     llm_linear = QUANTIZED_BYTES.get(quantize, width)
 
-    v, q, t = config.vision_config, config.qformer_config, config.text_config
-    tokens = (v.image_size // v.patch_size) ** 2 + 1
     vision_activation = vision_batch * vision_activation_per_frame(config, dtype)
-    # Memory state: the visual bank (and one key/value copy per cross-attention layer) and query banks.
-    slots = memory_bank_length + 1
+    memory = memory_state_bytes(config, memory_bank_length, prompt_tokens=prompt_tokens)
+    generation = generation_bytes(config, dtype, num_beams, max_new_tokens, prompt_tokens)
+    return MemoryPlan(
+        vision=int(counts.vision_linear * vision_linear + counts.vision_other * width),
+        qformer=counts.qformer * float32,
+        llm=int(counts.llm_linear * llm_linear + counts.llm_other * width),
+        activations=vision_activation + memory + generation,
+        quantize=quantize,
+        quantize_vision=quantize_vision,
+    )
+
+
+def memory_state_bytes(
+    config: InstructBlipConfig, memory_bank_length: int, readers: int = 1, prompt_tokens: int = 64
+) -> int:
+    """One video's memory state: its visual bank (and one key/value copy per cross-attention
+    layer), shared by its readers, and each reader's query banks; float32, bank length + 1 slots."""
+    v, q = config.vision_config, config.qformer_config
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    slots, float32 = memory_bank_length + 1, 4
     cross_layers = -(-q.num_hidden_layers // q.cross_attention_frequency)
     queries = config.num_query_tokens + prompt_tokens
-    memory = slots * tokens * (v.hidden_size + 2 * cross_layers * q.hidden_size) * float32
-    memory += q.num_hidden_layers * slots * queries * 3 * q.hidden_size * float32  # inputs, keys, values
-    # LLM generation: key/value cache for every beam, one layer's MLP, last-position logits.
+    visual = slots * tokens * (v.hidden_size + 2 * cross_layers * q.hidden_size) * float32
+    query_banks = q.num_hidden_layers * slots * queries * 3 * q.hidden_size * float32  # inputs, keys, values
+    return visual + readers * query_banks
+
+
+def generation_bytes(
+    config: InstructBlipConfig,
+    dtype: torch.dtype = torch.float16,
+    num_beams: int = 5,
+    max_new_tokens: int = 50,
+    prompt_tokens: int = 64,
+    answers: int = 1,
+) -> int:
+    """LLM generation of `answers` read-outs at once: the key/value cache of every beam, one
+    layer's MLP, last-position logits."""
+    t = config.text_config
+    width = torch.finfo(dtype).bits // 8
     hidden = getattr(t, "hidden_size", None) or t.d_model
     layers = getattr(t, "num_hidden_layers", None) or t.num_layers * 2
     heads = getattr(t, "num_attention_heads", None) or t.num_heads
     kv_heads = getattr(t, "num_key_value_heads", None) or heads
     intermediate = getattr(t, "intermediate_size", None) or t.d_ff
-    sequence = config.num_query_tokens + prompt_tokens + max_new_tokens
-    kv_cache = num_beams * sequence * layers * 2 * (hidden * kv_heads // heads) * width
-    llm_activation = num_beams * sequence * (3 * hidden + 2 * intermediate) * width + num_beams * t.vocab_size * 4
-    return MemoryPlan(
-        vision=int(counts.vision_linear * vision_linear + counts.vision_other * width),
-        qformer=counts.qformer * float32,
-        llm=int(counts.llm_linear * llm_linear + counts.llm_other * width),
-        activations=vision_activation + memory + kv_cache + llm_activation,
-        quantize=quantize,
-        quantize_vision=quantize_vision,
-    )
+    sequences = answers * num_beams
+    length = config.num_query_tokens + prompt_tokens + max_new_tokens
+    kv_cache = sequences * length * layers * 2 * (hidden * kv_heads // heads) * width
+    activation = sequences * length * (3 * hidden + 2 * intermediate) * width + sequences * t.vocab_size * 4
+    return kv_cache + activation
 
 
 def choose_quantization(plans: dict[str, MemoryPlan], free_bytes: int) -> str | None:

@@ -66,11 +66,12 @@ def test_out_of_gpu_memory_is_one_line_and_the_batch_goes_on(tmp_path: Path) -> 
     inputs = [Input(tmp_path / "a.mp4", Path("a")), Input(tmp_path / "b.mp4", Path("b"))]
     done = []
 
-    def process(item: Input, _progress) -> VideoResult:
+    def process(items: list[Input], _progress, _done) -> list[VideoResult]:
+        (item,) = items  # one video at a time (the default)
         if item.path.name == "a.mp4":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         done.append(item.path.name)
-        return VideoResult(str(item.path), "caption", 1.0, 1, 0.0, 0.0, caption="ok")
+        return [VideoResult(str(item.path), "caption", 1.0, 1, 0.0, 0.0, caption="ok")]
 
     stdout = io.StringIO()
     settings = Settings("caption", {}, "model", None, "frames=3", 40, {}, {})
