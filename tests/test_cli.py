@@ -450,3 +450,36 @@ def test_an_unforeseen_error_is_one_line(monkeypatch, capsys) -> None:
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err == "error: unexpected: RuntimeError: something nobody expected (MALMM_DEBUG=1 shows where)\n"
+
+
+def test_a_folder_read_several_at_once_gives_the_same_files(run, videos: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"batch{batch}"
+        result = run("predict", videos / "folder", videos / "short.mp4", "--fps", "3", "--every", "1",
+                     "--video-batch", batch, "-o", out, "-f", "json", "-f", "srt")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        outputs[batch] = {p.relative_to(out): p.read_text() for p in out.rglob("*.*") if ".malmm" not in p.parts}
+    assert len(outputs["1"]) == 6 and outputs["3"] == outputs["1"]
+    again = run("predict", videos / "folder", videos / "short.mp4", "--fps", "3", "--every", "1",
+                "--video-batch", "2", "-o", tmp_path / "batch3", "-f", "json", "-f", "srt")  # fmt: skip
+    assert again.exit_code == 0 and again.stderr.count("skipped") == 3  # how many at once is not a setting of results
+
+
+def test_memory_strategy_is_a_setting_of_the_results(run, videos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run("caption", videos / "short.mp4", "--frames", "4", "--memory", "fifo", "-o", out, "-f", "json")
+    assert first.exit_code == 0, first.stderr
+    redo = run("caption", videos / "short.mp4", "--frames", "4", "--memory", "avgpool", "-o", out, "-f", "json")
+    assert redo.exit_code == 0 and "made differently (memory)" in redo.stderr
+
+
+def test_concat_asks_for_a_frame_cap_before_loading(run, videos: Path) -> None:
+    result = run("caption", videos / "short.mp4", "--memory", "concat")  # 80 frames by default, bank 40
+    assert result.exit_code == 2 and "--frames 40 or --memory-bank-length 80" in result.stderr
+    assert "Loading" not in result.stderr
+    capped = run("caption", videos / "short.mp4", "--memory", "concat", "--frames", "6", "-b", "6", "-f", "json")
+    assert capped.exit_code == 0, capped.stderr
+    assert json.loads(capped.stdout)["frames"] == 6
+    unknown = run("caption", videos / "short.mp4", "--memory", "tome")
+    assert unknown.exit_code == 2 and "'tome' is not one of: malmm, fifo, avgpool, concat, none" in unknown.stderr

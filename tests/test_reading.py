@@ -1,0 +1,162 @@
+"""The one reading loop: tasks as readers, videos in lockstep, failures kept to their video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from malmm_cli import pipeline
+from malmm_cli.pipeline import (
+    Memory,
+    Sampling,
+    VideoStream,
+    answer_questions,
+    caption_readers,
+    predict_readers,
+    question_readers,
+    read_videos,
+)
+from malmm_cli.video import VideoError
+from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
+from tests import media
+
+SETTINGS = GenerationSettings(max_new_tokens=6, num_beams=2)
+QUESTIONS = ["who is there?", "what colour is the car?", "is it raining?"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Videos of different lengths, so that they leave a lockstep batch at different steps."""
+    root = tmp_path_factory.mktemp("reading")
+    return [
+        media.make_video(root / "two.mp4", seconds=2, fps=10, size=(64, 48)),
+        media.make_video(root / "five.mp4", seconds=5, fps=10, size=(96, 64), seed=3),
+        media.make_video(root / "three.mp4", seconds=3, fps=12, size=(80, 48), seed=5),
+    ]
+
+
+def read(malmm: Malmm, paths: list[Path], readers, task: str, bank: int, **options) -> list:
+    return read_videos(malmm, paths, readers, task, sampling=Sampling(fps=4), memory=Memory(bank), settings=SETTINGS,
+                       **options)  # fmt: skip
+
+
+DESCRIPTIONS = {
+    "caption with segments": (caption_readers(1.5), "caption", CAPTION.memory_bank_length),
+    "questions": (question_readers(QUESTIONS), "ask", QUESTION.memory_bank_length),
+    "timeline": (predict_readers(None, every=1.0), "predict", 3),
+    "labels by interval": (predict_readers(["cooking", "a dog running", "driving"], 2.0, 2), "predict", 3),
+}
+
+
+@pytest.fixture
+def readouts(monkeypatch: pytest.MonkeyPatch) -> dict[tuple, torch.Tensor]:
+    """What the LLM is given at each read-out, by (video, reader, span)."""
+    seen = {}
+    answer = pipeline._answer
+
+    def spy(malmm, pending, *args):
+        for readout in pending:
+            seen[(str(readout.video.path), readout.reader, readout.span)] = readout.tokens.clone()
+        return answer(malmm, pending, *args)
+
+    monkeypatch.setattr(pipeline, "_answer", spy)
+    return seen
+
+
+@pytest.mark.parametrize("description", DESCRIPTIONS)
+def test_videos_read_in_lockstep_equal_each_read_alone(
+    tiny_malmm: Malmm, clips: list[Path], description: str, readouts: dict[tuple, torch.Tensor]
+) -> None:
+    readers, task, bank = DESCRIPTIONS[description]
+    together = read(tiny_malmm, clips, readers, task, bank)
+    lockstep = dict(readouts)
+    for path, result in zip(clips, together, strict=True):
+        readouts.clear()
+        (alone,) = read(tiny_malmm, [path], readers, task, bank)
+        assert readouts and all(key in lockstep for key in readouts)
+        for key, tokens in readouts.items():
+            torch.testing.assert_close(lockstep[key], tokens, atol=1e-5, rtol=0)
+        got, want = result.to_dict(), alone.to_dict()
+        for ranked_got, ranked_want in zip(got.pop("labels", []), want.pop("labels", []), strict=True):
+            assert ranked_got["label"] == ranked_want["label"]
+            assert ranked_got["log_likelihood"] == pytest.approx(ranked_want["log_likelihood"], abs=1e-4)
+        assert got == want
+    assert [r.frames for r in together] == [8, 20, 12]
+
+
+def test_a_video_failing_mid_batch_fails_alone(tiny_malmm: Malmm, clips: list[Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    alone = [read(tiny_malmm, [path], caption_readers(1.0), "caption", 4)[0].to_dict() for path in clips]
+    broken = clips[1]
+
+    class BreaksAfterFiveFrames(VideoStream):
+        def __iter__(self):
+            for number, item in enumerate(super().__iter__()):
+                if self.path == broken and number == 5:
+                    raise VideoError("the disk went away")
+                yield item
+
+    monkeypatch.setattr(pipeline, "VideoStream", BreaksAfterFiveFrames)
+    missing = tmp_path / "missing.mp4"
+    done = []
+    results = read(tiny_malmm, [clips[0], missing, broken, clips[2]], caption_readers(1.0), "caption", 4,
+                   on_done=lambda number, result: done.append(number))  # fmt: skip
+    assert isinstance(results[1], VideoError) and "no such file" in str(results[1])
+    assert isinstance(results[2], VideoError) and "the disk went away" in str(results[2])
+    assert results[0].to_dict() == alone[0] and results[3].to_dict() == alone[2]
+    assert done == [1, 2, 0, 3]  # each video reported the moment it ended: missing at once, the 2 s clip first
+
+
+def test_questions_on_one_visual_memory_equal_one_question_at_a_time(tiny_malmm: Malmm, clips: list[Path]) -> None:
+    sampling = Sampling(frames=12)
+    together = answer_questions(tiny_malmm, clips[1], QUESTIONS, sampling=sampling, settings=SETTINGS)
+    one_by_one = [answer_questions(tiny_malmm, clips[1], [q], sampling=sampling, settings=SETTINGS).answers[0]
+                  for q in QUESTIONS]  # fmt: skip
+    assert together.answers == one_by_one
+    small_batches = answer_questions(tiny_malmm, clips[1], QUESTIONS, sampling=sampling, settings=SETTINGS,
+                                     answers_per_batch=2)  # fmt: skip
+    assert small_batches.answers == together.answers
+
+
+def test_every_strategy_reads_through_the_loop(tiny_malmm: Malmm, clips: list[Path]) -> None:
+    captions = {}
+    for strategy in ("malmm", "fifo", "avgpool", "concat", "none"):
+        (result,) = read_videos(
+            tiny_malmm, [clips[1]], caption_readers(), "caption", sampling=Sampling(frames=6),
+            memory=Memory(4 if strategy != "concat" else 6, strategy), settings=SETTINGS,
+        )  # fmt: skip
+        assert not isinstance(result, Exception), result
+        captions[strategy] = result.caption
+    assert all(captions.values())
+
+
+def test_concat_refuses_a_video_with_more_frames_than_it_keeps(tiny_malmm: Malmm, clips: list[Path]) -> None:
+    (result,) = read_videos(tiny_malmm, [clips[1]], caption_readers(), "caption", sampling=Sampling(frames=6),
+                            memory=Memory(4, "concat"), settings=SETTINGS)  # fmt: skip
+    assert isinstance(result, VideoError) and "6 frames are planned" in str(result)
+    config = tiny_malmm.model.config
+    positions = config.text_config.max_position_embeddings
+    too_many = positions // config.num_query_tokens  # their query tokens leave no room for the prompt
+    with pytest.raises(ValueError, match=f"more than its {positions} positions"):
+        read_videos(tiny_malmm, [clips[1]], caption_readers(), "caption", sampling=Sampling(frames=6),
+                    memory=Memory(too_many, "concat"), settings=SETTINGS)  # fmt: skip
+
+
+def test_label_prefix_is_read_once_per_call(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = tiny_malmm.model.language_model.get_decoder()
+    lengths = []
+    original = decoder.forward
+
+    def spy(*args, **kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", spy)
+    labels = [f"label number {n}" for n in range(40)]
+    output = torch.randn(1, tiny_malmm.model.config.num_query_tokens, 64)
+    tiny_malmm.score_labels(output, CLASSIFICATION.prompt(), labels)
+    prefix = tiny_malmm.model.config.num_query_tokens + len(tiny_malmm.tokenizer(CLASSIFICATION.prompt()).input_ids)
+    assert lengths[0] == prefix and len(lengths) == 1 + 3  # the prefix, then 3 chunks of at most 16 labels
+    assert all(length < prefix for length in lengths[1:])  # chunks read the labels only
