@@ -106,12 +106,13 @@ def qformer_step(
         attended = attend(layer.attention, hidden, inputs.context(0), context_mask)
         inputs.compress()
 
-        query_part = attended[:, :num_queries]
+        # Contiguous parts: a linear layer on a strided 3-D view runs as a slower batched matmul.
+        query_part = attended[:, :num_queries].contiguous()
         if layer.has_cross_attention:  # each video's readers side by side: [V, readers x NQ, D]
-            side_by_side = query_part.reshape(videos, -1, query_part.shape[-1])
+            side_by_side = query_part.view(videos, -1, query_part.shape[-1])
             query_part = attend(layer.crossattention, side_by_side, next(visual_contexts)).view_as(query_part)
         query_out = layer.output_query(layer.intermediate_query(query_part), query_part)
-        text_part = attended[:, num_queries:]
+        text_part = attended[:, num_queries:].contiguous()
         text_out = layer.output(layer.intermediate(text_part), text_part)
         hidden = torch.cat([query_out, text_out], dim=1)
 
