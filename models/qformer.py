@@ -82,7 +82,7 @@ def qformer_step(
     hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)  # [B, NQ+Lt, D]
     query_mask = torch.ones(batch, num_queries, dtype=torch.bool, device=hidden.device)
     token_mask = torch.cat([query_mask, state.instruction_mask.to(hidden.device).bool()], dim=1)
-    length = state.memory_bank_length
+    length = state.memory_bank_length if state.banked else 1  # without banks: room for this frame only
 
     frame = frame.to(hidden.device)
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
