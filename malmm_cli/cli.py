@@ -8,12 +8,9 @@ partly readable, 2 usage error (bad option, or a model/checkpoint that cannot be
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import math
 import os
 import sys
-import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -210,7 +207,8 @@ PathsArgument = Annotated[list[Path], typer.Argument(metavar="PATH", hidden=True
 
 @dataclass
 class RunOptions:
-    """The options every task command shares, as Typer declares them; `shared_options` adds them."""
+    """The options every task command shares: each command declares them (Typer reads a command's
+    options from its signature) and `_shared` gathers them here."""
 
     model: ModelOption = DEFAULT_MODEL
     checkpoint: CheckpointOption = None
@@ -282,32 +280,9 @@ class RunOptions:
         )  # fmt: skip
 
 
-def shared_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a task command every RunOptions field as an option; it receives them as `options`.
-
-    Typer reads a command's options from its signature, so the signature shown to Typer is the
-    command's own parameters followed by RunOptions' fields, with their Typer annotations.
-    """
-    own_hints = typing.get_type_hints(command, include_extras=True)
-    own = [
-        parameter.replace(annotation=own_hints[parameter.name])
-        for parameter in inspect.signature(command).parameters.values()
-        if parameter.name != "options"
-    ]
-    option_hints = typing.get_type_hints(RunOptions, include_extras=True)
-    shared = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=option_hints[f.name])
-        for f in dataclasses.fields(RunOptions)
-    ]
-
-    @functools.wraps(command)
-    def run_command(**values: object) -> None:
-        options = RunOptions(**{f.name: values.pop(f.name) for f in dataclasses.fields(RunOptions)})
-        command(**values, options=options)
-
-    run_command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
-    run_command.__annotations__ = {}  # Typer must take the annotations from the signature above
-    return run_command
+def _shared(ctx: typer.Context) -> RunOptions:
+    """The shared options of a task command (each declares them all) as one RunOptions."""
+    return RunOptions(**{f.name: ctx.params[f.name] for f in dataclasses.fields(RunOptions)})
 
 
 def _read_lines(path: Path, what: str, option: str) -> list[str]:
@@ -514,8 +489,8 @@ def _check_concat(options: RunOptions, task: Task) -> None:
 
 
 @app.command(short_help="Caption videos, whole and by segment.")
-@shared_options
 def caption(
+    ctx: typer.Context,
     paths: PathsArgument,
     segment: Annotated[
         float | None,
@@ -527,35 +502,77 @@ def caption(
             help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30).",
         ),
     ] = None,
-    *,
-    options: RunOptions,
+    # the options every task command shares (RunOptions)
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    video_batch: VideoBatchOption = None,
+    seek: SeekOption = "exact",
+    decode_workers: WorkersOption = 1,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too.
 
     PATH is a video file, several files or a folder (searched recursively for videos).
     """
+    options = _shared(ctx)
     from malmm_cli.pipeline import caption_readers
 
     _run(paths, options, CAPTION, ("caption", {"segment": segment}), caption_readers(segment))
 
 
 @app.command(short_help="Answer questions about videos.")
-@shared_options
 def ask(
+    ctx: typer.Context,
     path: Annotated[Path, typer.Argument(metavar="PATH", hidden=True, show_default=False)],
     question: Annotated[str | None, typer.Argument(metavar="QUESTION", hidden=True, show_default=False)] = None,
     question_file: Annotated[
         Path | None,
         typer.Option("--question-file", metavar="FILE", help="Questions, one per line (blank and # lines skipped)."),
     ] = None,
-    *,
-    options: RunOptions,
+    # the options every task command shares (RunOptions)
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    video_batch: VideoBatchOption = None,
+    seek: SeekOption = "exact",
+    decode_workers: WorkersOption = 1,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Answer questions about a video (defaults: 20 frames, memory bank 10).
 
     PATH is a video file or a folder of videos; QUESTION the question, or give several with
     --question-file. Each question reads the video through its own memory, all in one pass.
     """
+    options = _shared(ctx)
     questions = [question.strip()] if question and question.strip() else []
     if question_file is not None:
         questions += _read_lines(question_file, "questions", "--question-file")
@@ -567,8 +584,8 @@ def ask(
 
 
 @app.command(short_help="Predict actions: a timeline, the next action, or ranked labels.")
-@shared_options
 def predict(
+    ctx: typer.Context,
     paths: PathsArgument,
     labels: Annotated[
         Path | None,
@@ -587,14 +604,35 @@ def predict(
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", metavar="K", parser=_count, help="How many ranked labels to report.")
     ] = 5,
-    *,
-    options: RunOptions,
+    # the options every task command shares (RunOptions)
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    format: FormatOption = None,
+    output_dir: OutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    video_batch: VideoBatchOption = None,
+    seek: SeekOption = "exact",
+    decode_workers: WorkersOption = 1,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Action predictions (defaults: 100 frames, memory bank 20): a timeline and the next action, or
     ranked --labels.
 
     PATH is a video file, several files or a folder (searched recursively for videos).
     """
+    options = _shared(ctx)
     from malmm_cli.progress import Reporter
 
     reporter = Reporter(quiet=options.quiet)

@@ -483,3 +483,24 @@ def test_concat_asks_for_a_frame_cap_before_loading(run, videos: Path) -> None:
     assert json.loads(capped.stdout)["frames"] == 6
     unknown = run("caption", videos / "short.mp4", "--memory", "tome")
     assert unknown.exit_code == 2 and "'tome' is not one of: malmm, fifo, avgpool, concat, none" in unknown.stderr
+
+
+def test_every_task_command_declares_the_shared_options_alike() -> None:
+    """Each task command lists RunOptions' fields itself; they must not drift apart."""
+    import dataclasses
+
+    import typer.main
+
+    from malmm_cli.cli import RunOptions, app
+
+    group = typer.main.get_command(app)
+    shared = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    for name in ("caption", "ask", "predict"):
+        params = {p.name: p for p in group.commands[name].params}
+        assert set(shared) <= set(params), (name, set(shared) - set(params))
+        for field, default in shared.items():
+            assert params[field].default == default, (name, field)
+        helps = {field: params[field].help for field in shared}
+        if name == "caption":
+            caption_helps = helps
+        assert helps == caption_helps, name
