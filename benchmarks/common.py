@@ -183,3 +183,16 @@ def model_folder(workdir: Path, size: str) -> Path:
         build_model_folder(partial, config, dtype=torch.float16 if size == "full" else torch.float32)
         partial.rename(folder)
     return folder
+
+
+def synthetic_clip(path: Path, seconds: float, size: tuple[int, int], seed: int = 0) -> Path:
+    """A synthetic 30 fps H.264 clip (moving pictures, some noise), made once: kept where it is."""
+    from tests.media import make_video
+
+    if not path.exists():
+        print(f"making {path.name} ...", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        make_video(partial, seconds=seconds, fps=30, size=size, keyint=250, noise=4, seed=seed)
+        partial.rename(path)
+    return path

@@ -39,9 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GIB = 1024**3
-SECTIONS = ("memory", "generate", "vision", "parity", "end_to_end")
+SECTIONS = ("memory", "generate", "vision", "parity", "end_to_end", "batching")
 # Seconds each section needs at most; a section starts only if that much time is left.
-NEEDS = {"memory": 150, "generate": 30, "vision": 60, "parity": 90, "end_to_end": 120}
+NEEDS = {"memory": 150, "generate": 30, "vision": 60, "parity": 90, "end_to_end": 120, "batching": 40}
 
 
 class Check:
@@ -269,6 +269,51 @@ def section_generate(check: Check) -> dict:
         _synchronize(check.device)
         result[f"{name}_tokens_per_s"] = tokens / (time.perf_counter() - started)
         result[f"{name}_text_chars"] = len(ids[0])
+    return result
+
+
+def section_batching(check: Check) -> dict:
+    """What reading several videos, or several questions, as one batch costs against one: the
+    full-size Q-Former step (latency-bound on a GPU) and generation, on the 4-bit model."""
+    import torch
+
+    from models import CAPTION, QUESTION, GenerationSettings
+
+    malmm = check.shared.get("malmm_4bit")
+    if malmm is None:
+        return {"skipped": "no 4-bit model (the memory section did not make one)"}
+    features = torch.randn(1, *_feature_shape(malmm), device=check.device)
+    steps = 5 if check.cpu else 40
+
+    def step_ms(instructions: list[str], bank: int, videos: int) -> float:
+        state = malmm.new_memory(instructions, bank, total_frames=steps, readers_per_video=len(instructions) // videos)
+        frame = features.expand(videos, -1, -1)
+        for index in range(3):  # warm-up
+            malmm.step(state, frame, index)
+        _synchronize(check.device)
+        started = time.perf_counter()
+        for index in range(3, steps):
+            malmm.step(state, frame, index)
+        _synchronize(check.device)
+        return (time.perf_counter() - started) * 1000 / (steps - 3)
+
+    caption, questions = CAPTION.prompt(), [QUESTION.prompt(f"question {n}: what happens here?") for n in range(10)]
+    result = {
+        "videos": 8,
+        "step_ms_1_video": step_ms([caption], CAPTION.memory_bank_length, 1),
+        "step_ms_8_videos": step_ms([caption] * 8, CAPTION.memory_bank_length, 8),
+        "step_ms_1_question": step_ms(questions[:1], QUESTION.memory_bank_length, 1),
+        "step_ms_10_questions": step_ms(questions, QUESTION.memory_bank_length, 1),
+    }
+    settings = GenerationSettings(max_new_tokens=20, min_new_tokens=20)
+    output = malmm.step(malmm.new_memory(caption, 4), features)[0]
+    for answers in (1, 8):
+        malmm.generate(output.expand(answers, -1, -1), caption, settings)  # warm-up
+        _synchronize(check.device)
+        started = time.perf_counter()
+        malmm.generate(output.expand(answers, -1, -1), caption, settings)
+        _synchronize(check.device)
+        result[f"generate_s_{answers}"] = time.perf_counter() - started
     return result
 
 
@@ -579,6 +624,19 @@ def render(results: dict) -> str:
             f"minutes per hour of video** (decoding alone {e2e['decode_minutes_per_hour_of_video']:.1f}).",
             "",
         ]
+    if not failed("batching"):
+        batch = sections["batching"]
+        per_video = batch["step_ms_8_videos"] / 8
+        questions = batch["step_ms_10_questions"] / batch["step_ms_1_question"]
+        lines += [
+            f"Batching (4-bit model): a Q-Former step of 8 videos at once {batch['step_ms_8_videos']:.1f} ms against "
+            f"{batch['step_ms_1_video']:.1f} ms for one (**{batch['step_ms_1_video'] / per_video:.1f}x** the "
+            f"videos per second); 10 questions on one video {batch['step_ms_10_questions']:.1f} ms a step against "
+            f"{batch['step_ms_1_question']:.1f} ms for one (**{questions:.2f}x**); "
+            f"generating 8 captions of 20 tokens (5 beams) at once {batch['generate_s_8']:.2f} s against "
+            f"{batch['generate_s_1']:.2f} s for one.",
+            "",
+        ]
     lines.append(f"_Command: `{results['command']}`_")
     return "\n".join(lines)
 
@@ -619,6 +677,7 @@ def main() -> None:
         "vision": section_vision,
         "parity": section_parity,
         "end_to_end": section_end_to_end,
+        "batching": section_batching,
     }
     for name in SECTIONS:
         if name in wanted:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, median, model_folder, run_child, update_section
+from benchmarks.common import REPO, median, model_folder, run_child, synthetic_clip, update_section
 
 QUESTIONS = [
     "what is happening?",
@@ -35,17 +35,6 @@ QUESTIONS = [
 LAUNCHER = "from malmm_cli.cli import main\nmain()\n"
 
 
-def clip(workdir: Path) -> Path:
-    from tests.media import make_video
-
-    path = workdir / "synthetic-1min-640x360.mp4"
-    if not path.exists():
-        partial = path.with_suffix(".partial.mp4")
-        make_video(partial, seconds=60, fps=30, size=(640, 360), keyint=250, noise=4)
-        partial.rename(path)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="mid", choices=["tiny", "small", "mid", "full"])
@@ -56,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    video, folder = clip(args.workdir), model_folder(args.workdir, args.size)
+    video = synthetic_clip(args.workdir / "synthetic-1min-640x360.mp4", 60, (640, 360))
+    folder = model_folder(args.workdir, args.size)
     launcher = args.workdir / "malmm_main.py"
     launcher.write_text(LAUNCHER)
     files = {}

@@ -18,20 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import median, model_folder, run_child, update_section
+from benchmarks.common import median, model_folder, run_child, synthetic_clip, update_section
 
 
 def clips(workdir: Path, count: int) -> Path:
-    from tests.media import make_video
-
     folder = workdir / f"clips{count}"
-    folder.mkdir(parents=True, exist_ok=True)
     for number in range(count):
-        path = folder / f"clip{number}.mp4"
-        if not path.exists():
-            partial = folder / f".clip{number}.partial.mp4"
-            make_video(partial, seconds=60, fps=30, size=(640, 360), keyint=250, noise=4, seed=number)
-            partial.rename(path)
+        synthetic_clip(folder / f"clip{number}.mp4", 60, (640, 360), seed=number)
     return folder
 
 

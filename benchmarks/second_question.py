@@ -19,19 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import model_folder, run_child, update_section
+from benchmarks.common import model_folder, run_child, synthetic_clip, update_section
 
 
 def clip(workdir: Path, minutes: float) -> Path:
-    from tests.media import make_video
-
-    path = workdir / f"synthetic-{minutes:g}min-1280x720.mp4"
-    if not path.exists():
-        print(f"making {path.name} ...", flush=True)
-        partial = path.with_suffix(".partial.mp4")
-        make_video(partial, seconds=60 * minutes, fps=30, size=(1280, 720), keyint=250, noise=4)
-        partial.rename(path)
-    return path
+    return synthetic_clip(workdir / f"synthetic-{minutes:g}min-1280x720.mp4", 60 * minutes, (1280, 720))
 
 
 def main() -> None:

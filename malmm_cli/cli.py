@@ -460,12 +460,12 @@ def _reader(
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
     generation = options.generation(task)
+    vision_batch = vision_batch_size(malmm, options.batch_size)
     sizes = reading_sizes(
         malmm, memory_bank_length=memory.bank_length, readers=len(readers), num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens, videos=options.video_batch,
+        max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch, videos=options.video_batch,
     )  # fmt: skip
     cache = options.cache(reporter)
-    vision_batch = vision_batch_size(malmm, options.batch_size)
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
         return read_videos(

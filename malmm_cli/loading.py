@@ -179,16 +179,18 @@ class ReadingSizes:
 
 def reading_sizes(
     malmm: Any, *, memory_bank_length: int, readers: int, num_beams: int, max_new_tokens: int,
-    videos: int | None = None, free: int | None = None,
+    vision_batch: int = CPU_VISION_BATCH, videos: int | None = None, free: int | None = None,
 ) -> ReadingSizes:  # fmt: skip
     """Videos at once (as asked, else what fits, at most MAX_VIDEO_BATCH) and read-outs per
-    generation batch (questions x beams in half the free memory, at most MAX_ANSWERS_PER_BATCH)."""
+    generation batch (questions x beams, at most MAX_ANSWERS_PER_BATCH), in half of the memory
+    left free after loading and the vision batch."""
     config = malmm.model.config
     dtype = malmm.model.language_model.get_input_embeddings().weight.dtype
     device = malmm.device
     if free is None:
         free = free_memory(str(device)) if device.type in ("cuda", "cpu") else None
-    budget = (free or 8 * GIB) // 2
+    vision = vision_batch * vision_activation_per_frame(config, dtype)
+    budget = max(0, (free or 8 * GIB) - vision) // 2
     per_answer = generation_bytes(config, dtype, num_beams, max_new_tokens)
     answers = max(1, min(MAX_ANSWERS_PER_BATCH, budget // per_answer))
     if videos is None:

@@ -249,6 +249,15 @@ class _Video:
     def _readout(self, reader: int, span: tuple[float, float] | None, prompt: str | None) -> _Readout:
         return _Readout(self, reader, span, self.outputs[reader], prompt or self.readers[reader].instruction)
 
+    def outcome(self, task: str) -> VideoResult | Exception:
+        """The result of a video read to the end, or what it failed with."""
+        if self.error is not None:
+            return self.error
+        try:
+            return self.result(task)
+        except Exception as error:
+            return error
+
     def result(self, task: str) -> VideoResult:
         result = self.run.result(self.stream, self.path, task)
         result.notes += _long_instruction_notes(self.malmm, self.readers)
@@ -326,58 +335,66 @@ def read_videos(
                 continue
             videos.append(video)
             progress[number].start(len(stream.times), stream.from_cache)
-        instructions = [readers[i].instruction for i in shared] * len(videos)
-        state = None
-        if videos and shared:
-            totals = [len(video.stream.times) for video in videos]
-            state = malmm.new_memory(instructions, memory.bank_length, totals, strategy=memory.strategy,
-                                     readers_per_video=len(shared))  # fmt: skip
-        while videos:
+        batch = _Lockstep(malmm, videos, shared, memory)
+        while batch.videos:
             frames, pending, ended = [], [], []
-            for video in videos:
+            for video in batch.videos:
                 try:
                     item = next(video.frames, None)
                     if item is None:
                         pending += video.end()
                         ended.append(video)
                     else:
-                        frames.append((video, *item))
                         pending += video.span_ends(item[0])
+                        frames.append((video, *item))
                 except Exception as error:
                     video.error = error
-            going = [video for video, _, _ in frames]
-            if state is not None and len(going) < len(videos):  # those that ended or failed leave the batch
-                state = state.select([videos.index(video) for video in going]) if going else None
-            if frames:
-                outputs = None
-                if state is not None:
-                    features = torch.cat([features for _, _, features in frames])  # [V, N, C]
-                    outputs, state = malmm.step(state, features, [sample.index for _, sample, _ in frames])
-                for row, (video, sample, features) in enumerate(frames):
-                    own = {} if outputs is None else {
-                        reader: outputs[row * len(shared) + j : row * len(shared) + j + 1]
-                        for j, reader in enumerate(shared)
-                    }  # fmt: skip
-                    try:
-                        video.step(sample, features, own)
-                    except Exception as error:
-                        video.error = error
-                    progress[video.number].advance()
+            finished = [video for video in batch.videos if video in ended or video.error is not None]
+            batch.keep([video for video, _, _ in frames])  # those that ended or failed leave the batch
+            batch.step(frames)
+            for video, _, _ in frames:
+                progress[video.number].advance()
             _answer(malmm, [r for r in pending if r.video.error is None], settings, answers_per_batch)
-            for video in videos:
-                if video.error is not None:
-                    conclude(video.number, video.error)
-                elif video in ended:
-                    try:
-                        conclude(video.number, video.result(task))
-                    except Exception as error:
-                        conclude(video.number, error)
-            failed_now = [video for video in going if video.error is not None]
-            if failed_now and state is not None:
-                keep = [video for video in going if video.error is None]
-                state = state.select([going.index(video) for video in keep]) if keep else None
-            videos = [video for video in going if video.error is None]
+            for video in [*finished, *(v for v in batch.videos if v.error is not None)]:
+                conclude(video.number, video.outcome(task))
+            batch.keep([video for video in batch.videos if video.error is None])
     return results
+
+
+class _Lockstep:
+    """The videos of a batch still being read, and the one state their shared readers step in."""
+
+    def __init__(self, malmm: Malmm, videos: list[_Video], shared: list[int], memory: Memory):
+        self.malmm, self.videos, self.shared = malmm, videos, shared
+        self.state: MemoryState | None = None
+        if videos and shared:
+            instructions = [videos[0].readers[i].instruction for i in shared] * len(videos)  # video-major rows
+            totals = [len(video.stream.times) for video in videos]
+            self.state = malmm.new_memory(instructions, memory.bank_length, totals, strategy=memory.strategy,
+                                          readers_per_video=len(shared))  # fmt: skip
+
+    def keep(self, videos: list[_Video]) -> None:
+        """Go on with these videos only (a subset, in the same order)."""
+        if self.state is not None and len(videos) < len(self.videos):
+            self.state = self.state.select([self.videos.index(video) for video in videos]) if videos else None
+        self.videos = videos
+
+    def step(self, frames: list[tuple[_Video, Sample, torch.Tensor]]) -> None:
+        """One frame of every video (features [1, N, C] each): the shared state reads them as one
+        batch, then each video steps its restarting readers."""
+        outputs = None
+        if self.state is not None and frames:
+            features = torch.cat([features for _, _, features in frames])  # [V, N, C]
+            outputs, self.state = self.malmm.step(self.state, features, [sample.index for _, sample, _ in frames])
+        width = len(self.shared)
+        for row, (video, sample, features) in enumerate(frames):
+            rows = {} if outputs is None else {
+                reader: outputs[row * width + j : row * width + j + 1] for j, reader in enumerate(self.shared)
+            }  # fmt: skip
+            try:
+                video.step(sample, features, rows)
+            except Exception as error:
+                video.error = error
 
 
 def check_memory(malmm: Malmm, memory: Memory, prompt_tokens: int = 64) -> None:
