@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, write_results
-from malmm_cli.records import Settings, read_record, record_path
+from malmm_cli.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_results
+from malmm_cli.progress import Reporter
+from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
 from malmm_cli.video import VideoError, check_readable
 
@@ -161,3 +163,31 @@ def test_stdout_streams_jsonl_csv_and_txt() -> None:
         writer.add(result("b.mp4"))
         writer.close()
         assert check(stream.getvalue()), (fmt, stream.getvalue())
+
+
+def test_records_from_before_the_memory_choice_count_as_malmm(tmp_path: Path) -> None:
+    video = touch(tmp_path / "clip.mp4")
+    old = record(settings(), video, ["json"])
+    del old["settings"]["memory"]  # what malmm wrote before --memory existed
+    assert differences(old, settings(), video) == []
+    assert differences(old, dataclasses.replace(settings(), memory="fifo"), video) == ["memory"]
+
+
+def test_a_batch_writes_each_video_when_it_ends_and_prints_in_input_order(tmp_path: Path) -> None:
+    items = [Input(touch(tmp_path / f"{name}.mp4"), Path(name)) for name in ("long", "short", "bad")]
+    written: list[str] = []
+
+    def read(group, _progress, done):
+        short, bad = result(str(group[1].path)), VideoError("damaged")
+        done(1, short)  # the short video ends first
+        written.extend(p.name for p in (tmp_path / "out").glob("*.json"))
+        done(2, bad)
+        return [result(str(group[0].path)), short, bad]  # the long one ends last
+
+    stdout = io.StringIO()
+    outcomes = run_batch(items, read, reporter=Reporter(quiet=True), formats=["json"], output_dir=tmp_path / "out",
+                         stdout=StdoutWriter("jsonl", single=False, stream=stdout), settings=settings(),
+                         videos_at_once=3)  # fmt: skip
+    assert written == ["short.ask.json"]  # on disk before the long video was done
+    assert [o.status for o in outcomes] == ["done", "done", "failed"]
+    assert [Path(json.loads(line)["file"]).name for line in stdout.getvalue().splitlines()] == ["long.mp4", "short.mp4"]
