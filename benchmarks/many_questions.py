@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,11 @@ QUESTIONS = [
     "is it raining?",
 ]
 LAUNCHER = "from malmm_cli.cli import main\nmain()\n"
+
+
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "an unknown commit"
 
 
 def main() -> None:
@@ -90,16 +96,18 @@ def main() -> None:
             one, ten = runs[(name, cached, 1)], runs[(name, cached, many)]
             t1, t10 = median([r.seconds for r in one]), median([r.seconds for r in ten])
             m1, m10 = median([r.peak_rss_mib for r in one]), median([r.peak_rss_mib for r in ten])
+            spread = [f"{min(r.seconds for r in rs):.0f}-{max(r.seconds for r in rs):.0f}" for rs in (one, ten)]
             rows.append(
-                f"| {name} | {'cached' if cached else 'not cached'} | {t1:.1f} | {t10:.1f} | **{t10 / t1:.2f}x** | "
-                f"{m1:.0f} | {m10:.0f} | **{m10 / m1:.2f}x** |"
+                f"| {name} | {'cached' if cached else 'not cached'} | {t1:.1f} ({spread[0]}) | {t10:.1f} ({spread[1]}) "
+                f"| **{t10 / t1:.2f}x** | {m1:.0f} | {m10:.0f} | **{m10 / m1:.2f}x** |"
             )
-    baseline = f" Baseline: {args.baseline}." if args.baseline else ""
+    baseline = f" Baseline: {args.baseline} at {_commit(args.baseline)}." if args.baseline else ""
     lines = [
         f"## Ten questions against one ({args.size} model, CPU, {args.frames} frames)",
         "",
         f"Whole `malmm ask VIDEO --question-file FILE --frames {args.frames}` commands on a one-minute 640x360 "
-        f"clip, medians of {args.repeats}, interleaved; features cached (warmed once) or not (--no-cache).{baseline}",
+        f"clip, medians (and ranges) of {args.repeats}, interleaved; features cached (warmed once) or not "
+        f"(--no-cache).{baseline}",
         "",
         "| code | features | 1 question s | 10 questions s | time ratio | 1 question MiB | 10 questions MiB "
         "| peak ratio |",
