@@ -31,10 +31,9 @@ from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 
-__all__ = [
+__all__ = [  # what the command line and library callers use; stream.py's names are re-exported
     "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
-    "check_memory",
-    "predict_actions", "predict_readers", "preprocess", "question_readers", "read_videos",
+    "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers", "read_videos",
 ]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
