@@ -1,10 +1,10 @@
 """Running a task over many inputs: find the videos, skip finished ones, keep going past bad ones.
 
 A bad input never stops a batch: it gets one line naming the file and the reason, and the run
-goes on. Several videos are read at once (`--video-batch`); results are written atomically as
-each batch finishes, in input order, with a record of what produced them (records.py), so a
-killed run loses at most the videos in progress, and the next run skips exactly the videos whose
-results were made the same way.
+goes on. Several videos are read at once (`--video-batch`); each one's results are written
+atomically the moment it finishes, with a record of what produced them (records.py), so a killed
+run loses at most the videos in progress, and the next run skips exactly the videos whose results
+were made the same way. stdout gets results in input order.
 
 Results are named after the input and the task: `clip.caption.json`, `clip.ask.srt`,
 `clip.predict.csv`, mirroring sub-folders of a folder given as input. Two inputs of the same name
@@ -190,7 +190,8 @@ class StdoutWriter:
             self.stream.flush()
 
 
-Read = Callable[[list[Input], list[VideoProgress], Callable[[int, "VideoResult | Exception"], None]], list]
+# read(items, progress, done) -> a result or exception per item (see run_batch)
+Read = Callable[[list[Input], list[VideoProgress], Callable[[int, VideoResult | Exception], None]], list]
 
 
 def run_batch(
@@ -273,7 +274,7 @@ def _run_group(
     return [outcomes[number] for number in range(len(group))]
 
 
-def failure_reason(error: Exception) -> str:
+def _failure_reason(error: Exception) -> str:
     """One line saying why a video failed."""
     if isinstance(error, VideoError):
         return str(error)
@@ -299,7 +300,7 @@ def _finish(
     """Write one video's results and say how it went."""
     name = str(item.path)
     if isinstance(result, Exception):
-        return _failed(reporter, name, failure_reason(result), started)
+        return _failed(reporter, name, _failure_reason(result), started)
     if output_dir is not None:
         try:
             write_results(result, output_dir, item, settings, formats)

@@ -114,7 +114,7 @@ def score_labels(
     embeds, mask = _prefix(model, tokenizer, query_output, prompts)  # [B, P, H]
     prefix = _DecoderPrefix(model, embeds, mask) if decoder_only else _EncoderPrefix(model, embeds, mask)
     scores = torch.empty(len(prompts), len(labels), dtype=torch.float32)
-    pad_id = tokenizer.pad_token_id or 0 if decoder_only else model.language_model.config.pad_token_id or 0
+    pad_id = (tokenizer.pad_token_id if decoder_only else model.language_model.config.pad_token_id) or 0
     for start in range(0, len(labels), labels_per_batch):
         chunk = label_ids[start : start + labels_per_batch]
         ids, real = _padded(chunk, pad_id, embeds.device)  # [K, L]
@@ -174,7 +174,6 @@ class _EncoderPrefix:
         self.language_model = model.language_model
         self.mask = prefix_mask
         self.encoded = self.language_model.get_encoder()(inputs_embeds=prefix, attention_mask=prefix_mask)
-        self.pad_id = self.language_model.config.pad_token_id or 0
 
     def label_logits(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         batch, count = self.mask.shape[0], ids.shape[0]
