@@ -298,7 +298,7 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
     return lines
 
 
-def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
+def load_model(options: RunOptions, task: Task, reporter: Reporter, readers: int = 1) -> Malmm:
     """Load the model once for all inputs; a model that cannot be run as asked is a usage error."""
     from transformers.utils import logging as transformers_logging
 
@@ -311,7 +311,7 @@ def load_model(options: RunOptions, task: Task, reporter: Reporter) -> Malmm:
     load_options = LoadOptions(
         model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
         quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
-        memory_bank_length=options.bank(task), num_beams=generation.num_beams,
+        memory_bank_length=options.bank(task), readers=readers, num_beams=generation.num_beams,
         max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8,
     )  # fmt: skip
     try:
@@ -420,7 +420,7 @@ def _run(
         single = len(paths) == 1 and not paths[0].is_dir()
         stdout = StdoutWriter(options.formats[0], single=single) if printing else None
         if pending:
-            malmm = load_model(options, task, reporter)
+            malmm = load_model(options, task, reporter, readers=len(readers))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
             outcomes += run_batch(
                 pending,

@@ -45,6 +45,7 @@ class LoadOptions:
     quantize: str = "auto"
     quantize_vision: bool = False
     memory_bank_length: int = 40
+    readers: int = 1  # memories reading each video (questions)
     num_beams: int = 5
     max_new_tokens: int = 50
     vision_batch: int = 8
@@ -103,7 +104,7 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
     def estimate(mode: str, vision: bool = options.quantize_vision) -> MemoryPlan:
         return plan_memory(
             config, quantize=mode, quantize_vision=vision, dtype=dtype, vision_batch=options.vision_batch,
-            memory_bank_length=options.memory_bank_length, num_beams=options.num_beams,
+            memory_bank_length=options.memory_bank_length, readers=options.readers, num_beams=options.num_beams,
             max_new_tokens=options.max_new_tokens, counts=counts,
         )  # fmt: skip
 

@@ -98,12 +98,15 @@ def plan_memory(
     dtype: torch.dtype = torch.float16,
     vision_batch: int = 8,
     memory_bank_length: int = 40,
+    readers: int = 1,
     num_beams: int = 5,
     max_new_tokens: int = 50,
     prompt_tokens: int = 64,
     counts: ParameterCounts | None = None,
 ) -> MemoryPlan:
-    """Estimate device memory for running MA-LMM with these settings (any video length)."""
+    """Estimate device memory for running MA-LMM with these settings (any video length): one
+    video read by `readers` memories (questions), answers generated one at a time (larger
+    batches of videos and answers are sized after loading, in what is left)."""
     counts = counts or count_parameters(config)
     width = torch.finfo(dtype).bits // 8
     float32 = 4  # the memory path's width, on every device
@@ -111,7 +114,7 @@ def plan_memory(
     llm_linear = QUANTIZED_BYTES.get(quantize, width)
 
     vision_activation = vision_batch * vision_activation_per_frame(config, dtype)
-    memory = memory_state_bytes(config, memory_bank_length, prompt_tokens=prompt_tokens)
+    memory = memory_state_bytes(config, memory_bank_length, readers, prompt_tokens)  # one video's
     generation = generation_bytes(config, dtype, num_beams, max_new_tokens, prompt_tokens)
     return MemoryPlan(
         vision=int(counts.vision_linear * vision_linear + counts.vision_other * width),

@@ -134,3 +134,26 @@ def test_no_kernels_community_line_on_stderr(tiny_llama_dir: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "kernels-community" not in done.stderr and "gemm_4bit_forward" not in done.stderr
+
+
+def test_questions_share_the_visual_bank_in_the_memory_plan() -> None:
+    from models.memory_plan import memory_state_bytes
+
+    config = architecture("vicuna-7b")
+    one, ten = memory_state_bytes(config, 10, readers=1), memory_state_bytes(config, 10, readers=10)
+    visual = memory_state_bytes(config, 10, readers=0)  # the visual bank alone
+    assert ten - one == 9 * (one - visual) and visual > (one - visual)  # ten query banks, one visual bank
+    plans = [plan_memory(config, memory_bank_length=10, readers=readers).total for readers in (1, 10)]
+    delta = plans[1] - plans[0]
+    assert delta == pytest.approx(9 * (one - visual) * 1.10, rel=1e-6)  # the plan's safety margin included
+
+
+def test_reading_sizes_fit_what_is_free(tiny_malmm) -> None:
+    from malmm_cli.loading import MAX_VIDEO_BATCH, reading_sizes
+
+    common = {"memory_bank_length": 40, "readers": 1, "num_beams": 5, "max_new_tokens": 50}
+    roomy = reading_sizes(tiny_malmm, **common, free=64 * GIB)
+    assert roomy.videos == MAX_VIDEO_BATCH and roomy.answers > 1
+    tight = reading_sizes(tiny_malmm, **common, free=1)
+    assert tight.videos == 1 and tight.answers == 1  # never less than one of each
+    assert reading_sizes(tiny_malmm, **common, videos=3, free=1).videos == 3  # as asked
