@@ -191,3 +191,18 @@ def test_a_batch_writes_each_video_when_it_ends_and_prints_in_input_order(tmp_pa
     assert written == ["short.ask.json"]  # on disk before the long video was done
     assert [o.status for o in outcomes] == ["done", "done", "failed"]
     assert [Path(json.loads(line)["file"]).name for line in stdout.getvalue().splitlines()] == ["long.mp4", "short.mp4"]
+
+
+def test_ctrl_c_mid_batch_still_prints_the_videos_that_finished(tmp_path: Path) -> None:
+    items = [Input(touch(tmp_path / f"{name}.mp4"), Path(name)) for name in ("long", "short")]
+
+    def read(group, _progress, done):
+        done(1, result(str(group[1].path)))  # waits on stdout for the long one, which never ends
+        raise KeyboardInterrupt
+
+    stdout = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(items, read, reporter=Reporter(quiet=True), formats=["json"], output_dir=None,
+                  stdout=StdoutWriter("jsonl", single=False, stream=stdout), settings=settings(),
+                  videos_at_once=2)  # fmt: skip
+    assert [Path(json.loads(line)["file"]).name for line in stdout.getvalue().splitlines()] == ["short.mp4"]
