@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_child, update_section
+from models.presets import MEMORY_STRATEGIES
 
-STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
 INSTRUCTION_TOKENS = 12  # "what is the activity in the video?" and its special tokens
 VICUNA_POSITIONS = 2048
 
@@ -106,7 +106,7 @@ def main() -> None:
 
     rows = []
     for frames in [int(f) for f in args.frames.split(",")]:
-        for strategy in STRATEGIES:
+        for strategy in MEMORY_STRATEGIES:
             child = run_child([__file__, "--one", strategy, str(frames), "--bank", str(args.bank),
                                "--device", args.device])  # fmt: skip
             if child.returncode != 0:

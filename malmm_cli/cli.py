@@ -21,7 +21,7 @@ import typer
 
 from malmm_cli import __version__
 from malmm_cli.timefmt import parse_duration
-from models.presets import CAPTION, CLASSIFICATION, DEFAULT_MODEL, QUESTION, GenerationSettings, Task
+from models.presets import CAPTION, CLASSIFICATION, DEFAULT_MODEL, MEMORY_STRATEGIES, QUESTION, GenerationSettings, Task
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from rich.console import Console
@@ -48,7 +48,6 @@ app = typer.Typer(
 FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
 QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-MEMORY_STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")  # models.memory.STRATEGIES, without torch
 
 
 # Option values are parsed here, so that a bad value gets a plain sentence rather than a type name.

@@ -196,8 +196,10 @@ class _Video:
         self.outputs: dict[int, torch.Tensor] = {}  # reader -> what the LLM would read now [1, T, D]
         self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current span
         self.first_planned: dict[int, dict[int, int]] = {}  # restarting reader -> span -> plan index of its first frame
+        self.planned: dict[int, Counter[int]] = {}  # restarting reader -> span -> frames planned in it
         for i in self.grids:
             if readers[i].restart:
+                self.planned[i] = self.grids[i].planned(stream.times)
                 starts: dict[int, int] = {}
                 for number, time in enumerate(stream.times):
                     starts.setdefault(self.grids[i].index(time), number)
@@ -214,9 +216,11 @@ class _Video:
             if self.span.get(i, index) != index:
                 ended.append(self._readout(i, grid.span(self.span[i]), self.readers[i].at_span))
             if self.readers[i].restart and self.span.get(i) != index:
-                planned = grid.planned(self.stream.times)[index]
                 self.restarted[i] = self.malmm.new_memory(
-                    self.readers[i].instruction, self.memory.bank_length, planned, strategy=self.memory.strategy
+                    self.readers[i].instruction,
+                    self.memory.bank_length,
+                    self.planned[i][index],
+                    strategy=self.memory.strategy,
                 )
             self.span[i] = index
         return ended

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
+from models.presets import MEMORY_STRATEGIES as STRATEGIES
+
 BANKED = ("malmm", "fifo")  # the strategies whose Q-Former reads each frame through memory banks
 
 
@@ -338,7 +339,7 @@ class MemoryState:
     def frame_totals(self) -> list[int | None]:
         """Planned frames of each video (None: unknown)."""
         if self.total_frames is None or isinstance(self.total_frames, int):
-            return [self.total_frames] * (self.instruction_ids.shape[0] // max(1, self.readers_per_video))
+            return [self.total_frames] * self.videos
         return list(self.total_frames)
 
     def start_step(self) -> None:

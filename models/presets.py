@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
+# How a memory keeps the past (models/memory.py says what each does); MA-LMM's merging first.
+MEMORY_STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
 
 
 @dataclass(frozen=True)
