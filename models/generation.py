@@ -117,7 +117,7 @@ def score_labels(
     pad_id = (tokenizer.pad_token_id if decoder_only else model.language_model.config.pad_token_id) or 0
     for start in range(0, len(labels), labels_per_batch):
         chunk = label_ids[start : start + labels_per_batch]
-        ids, real = _padded(chunk, pad_id, embeds.device)  # [K, L]
+        ids, real = right_padded(chunk, pad_id, embeds.device)  # [K, L]
         logits = prefix.label_logits(ids, real)  # [B*K, L, V]
         batch = len(prompts)
         chunk_scores = _sum_log_probs(logits, ids.repeat(batch, 1), real.repeat(batch, 1)).view(batch, len(chunk))
@@ -125,7 +125,7 @@ def score_labels(
     return scores
 
 
-def _padded(chunk: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(chunk: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [K, Lmax] and a mask [K, Lmax] of real tokens."""
     longest = max(len(ids) for ids in chunk)
     ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long, device=device)

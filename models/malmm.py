@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
-from models.checkpoint import CheckpointReport, load_lavis_checkpoint
+from models.checkpoint import CheckpointReport, load_checkpoint
 from models.generation import generate, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
@@ -58,7 +58,8 @@ class Malmm:
     ) -> Malmm:
         """Load an InstructBLIP checkpoint in Hugging Face format (hub id or local folder).
 
-        checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`) loaded on top.
+        checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`), or a `malmm train` run
+        (its folder or its model.safetensors), loaded on top.
         quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
         dtype (default float32) is that of the ViT and the LLM; the memory path (Q-Former, banks,
         frame positions, projection) is float32 whatever it is (see models/modeling.py). The
@@ -88,7 +89,7 @@ class Malmm:
         )
         model.eval().requires_grad_(False)  # frozen: outputs of inference_mode calls stay usable anywhere
         model.keep_memory_path_in_float32()
-        report = load_lavis_checkpoint(model, checkpoint) if checkpoint is not None else None
+        report = load_checkpoint(model, checkpoint) if checkpoint is not None else None
         if quantize_vision:
             quantize_vision_8bit(model)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
@@ -138,9 +139,10 @@ class Malmm:
         return len(self.qformer_tokenizer(instruction).input_ids)
 
     @torch.inference_mode()
-    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[F, 3, H, W] preprocessed frames -> [F, N, C] vision features."""
-        return self.model.vision_features(pixel_values)
+    def encode_frames(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """[F, 3, H, W] preprocessed frames -> [F, N, C] vision features (normalize=False: before
+        the vision LayerNorm, which training trains)."""
+        return self.model.vision_features(pixel_values, normalize)
 
     @torch.inference_mode()
     def step(

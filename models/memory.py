@@ -139,6 +139,7 @@ class MemoryBank:
         self.order = torch.zeros(batch, capacity, tokens, dtype=torch.long, device=entry.device)
         self.pair_similarity = torch.zeros(batch, capacity - 1, tokens, dtype=torch.float32, device=entry.device)
         self.free = torch.zeros(batch, 1, tokens, dtype=torch.long, device=entry.device)  # where the next step goes
+        self.newest = self.free  # where the last step went
         self.used = 0
         # Row of (b, g, slot 0, n) in a buffer's flat view, by number of groups (see `_rows`).
         self._first_rows = {b.shape[1]: self._slot_zero_rows(b) for b in self._buffers()}
@@ -186,6 +187,7 @@ class MemoryBank:
             newest = self._read(self.slots.unsqueeze(1), self.order[:, self.used - 1 : self.used])
             self.pair_similarity[:, self.used - 1 : self.used] = similarity(newest, entry.unsqueeze(1))  # [B, 1, N]
         self.order[:, self.used : self.used + 1] = where
+        self.newest = where
         self.used += 1
         if self.used < self.slots.shape[1]:  # still filling up: slots are taken in turn
             self.free = torch.full_like(self.free, self.used)
@@ -240,6 +242,15 @@ class MemoryBank:
         buffer = self.projections[layer][:, :, : self.used]
         return buffer.reshape(*buffer.shape[:2], -1, buffer.shape[-1])
 
+    def context_through(self, layer: int, projection: torch.Tensor) -> torch.Tensor:
+        """`context(layer)` with the newest step's keys and values taken from `projection`
+        [B, G, N, d] instead of the bank's detached copy, so that gradients reach that step."""
+        context = self.context(layer)  # [B, G, used * N, d]
+        batch, groups, tokens, width = projection.shape
+        where = self.newest[:, 0] * tokens + torch.arange(tokens, device=context.device)  # [B, N]
+        index = where[:, None, :, None].expand(batch, groups, tokens, width)
+        return context.scatter(2, index, projection.to(context.dtype))
+
     def in_time_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots [B, used, N, C], sizes [B, used, N]) oldest first, as `compress_slots` keeps them."""
         order = self.order[:, : self.used]
@@ -251,7 +262,7 @@ class MemoryBank:
     def select(self, rows: torch.Tensor) -> MemoryBank:
         """A bank of some batch rows only (a copy)."""
         chosen = copy.copy(self)
-        for name in ("slots", "sizes", "order", "pair_similarity", "free"):
+        for name in ("slots", "sizes", "order", "pair_similarity", "free", "newest"):
             setattr(chosen, name, getattr(self, name).index_select(0, rows.to(self.slots.device)))
         chosen.projections = tuple(p.index_select(0, rows.to(p.device)) for p in self.projections)
         chosen._first_rows = {b.shape[1]: chosen._slot_zero_rows(b) for b in chosen._buffers()}

@@ -65,13 +65,17 @@ def frame_position(table: torch.Tensor, index: int, total_frames: int | None = N
     return table[low] * (1 - weight) + table[high] * weight
 
 
-def encode_vision(vision: InstructBlipVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:
+def encode_vision(vision: InstructBlipVisionModel, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """[F, 3, H, W] -> [F, N, C]: the ViT in its own dtype, then its final LayerNorm (MA-LMM's
     `ln_vision`) in its own, float32 by the precision policy, so the features come out in float32.
-    Frames are independent here, so any number can be encoded in one batch."""
+    Frames are independent here, so any number can be encoded in one batch.
+
+    normalize=False stops before the LayerNorm (in the ViT's dtype): training trains it."""
     weight = vision.embeddings.patch_embedding.weight
     hidden = vision.embeddings(pixel_values.to(weight.device, weight.dtype))  # [F, N, C]
     hidden = vision.encoder(inputs_embeds=hidden).last_hidden_state
+    if not normalize:
+        return hidden
     norm = vision.post_layernorm
     return norm(hidden.to(norm.weight.device, norm.weight.dtype))
 
@@ -104,9 +108,9 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
             if any(p.dtype != torch.float32 for p in module.parameters()):
                 module.float()
 
-    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def vision_features(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Frozen ViT features after its final LayerNorm: [F, 3, H, W] -> [F, N, C] (see `encode_vision`)."""
-        return encode_vision(self.vision_model, pixel_values)
+        return encode_vision(self.vision_model, pixel_values, normalize)
 
     def new_memory(
         self,

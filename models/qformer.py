@@ -54,9 +54,35 @@ def attend(
     query = heads.query(hidden).view(*hidden.shape[:2], num_heads, head_size).transpose(1, 2)  # [B, H, L, d]
     key, value = keys_values.to(query.dtype).chunk(2, dim=1)  # [B, H, K, d] each; banks hold float32
     mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, K]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    dropout = heads.attention_dropout if heads.training else 0.0  # BERT's attention dropout, in training
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
     out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], num_heads * head_size)  # [B, L, D]
     return attention.output(out, hidden)
+
+
+def remember(
+    bank: MemoryBank | None,
+    length: int,
+    entry: torch.Tensor,
+    projections: tuple[torch.Tensor, ...],
+    evict: str,
+) -> tuple[MemoryBank, list[torch.Tensor]]:
+    """Add this step (entry [B, T, C], projections [B, 2H, T, d] each) to `bank`, made on the
+    first step, and return each projection's keys and values over [bank ; this step].
+
+    With gradients (training) the bank keeps detached copies, as MA-LMM trains: only the current
+    step is differentiated, so earlier steps can run without any graph; attention reads this
+    step's own projections in place of their copies.
+    """
+    tracked = entry.requires_grad
+    stored = (entry.detach(), tuple(p.detach() for p in projections)) if tracked else (entry, projections)
+    if bank is None:
+        bank = MemoryBank(length, *stored, evict)
+    else:
+        bank.append(*stored)
+    if tracked:
+        return bank, [bank.context_through(i, p) for i, p in enumerate(projections)]
+    return bank, [bank.context(i) for i in range(len(projections))]
 
 
 def qformer_step(
@@ -87,23 +113,19 @@ def qformer_step(
     frame = frame.to(hidden.device)
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
     frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, 2H, N, d] each
-    if state.visual is None:
-        state.visual = MemoryBank(length, frame, frame_projections, evict)
-    else:
-        state.visual.append(frame, frame_projections)
     # Every cross-attention layer reads [visual bank ; current frame]: [B, 2H, (S+1)N, d] each.
-    visual_contexts = iter([state.visual.context(i) for i in range(len(cross_layers))])
+    state.visual, contexts = remember(state.visual, length, frame, frame_projections, evict)
+    visual_contexts = iter(contexts)
 
     for number, layer in enumerate(qformer.encoder.layer):
         current = project(layer.attention, hidden)  # [B, 2H, NQ+Lt, d]
-        if number == len(state.queries):
-            state.queries.append(MemoryBank(length, hidden, (current,), evict))
-        else:
-            state.queries[number].append(hidden, (current,))
-        inputs = state.queries[number]
+        known = state.queries[number] if number < len(state.queries) else None
+        inputs, (context,) = remember(known, length, hidden, (current,), evict)
+        if known is None:
+            state.queries.append(inputs)
         # keys and values over [remembered inputs ; current input], the padding mask once per step
         context_mask = token_mask.repeat(1, len(inputs)) if state.padded else None  # none: every key counts
-        attended = attend(layer.attention, hidden, inputs.context(0), context_mask)
+        attended = attend(layer.attention, hidden, context, context_mask)
         inputs.compress()
 
         # Contiguous parts: a linear layer on a strided 3-D view runs as a slower batched matmul.

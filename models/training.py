@@ -1,0 +1,127 @@
+"""Fine-tuning MA-LMM: what is trained, the loss, and the optimiser and schedule MA-LMM uses.
+
+Trained, as MA-LMM trains: the Q-Former (with its text embeddings) and its query tokens, the
+language projection, the vision LayerNorm and the frame position table (`TRAINED_PREFIXES`).
+The ViT and the LLM stay frozen; the LLM may be quantized, gradients pass through bitsandbytes'
+layers to the soft prompt.
+
+A clip goes through the same memory step as at inference (`MalmmForConditionalGeneration.step`):
+`read_clip` takes its frames' ViT features before the vision LayerNorm (which is trained, so
+cached features must not include it) and steps the memory frame by frame. Both banks are
+detached and only the last step's queries reach the LLM, so every step but the last runs without
+gradients: the same gradients as keeping a graph for every step, in a fraction of the memory.
+`answer_loss` is then the LLM's cross-entropy on the target text and end-of-sequence, after
+[projected queries][prompt], with query, prompt and padding positions ignored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from models.checkpoint import TRAINED_PREFIXES
+from models.generation import right_padded
+from models.memory import MemoryState
+from models.modeling import MalmmForConditionalGeneration
+
+MAX_PROMPT_TOKENS = 128  # MA-LMM's max_txt_len (the prompt keeps its end)
+MAX_TARGET_TOKENS = 256  # MA-LMM's max_output_txt_len (the target keeps its start)
+IGNORED = -100  # label of positions without a loss (transformers' convention)
+
+
+def trainable_parameters(model: MalmmForConditionalGeneration) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything but what MA-LMM trains; returns the trained parameters by name."""
+    model.requires_grad_(False)
+    trained = [(name, p) for name, p in model.named_parameters() if name.startswith(TRAINED_PREFIXES)]
+    for _, parameter in trained:
+        parameter.requires_grad_(True)
+    return trained
+
+
+def parameter_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float = 0.05) -> list[dict]:
+    """AdamW groups as LAVIS builds them: no weight decay on biases, norms and 1-D parameters."""
+    decay, no_decay = [], []
+    for name, parameter in named:
+        plain = parameter.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+        (no_decay if plain else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, start_lr: float = 1e-8
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly from `start_lr` over `warmup_steps` optimiser steps, then
+    a cosine from the base rate to zero at `total_steps`."""
+    base = optimizer.param_groups[0]["lr"]
+    start = min(start_lr / base, 1.0) if base > 0 else 1.0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return start + (1.0 - start) * step / warmup_steps
+        remaining = max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, remaining) / remaining))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features: torch.Tensor) -> torch.Tensor:
+    """Read clips of T frames into fresh memories: features [B, T, N, C] (ViT output before the
+    vision LayerNorm) -> the last step's query output [B, NQ, D], with gradients through it only.
+
+    state: `model.new_memory(...)` for the B clips, with total_frames T.
+    """
+    norm = model.vision_model.post_layernorm
+    frames = features.shape[1]
+    with torch.no_grad():  # detached banks: earlier steps add nothing to the gradients
+        for t in range(frames - 1):
+            model.step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
+    last = norm(features[:, -1].to(norm.weight.device, norm.weight.dtype))
+    output, _ = model.step(state, last, frames - 1)
+    return output
+
+
+def answer_loss(
+    model: MalmmForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    query_output: torch.Tensor,
+    prompts: list[str],
+    targets: list[str],
+) -> torch.Tensor:
+    """Mean cross-entropy of the LLM over the target tokens (and end-of-sequence) of a batch.
+
+    Decoder-only LLMs (Vicuna) read [queries][prompt][target][padding], as MA-LMM builds it;
+    encoder-decoder ones (Flan-T5) encode [queries][prompt] and decode the target.
+    """
+    if not (len(prompts) == len(targets) == query_output.shape[0]):
+        raise ValueError(f"{len(prompts)} prompts and {len(targets)} targets for {query_output.shape[0]} clips")
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    queries = model.language_inputs(query_output).to(device, embed.weight.dtype)  # [B, NQ, H]
+    prompt_ids = [ids[-MAX_PROMPT_TOKENS:] for ids in tokenizer(prompts).input_ids]
+    if model.config.use_decoder_only_language_model:
+        target_ids = [
+            [*tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id][:MAX_TARGET_TOKENS]
+            for text in targets
+        ]
+        rows = [p + t for p, t in zip(prompt_ids, target_ids, strict=True)]
+        ids, mask = right_padded(rows, tokenizer.pad_token_id or 0, device)
+        labels = ids.masked_fill(~mask, IGNORED)
+        for row, prompt in enumerate(prompt_ids):
+            labels[row, : len(prompt)] = IGNORED
+        query_labels = torch.full(queries.shape[:2], IGNORED, dtype=labels.dtype, device=device)
+        return model.language_model(
+            inputs_embeds=torch.cat([queries, embed(ids)], dim=1),
+            attention_mask=torch.cat([torch.ones_like(query_labels), mask.long()], dim=1),
+            labels=torch.cat([query_labels, labels], dim=1),
+        ).loss
+    target_ids = [ids[:MAX_TARGET_TOKENS] for ids in tokenizer(targets).input_ids]  # T5 appends </s>
+    ids, mask = right_padded(prompt_ids, tokenizer.pad_token_id or 0, device)
+    labels, real = right_padded(target_ids, 0, device)
+    return model.language_model(
+        inputs_embeds=torch.cat([queries, embed(ids)], dim=1),
+        attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long, device=device), mask.long()], 1),
+        labels=labels.masked_fill(~real, IGNORED),
+    ).loss
