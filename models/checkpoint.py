@@ -8,10 +8,17 @@ vision LayerNorm, the LLM projection and the frame position table.
 
 Files are read with `torch.load(weights_only=True)`: a file that needs to run pickled code to load
 is refused, never executed.
+
+`malmm train` saves the trained tensors alone, under transformers' names, as safetensors
+(`save_trained`), with the base model's shape signature in the file's metadata: loading such a
+file (or the run folder holding it) on another base model, or a file that lacks trained
+tensors, is refused with one line. `load_checkpoint` takes either kind.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import re
 import zipfile
@@ -20,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from models.presets import TRAINED_WEIGHTS
 
 # (LAVIS pattern, transformers replacement), tried in order; the first match wins.
 _RENAMES: list[tuple[re.Pattern[str], str]] = [
@@ -194,3 +203,91 @@ def _resize_frame_table(model: nn.Module, rows: int) -> None:
     old = model.frame_position_embedding.weight
     model.frame_position_embedding = nn.Embedding(rows, old.shape[1], device=old.device, dtype=old.dtype)
     model.config.max_num_frames = rows
+
+
+TRAINED_FORMAT = "malmm-trained"
+
+
+def base_signature(config: object) -> dict[str, object]:
+    """What a trained checkpoint must match in its base model: the kinds and shapes of the three
+    networks (a different LLM of the same width would take the weights and read them wrongly)."""
+    vision, qformer, text = config.vision_config, config.qformer_config, config.text_config
+    return {
+        "llm": text.model_type,
+        "llm_vocabulary": text.vocab_size,
+        "llm_width": getattr(text, "hidden_size", None) or getattr(text, "d_model", None),
+        "llm_layers": getattr(text, "num_hidden_layers", None) or getattr(text, "num_layers", None),
+        "vision_width": vision.hidden_size,
+        "vision_layers": vision.num_hidden_layers,
+        "image_size": vision.image_size,
+        "qformer_width": qformer.hidden_size,
+        "qformer_layers": qformer.num_hidden_layers,
+        "query_tokens": config.num_query_tokens,
+    }
+
+
+def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors MA-LMM trains, by transformers name, on the CPU."""
+    return {name: p.detach().to("cpu").contiguous()
+            for name, p in model.named_parameters() if name.startswith(TRAINED_PREFIXES)}  # fmt: skip
+
+
+def save_trained(model: nn.Module, path: Path, base_model: str) -> None:
+    """Write the trained tensors to `path` (safetensors), atomically: a run killed while saving
+    keeps its previous file."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": TRAINED_FORMAT, "base_model": base_model,
+                "base_signature": json.dumps(base_signature(model.config), sort_keys=True)}  # fmt: skip
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(trained_tensors(model), str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
+def _trained_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a file `save_trained` wrote, else None."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception:  # not safetensors at all: read_state_dict reports it
+        return None
+    return metadata if metadata.get("format") == TRAINED_FORMAT else None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
+    """Load a `malmm train` run (its folder or file) or an MA-LMM LAVIS checkpoint into `model`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / TRAINED_WEIGHTS).is_file():
+            raise CheckpointError(f"{path} is a folder without {TRAINED_WEIGHTS}: is it a `malmm train` run?")
+        path = path / TRAINED_WEIGHTS
+    metadata = _trained_metadata(path) if path.is_file() else None
+    if metadata is None:
+        return load_lavis_checkpoint(model, path)
+    expected = base_signature(model.config)
+    signature = json.loads(metadata.get("base_signature", "{}"))
+    if signature != expected:
+        differ = ", ".join(f"{k} {signature.get(k)} vs {v}" for k, v in expected.items() if signature.get(k) != v)
+        raise CheckpointError(
+            f"{path} was trained on another base model ({metadata.get('base_model')}): {differ}; "
+            "load it with that --model"
+        )
+    state = read_state_dict(path)
+    wanted = trained_tensors(model)
+    missing = [name for name in wanted if name not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} trained tensors ({_preview(missing, 3)}): it is incomplete")
+    report = CheckpointReport(path=path, unexpected=[name for name in state if name not in wanted])
+    parameters = dict(model.named_parameters())
+    mismatched = [name for name in wanted if state[name].shape != parameters[name].shape]
+    if mismatched:
+        raise CheckpointError(f"{path} does not fit this model: {_preview(mismatched, 3)} differ in shape")
+    with torch.no_grad():
+        for name in wanted:
+            parameters[name].copy_(state[name].to(parameters[name].dtype))
+            report.loaded.append(name)
+    return report

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
 # How a memory keeps the past (models/memory.py says what each does); MA-LMM's merging first.
 MEMORY_STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
+TRAINED_WEIGHTS = "model.safetensors"  # the trained tensors in a `malmm train` run folder
 
 
 @dataclass(frozen=True)
