@@ -22,7 +22,7 @@ from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, Fe
 from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.parallel import ParallelReader
 from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_times, prefetch, probe
+from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_clip, plan_times, prefetch, probe
 from models import Malmm
 
 VISION_BATCH = 8  # frames encoded together by the vision model
@@ -42,6 +42,9 @@ class Sampling:
     fps: float | None = None
     seek: str = "exact"
     decode_workers: int = 1
+    start: float | None = None  # a clip of the video (seconds), with `frames`
+    end: float | None = None
+    jitter: int | None = None  # a seed: one random time per segment instead of its centre (training)
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
@@ -54,14 +57,23 @@ class Sampling:
             raise ValueError(f"seek must be 'exact' or 'keyframe', got {self.seek!r}")
         if self.decode_workers < 1:
             raise ValueError(f"decode_workers must be at least 1, got {self.decode_workers!r}")
+        if self.clipped and self.frames is None:
+            raise ValueError("a clip or jittered sampling needs frames, not fps")
+
+    @property
+    def clipped(self) -> bool:
+        return self.start is not None or self.end is not None or self.jitter is not None
 
     def plan(self, info: VideoInfo) -> Plan:
+        if self.clipped:
+            return plan_clip(info, self.frames, self.start, self.end, self.jitter)
         return plan_times(info, frames=self.frames, fps=self.fps)
 
     def describe(self) -> str:
         """What decides which frames are read, exactly (part of the feature cache key)."""
         rate = f"frames={self.frames}" if self.fps is None else f"fps={self.fps!r}"
-        return f"{rate},seek={self.seek}"
+        clip = f",clip={self.start!r}-{self.end!r},jitter={self.jitter!r}" if self.clipped else ""
+        return f"{rate},seek={self.seek}{clip}"
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,10 @@ class VideoStream:
         sampling: Sampling,
         batch_size: int = VISION_BATCH,
         cache: FeatureCache | None = None,
+        normalize: bool = True,
     ):
         self.malmm = malmm
+        self.normalize = normalize  # False: features before the vision LayerNorm (training trains it)
         self.path = Path(path)
         self.sampling = sampling
         self.batch_size = batch_size
@@ -131,7 +145,8 @@ class VideoStream:
         self._replayed_end: float | None = None
         key = None
         if cache is not None and self.path.is_file():
-            key = cache.key(self.path, sampling.describe(), cache.vision_key(malmm.model, malmm.image_processor))
+            described = sampling.describe() + ("" if normalize else ",before-layernorm")
+            key = cache.key(self.path, described, cache.vision_key(malmm.model, malmm.image_processor))
             self._cached = cache.load(key) if key else None
         if self._cached is not None:
             meta = self._cached.meta
@@ -216,7 +231,7 @@ class VideoStream:
         pixels = torch.stack([pixels for _, pixels in batch])
         if self.malmm.device.type == "cuda":  # page-locked memory lets the copy overlap the decoding
             pixels = pixels.pin_memory().to(self.malmm.device, non_blocking=True)
-        features = self.malmm.encode_frames(pixels)
+        features = self.malmm.encode_frames(pixels) if self.normalize else self.malmm.encode_frames(pixels, False)
         if self._writer is not None:  # the cache keeps float16: read the same values now as on a hit
             features = features.to(torch.float16).to(features.dtype)
         for (sample, _), feature in zip(batch, features, strict=True):

@@ -17,6 +17,7 @@ import errno
 import math
 import os
 import queue
+import random
 import stat
 import struct
 import threading
@@ -368,6 +369,27 @@ def plan_times(info: VideoInfo, frames: int | None = None, fps: float | None = N
         note = f"{fps:g} frames/s asked for, but the video has {info.fps:g}: reading at {info.fps:g}"
         return Plan(sample_times(info.duration, fps=info.fps), note)
     return Plan(sample_times(info.duration, frames=frames, fps=fps))
+
+
+def plan_clip(
+    info: VideoInfo, frames: int, start: float | None = None, end: float | None = None, jitter: int | None = None
+) -> Plan:
+    """`frames` times in the clip [start, end) of the video, one in each of `frames` equal
+    segments: its centre, or with `jitter` (a seed) a random time in it, as MA-LMM samples
+    training clips. Never more than the clip has frames."""
+    begin = max(start or 0.0, 0.0)
+    finish = info.duration if end is None else min(end, info.duration)
+    if not finish > begin:
+        raise VideoError(f"the clip {begin:g}-{finish:g} s is empty or past the video's end ({info.duration:g} s)")
+    if info.still:
+        return Plan([0.0], "a still image, not a video: read as its one frame")
+    available = max(1, round((finish - begin) * info.fps))
+    count = min(frames, available)
+    note = f"{frames} frames asked for, but the clip has {available}: reading each once" if count < frames else None
+    draw = random.Random(jitter)
+    length = (finish - begin) / count
+    offsets = [0.5] * count if jitter is None else [draw.random() for _ in range(count)]
+    return Plan([begin + (i + offset) * length for i, offset in enumerate(offsets)], note)
 
 
 # --- decoding ---------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""Labelled videos for training and evaluation: one `Example` per clip, from JSONL, CSV or
+MA-LMM's own annotation files.
+
+JSONL and CSV rows name a `video` (a path, relative to the file's folder), optionally a clip of
+it (`start`, `end` in seconds), and the target: `caption`, or `question` and `answer`, or
+`label`. MA-LMM's annotation JSON (data/<dataset>/annotation in its repository) is one dict per
+split keyed by id, each value a dict with `video` (or the key itself is the video) and
+`caption`, `question`/`answer`, `class_name` or, for LVU, the field named by `label_field`;
+YouCook2's `start_time`/`end_time` make clips. Its videos are looked up in `videos`, by name
+with any extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+TASK_TARGETS = {"caption": ("caption",), "ask": ("question", "answer"), "classify": ("label",)}
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+
+
+class DatasetError(Exception):
+    """A data file that cannot be used, with the row and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled clip."""
+
+    id: str
+    video: Path
+    start: float | None = None
+    end: float | None = None
+    caption: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    label: str | None = None
+
+    def target(self, task: str) -> str:
+        """The text the model learns to produce for `task`."""
+        return {"caption": self.caption, "ask": self.answer, "classify": self.label}[task] or ""
+
+
+def read_examples(path: Path, task: str, videos: Path | None = None, label_field: str | None = None) -> list[Example]:
+    """Every example of a JSONL, CSV or MA-LMM annotation JSON file, checked for `task`'s fields.
+
+    videos: where MA-LMM annotations' videos are (default: the file's folder); JSONL/CSV paths
+    are relative to the file's folder. label_field: the annotation field holding classify labels
+    (default `class_name`; LVU names its tasks: director, genre, ...).
+    """
+    if task not in TASK_TARGETS:
+        raise DatasetError(f"unknown task {task!r}: one of {', '.join(TASK_TARGETS)}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = _jsonl_rows(path)
+        elif suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as file:
+                rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
+        elif suffix == ".json":
+            return _annotation_examples(path, task, videos or path.parent, label_field or "class_name")
+        else:
+            raise DatasetError(f"{path.name}: give a .jsonl, .csv or MA-LMM annotation .json file")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
+    examples = [_example(where, row, path.parent, task) for where, row in rows]
+    if not examples:
+        raise DatasetError(f"{path.name} has no examples")
+    return examples
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path.name} line {number}: not JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path.name} line {number}: a row must be a JSON object")
+        rows.append((f"line {number}", row))
+    return rows
+
+
+def _text(row: dict, field: str) -> str | None:
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(value).strip()
+
+
+def _seconds(row: dict, field: str, where: str) -> float | None:
+    value = row.get(field)
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}") from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}")
+    return seconds
+
+
+def _example(where: str, row: dict, folder: Path, task: str, id_: str | None = None) -> Example:
+    video = _text(row, "video")
+    if video is None:
+        raise DatasetError(f"{where}: no video")
+    example = Example(
+        id=id_ or _text(row, "id") or where,
+        video=folder / video,
+        start=_seconds(row, "start", where),
+        end=_seconds(row, "end", where),
+        caption=_text(row, "caption"),
+        question=_text(row, "question"),
+        answer=_text(row, "answer"),
+        label=_text(row, "label"),
+    )
+    if example.start is not None and example.end is not None and example.end <= example.start:
+        raise DatasetError(f"{where}: end ({example.end:g}) must be after start ({example.start:g})")
+    missing = [field for field in TASK_TARGETS[task] if getattr(example, field) is None]
+    if missing:
+        needed = ", ".join(TASK_TARGETS[task])
+        raise DatasetError(f"{where}: no {' or '.join(missing)} (the {task} task needs {needed})")
+    return example
+
+
+def _annotation_examples(path: Path, task: str, videos: Path, label_field: str) -> list[Example]:
+    """MA-LMM's annotation JSON: {id: {...}} (or a list of dicts)."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path.name}: not JSON ({error.msg}, line {error.lineno})") from error
+    items = content.items() if isinstance(content, dict) else enumerate(content if isinstance(content, list) else [])
+    examples, found = [], {}
+    for key, entry in items:
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path.name}: entry {key!r} is not an object: is this an MA-LMM annotation file?")
+        name = str(entry.get("video") or key)
+        if name not in found:
+            found[name] = _find_video(videos, name)
+        row = {
+            "video": str(found[name]),
+            "start": entry.get("start_time"),
+            "end": entry.get("end_time"),
+            "caption": entry.get("caption"),
+            "question": entry.get("question"),
+            "answer": entry.get("answer"),
+            "label": entry.get(label_field),
+        }
+        if task == "classify" and row["label"] is None and label_field == "class_name":
+            fields = ", ".join(sorted(entry))
+            raise DatasetError(f"{path.name}: entry {key!r} has no class_name; name the label field ({fields})")
+        examples.append(_example(f"{path.name} entry {key!r}", row, Path(), task, str(entry.get("question_id", key))))
+    if not examples:
+        raise DatasetError(f"{path.name} has no examples")
+    return examples
+
+
+def _find_video(folder: Path, name: str) -> Path:
+    """folder/name if it exists, else folder/name.<a video extension>; else folder/name, which is
+    then reported as missing when it is read."""
+    direct = folder / name
+    if direct.is_file():
+        return direct
+    for extension in VIDEO_EXTENSIONS:
+        candidate = folder / f"{name}{extension}"
+        if candidate.is_file():
+            return candidate
+    return direct
