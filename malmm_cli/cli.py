@@ -21,7 +21,16 @@ import typer
 
 from malmm_cli import __version__
 from malmm_cli.timefmt import parse_duration
-from models.presets import CAPTION, CLASSIFICATION, DEFAULT_MODEL, MEMORY_STRATEGIES, QUESTION, GenerationSettings, Task
+from models.presets import (
+    CAPTION,
+    CLASSIFICATION,
+    DEFAULT_MODEL,
+    MEMORY_STRATEGIES,
+    QUESTION,
+    TRAINED_WEIGHTS,
+    GenerationSettings,
+    Task,
+)
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from rich.console import Console
@@ -61,14 +70,18 @@ def _count(text: str) -> int:
     return value
 
 
-def _rate(text: str) -> float:
+def _positive(text: str, what: str = "a positive number") -> float:
     try:
         value = float(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number") from None
     if not (value > 0 and math.isfinite(value)):
-        raise typer.BadParameter(f"must be a positive number of frames per second, not {text}")
+        raise typer.BadParameter(f"must be {what}, not {text}")
     return value
+
+
+def _rate(text: str) -> float:
+    return _positive(text, "a positive number of frames per second")
 
 
 def _seconds(text: str) -> float:
@@ -101,7 +114,10 @@ ModelOption = Annotated[
 CheckpointOption = Annotated[
     Path | None,
     typer.Option(
-        "--checkpoint", "-c", metavar="FILE", help="MA-LMM fine-tuned checkpoint (LAVIS .pth) loaded on top of --model."
+        "--checkpoint",
+        "-c",
+        metavar="FILE",
+        help="MA-LMM fine-tuned checkpoint (LAVIS .pth), or a `malmm train` run folder, loaded on top of --model.",
     ),
 ]
 FramesOption = Annotated[
@@ -236,6 +252,8 @@ class RunOptions:
             raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
         if len(set(self.formats)) != len(self.formats):
             raise typer.BadParameter("a format is given twice", param_hint="--format")
+        if self.checkpoint is not None and self.checkpoint.is_dir():  # a `malmm train` run: its weights
+            self.checkpoint = self.checkpoint / TRAINED_WEIGHTS
 
     @property
     def formats(self) -> list[str]:
@@ -381,7 +399,8 @@ def _run(
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
     if options.checkpoint is not None and not options.checkpoint.is_file():
-        raise typer.BadParameter(f"{options.checkpoint}: no such file", param_hint="--checkpoint")
+        missing = "a folder without " + TRAINED_WEIGHTS if options.checkpoint.parent.is_dir() else "no such file"
+        raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
     _check_concat(options, task)
     try:
         inputs, outcomes = expand_inputs(paths)
@@ -646,6 +665,185 @@ def predict(
 
     readers = predict_readers(label_list, every_seconds, top_k)
     _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
+
+
+def _fraction(text: str) -> float:
+    value = _positive(text)
+    if value >= 1:
+        raise typer.BadParameter(f"must be between 0 and 1, not {text}")
+    return value
+
+
+TRAIN_TASKS = ("caption", "ask", "classify")
+
+
+@app.command(short_help="Fine-tune the memory model on your own labelled videos.")
+def train(
+    data: Annotated[Path, typer.Argument(metavar="DATA", hidden=True, show_default=False)],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            metavar=_metavar(TRAIN_TASKS),
+            parser=_choice(*TRAIN_TASKS),
+            help="What the model learns to produce from DATA.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="RUN", help="Run folder: model.safetensors, training.json, resume/."),
+    ],
+    val: Annotated[
+        Path | None, typer.Option("--val", metavar="FILE", help="Validation examples (same format).")
+    ] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(
+            "--val-split", metavar="F", parser=_fraction, help="Hold out this fraction of DATA for validation."
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", metavar="N", parser=_count, help="Passes over DATA (MA-LMM: caption 10, ask 5, classify 20)."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            metavar="X",
+            parser=_positive,
+            help="Peak learning rate (MA-LMM: caption 1e-5, ask and classify 1e-4).",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="B", parser=_count, help="Clips per step.")] = 4,
+    grad_accum: Annotated[
+        int,
+        typer.Option("--grad-accum", metavar="K", parser=_count, help="Steps of gradients summed before each update."),
+    ] = 1,
+    frames: Annotated[
+        int | None,
+        typer.Option(
+            "--frames",
+            "-n",
+            metavar="N",
+            parser=_count,
+            help="Frames per clip (MA-LMM: caption 80, ask 20, classify 100).",
+        ),
+    ] = None,
+    memory_bank_length: Annotated[
+        int | None,
+        typer.Option(
+            "--memory-bank-length",
+            "-b",
+            metavar="L",
+            parser=_count,
+            help="Memory bank length (caption 40, ask 10, classify 20).",
+        ),
+    ] = None,
+    warmup_steps: Annotated[
+        int,
+        typer.Option(
+            "--warmup-steps", metavar="N", parser=_count, help="Linear warm-up steps (at most a tenth of the run)."
+        ),
+    ] = 1000,
+    samplings: Annotated[
+        int,
+        typer.Option(
+            "--samplings", metavar="K", parser=_count, help="Random frame draws per clip, each encoded once and cached."
+        ),
+    ] = 4,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
+    ] = 0,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            "--save-every",
+            metavar="N",
+            parser=_count,
+            help="Steps between resumable states (also each epoch and on Ctrl-C).",
+        ),
+    ] = 200,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on from the state saved in RUN.")] = False,
+    videos: Annotated[
+        Path | None, typer.Option("--videos", metavar="DIR", help="Where an MA-LMM annotation file's videos are.")
+    ] = None,
+    label_field: Annotated[
+        str | None,
+        typer.Option(
+            "--label-field", metavar="FIELD", help="Annotation field of classify labels (LVU: director, genre...)."
+        ),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", metavar="START", help="Start from these weights (MA-LMM .pth or a run)."),
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Fine-tune the Q-Former, its memory and the projection on labelled clips (ViT and LLM frozen).
+
+    DATA is a JSONL or CSV file, one example per row: video (a path relative to the file), optional
+    start/end in seconds, and caption, or question and answer, or label. MA-LMM's annotation JSON
+    files work too (with --videos). Progress is saved in RUN; Ctrl-C saves and stops, --resume
+    goes on. Use the result with `malmm caption|ask|predict --checkpoint RUN`.
+    """
+    from malmm_cli import train as training
+    from malmm_cli.dataset import DatasetError
+    from malmm_cli.progress import Reporter, TrainingProgress
+    from models.checkpoint import CheckpointError
+
+    reporter = Reporter(quiet=quiet)
+    if val is not None and val_split is not None:
+        raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
+    try:
+        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        training.check_output(output, resume)
+    except (DatasetError, training.TrainingError) as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    defaults = training.TASK_DEFAULTS[task]
+    settings = training.TrainSettings(
+        task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
+        memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
+        grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
+    )  # fmt: skip
+    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
+                         device=device, dtype=dtype, quantize=quantize, no_cache=no_cache, quiet=quiet)  # fmt: skip
+    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[task]
+    if options.checkpoint is not None and not options.checkpoint.is_file():
+        raise typer.BadParameter(f"{options.checkpoint}: no such file", param_hint="--checkpoint")
+    malmm = load_model(options, preset, reporter)
+    labels = sorted({e.label for e in examples}) if task == "classify" else None
+    trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
+                               cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
+    try:
+        if resume:
+            trainer.resume()
+    except (training.TrainingError, CheckpointError) as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    reporter.info(training.describe(trainer, len(examples), len(held_out)))
+    try:
+        with TrainingProgress(reporter, trainer.total_steps, settings.epochs) as progress:
+            progress.start(trainer.position.step)
+            summary = trainer.run(progress)
+    except KeyboardInterrupt:
+        reporter.warn(f"interrupted: the run is saved in {output}; the same command with --resume goes on")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except training.TrainingError as error:
+        reporter.error(f"{error} (the last saved state is in {output})")
+        raise typer.Exit(EXIT_FAILED) from error
+    reporter.info(training.conclusion(summary, output, settings))
+    if trainer.features.unreadable:
+        reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
 
 
 models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)

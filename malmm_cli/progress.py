@@ -232,3 +232,60 @@ def summary_table(outcomes: list[Outcome]) -> Table:
             f"{outcome.seconds:.1f} s" if outcome.seconds else "",
         )
     return table
+
+
+class TrainingProgress:
+    """A training run's bar (optimiser steps, loss, learning rate, examples/s, ETA) and one line
+    per epoch; without a terminal, a plain line every `every` steps."""
+
+    def __init__(self, reporter: Reporter, total_steps: int, epochs: int, every: int = 50):
+        self.reporter, self.total, self.epochs, self.every = reporter, total_steps, epochs, every
+        self.started = time.monotonic()
+        self.examples = 0
+        self.loss: float | None = None
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> TrainingProgress:
+        if self.reporter.animated:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                       TimeRemainingColumn()]  # fmt: skip
+            self._progress = Progress(*columns, console=self.reporter.console)
+            self._progress.start()
+            self._task = self._progress.add_task("training", total=self.total, stats="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, step: int) -> None:
+        """Steps already done by an earlier run (resume)."""
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def step(self, position: object, loss: float | None, lr: float, examples: int) -> None:
+        self.examples += examples
+        if loss is not None:  # a running mean, so one odd batch does not make the figure jump
+            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        rate = self.examples / max(time.monotonic() - self.started, 1e-9)
+        loss_text = "-" if self.loss is None else f"{self.loss:.4f}"
+        stats = f"loss {loss_text}  lr {lr:.2e}  {rate:.1f} examples/s"
+        description = f"epoch {position.epoch + 1}/{self.epochs}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=position.step, description=description, stats=stats)
+        elif position.step % self.every == 0:
+            self.reporter.info(f"{description} step {position.step}/{self.total}: {stats}")
+
+    def epoch(self, record: dict) -> None:
+        parts = [f"epoch {record['epoch']}/{self.epochs}"]
+        for key, name in (("train_loss", "loss"), ("val_loss", "val loss"), ("val_accuracy", "val accuracy")):
+            if record.get(key) is not None:
+                parts.append(f"{name} {record[key]:.4f}")
+        parts.append(f"{record['examples']} examples in {record['seconds']:.1f} s")
+        message = ", ".join(parts)
+        if self._progress is not None:
+            self._progress.console.print(escape(message))
+        else:
+            self.reporter.info(message)

@@ -1,0 +1,505 @@
+"""`malmm train`: fine-tune the memory path on labelled clips, and lose nothing to a crash or Ctrl-C.
+
+Where an example goes: its clip is sampled as MA-LMM samples training clips (one random time in
+each of `frames` equal segments; `samplings` such draws per clip, used in turn by the epochs),
+read by `VideoStream` with the frozen ViT, stopping before its LayerNorm (which is trained), and
+replayed from the feature cache once computed, so that later epochs cost the Q-Former and the
+LLM only. `models.training.read_clip` steps the memory through the clip (gradients at the last
+step only) and `answer_loss` scores the target. Validation clips are sampled evenly.
+
+A run folder holds:
+- model.safetensors: the trained tensors of the best epoch (by the validation metric, else the
+  validation loss, else the last epoch): what `--checkpoint RUN` loads;
+- training.json: the settings, the base model and every epoch's figures;
+- resume/: everything needed to go on exactly where the run stopped (trained tensors, optimiser,
+  schedule, loss scaler, random state, position in the data), written every `save_every`
+  optimiser steps, after each epoch and on Ctrl-C. On a CPU a resumed run ends with bitwise the
+  same weights as one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from malmm_cli.dataset import DatasetError, Example, read_examples
+from malmm_cli.feature_cache import FeatureCache
+from malmm_cli.stream import Sampling, VideoStream
+from malmm_cli.video import VideoError
+from models import Malmm
+from models.checkpoint import CheckpointError, save_trained
+from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
+from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
+
+# MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs.
+TASK_DEFAULTS = {
+    "caption": {"lr": 1e-5, "frames": CAPTION.frames, "memory_bank_length": CAPTION.memory_bank_length, "epochs": 10},
+    "ask": {"lr": 1e-4, "frames": QUESTION.frames, "memory_bank_length": QUESTION.memory_bank_length, "epochs": 5},
+    "classify": {"lr": 1e-4, "frames": CLASSIFICATION.frames,
+                 "memory_bank_length": CLASSIFICATION.memory_bank_length, "epochs": 20},
+}  # fmt: skip
+RUN_INFO = "training.json"
+RESUME = "resume"
+_CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
+
+
+class TrainingError(Exception):
+    """A run that cannot start or go on, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a run trains (stored in training.json; a resumed run must keep them)."""
+
+    task: str
+    frames: int
+    memory_bank_length: int
+    epochs: int
+    lr: float
+    batch_size: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000
+    samplings: int = 4  # random frame draws per clip, each computed by the ViT once
+    seed: int = 0
+    save_every: int = 200  # optimiser steps between resumable states
+    memory: str = "malmm"
+
+    def steps_per_epoch(self, examples: int) -> int:
+        return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
+
+
+def prompt_for(task: str, example: Example) -> str:
+    """The instruction (Q-Former) and prompt (LLM) of an example, as MA-LMM's presets word them."""
+    if task == "ask":
+        return QUESTION.prompt(example.question)
+    return (CAPTION if task == "caption" else CLASSIFICATION).prompt()
+
+
+def target_for(task: str, example: Example) -> str:
+    """The text to learn; captions are cleaned as MA-LMM cleans them (lower case, `.!"()*#:;~` removed)."""
+    text = example.target(task)
+    if task == "caption":
+        text = " ".join(_CAPTION_PUNCTUATION.sub(" ", text.lower()).split())
+    return text
+
+
+class ClipFeatures:
+    """ViT features (before its LayerNorm) of examples' clips, through the feature cache.
+
+    A clip with fewer decodable frames than `frames` repeats its nearest ones, as MA-LMM's loader
+    repeats frames of short clips. A clip that cannot be read at all is reported once and then
+    left out of every epoch.
+    """
+
+    def __init__(self, malmm: Malmm, frames: int, cache: FeatureCache | None, warn: Callable[[str], None]):
+        self.malmm = malmm
+        self.frames = frames
+        self.cache = cache
+        self.warn = warn
+        self.unreadable: set[str] = set()
+
+    def get(self, example: Example, draw: int | None, seed: int) -> torch.Tensor | None:
+        """[frames, N, C], or None for an unreadable clip. draw: which random sampling (None: even)."""
+        if example.id in self.unreadable:
+            return None
+        jitter = (
+            None
+            if draw is None
+            else zlib.crc32(f"{seed}|{draw}|{example.video}|{example.start}|{example.end}".encode())
+        )
+        sampling = Sampling(frames=self.frames, start=example.start, end=example.end, jitter=jitter)
+        try:
+            with VideoStream(self.malmm, example.video, sampling, cache=self.cache, normalize=False) as stream:
+                features = [feature[0] for _, feature in stream]
+        except (VideoError, OSError) as error:
+            features, reason = [], str(error) or type(error).__name__
+        else:
+            reason = "no frame could be decoded"
+        if not features:
+            self.unreadable.add(example.id)
+            self.warn(f"{example.id} ({example.video}): {reason}; left out of training")
+            return None
+        nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
+        return torch.stack([features[i] for i in nearest])
+
+
+@dataclass
+class Position:
+    """Where a run stands: optimiser steps taken and the next micro-batch of the epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+def epoch_order(examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of an epoch: a function of (seed, epoch) only, so a resumed
+    run sees the same order without storing it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(examples, generator=generator).tolist()
+
+
+class Trainer:
+    """One run: the model, its optimiser, and the folder it saves to."""
+
+    def __init__(
+        self,
+        malmm: Malmm,
+        train: list[Example],
+        val: list[Example],
+        settings: TrainSettings,
+        output: Path,
+        *,
+        base_model: str,
+        cache: FeatureCache | None,
+        labels: list[str] | None = None,
+        warn: Callable[[str], None] = print,
+        checkpointing: bool | None = None,
+    ):
+        """checkpointing: recompute the LLM's activations in the backward pass instead of keeping
+        them (default: on a GPU); it changes memory and time, not the result."""
+        self.malmm, self.train_set, self.val_set = malmm, train, val
+        self.settings, self.output, self.base_model = settings, output, base_model
+        self.labels = labels
+        self.features = ClipFeatures(malmm, settings.frames, cache, warn)
+        model = malmm.model
+        self.trained = trainable_parameters(model)
+        if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
+            model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(settings.seed)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.trained, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999)
+        )
+        total = settings.steps_per_epoch(len(train)) * settings.epochs
+        self.total_steps = total
+        self.scheduler = warmup_cosine(self.optimizer, total, min(settings.warmup_steps, max(total // 10, 1)))
+        llm_dtype = model.get_input_embeddings().weight.dtype
+        # float16 gradients through a float16 LLM underflow without loss scaling (bfloat16 needs none)
+        self.scaler = torch.amp.GradScaler(malmm.device.type, enabled=llm_dtype == torch.float16)
+        self.position = Position()
+        self.epoch_figures = _new_epoch()  # of the epoch under way
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def batch_loss(self, examples: list[Example], features: list[torch.Tensor]) -> torch.Tensor:
+        task, model = self.settings.task, self.malmm.model
+        prompts = [prompt_for(task, e) for e in examples]
+        state = self.malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
+                                      strategy=self.settings.memory)  # fmt: skip
+        output = read_clip(model, state, torch.stack(features).to(self.malmm.device))
+        return answer_loss(model, self.malmm.tokenizer, output, prompts, [target_for(task, e) for e in examples])
+
+    def _micro_batches(self, epoch: int) -> list[list[int]]:
+        order = epoch_order(len(self.train_set), self.settings.seed, epoch)
+        size = self.settings.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _train_mode(self, training: bool) -> None:
+        model = self.malmm.model
+        model.qformer.train(training)  # dropout as MA-LMM trains; the ViT always evaluates
+        model.language_model.train(training)
+
+    # --- the run --------------------------------------------------------------------------------
+
+    def run(self, progress: Any) -> dict[str, Any]:
+        """Train to the end (or from where `resume` left), saving as it goes. Returns the summary."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._train_mode(True)
+        self.boundary = self._snapshot()
+        try:
+            while self.position.epoch < self.settings.epochs:
+                self._train_epoch(progress)
+                record = {"epoch": self.position.epoch + 1, **self._epoch_figures(), **self.validate()}
+                self.history.append(record)
+                self.position = Position(self.position.epoch + 1, 0, self.position.step)
+                self.epoch_figures = _new_epoch()
+                self._keep_best(record)
+                self.boundary = self._snapshot()
+                self.save_resume(self.boundary)
+                progress.epoch(record)
+        except KeyboardInterrupt:
+            self.save_resume(self.boundary)
+            raise
+        finally:
+            self._train_mode(False)
+        return self.summary()
+
+    def _train_epoch(self, progress: Any) -> None:
+        """The optimiser steps left in the current epoch."""
+        batches = self._micro_batches(self.position.epoch)
+        figures = self.epoch_figures
+        started = time.monotonic() - figures["seconds"]
+        while self.position.batch < len(batches):
+            group = batches[self.position.batch : self.position.batch + self.settings.grad_accum]
+            loss, count = self._optimizer_step(group, self.position.epoch)
+            self.position.batch += len(group)
+            self.position.step += 1
+            figures["examples"] += count
+            figures["seconds"] = time.monotonic() - started
+            if loss is not None:
+                figures["loss_sum"] += loss
+                figures["losses"] += 1
+            self.boundary = self._snapshot()
+            progress.step(self.position, loss, self.scheduler.get_last_lr()[0], count)
+            if self.position.step % self.settings.save_every == 0:
+                self.save_resume(self.boundary)
+
+    def _epoch_figures(self) -> dict[str, Any]:
+        figures = self.epoch_figures
+        loss = figures["loss_sum"] / figures["losses"] if figures["losses"] else None
+        return {"train_loss": loss, "examples": figures["examples"], "seconds": round(figures["seconds"], 2)}
+
+    def _optimizer_step(self, group: list[list[int]], epoch: int) -> tuple[float | None, int]:
+        """Accumulate gradients over the micro-batches of `group`, then one optimiser step."""
+        settings = self.settings
+        draw = epoch % settings.samplings
+        total, count = 0.0, 0
+        for indices in group:
+            examples = [self.train_set[i] for i in indices]
+            pairs = [(e, self.features.get(e, draw, settings.seed)) for e in examples]
+            pairs = [(e, f) for e, f in pairs if f is not None]
+            if not pairs:
+                continue
+            loss = self.batch_loss([e for e, _ in pairs], [f for _, f in pairs])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}: lower --lr")
+            self.scaler.scale(loss / len(group)).backward()
+            total += loss.item() * len(pairs)
+            count += len(pairs)
+        if count:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return (total / count if count else None), count
+
+    # --- validation and the best checkpoint -----------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Validation loss, and accuracy for classify (labels ranked) and ask (exact answers)."""
+        if not self.val_set:
+            return {}
+        self._train_mode(False)
+        losses, correct, counted = [], 0, 0
+        try:
+            for start in range(0, len(self.val_set), self.settings.batch_size):
+                examples = self.val_set[start : start + self.settings.batch_size]
+                pairs = [(e, self.features.get(e, None, self.settings.seed)) for e in examples]
+                pairs = [(e, f) for e, f in pairs if f is not None]
+                if not pairs:
+                    continue
+                chosen, features = [e for e, _ in pairs], [f for _, f in pairs]
+                losses.append((self.batch_loss(chosen, features).item(), len(chosen)))
+                right = self._correct(chosen, features)
+                if right is not None:
+                    correct += right
+                    counted += len(chosen)
+        finally:
+            self._train_mode(True)
+        if not losses:
+            return {}
+        record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / sum(n for _, n in losses)}
+        if counted:
+            record["val_accuracy"] = correct / counted
+        return record
+
+    def _correct(self, examples: list[Example], features: list[torch.Tensor]) -> int | None:
+        task, malmm = self.settings.task, self.malmm
+        if task == "caption" or (task == "classify" and not self.labels):
+            return None
+        prompts = [prompt_for(task, e) for e in examples]
+        state = malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
+                                 strategy=self.settings.memory)  # fmt: skip
+        output = read_clip(malmm.model, state, torch.stack(features).to(malmm.device))
+        if task == "classify":
+            best = malmm.score_labels(output, prompts, self.labels).argmax(dim=1).tolist()
+            return sum(self.labels[b] == e.label for b, e in zip(best, examples, strict=True))
+        answers = malmm.generate(output, prompts, QUESTION.generation)
+        return sum(a.strip().lower() == e.answer.strip().lower() for a, e in zip(answers, examples, strict=True))
+
+    def _keep_best(self, record: dict[str, Any]) -> None:
+        """model.safetensors holds the best epoch so far: highest accuracy, else lowest loss."""
+        if "val_accuracy" in record:
+            score = (record["val_accuracy"], -record["val_loss"])
+        elif "val_loss" in record:
+            score = (-record["val_loss"],)
+        else:
+            score = (record["epoch"],)  # no validation: the latest
+        if self.best is None or tuple(self.best["score"]) < score:
+            self.best = {"epoch": record["epoch"], "score": list(score)}
+            save_trained(self.malmm.model, self.output / TRAINED_WEIGHTS, self.base_model)
+        self._write_info()
+
+    def summary(self) -> dict[str, Any]:
+        return {"settings": dataclasses.asdict(self.settings), "base_model": self.base_model,
+                "labels": self.labels, "best": self.best, "epochs": self.history}  # fmt: skip
+
+    def _write_info(self) -> None:
+        _write_json(self.output / RUN_INFO, self.summary())
+
+    # --- resumable state ------------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The state at an optimiser-step boundary that cannot be read back later: position and
+        random state (weights, optimiser and schedule only change at the boundary)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        return {"position": dataclasses.replace(self.position), "rng": rng, "history": list(self.history),
+                "best": self.best, "epoch_figures": dict(self.epoch_figures)}  # fmt: skip
+
+    def save_resume(self, boundary: dict[str, Any]) -> None:
+        """Write resume/ atomically (a new folder renamed over the old one)."""
+        folder = self.output / RESUME
+        partial = self.output / f".{RESUME}.partial"
+        partial.mkdir(parents=True, exist_ok=True)
+        tensors, plain = _flatten_optimizer(self.optimizer.state_dict())
+        tensors.update({f"rng.{k}": v for k, v in boundary["rng"].items()})
+        tensors.update({f"trained.{n}": p.detach().cpu().contiguous() for n, p in self.trained})
+        save_file(tensors, str(partial / "state.safetensors"))
+        _write_json(partial / "state.json", {
+            "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "history": boundary["history"], "best": boundary["best"], "epoch_figures": boundary["epoch_figures"],
+            "settings": dataclasses.asdict(self.settings),
+            "base_model": self.base_model, "labels": self.labels, "unreadable": sorted(self.features.unreadable),
+        })  # fmt: skip
+        old = self.output / f".{RESUME}.old"
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(partial, folder)
+        if old.exists():
+            for file in old.iterdir():
+                file.unlink()
+            old.rmdir()
+
+    def resume(self) -> None:
+        """Go on from resume/: same settings, weights, optimiser, schedule, scaler, random state."""
+        folder = self.output / RESUME
+        try:
+            plain = json.loads((folder / "state.json").read_text())
+            tensors = load_file(str(folder / "state.safetensors"))
+        except (OSError, ValueError) as error:
+            raise TrainingError(f"cannot resume from {folder}: {error}") from error
+        stored = plain["settings"]
+        current = dataclasses.asdict(self.settings)
+        if stored != current:
+            changed = ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v)
+            raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
+        if plain["base_model"] != self.base_model:
+            raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
+        with torch.no_grad():
+            for name, parameter in self.trained:
+                parameter.copy_(tensors[f"trained.{name}"])
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, plain["optimizer"]))
+        self.scheduler.load_state_dict(plain["scheduler"])
+        self.scaler.load_state_dict(plain["scaler"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        self.position = Position(**plain["position"])
+        self.history, self.best, self.epoch_figures = plain["history"], plain["best"], plain["epoch_figures"]
+        self.features.unreadable = set(plain["unreadable"])
+
+
+def _new_epoch() -> dict[str, float]:
+    return {"loss_sum": 0.0, "losses": 0, "examples": 0, "seconds": 0.0}
+
+
+def read_data(
+    data: Path,
+    task: str,
+    val: Path | None,
+    val_split: float | None,
+    seed: int,
+    videos: Path | None = None,
+    label_field: str | None = None,
+) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA."""
+    examples = read_examples(data, task, videos, label_field)
+    if val is not None:
+        return examples, read_examples(val, task, videos, label_field)
+    if not val_split:
+        return examples, []
+    order = epoch_order(len(examples), seed, -1)
+    held = max(1, round(len(examples) * val_split))
+    if held >= len(examples):
+        raise DatasetError(f"--val-split {val_split} leaves no training examples of {len(examples)}")
+    chosen = set(order[:held])
+    return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])
+
+
+def check_output(output: Path, resume: bool) -> None:
+    """A new run needs an empty or new folder (so no earlier run is overwritten); --resume one
+    that holds a saved state."""
+    if resume:
+        if not (output / RESUME / "state.json").is_file():
+            raise TrainingError(f"{output} holds no saved run to resume (no {RESUME}/state.json)")
+        return
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise TrainingError(f"{output} is not empty: pass --resume to go on with its run, or choose a new folder")
+
+
+def describe(trainer: Trainer, train: int, val: int) -> str:
+    s = trainer.settings
+    return (
+        f"Training {s.task} on {train} clips ({val} for validation): {s.epochs} epochs of "
+        f"{s.steps_per_epoch(train)} steps, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
+        f"{s.frames} frames, memory bank {s.memory_bank_length}; "
+        f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
+    )
+
+
+def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -> str:
+    best = summary["best"] or {}
+    command = {"caption": "caption", "ask": "ask", "classify": "predict"}[settings.task]
+    return (
+        f"Done: {output / TRAINED_WEIGHTS} holds epoch {best.get('epoch')} of {settings.epochs}; "
+        f"use it with `malmm {command} VIDEO --checkpoint {output} --frames {settings.frames} "
+        f"--memory-bank-length {settings.memory_bank_length}`"
+    )
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser state dict as safetensors tensors plus JSON (never a pickle)."""
+    tensors, plain_state = {}, {}
+    for index, values in state["state"].items():
+        plain_state[str(index)] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state[str(index)][key] = value
+    return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in plain["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(partial, path)
