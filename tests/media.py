@@ -339,3 +339,36 @@ def copy_as(src: Path, dst: Path) -> Path:
     """A copy under another name (or suffix), for example a video named .txt."""
     shutil.copyfile(src, dst)
     return Path(dst)
+
+
+SCENE_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def make_scene(path: Path, colour: str, seed: int, seconds: float = 2.0, fps: float = 8.0, size: int = 32) -> Path:
+    """A clip for learning tests: a background of `colour` (SCENE_COLOURS) with moving distractor
+    shapes of other colours, their number, sizes, paths and colours drawn from `seed`."""
+    draw = random.Random(seed)
+    background = np.array(SCENE_COLOURS[colour], dtype=np.int16)
+    shapes = []
+    for _ in range(draw.randint(1, 3)):
+        side = draw.randint(size // 6, size // 3)
+        start = [draw.uniform(0, size - side), draw.uniform(0, size - side)]
+        speed = [draw.uniform(-3, 3), draw.uniform(-3, 3)]
+        shapes.append((side, start, speed, [draw.randint(0, 255) for _ in range(3)]))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=Fraction(fps).limit_denominator(1001), options={"preset": "veryfast"}
+        )
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(round(seconds * fps)):
+            shade = np.clip(background + draw.randint(-15, 15), 0, 255)
+            picture = np.broadcast_to(shade, (size, size, 3)).astype(np.uint8).copy()
+            for side, (x, y), (dx, dy), rgb in shapes:
+                left, top = int(x + dx * index) % (size - side), int(y + dy * index) % (size - side)
+                picture[top : top + side, left : left + side] = rgb
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, 1 / stream.average_rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path

@@ -152,7 +152,12 @@ def qformer_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
 
 
-def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | None = None) -> InstructBlipConfig:
+def tiny_config(
+    llm: str = "llama", max_num_frames: int = 32, vocab_size: int | None = None, llm_initializer_range: float = 0.02
+) -> InstructBlipConfig:
+    """llm_initializer_range: the std of the random LLM's weights. Learning tests raise it: with
+    transformers' 0.02 a tiny random LLM's logits are nearly uniform whatever it reads, so a soft
+    prompt has almost nothing to steer."""
     vision = InstructBlipVisionConfig(
         hidden_size=48,
         intermediate_size=96,
@@ -187,6 +192,7 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
             bos_token_id=2,
             eos_token_id=2,
             pad_token_id=3,
+            initializer_range=llm_initializer_range,
         )
     else:
         text = T5Config(
@@ -200,6 +206,7 @@ def tiny_config(llm: str = "llama", max_num_frames: int = 32, vocab_size: int | 
             pad_token_id=0,
             eos_token_id=1,
             decoder_start_token_id=0,
+            initializer_factor=llm_initializer_range / 0.02,
         )
     image_token = len(WORDS) + 4 if llm == "llama" else len(WORDS) + 3
     return InstructBlipConfig(

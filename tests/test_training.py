@@ -1,0 +1,319 @@
+"""`malmm train`: the gradients MA-LMM trains with, the data formats, learning on a synthetic
+task end to end, resume, and refusing checkpoints that do not fit."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from malmm_cli import train as training
+from malmm_cli.cli import app
+from malmm_cli.dataset import DatasetError, read_examples
+from models import Malmm
+from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
+from tests.media import SCENE_COLOURS, make_scene, make_text_file
+from tests.tiny_models import build_model_folder, tiny_config
+
+COLOURS = list(SCENE_COLOURS)
+# Few frames and a bank shorter than the clip, so memory merging is part of what is trained.
+SMALL = ["--device", "cpu", "--frames", "4", "--memory-bank-length", "2"]
+TRAIN = [*SMALL, "--batch-size", "4", "--warmup-steps", "5", "--lr", "2e-3"]
+
+
+@pytest.fixture(scope="module")
+def steerable_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose random LLM a soft prompt can steer (tiny_config's docstring says why)."""
+    return build_model_folder(tmp_path_factory.mktemp("models") / "steerable", tiny_config(llm_initializer_range=0.3))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 training clips (the background colour is the label, shapes move across it) and 12
+    held-out clips of other seeds, so other shapes, sizes and motion."""
+    folder = tmp_path_factory.mktemp("scenes")
+    (folder / "clips").mkdir()
+    (folder / "held").mkdir()
+    labels, captions = [], []
+    for i in range(30):
+        colour = COLOURS[i % 3]
+        make_scene(folder / "clips" / f"{i}.mp4", colour, seed=i)
+        labels.append({"video": f"clips/{i}.mp4", "label": colour})
+        captions.append({"video": f"clips/{i}.mp4", "caption": f"The {colour.capitalize()} room."})
+    for i in range(12):
+        make_scene(folder / "held" / f"{COLOURS[i % 3]}-{i}.mp4", COLOURS[i % 3], seed=1000 + i)
+    (folder / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labels))
+    (folder / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in captions))
+    (folder / "labels.txt").write_text("\n".join(COLOURS) + "\n")
+    return folder
+
+
+def malmm_cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def held_out_accuracy(model: Path, scenes: Path, *checkpoint: object) -> float:
+    result = malmm_cli("predict", scenes / "held", "--model", model, *SMALL, *checkpoint,
+                       "--labels", scenes / "labels.txt", "--top-k", "1", "--format", "jsonl", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 12
+    return sum(Path(r["file"]).name.split("-")[0] == r["labels"][0]["label"] for r in rows) / len(rows)
+
+
+# --- what is trained, and how ---------------------------------------------------------------------
+
+
+def test_gradients_come_from_the_last_step_only(tiny_llama_dir: Path) -> None:
+    """Earlier steps without a graph give exactly the gradients of a graph through every step
+    (the banks are detached, as in MA-LMM), and the output is the one inference reads."""
+    malmm = Malmm.from_pretrained(tiny_llama_dir)
+    trained = trainable_parameters(malmm.model)
+    assert {name.split(".")[0] for name, _ in trained} == {"query_tokens", "qformer", "language_projection",
+                                                         "frame_position_embedding", "vision_model"}  # fmt: skip
+    assert all(name.startswith("vision_model.post_layernorm") for name, _ in trained if name.startswith("vision"))
+    features = torch.randn(2, 5, 17, 48, generator=torch.Generator().manual_seed(0))
+    prompts, targets = ["what does the video describe?"] * 2, ["a man is cooking", "two dogs"]
+    norm = malmm.model.vision_model.post_layernorm
+
+    def gradients(through_every_step: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        malmm.model.zero_grad()
+        state = malmm.new_memory(prompts, 3, total_frames=5)
+        if through_every_step:
+            for t in range(5):
+                output, _ = malmm.model.step(state, norm(features[:, t]), t)
+        else:
+            output = read_clip(malmm.model, state, features)
+        answer_loss(malmm.model, malmm.tokenizer, output, prompts, targets).backward()
+        return {n: p.grad.clone() for n, p in trained}, output.detach()
+
+    last_only, output = gradients(False)
+    every_step, _ = gradients(True)
+    assert all(torch.equal(last_only[n], every_step[n]) for n in last_only)
+    assert any(g.abs().sum() > 0 for g in last_only.values())
+    with torch.no_grad():
+        state = malmm.new_memory(prompts, 3, total_frames=5)
+        for t in range(5):
+            inference, _ = malmm.step(state, norm(features[:, t]), t)
+    assert torch.equal(inference, output)
+
+
+@pytest.mark.parametrize("llm", ["llama", "t5"])
+def test_loss_counts_target_tokens_only(llm: str, tiny_malmm: Malmm, tiny_malmm_t5: Malmm) -> None:
+    """A batch's loss is the token-weighted mean of its examples' losses: prompts and padding
+    (which differ in length here) carry none."""
+    malmm = tiny_malmm if llm == "llama" else tiny_malmm_t5
+    output = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
+    prompts, targets = ["what does the video describe?", "Question: what is the man doing? Short answer:"], [
+        "a man is cooking food in the kitchen", "dancing"]  # fmt: skip
+    with torch.no_grad():
+        batch = answer_loss(malmm.model, malmm.tokenizer, output, prompts, targets)
+        alone = [answer_loss(malmm.model, malmm.tokenizer, output[i : i + 1], prompts[i : i + 1], targets[i : i + 1])
+                 for i in range(2)]  # fmt: skip
+    tokens = [len(malmm.tokenizer(t, add_special_tokens=False).input_ids) + 1 for t in targets]  # + </s>
+    expected = sum(loss * n for loss, n in zip(alone, tokens, strict=True)) / sum(tokens)
+    assert batch.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_weight_decay_groups_and_schedule(tiny_malmm: Malmm) -> None:
+    named = [(n, p) for n, p in tiny_malmm.model.named_parameters() if n.startswith("qformer.encoder.layer.0.")]
+    decay, plain = parameter_groups(named)
+    assert plain["weight_decay"] == 0 and decay["weight_decay"] == 0.05
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in plain["params"])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    schedule = warmup_cosine(optimizer, total_steps=110, warmup_steps=10)
+    rates = []
+    for _ in range(110):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(1e-8) and rates[10] == pytest.approx(1e-4)
+    assert rates[5] == pytest.approx((1e-8 + 1e-4) / 2, rel=1e-3)
+    assert rates[60] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert rates[-1] < 1e-6
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_data_files(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"video": "v.mp4", "start": 2, "end": 5.5, "caption": "A Dog."}\n\n'
+                                      '{"video": "w.mp4", "caption": "two cats"}\n')  # fmt: skip
+    first, _ = read_examples(tmp_path / "a.jsonl", "caption")
+    assert (first.video, first.start, first.end, first.caption) == (tmp_path / "v.mp4", 2.0, 5.5, "A Dog.")
+    assert training.target_for("caption", first) == "a dog"
+    (tmp_path / "b.csv").write_text("video,question,answer\nclips/x.mp4,what is he doing?,cooking\n")
+    (example,) = read_examples(tmp_path / "b.csv", "ask")
+    assert training.prompt_for("ask", example) == "Question: what is he doing? Short answer:"
+    assert example.video == tmp_path / "clips" / "x.mp4" and example.answer == "cooking"
+    with pytest.raises(DatasetError, match="line 2: no question"):
+        read_examples(_write(tmp_path / "c.csv", "video,answer\nx.mp4,yes\n"), "ask")
+    with pytest.raises(DatasetError, match=r"line 1: end \(2\) must be after start \(5\)"):
+        read_examples(
+            _write(tmp_path / "d.jsonl", '{"video": "v.mp4", "start": 5, "end": 2, "label": "x"}\n'), "classify"
+        )
+    with pytest.raises(DatasetError, match="line 1: not JSON"):
+        read_examples(_write(tmp_path / "e.jsonl", "{video\n"), "classify")
+
+
+def test_malmm_annotation_files(tmp_path: Path) -> None:
+    """MA-LMM's own annotation JSON (shapes of YouCook2, MSR-VTT QA, Breakfast and LVU)."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "GLd3aX16zBg.mp4").write_bytes(b"")
+    youcook = {"GLd3aX16zBg_0090_0102": {"video": "GLd3aX16zBg", "start_time": 90, "end_time": 102,
+                                         "caption": "spread margarine on two slices of white bread"}}  # fmt: skip
+    (example,) = read_examples(_write(tmp_path / "yc.json", json.dumps(youcook)), "caption", tmp_path / "videos")
+    assert (example.video.name, example.start, example.end) == ("GLd3aX16zBg.mp4", 90.0, 102.0)
+    qa = {"0": {"answer": "couch", "question": "what are three people sitting on?", "question_id": "0",
+                "video": "video6513"}}  # fmt: skip
+    (example,) = read_examples(_write(tmp_path / "qa.json", json.dumps(qa)), "ask", tmp_path / "videos")
+    assert example.video == tmp_path / "videos" / "video6513" and example.answer == "couch"  # missing: reported later
+    breakfast = {"P03-cam01-P03_cereals": {"duration": 56, "class_name": "cereal", "class_label": 0}}
+    (example,) = read_examples(_write(tmp_path / "bf.json", json.dumps(breakfast)), "classify")
+    assert (example.video.name, example.label) == ("P03-cam01-P03_cereals", "cereal")
+    lvu = {"0xWMqsZOYWg": {"subset": "val", "director": "steven", "director_answer": "(a)"}}
+    with pytest.raises(DatasetError, match="no class_name; name the label field"):
+        read_examples(_write(tmp_path / "lvu.json", json.dumps(lvu)), "classify")
+    (example,) = read_examples(tmp_path / "lvu.json", "classify", label_field="director")
+    assert example.label == "steven"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- learning, end to end ---------------------------------------------------------------------------
+
+
+def test_learns_labels_from_colour(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    """The scene's colour is the label; the untrained model is near chance on held-out clips,
+    the trained one (through `predict --checkpoint RUN`) gets at least 90%."""
+    assert held_out_accuracy(steerable_dir, scenes) <= 0.5
+    run = tmp_path / "run"
+    result = malmm_cli("train", scenes / "labels.jsonl", "--task", "classify", "--output", run, "--model",
+                       steerable_dir, *TRAIN, "--epochs", "10", "--val-split", "0.2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((run / "training.json").read_text())
+    assert len(info["epochs"]) == 10 and info["labels"] == sorted(COLOURS)
+    assert info["epochs"][-1]["val_accuracy"] >= 0.8
+    assert held_out_accuracy(steerable_dir, scenes, "--checkpoint", run) >= 0.9
+
+
+def test_learns_captions(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = malmm_cli("train", scenes / "captions.jsonl", "--task", "caption", "--output", run, "--model",
+                       steerable_dir, *TRAIN, "--epochs", "15", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = malmm_cli("caption", scenes / "held", "--model", steerable_dir, *SMALL, "--checkpoint", run,
+                       "--num-beams", "1", "--max-new-tokens", "6", "--format", "jsonl", "-q")  # fmt: skip
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    right = [r["caption"] == f"the {Path(r['file']).name.split('-')[0]} room" for r in rows]
+    assert len(rows) == 12 and sum(right) >= 11, [r["caption"] for r in rows]
+
+
+# --- nothing lost ---------------------------------------------------------------------------------
+
+
+def test_resume_gives_the_same_weights(
+    tiny_llama_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped by Ctrl-C in the middle of a gradient accumulation, or killed after a periodic
+    save, a resumed run ends with bitwise the same weights as a run never stopped."""
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--batch-size", "3", "--grad-accum", "2",
+            "--epochs", "3", "--save-every", "2", "--val-split", "0.2", "-q"]  # fmt: skip
+    whole = tmp_path / "whole"
+    assert malmm_cli("train", scenes / "labels.jsonl", "--output", whole, *args).exit_code == 0
+    expected = load_file(str(whole / "model.safetensors"))
+    original = training.Trainer._optimizer_step
+
+    def stop(after: int, how: type[BaseException]):
+        def step(self: training.Trainer, group: list, epoch: int):
+            if self.position.step == after:
+                if how is KeyboardInterrupt:  # in the middle: one micro-batch's gradients are accumulated
+                    examples = [self.train_set[i] for i in group[0]]
+                    self.batch_loss(examples, [self.features.get(e, 0, 0) for e in examples]).backward()
+                raise how()
+            return original(self, group, epoch)
+
+        return step
+
+    for after, how in ((5, KeyboardInterrupt), (7, Killed)):
+        run = tmp_path / f"stopped-{after}"
+        with monkeypatch.context() as patch:
+            patch.setattr(training.Trainer, "_optimizer_step", stop(after, how))
+            if how is Killed:
+                with pytest.raises(Killed):
+                    malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args)
+            else:
+                assert malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args).exit_code == 130
+        saved = json.loads((run / "resume" / "state.json").read_text())["position"]["step"]
+        assert saved == (after if how is KeyboardInterrupt else 6)  # a kill loses the steps since the last save
+        result = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--resume")
+        assert result.exit_code == 0, result.output
+        resumed = load_file(str(run / "model.safetensors"))
+        assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+        assert figures(run) == figures(whole)
+
+
+class Killed(BaseException):
+    """Stops a run with no chance to save on the way out, as a kill does."""
+
+
+def figures(run: Path) -> list[dict]:
+    """Every epoch's figures of a run, but its time."""
+    epochs = json.loads((run / "training.json").read_text())["epochs"]
+    return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in epochs]
+
+
+def test_refuses_what_would_lose_or_mix_work(tiny_llama_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
+    assert malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args).exit_code == 0
+    again = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args)
+    assert again.exit_code == 2 and "is not empty: pass --resume" in again.output
+    changed = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--lr", "1e-3", "--resume")
+    assert changed.exit_code == 2 and "lr 0.002 -> 0.001" in changed.output
+    fresh = malmm_cli("train", scenes / "labels.jsonl", "--output", tmp_path / "new", *args, "--resume")
+    assert fresh.exit_code == 2 and "no saved run to resume" in fresh.output
+
+
+def test_refuses_checkpoints_that_do_not_fit(
+    tiny_llama_dir: Path, tiny_t5_dir: Path, scenes: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
+    assert malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args).exit_code == 0
+    other = malmm_cli("predict", scenes / "held" / "red-0.mp4", "--model", tiny_t5_dir, *SMALL, "--checkpoint", run)
+    assert other.exit_code == 2
+    (line,) = [line for line in other.output.splitlines() if line.startswith("error:")]
+    assert "was trained on another base model" in line and "llm llama vs t5" in line
+    weights = load_file(str(run / "model.safetensors"))
+    del weights["query_tokens"]
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), framework="pt") as file:
+        metadata = file.metadata()
+    save_file(weights, str(tmp_path / "partial.safetensors"), metadata=metadata)
+    partial = malmm_cli("predict", scenes / "held" / "red-0.mp4", "--model", tiny_llama_dir, *SMALL,
+                        "--checkpoint", tmp_path / "partial.safetensors")  # fmt: skip
+    assert partial.exit_code == 2 and "lacks 1 trained tensors (query_tokens): it is incomplete" in partial.output
+
+
+def test_bad_examples_are_reported_once_and_skipped(tiny_llama_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (scenes / "labels.jsonl").read_text().splitlines()][:6]
+    rows += [{"video": "missing.mp4", "label": "red"},
+             {"video": str(make_text_file(tmp_path / "notes.mp4")), "label": "blue"}]  # fmt: skip
+    data = scenes / "with-bad.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = malmm_cli("train", data, "--task", "classify", "--output", tmp_path / "run", "--model", tiny_llama_dir,
+                       *TRAIN, "--epochs", "3")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("missing.mp4") == 1 and result.output.count("notes.mp4") == 1
+    assert "2 examples could not be read and were left out" in result.output
+    assert all(e["examples"] == 6 for e in json.loads((tmp_path / "run" / "training.json").read_text())["epochs"])
