@@ -317,3 +317,13 @@ def test_bad_examples_are_reported_once_and_skipped(tiny_llama_dir: Path, scenes
     assert result.output.count("missing.mp4") == 1 and result.output.count("notes.mp4") == 1
     assert "2 examples could not be read and were left out" in result.output
     assert all(e["examples"] == 6 for e in json.loads((tmp_path / "run" / "training.json").read_text())["epochs"])
+
+
+def test_trains_through_an_8bit_llm(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    """Gradients reach the soft prompt through bitsandbytes' 8-bit LLM layers (frozen)."""
+    run = tmp_path / "run"
+    result = malmm_cli("train", scenes / "labels.jsonl", "--task", "classify", "--output", run, "--model",
+                       steerable_dir, *TRAIN, "--epochs", "3", "--quantize", "8bit", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    losses = [epoch["train_loss"] for epoch in json.loads((run / "training.json").read_text())["epochs"]]
+    assert losses[-1] < 0.8 * losses[0], losses
