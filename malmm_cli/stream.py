@@ -231,7 +231,7 @@ class VideoStream:
         pixels = torch.stack([pixels for _, pixels in batch])
         if self.malmm.device.type == "cuda":  # page-locked memory lets the copy overlap the decoding
             pixels = pixels.pin_memory().to(self.malmm.device, non_blocking=True)
-        features = self.malmm.encode_frames(pixels) if self.normalize else self.malmm.encode_frames(pixels, False)
+        features = self.malmm.encode_frames(pixels, self.normalize)
         if self._writer is not None:  # the cache keeps float16: read the same values now as on a hit
             features = features.to(torch.float16).to(features.dtype)
         for (sample, _), feature in zip(batch, features, strict=True):

@@ -59,9 +59,9 @@ def test_stream_pixels_match_the_processor_on_the_same_frames(tiny_malmm, tmp_pa
     seen: list[torch.Tensor] = []  # pixels handed to the vision model, in order
     encode = tiny_malmm.encode_frames
 
-    def spy(pixels: torch.Tensor) -> torch.Tensor:
+    def spy(pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         seen.extend(pixels)
-        return encode(pixels)
+        return encode(pixels, normalize)
 
     monkeypatch.setattr(tiny_malmm, "encode_frames", spy)
     with VideoStream(tiny_malmm, video, Sampling(frames=5), batch_size=2) as stream:
