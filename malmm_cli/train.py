@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -43,12 +44,13 @@ from models.checkpoint import CheckpointError, save_trained
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
 from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
 
+# The preset each training task learns (its instruction and prompt, frames, memory bank length).
+TASK_PRESETS = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}
 # MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs.
 TASK_DEFAULTS = {
-    "caption": {"lr": 1e-5, "frames": CAPTION.frames, "memory_bank_length": CAPTION.memory_bank_length, "epochs": 10},
-    "ask": {"lr": 1e-4, "frames": QUESTION.frames, "memory_bank_length": QUESTION.memory_bank_length, "epochs": 5},
-    "classify": {"lr": 1e-4, "frames": CLASSIFICATION.frames,
-                 "memory_bank_length": CLASSIFICATION.memory_bank_length, "epochs": 20},
+    task: {"lr": lr, "frames": TASK_PRESETS[task].frames,
+           "memory_bank_length": TASK_PRESETS[task].memory_bank_length, "epochs": epochs}
+    for task, lr, epochs in (("caption", 1e-5, 10), ("ask", 1e-4, 5), ("classify", 1e-4, 20))
 }  # fmt: skip
 RUN_INFO = "training.json"
 RESUME = "resume"
@@ -83,9 +85,7 @@ class TrainSettings:
 
 def prompt_for(task: str, example: Example) -> str:
     """The instruction (Q-Former) and prompt (LLM) of an example, as MA-LMM's presets word them."""
-    if task == "ask":
-        return QUESTION.prompt(example.question)
-    return (CAPTION if task == "caption" else CLASSIFICATION).prompt()
+    return TASK_PRESETS[task].prompt(example.question)  # only the ask instruction has a {question}
 
 
 def target_for(task: str, example: Example) -> str:
@@ -134,6 +134,14 @@ class ClipFeatures:
             return None
         nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
         return torch.stack([features[i] for i in nearest])
+
+    def readable(
+        self, examples: list[Example], draw: int | None, seed: int
+    ) -> tuple[list[Example], list[torch.Tensor]]:
+        """The examples whose clips can be read, with their features (see `get`)."""
+        pairs = [(example, self.get(example, draw, seed)) for example in examples]
+        pairs = [(example, features) for example, features in pairs if features is not None]
+        return [example for example, _ in pairs], [features for _, features in pairs]
 
 
 @dataclass
@@ -196,13 +204,19 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def batch_loss(self, examples: list[Example], features: list[torch.Tensor]) -> torch.Tensor:
-        task, model = self.settings.task, self.malmm.model
-        prompts = [prompt_for(task, e) for e in examples]
+    def _read(self, examples: list[Example], features: list[torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+        """(prompts, the last step's query output [B, NQ, D]) of clips read into fresh memories."""
+        prompts = [prompt_for(self.settings.task, e) for e in examples]
         state = self.malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
                                       strategy=self.settings.memory)  # fmt: skip
-        output = read_clip(model, state, torch.stack(features).to(self.malmm.device))
-        return answer_loss(model, self.malmm.tokenizer, output, prompts, [target_for(task, e) for e in examples])
+        return prompts, read_clip(self.malmm.model, state, torch.stack(features).to(self.malmm.device))
+
+    def _loss(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> torch.Tensor:
+        targets = [target_for(self.settings.task, e) for e in examples]
+        return answer_loss(self.malmm.model, self.malmm.tokenizer, output, prompts, targets)
+
+    def batch_loss(self, examples: list[Example], features: list[torch.Tensor]) -> torch.Tensor:
+        return self._loss(examples, *self._read(examples, features))
 
     def _micro_batches(self, epoch: int) -> list[list[int]]:
         order = epoch_order(len(self.train_set), self.settings.seed, epoch)
@@ -270,17 +284,15 @@ class Trainer:
         draw = epoch % settings.samplings
         total, count = 0.0, 0
         for indices in group:
-            examples = [self.train_set[i] for i in indices]
-            pairs = [(e, self.features.get(e, draw, settings.seed)) for e in examples]
-            pairs = [(e, f) for e, f in pairs if f is not None]
-            if not pairs:
+            examples, features = self.features.readable([self.train_set[i] for i in indices], draw, settings.seed)
+            if not examples:
                 continue
-            loss = self.batch_loss([e for e, _ in pairs], [f for _, f in pairs])
+            loss = self.batch_loss(examples, features)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}: lower --lr")
             self.scaler.scale(loss / len(group)).backward()
-            total += loss.item() * len(pairs)
-            count += len(pairs)
+            total += loss.item() * len(examples)
+            count += len(examples)
         if count:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -299,17 +311,16 @@ class Trainer:
         losses, correct, counted = [], 0, 0
         try:
             for start in range(0, len(self.val_set), self.settings.batch_size):
-                examples = self.val_set[start : start + self.settings.batch_size]
-                pairs = [(e, self.features.get(e, None, self.settings.seed)) for e in examples]
-                pairs = [(e, f) for e, f in pairs if f is not None]
-                if not pairs:
+                batch = self.val_set[start : start + self.settings.batch_size]
+                examples, features = self.features.readable(batch, None, self.settings.seed)
+                if not examples:
                     continue
-                chosen, features = [e for e, _ in pairs], [f for _, f in pairs]
-                losses.append((self.batch_loss(chosen, features).item(), len(chosen)))
-                right = self._correct(chosen, features)
+                prompts, output = self._read(examples, features)  # once for the loss and the accuracy
+                losses.append((self._loss(examples, prompts, output).item(), len(examples)))
+                right = self._correct(examples, prompts, output)
                 if right is not None:
                     correct += right
-                    counted += len(chosen)
+                    counted += len(examples)
         finally:
             self._train_mode(True)
         if not losses:
@@ -319,14 +330,11 @@ class Trainer:
             record["val_accuracy"] = correct / counted
         return record
 
-    def _correct(self, examples: list[Example], features: list[torch.Tensor]) -> int | None:
+    def _correct(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> int | None:
+        """How many of the examples the model gets right (None: the task has no accuracy)."""
         task, malmm = self.settings.task, self.malmm
         if task == "caption" or (task == "classify" and not self.labels):
             return None
-        prompts = [prompt_for(task, e) for e in examples]
-        state = malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
-                                 strategy=self.settings.memory)  # fmt: skip
-        output = read_clip(malmm.model, state, torch.stack(features).to(malmm.device))
         if task == "classify":
             best = malmm.score_labels(output, prompts, self.labels).argmax(dim=1).tolist()
             return sum(self.labels[b] == e.label for b, e in zip(best, examples, strict=True))
@@ -385,9 +393,7 @@ class Trainer:
             os.replace(folder, old)
         os.replace(partial, folder)
         if old.exists():
-            for file in old.iterdir():
-                file.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
 
     def resume(self) -> None:
         """Go on from resume/: same settings, weights, optimiser, schedule, scaler, random state."""
