@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from malmm_cli import __version__
+from malmm_cli.dataset import TASK_TARGETS
 from malmm_cli.timefmt import parse_duration
 from models.presets import (
     CAPTION,
@@ -350,6 +351,13 @@ def load_model(options: RunOptions, task: Task, reporter: Reporter, readers: int
     return malmm
 
 
+def _check_checkpoint(options: RunOptions) -> None:
+    """A --checkpoint that is not there is a usage error before anything loads."""
+    if options.checkpoint is not None and not options.checkpoint.is_file():
+        missing = "a folder without " + TRAINED_WEIGHTS if options.checkpoint.parent.is_dir() else "no such file"
+        raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
+
+
 def _check_output_dir(folder: Path) -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
@@ -398,9 +406,7 @@ def _run(
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
-    if options.checkpoint is not None and not options.checkpoint.is_file():
-        missing = "a folder without " + TRAINED_WEIGHTS if options.checkpoint.parent.is_dir() else "no such file"
-        raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
+    _check_checkpoint(options)
     _check_concat(options, task)
     try:
         inputs, outcomes = expand_inputs(paths)
@@ -674,7 +680,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-TRAIN_TASKS = ("caption", "ask", "classify")
+TRAIN_TASKS = tuple(TASK_TARGETS)
 
 
 @app.command(short_help="Fine-tune the memory model on your own labelled videos.")
@@ -817,10 +823,8 @@ def train(
     )  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, no_cache=no_cache, quiet=quiet)  # fmt: skip
-    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[task]
-    if options.checkpoint is not None and not options.checkpoint.is_file():
-        raise typer.BadParameter(f"{options.checkpoint}: no such file", param_hint="--checkpoint")
-    malmm = load_model(options, preset, reporter)
+    _check_checkpoint(options)
+    malmm = load_model(options, training.TASK_PRESETS[task], reporter)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
                                cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
