@@ -169,29 +169,35 @@ def load_lavis_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path
     CheckpointError when a tensor's shape does not fit its parameter, or when nothing matches.
     """
     renamed, unmapped = to_transformers_names(state)
-    report = CheckpointReport(path=path, unexpected=unmapped)
+    return _load_named(model, renamed, path, unmapped)
 
-    table = renamed.get("frame_position_embedding.weight")
+
+def _load_named(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, unmapped: list[str] | None = None
+) -> CheckpointReport:
+    """Copy tensors named as the model's parameters into it, all or nothing (see `load_lavis_state_dict`)."""
+    report = CheckpointReport(path=path, unexpected=list(unmapped or []))
+    table = tensors.get("frame_position_embedding.weight")
     if table is not None and table.shape != model.frame_position_embedding.weight.shape:
         _resize_frame_table(model, table.shape[0])
 
     params = dict(model.named_parameters())
-    mismatched = []
-    with torch.no_grad():
-        for name, value in renamed.items():
-            target = params.get(name)
-            if target is None:
-                report.unexpected.append(name)
-            elif target.shape != value.shape:
-                mismatched.append(f"{name}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)}")
-            else:
-                target.copy_(value.to(dtype=target.dtype))
-                report.loaded.append(name)
+    fitting = {name: value for name, value in tensors.items() if name in params}
+    mismatched = [f"{name}: checkpoint {tuple(value.shape)}, model {tuple(params[name].shape)}"
+                  for name, value in fitting.items() if params[name].shape != value.shape]  # fmt: skip
     if mismatched:
         raise CheckpointError(
             f"{path.name} does not fit this base model ({len(mismatched)} shape mismatches, e.g. "
             f"{_preview(mismatched, 3)}). Is it for a different InstructBLIP (vicuna-7b, vicuna-13b, flan-t5)?"
         )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            target = params.get(name)
+            if target is None:
+                report.unexpected.append(name)
+            else:
+                target.copy_(value.to(dtype=target.dtype))
+                report.loaded.append(name)
     if not report.loaded:
         raise CheckpointError(f"{path.name} holds no tensor that matches this model: is it an MA-LMM checkpoint?")
     loaded = set(report.loaded)
@@ -277,17 +283,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
             "load it with that --model"
         )
     state = read_state_dict(path)
-    wanted = trained_tensors(model)
-    missing = [name for name in wanted if name not in state]
+    missing = [name for name, _ in model.named_parameters() if name.startswith(TRAINED_PREFIXES) and name not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} trained tensors ({_preview(missing, 3)}): it is incomplete")
-    report = CheckpointReport(path=path, unexpected=[name for name in state if name not in wanted])
-    parameters = dict(model.named_parameters())
-    mismatched = [name for name in wanted if state[name].shape != parameters[name].shape]
-    if mismatched:
-        raise CheckpointError(f"{path} does not fit this model: {_preview(mismatched, 3)} differ in shape")
-    with torch.no_grad():
-        for name in wanted:
-            parameters[name].copy_(state[name].to(parameters[name].dtype))
-            report.loaded.append(name)
-    return report
+    return _load_named(model, state, path)
