@@ -356,11 +356,14 @@ class Plan:
     note: str | None = None
 
 
+STILL_IMAGE_PLAN = Plan([0.0], "a still image, not a video: read as its one frame")
+
+
 def plan_times(info: VideoInfo, frames: int | None = None, fps: float | None = None) -> Plan:
     """Sample times for `info`, never more than the video has frames: asking for more would read
     the same frames again and again. A still image gives its one frame."""
     if info.still:
-        return Plan([0.0], "a still image, not a video: read as its one frame")
+        return STILL_IMAGE_PLAN
     available = info.frames_available
     if frames is not None and frames > available:  # every frame once: at the frames' own times
         note = f"{frames} frames asked for, but the video has {available}: reading each once"
@@ -382,7 +385,7 @@ def plan_clip(
     if not finish > begin:
         raise VideoError(f"the clip {begin:g}-{finish:g} s is empty or past the video's end ({info.duration:g} s)")
     if info.still:
-        return Plan([0.0], "a still image, not a video: read as its one frame")
+        return STILL_IMAGE_PLAN
     available = max(1, round((finish - begin) * info.fps))
     count = min(frames, available)
     note = f"{frames} frames asked for, but the clip has {available}: reading each once" if count < frames else None
