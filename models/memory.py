@@ -242,14 +242,14 @@ class MemoryBank:
         buffer = self.projections[layer][:, :, : self.used]
         return buffer.reshape(*buffer.shape[:2], -1, buffer.shape[-1])
 
-    def context_through(self, layer: int, projection: torch.Tensor) -> torch.Tensor:
-        """`context(layer)` with the newest step's keys and values taken from `projection`
-        [B, G, N, d] instead of the bank's detached copy, so that gradients reach that step."""
-        context = self.context(layer)  # [B, G, used * N, d]
-        batch, groups, tokens, width = projection.shape
-        where = self.newest[:, 0] * tokens + torch.arange(tokens, device=context.device)  # [B, N]
-        index = where[:, None, :, None].expand(batch, groups, tokens, width)
-        return context.scatter(2, index, projection.to(context.dtype))
+    def entries_through(self, entry: torch.Tensor) -> torch.Tensor:
+        """Every remembered entry, slot-major [B, used * N, C], with the newest step taken from
+        `entry` [B, N, C] instead of the bank's detached copy, so that gradients reach it."""
+        slots = self.slots[:, : self.used]  # the slots in use (see the class docstring)
+        remembered = slots.reshape(slots.shape[0], -1, slots.shape[-1])
+        batch, tokens, width = entry.shape
+        where = self.newest[:, 0] * tokens + torch.arange(tokens, device=remembered.device)  # [B, N]
+        return remembered.scatter(1, where[:, :, None].expand(batch, tokens, width), entry.to(remembered.dtype))
 
     def in_time_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots [B, used, N, C], sizes [B, used, N]) oldest first, as `compress_slots` keeps them."""

@@ -15,10 +15,14 @@ side in one sequence (attention is computed per query, so this is the same arith
 After the step each bank gains the current entry and is compressed back to the bank length. The
 banks also keep every reading layer's keys and values of their entries, so a frame costs the
 projection of that frame only (the reference re-projects the whole bank in every layer, per
-frame), and they are updated in place (memory.py), so nothing is copied as the bank fills.
+frame), and they are updated in place (memory.py), so nothing is copied as the bank fills. A step
+with gradients (the last of a training clip) projects the bank again, as the reference does, so
+that the key and value weights learn from every remembered entry.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -64,25 +68,31 @@ def remember(
     bank: MemoryBank | None,
     length: int,
     entry: torch.Tensor,
-    projections: tuple[torch.Tensor, ...],
+    readers: list[InstructBlipQFormerAttention],
     evict: str,
 ) -> tuple[MemoryBank, list[torch.Tensor]]:
-    """Add this step (entry [B, T, C], projections [B, 2H, T, d] each) to `bank`, made on the
-    first step, and return each projection's keys and values over [bank ; this step].
+    """Add this step (entry [B, T, C]) to `bank`, made on the first step, with its keys and values
+    for each attention layer in `readers`, and return each reader's keys and values over
+    [bank ; this step]: [B, 2H, (S+1)T, d] each.
 
-    With gradients (training) the bank keeps detached copies, as MA-LMM trains: only the current
-    step is differentiated, so earlier steps can run without any graph; attention reads this
-    step's own projections in place of their copies.
+    With gradients (training), as MA-LMM trains: the bank keeps detached copies, so only the
+    current step is differentiated and earlier steps can run without any graph; and the keys
+    and values of every remembered entry are projected again from the entries by the trained
+    weights (MA-LMM's `key(cat(bank, current))`), so those weights learn from the whole bank,
+    not only from this step.
     """
     tracked = entry.requires_grad
-    stored = (entry.detach(), tuple(p.detach() for p in projections)) if tracked else (entry, projections)
+    with torch.no_grad() if tracked else contextlib.nullcontext():
+        projections = tuple(project(attention, entry) for attention in readers)  # [B, 2H, T, d] each
+    stored = entry.detach() if tracked else entry
     if bank is None:
-        bank = MemoryBank(length, *stored, evict)
+        bank = MemoryBank(length, stored, projections, evict)
     else:
-        bank.append(*stored)
+        bank.append(stored, projections)
     if tracked:
-        return bank, [bank.context_through(i, p) for i, p in enumerate(projections)]
-    return bank, [bank.context(i) for i in range(len(projections))]
+        remembered = bank.entries_through(entry)  # [B, (S+1)T, C], this step's entry live
+        return bank, [project(attention, remembered) for attention in readers]
+    return bank, [bank.context(i) for i in range(len(readers))]
 
 
 def qformer_step(
@@ -112,15 +122,14 @@ def qformer_step(
 
     frame = frame.to(hidden.device)
     cross_layers = [layer for layer in qformer.encoder.layer if layer.has_cross_attention]
-    frame_projections = tuple(project(layer.crossattention, frame) for layer in cross_layers)  # [B, 2H, N, d] each
     # Every cross-attention layer reads [visual bank ; current frame]: [B, 2H, (S+1)N, d] each.
-    state.visual, contexts = remember(state.visual, length, frame, frame_projections, evict)
+    readers = [layer.crossattention for layer in cross_layers]
+    state.visual, contexts = remember(state.visual, length, frame, readers, evict)
     visual_contexts = iter(contexts)
 
     for number, layer in enumerate(qformer.encoder.layer):
-        current = project(layer.attention, hidden)  # [B, 2H, NQ+Lt, d]
         known = state.queries[number] if number < len(state.queries) else None
-        inputs, (context,) = remember(known, length, hidden, (current,), evict)
+        inputs, (context,) = remember(known, length, hidden, [layer.attention], evict)  # [B, 2H, (S+1)(NQ+Lt), d]
         if known is None:
             state.queries.append(inputs)
         # keys and values over [remembered inputs ; current input], the padding mask once per step

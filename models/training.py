@@ -9,7 +9,9 @@ A clip goes through the same memory step as at inference (`MalmmForConditionalGe
 `read_clip` takes its frames' ViT features before the vision LayerNorm (which is trained, so
 cached features must not include it) and steps the memory frame by frame. Both banks are
 detached and only the last step's queries reach the LLM, so every step but the last runs without
-gradients: the same gradients as keeping a graph for every step, in a fraction of the memory.
+gradients: the same gradients as keeping a graph for every step, in a fraction of the memory. In
+that last step the keys and values of the banks' entries are projected again by the trained
+weights, as MA-LMM does (`qformer.remember`).
 `answer_loss` is then the LLM's cross-entropy on the target text and end-of-sequence, after
 [projected queries][prompt], with query, prompt and padding positions ignored.
 """

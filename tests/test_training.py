@@ -69,38 +69,79 @@ def held_out_accuracy(model: Path, scenes: Path, *checkpoint: object) -> float:
 # --- what is trained, and how ---------------------------------------------------------------------
 
 
-def test_gradients_come_from_the_last_step_only(tiny_llama_dir: Path) -> None:
-    """Earlier steps without a graph give exactly the gradients of a graph through every step
-    (the banks are detached, as in MA-LMM), and the output is the one inference reads."""
+def reference_last_step(model, state, frame: torch.Tensor) -> torch.Tensor:
+    """MA-LMM's last training step written out as blip2.py and Qformer.py compute it: keys and
+    values of every attention layer projected from [its detached bank ; the current input] by the
+    trained weights. frame: [B, N, C] after the vision LayerNorm and the frame position."""
+    qformer = model.qformer
+    visual = state.visual.in_time_order()[0].flatten(1, 2)  # [B, S*N, C]: the bank's entries
+    queries = model.query_tokens.expand(frame.shape[0], -1, -1)
+    hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)
+    padding = (1.0 - state.instruction_mask.float()) * torch.finfo(torch.float32).min
+    mask = torch.cat([torch.zeros(hidden.shape[0], queries.shape[1]), padding], dim=1)  # [B, NQ+Lt]
+
+    def attention(module, states, keys_from, key_mask=None):
+        heads = module.attention
+        split = lambda x: x.view(x.shape[0], x.shape[1], heads.num_attention_heads, -1).transpose(1, 2)  # noqa: E731
+        query, key, value = split(heads.query(states)), split(heads.key(keys_from)), split(heads.value(keys_from))
+        scores = query @ key.transpose(-1, -2) / math.sqrt(heads.attention_head_size)
+        if key_mask is not None:
+            scores = scores + key_mask[:, None, None, :]
+        context = (scores.softmax(-1) @ value).transpose(1, 2).flatten(2)
+        return module.output(context, states)
+
+    for number, layer in enumerate(qformer.encoder.layer):
+        bank = state.queries[number].in_time_order()[0].flatten(1, 2)  # [B, S*(NQ+Lt), D]
+        steps = state.queries[number].used + 1
+        attended = attention(layer.attention, hidden, torch.cat([bank, hidden], 1), mask.repeat(1, steps))
+        query_part, text_part = attended[:, : queries.shape[1]], attended[:, queries.shape[1] :]
+        if layer.has_cross_attention:
+            query_part = attention(layer.crossattention, query_part, torch.cat([visual, frame], 1))
+        hidden = torch.cat([layer.output_query(layer.intermediate_query(query_part), query_part),
+                            layer.output(layer.intermediate(text_part), text_part)], dim=1)  # fmt: skip
+    return hidden[:, : queries.shape[1]]
+
+
+def test_gradients_are_malmms_training_gradients(tiny_llama_dir: Path) -> None:
+    """Earlier steps without a graph, then the last one through the memory: the gradients of
+    MA-LMM's training step (banks detached, their keys and values projected again by the trained
+    weights), and the output inference reads."""
     malmm = Malmm.from_pretrained(tiny_llama_dir)
-    trained = trainable_parameters(malmm.model)
+    model = malmm.model
+    trained = trainable_parameters(model)
     assert {name.split(".")[0] for name, _ in trained} == {"query_tokens", "qformer", "language_projection",
                                                          "frame_position_embedding", "vision_model"}  # fmt: skip
     assert all(name.startswith("vision_model.post_layernorm") for name, _ in trained if name.startswith("vision"))
-    features = torch.randn(2, 5, 17, 48, generator=torch.Generator().manual_seed(0))
-    prompts, targets = ["what does the video describe?"] * 2, ["a man is cooking", "two dogs"]
-    norm = malmm.model.vision_model.post_layernorm
+    frames = 6  # more than the bank holds: the banks have merged entries by the last step
+    features = torch.randn(2, frames, 17, 48, generator=torch.Generator().manual_seed(0))
+    prompts, targets = ["what does the video describe?", "what is it?"], ["a man is cooking", "two dogs"]
+    norm = model.vision_model.post_layernorm
 
-    def gradients(through_every_step: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        malmm.model.zero_grad()
-        state = malmm.new_memory(prompts, 3, total_frames=5)
-        if through_every_step:
-            for t in range(5):
-                output, _ = malmm.model.step(state, norm(features[:, t]), t)
-        else:
-            output = read_clip(malmm.model, state, features)
-        answer_loss(malmm.model, malmm.tokenizer, output, prompts, targets).backward()
-        return {n: p.grad.clone() for n, p in trained}, output.detach()
+    def gradients(output: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        answer_loss(model, malmm.tokenizer, output, prompts, targets).backward()
+        return {name: p.grad.clone() for name, p in trained}
 
-    last_only, output = gradients(False)
-    every_step, _ = gradients(True)
-    assert all(torch.equal(last_only[n], every_step[n]) for n in last_only)
-    assert any(g.abs().sum() > 0 for g in last_only.values())
+    state = malmm.new_memory(prompts, 3, total_frames=frames)
+    ours = gradients(read_clip(model, state, features))
+    assert state.padded and len(state.visual) == 3  # padding masked; the bank was full (and merged)
+    state = malmm.new_memory(prompts, 3, total_frames=frames)
     with torch.no_grad():
-        state = malmm.new_memory(prompts, 3, total_frames=5)
-        for t in range(5):
-            inference, _ = malmm.step(state, norm(features[:, t]), t)
-    assert torch.equal(inference, output)
+        for t in range(frames - 1):
+            model.step(state, norm(features[:, t]), t)
+    frame = norm(features[:, -1]) + model.frame_position_embedding.weight[frames - 1]
+    reference = gradients(reference_last_step(model, state, frame))
+    for name, gradient in reference.items():
+        torch.testing.assert_close(ours[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    key = "qformer.encoder.layer.0.crossattention.attention.key.weight"
+    assert ours[key].abs().sum() > 0 and all(g.abs().sum() > 0 for n, g in ours.items() if "value" in n)
+
+    with torch.no_grad():  # training reads what inference reads
+        inference_state = malmm.new_memory(prompts, 3, total_frames=frames)
+        for t in range(frames):
+            inference, _ = malmm.step(inference_state, norm(features[:, t]), t)
+    state = malmm.new_memory(prompts, 3, total_frames=frames)
+    torch.testing.assert_close(read_clip(model, state, features), inference)
 
 
 @pytest.mark.parametrize("llm", ["llama", "t5"])
