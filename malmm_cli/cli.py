@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from malmm_cli.records import Settings
     from malmm_cli.results import VideoResult
     from models.malmm import Malmm
+    from models.memory_plan import TrainingShape
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -316,8 +317,11 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
     return lines
 
 
-def load_model(options: RunOptions, task: Task, reporter: Reporter, readers: int = 1) -> Malmm:
-    """Load the model once for all inputs; a model that cannot be run as asked is a usage error."""
+def load_model(
+    options: RunOptions, task: Task, reporter: Reporter, readers: int = 1, training: TrainingShape | None = None
+) -> Malmm:
+    """Load the model once for all inputs; a model that cannot be run as asked is a usage error.
+    training: plan the memory of training steps of this shape instead of reading videos."""
     from transformers.utils import logging as transformers_logging
 
     from malmm_cli.loading import LoadOptions, SetupError, load, locate
@@ -330,7 +334,7 @@ def load_model(options: RunOptions, task: Task, reporter: Reporter, readers: int
         model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
         quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
         memory_bank_length=options.bank(task), readers=readers, num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8,
+        max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8, training=training,
     )  # fmt: skip
     try:
         folder = locate(options.model, reporter.downloading)
@@ -681,6 +685,7 @@ def _fraction(text: str) -> float:
 
 
 TRAIN_TASKS = tuple(TASK_TARGETS)
+OPTIMIZERS = ("adamw", "adamw8bit")  # models.memory_plan.OPTIMIZER_BYTES (not imported: it loads torch)
 
 
 @app.command(short_help="Fine-tune the memory model on your own labelled videos.")
@@ -761,6 +766,15 @@ def train(
             "--samplings", metavar="K", parser=_count, help="Random frame draws per clip, each encoded once and cached."
         ),
     ] = 4,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            "--optimizer",
+            metavar=_metavar(OPTIMIZERS),
+            parser=_choice(*OPTIMIZERS),
+            help="AdamW, or bitsandbytes' 8-bit AdamW (a quarter of its memory).",
+        ),
+    ] = "adamw",
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -820,11 +834,13 @@ def train(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
         grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
+        optimizer=optimizer,
     )  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, no_cache=no_cache, quiet=quiet)  # fmt: skip
     _check_checkpoint(options)
-    malmm = load_model(options, training.TASK_PRESETS[task], reporter)
+    shape = training.training_shape(settings, examples + held_out)
+    malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
                                cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip

@@ -6,6 +6,7 @@ quantization, compare the memory plan with what the device has free, then load.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from malmm_cli.hub import DownloadProgress, ModelUnavailable, resolve
 from models.memory_plan import (
     GIB,
     MemoryPlan,
+    TrainingShape,
     choose_quantization,
     count_parameters,
     generation_bytes,
     memory_state_bytes,
     plan_memory,
+    plan_training,
     vision_activation_per_frame,
 )
 
@@ -49,6 +52,7 @@ class LoadOptions:
     num_beams: int = 5
     max_new_tokens: int = 50
     vision_batch: int = 8
+    training: TrainingShape | None = None  # plan for `malmm train` instead of reading videos
 
 
 def resolve_device(name: str) -> str:
@@ -101,32 +105,85 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
     """The quantization to use and its memory plan; SetupError (with what would fit) if none fits."""
     counts = count_parameters(config)
 
-    def estimate(mode: str, vision: bool = options.quantize_vision) -> MemoryPlan:
-        return plan_memory(
-            config, quantize=mode, quantize_vision=vision, dtype=dtype, vision_batch=options.vision_batch,
-            memory_bank_length=options.memory_bank_length, readers=options.readers, num_beams=options.num_beams,
-            max_new_tokens=options.max_new_tokens, counts=counts,
-        )  # fmt: skip
+    def estimate(option: LoadOptions, mode: str) -> MemoryPlan:
+        common = dict(
+            quantize=mode,
+            quantize_vision=option.quantize_vision,
+            dtype=dtype,
+            vision_batch=option.vision_batch,
+            memory_bank_length=option.memory_bank_length,
+            counts=counts,
+        )
+        if option.training is not None:  # on a GPU: fused attention, and the trainer checkpoints the LLM
+            gpu = device.startswith("cuda")
+            shape = dataclasses.replace(option.training, checkpointing=gpu)
+            return plan_training(config, shape, efficient_attention=gpu, **common)
+        return plan_memory(config, readers=option.readers, num_beams=option.num_beams,
+                           max_new_tokens=option.max_new_tokens, **common)  # fmt: skip
 
     free = free_memory(device)
     if options.quantize == "auto":  # the most precise that fits (on CPU quantized layers are slower, but fit)
-        fitting = choose_quantization({m: estimate(m) for m in ("none", "8bit", "4bit")}, free) if free else None
+        plans = {m: estimate(options, m) for m in ("none", "8bit", "4bit")}
+        fitting = choose_quantization(plans, free) if free else None
         mode = fitting or ("4bit" if free else "none")
     else:
         mode = options.quantize
-    chosen = estimate(mode)
+    chosen = estimate(options, mode)
     if free is not None and chosen.total > free:
-        candidates = [(m, v) for m in ("none", "8bit", "4bit") for v in (False, True)]
-        fits = [(m, v, estimate(m, v)) for m, v in candidates if estimate(m, v).total <= free]
-        hint = ", ".join(
-            f"--quantize {m}{' --quantize-vision 8bit' if v else ''} (~{p.total / GIB:.1f} GiB)" for m, v, p in fits[:2]
-        )
+        fits = []
+        for group in alternatives(options, mode):  # the first that fits of each group
+            for flags, option, option_mode in group:
+                alternative = estimate(option, option_mode)
+                if alternative.total <= free:
+                    fits.append(f"{flags} (~{alternative.total / GIB:.1f} GiB)")
+                    break
         where = "RAM" if device == "cpu" else device
         raise SetupError(
             f"{options.model} needs {chosen.describe()} but only {free / GIB:.1f} GiB of {where} is free; "
-            + (f"settings that fit: {hint}" if fits else "no setting fits here: try a smaller model or another device")
-        )
+            + (f"settings that fit: {', '.join(fits[:3])}" if fits
+               else "no setting fits here: try a smaller model or another device")
+        )  # fmt: skip
     return mode, chosen
+
+
+Alternative = tuple[str, LoadOptions, str]  # command-line flags, the options they make, quantization
+
+
+def alternatives(options: LoadOptions, mode: str) -> list[list[Alternative]]:
+    """Settings to suggest when these do not fit, in groups of which the first that fits is
+    suggested, the smallest change first: for inference another quantization; for training a
+    smaller batch (with as many more accumulation steps), with 8-bit AdamW, with a stronger
+    quantization."""
+    levels = ("none", "8bit", "4bit")
+    shape = options.training
+    if shape is None:
+        return [
+            [(f"--quantize {m}" + (" --quantize-vision 8bit" if v else ""),
+              dataclasses.replace(options, quantize_vision=v), m)]
+            for m in levels for v in (False, True)
+        ]  # fmt: skip
+    groups = []
+    for quantize in levels[levels.index(mode) :]:
+        for optimizer in dict.fromkeys([shape.optimizer, "adamw8bit"]):
+            group = []
+            for batch in _halvings(shape.batch_size):
+                flags = [f"--batch-size {batch} --grad-accum {shape.grad_accum * shape.batch_size // batch}"]
+                flags = flags if batch != shape.batch_size else []
+                flags += [f"--optimizer {optimizer}"] if optimizer != shape.optimizer else []
+                flags += [f"--quantize {quantize}"] if quantize != mode else []
+                if flags:
+                    smaller = dataclasses.replace(shape, batch_size=batch, optimizer=optimizer)
+                    group.append((" ".join(flags), dataclasses.replace(options, training=smaller), quantize))
+            groups.append(group)
+    return groups
+
+
+def _halvings(batch: int) -> list[int]:
+    """batch, batch / 2, ... 1 (the batch sizes that keep the same examples per update)."""
+    sizes = [batch]
+    while sizes[-1] > 1 and sizes[-1] % 2 == 0:
+        sizes.append(sizes[-1] // 2)
+    return sizes if sizes[-1] == 1 else [*sizes, 1]
 
 
 def locate(model: str, progress: DownloadProgress | None = None) -> Path:

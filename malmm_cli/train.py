@@ -41,8 +41,17 @@ from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from models import Malmm
 from models.checkpoint import CheckpointError, save_trained
+from models.memory_plan import OPTIMIZER_BYTES, TrainingShape
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
-from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
+from models.training import (
+    MAX_PROMPT_TOKENS,
+    MAX_TARGET_TOKENS,
+    answer_loss,
+    parameter_groups,
+    read_clip,
+    trainable_parameters,
+    warmup_cosine,
+)
 
 # The preset each training task learns (its instruction and prompt, frames, memory bank length).
 TASK_PRESETS = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}
@@ -78,6 +87,11 @@ class TrainSettings:
     seed: int = 0
     save_every: int = 200  # optimiser steps between resumable states
     memory: str = "malmm"
+    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZER_BYTES:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_BYTES)}, got {self.optimizer!r}")
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
@@ -188,9 +202,8 @@ class Trainer:
         if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
             model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(settings.seed)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.trained, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999)
-        )
+        self.optimizer = make_optimizer(settings.optimizer, parameter_groups(self.trained, settings.weight_decay),
+                                        settings.lr)  # fmt: skip
         total = settings.steps_per_epoch(len(train)) * settings.epochs
         self.total_steps = total
         self.scheduler = warmup_cosine(self.optimizer, total, min(settings.warmup_steps, max(total // 10, 1)))
@@ -425,6 +438,28 @@ class Trainer:
         self.features.unreadable = set(plain["unreadable"])
 
 
+def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW (0.9, 0.999) as MA-LMM trains, or bitsandbytes' AdamW with 8-bit moments."""
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def training_shape(settings: TrainSettings, examples: list[Example]) -> TrainingShape:
+    """The shape of this run's training steps, for its memory plan: the longest prompt and target
+    counted at three characters a token (an over-estimate for English), before any tokenizer loads.
+    (Whether the LLM is checkpointed depends on the device: loading.plan sets it.)"""
+    prompts = [len(prompt_for(settings.task, e)) for e in examples] or [0]
+    texts = [len(prompt_for(settings.task, e)) + len(target_for(settings.task, e)) for e in examples] or [0]
+    return TrainingShape(
+        batch_size=settings.batch_size, grad_accum=settings.grad_accum, optimizer=settings.optimizer,
+        text_tokens=min(max(texts) // 3 + 2, MAX_PROMPT_TOKENS + MAX_TARGET_TOKENS),
+        instruction_tokens=min(max(prompts) // 3 + 2, MAX_PROMPT_TOKENS),
+    )  # fmt: skip
+
+
 def _new_epoch() -> dict[str, float]:
     return {"loss_sum": 0.0, "losses": 0, "examples": 0, "seconds": 0.0}
 
@@ -484,24 +519,40 @@ def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimiser state dict as safetensors tensors plus JSON (never a pickle)."""
-    tensors, plain_state = {}, {}
-    for index, values in state["state"].items():
-        plain_state[str(index)] = {}
+    """An optimiser state dict as safetensors tensors plus JSON (never a pickle). A parameter's
+    state may nest dicts (bitsandbytes keeps its quantization state in one): tensors are named
+    by their path, `optimizer.{index}.{key}/{key}...`."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()  # storages already saved: bitsandbytes shares its quantization maps
+
+    def split(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        plain: dict[str, Any] = {}
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+                value = value.detach().cpu().contiguous()
+                shared = value.untyped_storage().data_ptr() in seen
+                seen.add(value.untyped_storage().data_ptr())
+                tensors[prefix + key] = value.clone() if shared else value
+            elif isinstance(value, dict):
+                plain[key] = split(value, f"{prefix}{key}/")
             else:
-                plain_state[str(index)][key] = value
+                plain[key] = value
+        return plain
+
+    plain_state = {str(index): split(values, f"optimizer.{index}.") for index, values in state["state"].items()}
     return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(i): dict(values) for i, values in plain["state"].items()}
+    state: dict[int, dict[str, Any]] = {int(i): json.loads(json.dumps(values)) for i, values in plain["state"].items()}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
+            _, index, path = name.split(".", 2)
+            *parents, key = path.split("/")
+            where = state.setdefault(int(index), {})
+            for parent in parents:
+                where = where.setdefault(parent, {})
+            where[key] = value
     return {"state": state, "param_groups": plain["param_groups"]}
 
 

@@ -9,6 +9,7 @@ of the ViT and the LLM (models/modeling.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -68,17 +69,21 @@ class MemoryPlan:
     activations: int
     quantize: str
     quantize_vision: bool
+    optimizer: int = 0  # training: the trained parameters' gradients and optimiser state
+    optimizer_name: str = ""
 
     @property
     def total(self) -> int:
-        return int((self.vision + self.qformer + self.llm + self.activations) * SAFETY) + RUNTIME_OVERHEAD
+        held = self.vision + self.qformer + self.llm + self.optimizer + self.activations
+        return int(held * SAFETY) + RUNTIME_OVERHEAD
 
     def describe(self) -> str:
         vision = " (8-bit)" if self.quantize_vision else ""
         llm = "" if self.quantize == "none" else f" ({self.quantize})"
+        optimizer = f", gradients and {self.optimizer_name} {self.optimizer / GIB:.1f}" if self.optimizer else ""
         return (
             f"~{self.total / GIB:.1f} GiB: vision {self.vision / GIB:.1f}{vision}, Q-Former {self.qformer / GIB:.2f}, "
-            f"LLM {self.llm / GIB:.1f}{llm}, activations {self.activations / GIB:.1f}"
+            f"LLM {self.llm / GIB:.1f}{llm}{optimizer}, activations {self.activations / GIB:.1f}"
         )
 
 
@@ -163,6 +168,100 @@ def generation_bytes(
     kv_cache = sequences * length * layers * 2 * (hidden * kv_heads // heads) * width
     activation = sequences * length * (3 * hidden + 2 * intermediate) * width + sequences * t.vocab_size * 4
     return kv_cache + activation
+
+
+# Optimiser state bytes per trained parameter: AdamW's two float32 moments; bitsandbytes' 8-bit
+# AdamW keeps them in one byte each (plus a float32 scale per block of 256).
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8 / 256}
+
+
+@dataclass(frozen=True)
+class TrainingShape:
+    """What one training step holds at once, for its memory plan (see `plan_training`)."""
+
+    batch_size: int
+    grad_accum: int = 1  # takes no memory; kept so that a smaller batch can be suggested with as many more steps
+    optimizer: str = "adamw"
+    checkpointing: bool = True  # the LLM's activations are recomputed in the backward pass
+    text_tokens: int = 96  # prompt and target tokens of the longest example
+    instruction_tokens: int = 32  # the Q-Former's instruction
+
+
+def plan_training(
+    config: InstructBlipConfig,
+    shape: TrainingShape,
+    *,
+    quantize: str = "none",
+    quantize_vision: bool = False,
+    dtype: torch.dtype = torch.float16,
+    vision_batch: int = 8,
+    memory_bank_length: int = 20,
+    efficient_attention: bool = True,
+    counts: ParameterCounts | None = None,
+) -> MemoryPlan:
+    """Estimate device memory for training (models/training.py) with these settings.
+
+    Held throughout: the frozen weights, the trained parameters with their gradients and
+    optimiser state. At the peak, one of: the ViT encoding a batch of frames (features are
+    computed before the memory reads them), or a batch's training step: every clip's memory
+    state, what its last step keeps for the backward pass (`training_step_bytes`) and the LLM's.
+    efficient_attention: the GPU's fused attention kernels (a CPU keeps the attention scores).
+    """
+    counts = counts or count_parameters(config)
+    inference = plan_memory(
+        config, quantize=quantize, quantize_vision=quantize_vision, dtype=dtype, vision_batch=vision_batch,
+        memory_bank_length=memory_bank_length, counts=counts,
+    )  # fmt: skip
+    trained = counts.qformer + 2 * config.vision_config.hidden_size  # + the vision LayerNorm
+    step = shape.batch_size * (
+        memory_state_bytes(config, memory_bank_length, 1, shape.instruction_tokens)
+        + training_step_bytes(config, memory_bank_length, shape.instruction_tokens, efficient_attention)
+        + llm_training_bytes(config, dtype, shape.text_tokens, shape.checkpointing)
+    )
+    vision = vision_batch * vision_activation_per_frame(config, dtype)
+    return dataclasses.replace(
+        inference,
+        optimizer=int(trained * (4 + OPTIMIZER_BYTES[shape.optimizer])),  # float32 gradients + moments
+        optimizer_name={"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}[shape.optimizer],
+        activations=max(vision, step),
+    )
+
+
+def training_step_bytes(
+    config: InstructBlipConfig, memory_bank_length: int, instruction_tokens: int = 32, efficient_attention: bool = True
+) -> int:
+    """What one clip's last memory step keeps for the backward pass (float32): the bank's entries
+    with the current one live, their keys and values in every layer that reads them (projected
+    again, as MA-LMM trains), and each layer's own activations; with unfused attention (a CPU's) also
+    its copies of the keys and values and the attention probabilities before and after dropout."""
+    v, q = config.vision_config, config.qformer_config
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    slots, width = memory_bank_length + 1, q.hidden_size
+    cross_layers = -(-q.num_hidden_layers // q.cross_attention_frequency)
+    queries = config.num_query_tokens + instruction_tokens
+    heads = q.num_attention_heads
+    held = slots * tokens * v.hidden_size + cross_layers * 2 * slots * tokens * width  # visual entries, keys, values
+    held += q.num_hidden_layers * 3 * slots * queries * width  # query entries, keys, values
+    held += q.num_hidden_layers * queries * (8 * width + 2 * q.intermediate_size)  # the rest of each layer
+    if not efficient_attention:  # and its contiguous copies of the keys and values
+        held += cross_layers * slots * tokens * (3 * width + 3 * heads * config.num_query_tokens)
+        held += q.num_hidden_layers * slots * queries * (width + 3 * heads * queries)
+    return held * 4
+
+
+def llm_training_bytes(config: InstructBlipConfig, dtype: torch.dtype, text_tokens: int, checkpointing: bool) -> int:
+    """The frozen LLM's activations kept for one clip's backward pass (to the soft prompt): every
+    layer's, or with checkpointing each layer's input and one layer recomputed; float32 logits,
+    their log-probabilities and gradient."""
+    t = config.text_config
+    width = torch.finfo(dtype).bits // 8
+    hidden = getattr(t, "hidden_size", None) or t.d_model
+    layers = getattr(t, "num_hidden_layers", None) or t.num_layers * 2
+    intermediate = getattr(t, "intermediate_size", None) or t.d_ff
+    length = config.num_query_tokens + text_tokens
+    per_layer = length * (5 * hidden + 3 * intermediate) * width
+    kept = layers * length * hidden * width + per_layer if checkpointing else layers * per_layer
+    return kept + 3 * length * t.vocab_size * 4
 
 
 def choose_quantization(plans: dict[str, MemoryPlan], free_bytes: int) -> str | None:

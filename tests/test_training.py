@@ -3,6 +3,7 @@ task end to end, resume, and refusing checkpoints that do not fit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,14 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import InstructBlipConfig
 from typer.testing import CliRunner
 
 from malmm_cli import train as training
 from malmm_cli.cli import app
 from malmm_cli.dataset import DatasetError, read_examples
 from models import Malmm
+from models.memory_plan import TrainingShape, plan_training
 from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
 from tests.media import SCENE_COLOURS, make_scene, make_text_file
+from tests.memory_trace import LiveTensorBytes
 from tests.tiny_models import build_model_folder, tiny_config
 
 COLOURS = list(SCENE_COLOURS)
@@ -261,16 +265,20 @@ def test_learns_captions(steerable_dir: Path, scenes: Path, tmp_path: Path) -> N
 # --- nothing lost ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
 def test_resume_gives_the_same_weights(
-    tiny_llama_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    optimizer: str, tiny_llama_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopped by Ctrl-C in the middle of a gradient accumulation, or killed after a periodic
-    save, a resumed run ends with bitwise the same weights as a run never stopped."""
+    save, a resumed run ends with bitwise the same weights as a run never stopped (with 8-bit
+    AdamW too, whose moments are stored as bytes)."""
     args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--batch-size", "3", "--grad-accum", "2",
-            "--epochs", "3", "--save-every", "2", "--val-split", "0.2", "-q"]  # fmt: skip
+            "--epochs", "3", "--save-every", "2", "--val-split", "0.2", "--optimizer", optimizer, "-q"]  # fmt: skip
     whole = tmp_path / "whole"
     assert malmm_cli("train", scenes / "labels.jsonl", "--output", whole, *args).exit_code == 0
     expected = load_file(str(whole / "model.safetensors"))
+    moments = {v.dtype for k, v in load_file(str(whole / "resume" / "state.safetensors")).items() if "state1" in k}
+    assert moments == ({torch.uint8, torch.float32} if optimizer == "adamw8bit" else set())  # small ones stay 32-bit
     original = training.Trainer._optimizer_step
 
     def stop(after: int, how: type[BaseException]):
@@ -300,6 +308,63 @@ def test_resume_gives_the_same_weights(
         resumed = load_file(str(run / "model.safetensors"))
         assert all(torch.equal(resumed[k], expected[k]) for k in expected)
         assert figures(run) == figures(whole)
+
+
+def test_memory_plan_bounds_a_training_step(tiny_llama_dir: Path) -> None:
+    """The training plan's activations are within 30% above what a step really holds at its
+    peak (measured tensor by tensor: memory states, the last step's graph, the LLM's, the
+    backward pass), whatever the batch and the bank length."""
+    malmm = Malmm.from_pretrained(tiny_llama_dir)
+    model, config = malmm.model, malmm.model.config
+    trained = trainable_parameters(model)
+    model.qformer.train()
+    for _, parameter in trained:
+        parameter.grad = torch.zeros_like(parameter)  # held all along: the plan counts them apart
+    exclude = [*model.parameters(), *model.buffers(), *(p.grad for _, p in trained)]
+    prompt, target = "Question: what is the man doing? Short answer:", "he is cooking food in a pan"
+    for batch, bank in ((2, 3), (4, 8)):
+        with LiveTensorBytes(exclude) as measured:
+            features = torch.randn(batch, bank + 3, 17, 48)
+            start = measured.live
+            state = malmm.new_memory([prompt] * batch, bank, total_frames=bank + 3)
+            output = read_clip(model, state, features)
+            answer_loss(model, malmm.tokenizer, output, [prompt] * batch, [target] * batch).backward()
+        text = len(malmm.tokenizer(prompt + " " + target).input_ids)
+        instruction = len(malmm.qformer_tokenizer(prompt).input_ids)
+        shape = TrainingShape(batch, checkpointing=False, text_tokens=text, instruction_tokens=instruction)
+        plan = plan_training(config, shape, dtype=torch.float32, memory_bank_length=bank, efficient_attention=False)
+        held = measured.peak - start
+        assert held <= plan.activations <= 1.3 * held, (batch, bank, held, plan.activations)
+
+
+def test_train_refuses_settings_that_do_not_fit(
+    tiny_llama_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before loading, the plan is checked against free memory; what does not fit is refused in
+    one line with the settings that would (a smaller batch, as many more accumulation steps)."""
+    from malmm_cli import loading
+
+    config = InstructBlipConfig.from_pretrained(tiny_llama_dir)
+    examples = read_examples(scenes / "labels.jsonl", "classify")
+    settings = training.TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3)
+    shape = training.training_shape(settings, examples)
+
+    def total(batch: int) -> int:
+        options = loading.LoadOptions(model="tiny", quantize="none", memory_bank_length=2,
+                                      training=dataclasses.replace(shape, batch_size=batch))  # fmt: skip
+        with monkeypatch.context() as patch:
+            patch.setattr(loading, "free_memory", lambda device: 1 << 50)
+            return loading.plan(config, options, "cpu", torch.float32)[1].total
+
+    assert total(2) < total(4)
+    monkeypatch.setattr(loading, "free_memory", lambda device: (total(2) + total(4)) // 2)
+    result = malmm_cli("train", scenes / "labels.jsonl", "--task", "classify", "--output", tmp_path / "run",
+                       "--model", tiny_llama_dir, *SMALL, "--quantize", "none", "--epochs", "1")  # fmt: skip
+    assert result.exit_code == 2
+    assert (
+        "gradients and AdamW" in result.output and "settings that fit: --batch-size 2 --grad-accum 2" in result.output
+    )
+    assert not (tmp_path / "run").exists()
 
 
 class Killed(BaseException):
