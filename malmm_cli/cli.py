@@ -775,6 +775,14 @@ def train(
             help="AdamW, or bitsandbytes' 8-bit AdamW (a quarter of its memory).",
         ),
     ] = "adamw",
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="Crop (50-100% of the area) and flip each clip anew every epoch, as MA-LMM trains; "
+            "the ViT then runs on every step instead of reading cached features.",
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -834,7 +842,7 @@ def train(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
         grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
-        optimizer=optimizer,
+        optimizer=optimizer, augment=augment,
     )  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, no_cache=no_cache, quiet=quiet)  # fmt: skip

@@ -9,7 +9,7 @@ from the feature cache. pipeline.py steps the memories with what comes out.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -129,9 +129,15 @@ class VideoStream:
         batch_size: int = VISION_BATCH,
         cache: FeatureCache | None = None,
         normalize: bool = True,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
+        """transform: applied to every decoded RGB frame before preprocessing (training's crop and
+        flip); frames so transformed are never cached, so it takes no cache."""
+        if transform is not None and cache is not None:
+            raise ValueError("transformed frames are not cached: pass cache=None with a transform")
         self.malmm = malmm
         self.normalize = normalize  # False: features before the vision LayerNorm (training trains it)
+        self.transform = transform
         self.path = Path(path)
         self.sampling = sampling
         self.batch_size = batch_size
@@ -209,7 +215,8 @@ class VideoStream:
         def samples() -> Iterator[tuple[Sample, torch.Tensor]]:
             for frame in self._reader.frames(self.times[start:]):
                 sample = Sample(start + frame.index, frame.target, frame.time)
-                yield sample, preprocess(self.malmm, frame.image)
+                image = frame.image if self.transform is None else self.transform(frame.image)
+                yield sample, preprocess(self.malmm, image)
 
         self._decoded = prefetch(samples())
         batch: list[tuple[Sample, torch.Tensor]] = []

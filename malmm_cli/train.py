@@ -4,8 +4,10 @@ Where an example goes: its clip is sampled as MA-LMM samples training clips (one
 each of `frames` equal segments; `samplings` such draws per clip, used in turn by the epochs),
 read by `VideoStream` with the frozen ViT, stopping before its LayerNorm (which is trained), and
 replayed from the feature cache once computed, so that later epochs cost the Q-Former and the
-LLM only. `models.training.read_clip` steps the memory through the clip (gradients at the last
-step only) and `answer_loss` scores the target. Validation clips are sampled evenly.
+LLM only. With `augment` every epoch draws new times and a new crop and flip for the clip
+(augment.py), so the ViT runs on every step. `models.training.read_clip` steps the memory through
+the clip (gradients at the last step only) and `answer_loss` scores the target. Validation clips
+are sampled evenly.
 
 A run folder holds:
 - model.safetensors: the trained tensors of the best epoch (by the validation metric, else the
@@ -35,13 +37,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from malmm_cli.augment import ClipAugment
 from malmm_cli.dataset import DatasetError, Example, read_examples
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from models import Malmm
 from models.checkpoint import CheckpointError, save_trained
-from models.memory_plan import OPTIMIZER_BYTES, TrainingShape
+from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
 from models.training import (
     MAX_PROMPT_TOKENS,
@@ -88,6 +91,7 @@ class TrainSettings:
     save_every: int = 200  # optimiser steps between resumable states
     memory: str = "malmm"
     optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
+    augment: bool = False  # crop and flip each clip anew every epoch (the ViT runs every step)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_BYTES:
@@ -118,25 +122,36 @@ class ClipFeatures:
     left out of every epoch.
     """
 
-    def __init__(self, malmm: Malmm, frames: int, cache: FeatureCache | None, warn: Callable[[str], None]):
+    def __init__(
+        self,
+        malmm: Malmm,
+        frames: int,
+        cache: FeatureCache | None,
+        warn: Callable[[str], None],
+        augment: bool = False,
+    ):
+        """augment: random draws are also cropped and flipped (`ClipAugment`), and so encoded by
+        the ViT every time instead of cached; even samplings (validation) stay plain and cached."""
         self.malmm = malmm
         self.frames = frames
         self.cache = cache
         self.warn = warn
+        self.augment = augment
         self.unreadable: set[str] = set()
 
     def get(self, example: Example, draw: int | None, seed: int) -> torch.Tensor | None:
         """[frames, N, C], or None for an unreadable clip. draw: which random sampling (None: even)."""
         if example.id in self.unreadable:
             return None
-        jitter = (
-            None
-            if draw is None
-            else zlib.crc32(f"{seed}|{draw}|{example.video}|{example.start}|{example.end}".encode())
-        )
+        where = f"{example.video}|{example.start}|{example.end}"
+        jitter = None if draw is None else zlib.crc32(f"{seed}|{draw}|{where}".encode())
         sampling = Sampling(frames=self.frames, start=example.start, end=example.end, jitter=jitter)
+        augmented = self.augment and draw is not None
+        transform = ClipAugment(zlib.crc32(f"{seed}|augment|{draw}|{where}".encode())) if augmented else None
+        cache = None if augmented else self.cache
         try:
-            with VideoStream(self.malmm, example.video, sampling, cache=self.cache, normalize=False) as stream:
+            with VideoStream(self.malmm, example.video, sampling, cache=cache, normalize=False,
+                             transform=transform) as stream:  # fmt: skip
                 features = [feature[0] for _, feature in stream]
         except (VideoError, OSError) as error:
             features, reason = [], str(error) or type(error).__name__
@@ -196,7 +211,7 @@ class Trainer:
         self.malmm, self.train_set, self.val_set = malmm, train, val
         self.settings, self.output, self.base_model = settings, output, base_model
         self.labels = labels
-        self.features = ClipFeatures(malmm, settings.frames, cache, warn)
+        self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
         model = malmm.model
         self.trained = trainable_parameters(model)
         if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
@@ -294,7 +309,7 @@ class Trainer:
     def _optimizer_step(self, group: list[list[int]], epoch: int) -> tuple[float | None, int]:
         """Accumulate gradients over the micro-batches of `group`, then one optimiser step."""
         settings = self.settings
-        draw = epoch % settings.samplings
+        draw = epoch if settings.augment else epoch % settings.samplings  # cached draws are reused in turn
         total, count = 0.0, 0
         for indices in group:
             examples, features = self.features.readable([self.train_set[i] for i in indices], draw, settings.seed)
@@ -503,7 +518,8 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
     return (
         f"Training {s.task} on {train} clips ({val} for validation): {s.epochs} epochs of "
         f"{s.steps_per_epoch(train)} steps, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
-        f"{s.frames} frames, memory bank {s.memory_bank_length}; "
+        f"{s.frames} frames, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
+        f"{', clips cropped and flipped' if s.augment else ''}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
     )
 

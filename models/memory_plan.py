@@ -173,6 +173,7 @@ def generation_bytes(
 # Optimiser state bytes per trained parameter: AdamW's two float32 moments; bitsandbytes' 8-bit
 # AdamW keeps them in one byte each (plus a float32 scale per block of 256).
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8 / 256}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def plan_training(
     return dataclasses.replace(
         inference,
         optimizer=int(trained * (4 + OPTIMIZER_BYTES[shape.optimizer])),  # float32 gradients + moments
-        optimizer_name={"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}[shape.optimizer],
+        optimizer_name=OPTIMIZER_NAMES[shape.optimizer],
         activations=max(vision, step),
     )
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -15,8 +17,11 @@ from transformers import InstructBlipConfig
 from typer.testing import CliRunner
 
 from malmm_cli import train as training
+from malmm_cli.augment import ClipAugment, draw_crop
 from malmm_cli.cli import app
 from malmm_cli.dataset import DatasetError, read_examples
+from malmm_cli.feature_cache import FeatureCache
+from malmm_cli.stream import Sampling, VideoStream
 from models import Malmm
 from models.memory_plan import TrainingShape, plan_training
 from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
@@ -236,18 +241,62 @@ def _write(path: Path, text: str) -> Path:
 # --- learning, end to end ---------------------------------------------------------------------------
 
 
-def test_learns_labels_from_colour(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment", [False, True])
+def test_learns_labels_from_colour(
+    augment: bool, steerable_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The scene's colour is the label; the untrained model is near chance on held-out clips,
-    the trained one (through `predict --checkpoint RUN`) gets at least 90%."""
+    the trained one (through `predict --checkpoint RUN`) gets at least 90%. With --augment (the
+    colour survives crops and flips) too, and then only validation clips are cached."""
     assert held_out_accuracy(steerable_dir, scenes) <= 0.5
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MALMM_CACHE_DIR", str(cache))
     run = tmp_path / "run"
     result = malmm_cli("train", scenes / "labels.jsonl", "--task", "classify", "--output", run, "--model",
-                       steerable_dir, *TRAIN, "--epochs", "10", "--val-split", "0.2")  # fmt: skip
+                       steerable_dir, *TRAIN, "--epochs", "10", "--val-split", "0.2",
+                       *(["--augment"] if augment else []))  # fmt: skip
     assert result.exit_code == 0, result.output
     info = json.loads((run / "training.json").read_text())
     assert len(info["epochs"]) == 10 and info["labels"] == sorted(COLOURS)
     assert info["epochs"][-1]["val_accuracy"] >= 0.8
     assert held_out_accuracy(steerable_dir, scenes, "--checkpoint", run) >= 0.9
+    cached = len(FeatureCache(cache).entries())  # the held-out clips, the validation clips, and without
+    assert cached == 12 + 6 + (0 if augment else 24 * 4)  # --augment each training clip's 4 samplings
+
+
+def test_augment_crops_and_flips_every_frame_of_a_clip_alike(tiny_malmm: Malmm, tmp_path: Path) -> None:
+    """MA-LMM's crop: 50-100% of the area, aspect 3/4-4/3, anywhere in the frame, mirrored half
+    the time; one box per clip, the same for a given seed, applied before the ViT."""
+    rng = random.Random(0)
+    crops = [draw_crop(240, 320, rng) for _ in range(400)]
+    for c in crops:
+        assert 0.5 - 0.02 <= c.height * c.width / (240 * 320) <= 1.0
+        assert 3 / 4 - 0.02 <= c.width / c.height <= 4 / 3 + 0.02
+        assert 0 <= c.top <= 240 - c.height and 0 <= c.left <= 320 - c.width
+    assert 150 < sum(c.flip for c in crops) < 250
+    assert len({(c.top, c.left) for c in crops}) > 300
+    narrow = draw_crop(20, 1000, random.Random(1))  # no random box fits: the widest allowed, centred
+    assert (narrow.height, narrow.width, narrow.left) == (20, 27, (1000 - 27) // 2)
+
+    columns = np.broadcast_to((np.arange(320) % 256).astype(np.uint8)[None, :, None], (240, 320, 3))
+    for seed in range(6):
+        augment = ClipAugment(seed)
+        first, second = augment(columns), augment(columns.copy())
+        crop = draw_crop(240, 320, random.Random(seed))
+        assert augment.crop == crop and np.array_equal(first, second)
+        expected = np.arange(crop.left, crop.left + crop.width) % 256  # the column numbers, as uint8
+        assert np.array_equal(first[0, :, 0], expected[::-1] if crop.flip else expected)
+    with pytest.raises(ValueError, match="not cached"):
+        VideoStream(None, "clip.mp4", Sampling(frames=2), cache=FeatureCache(Path("unused")), transform=augment)
+
+    video = make_scene(tmp_path / "scene.mp4", "red", seed=0)
+
+    def features(transform=None) -> torch.Tensor:
+        with VideoStream(tiny_malmm, video, Sampling(frames=3), transform=transform) as stream:
+            return torch.cat([feature for _, feature in stream])
+
+    plain, mirrored = features(), features(lambda image: np.ascontiguousarray(image[:, ::-1]))
+    assert plain.shape == mirrored.shape == features(ClipAugment(0)).shape and not torch.equal(plain, mirrored)
 
 
 def test_learns_captions(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
