@@ -19,6 +19,10 @@ recorded with its error and the next one runs; one that would not fit the time l
    logits, greedy tokens, after 16 frames through a bank of 4.
 5. end to end: `caption_video` at 1 frame/s with 16 decode workers on a 720p clip, and decoding
    alone, scaled to one hour of video.
+6. batching: several videos, or several questions, as one batch against one.
+7. training: `malmm train`'s step on the 4-bit model (cached features, batch 4, 20 frames, bank
+   20, the LLM checkpointed), AdamW and 8-bit AdamW: time, examples/s and peak memory against the
+   training memory plan (models/memory_plan.py).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GIB = 1024**3
-SECTIONS = ("memory", "generate", "vision", "parity", "end_to_end", "batching")
+SECTIONS = ("memory", "generate", "training", "vision", "parity", "end_to_end", "batching")
 # Seconds each section needs at most; a section starts only if that much time is left.
-NEEDS = {"memory": 150, "generate": 30, "vision": 60, "parity": 90, "end_to_end": 120, "batching": 40}
+NEEDS = {"memory": 150, "generate": 30, "training": 60, "vision": 60, "parity": 90, "end_to_end": 120, "batching": 40}
 
 
 class Check:
@@ -269,6 +273,72 @@ def section_generate(check: Check) -> dict:
         _synchronize(check.device)
         result[f"{name}_tokens_per_s"] = tokens / (time.perf_counter() - started)
         result[f"{name}_text_chars"] = len(ids[0])
+    return result
+
+
+def section_training(check: Check) -> dict:
+    """A training step as `malmm train` takes it once features are cached, on the 4-bit model (on
+    the CPU the tiny model unquantized: its 4-bit layers there are not what a GPU trains)."""
+    import torch
+
+    from malmm_cli.train import make_optimizer
+    from models.memory_plan import TrainingShape, plan_training
+    from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters
+
+    malmm = _malmm(_random_model(_config(check), "cpu", torch.float32, "none")) if check.cpu else None
+    malmm = malmm or check.shared.get("malmm_4bit")
+    if malmm is None:
+        return {"skipped": "no 4-bit model (the memory section did not make one)"}
+    model = malmm.model
+    batch, frames, bank = 4, (6 if check.cpu else 20), (3 if check.cpu else 20)
+    prompts = ["Question: what is the man doing in the kitchen? Short answer:"] * batch
+    targets = ["he is cutting vegetables for a soup"] * batch
+    features = torch.randn(batch, frames, *_feature_shape(malmm), device=check.device)
+    dtype = model.get_input_embeddings().weight.dtype
+    trained = trainable_parameters(model)
+    model.qformer.train()
+    on_gpu = check.device == "cuda"
+    if on_gpu:
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    result = {"batch": batch, "frames": frames, "bank": bank, "trained_m": sum(p.numel() for _, p in trained) / 1e6}
+
+    def step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        with torch.enable_grad():
+            state = malmm.new_memory(prompts, bank, total_frames=frames)
+            loss = answer_loss(model, malmm.tokenizer, read_clip(model, state, features), prompts, targets)
+            scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=False)
+
+    try:
+        for name in ("adamw", "adamw8bit"):
+            optimizer = make_optimizer(name, parameter_groups(trained), 1e-5)
+            scaler = torch.amp.GradScaler(check.device, enabled=dtype == torch.float16)
+            step(optimizer, scaler)  # warm-up: gradients and optimiser state allocated
+            _synchronize(check.device)
+            _reset_peak(check)
+            started = time.perf_counter()
+            for _ in range(2):
+                step(optimizer, scaler)
+            _synchronize(check.device)
+            seconds = (time.perf_counter() - started) / 2
+            text = len(malmm.tokenizer(prompts[0] + " " + targets[0]).input_ids)
+            instruction = len(malmm.qformer_tokenizer(prompts[0]).input_ids)
+            shape = TrainingShape(batch, optimizer=name, checkpointing=on_gpu, text_tokens=text,
+                                  instruction_tokens=instruction)  # fmt: skip
+            quantize = "none" if check.cpu else "4bit"
+            plan = plan_training(model.config, shape, quantize=quantize, dtype=dtype, memory_bank_length=bank,
+                                 efficient_attention=on_gpu)  # fmt: skip
+            result[name] = {"step_s": seconds, "examples_per_s": batch / seconds, "peak_gib": _peak(check) / GIB,
+                            "plan_gib": plan.total / GIB, "plan": plan.describe()}  # fmt: skip
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.requires_grad_(False)
+        model.qformer.eval()
+        if on_gpu:
+            model.language_model.gradient_checkpointing_disable()
+            torch.cuda.empty_cache()
     return result
 
 
@@ -587,6 +657,21 @@ def render(results: dict) -> str:
             f"beams, {generate['greedy_tokens_per_s']:.1f} greedy.",
             "",
         ]
+    if not failed("training"):
+        training = sections["training"]
+        lines += [
+            f"Training step (`malmm train` with cached features; {training['trained_m']:.0f} M trained parameters, "
+            f"batch {training['batch']}, {training['frames']} frames, bank {training['bank']}), peak GPU memory "
+            "against the training memory plan:",
+            "",
+            "| optimiser | s/step | examples/s | peak GiB | plan GiB |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name in ("adamw", "adamw8bit"):
+            row = training[name]
+            lines.append(_row(name, f"{row['step_s']:.2f}", f"{row['examples_per_s']:.2f}",
+                              f"{row['peak_gib']:.2f}", f"{row['plan_gib']:.2f}"))  # fmt: skip
+        lines.append("")
     if not failed("vision"):
         vision = sections["vision"]
         lines += [
@@ -678,6 +763,7 @@ def main() -> None:
         "parity": section_parity,
         "end_to_end": section_end_to_end,
         "batching": section_batching,
+        "training": section_training,
     }
     for name in SECTIONS:
         if name in wanted:

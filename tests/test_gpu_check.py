@@ -30,10 +30,13 @@ def test_gpu_check_in_cpu_mode(tmp_path: Path) -> None:
     assert parity["dtype"] == "bfloat16" and parity["logits_cosine"] > 0.9
     end_to_end = results["sections"]["end_to_end"]
     assert end_to_end["frames"] == 4 and end_to_end["decoded"] == 4 and end_to_end["minutes_per_hour_of_video"] > 0
+    training = results["sections"]["training"]
+    assert all(training[name]["examples_per_s"] > 0 for name in ("adamw", "adamw8bit"))
     batching = results["sections"]["batching"]
     assert all(batching[key] > 0 for key in ("step_ms_1_video", "step_ms_8_videos", "generate_s_8"))
     text = render(results)
     assert "not measured" not in text and "minutes per hour of video" in text and "8 videos at once" in text
+    assert "Training step" in text
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_render() -> None:
