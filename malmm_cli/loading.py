@@ -7,6 +7,7 @@ quantization, compare the memory plan with what the device has free, then load.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,9 @@ Alternative = tuple[str, LoadOptions, str]  # command-line flags, the options th
 
 def alternatives(options: LoadOptions, mode: str) -> list[list[Alternative]]:
     """Settings to suggest when these do not fit, in groups of which the first that fits is
-    suggested, the smallest change first: for inference another quantization; for training a
-    smaller batch (with as many more accumulation steps), with 8-bit AdamW, with a stronger
-    quantization."""
+    suggested, the fewest changes first: for inference another quantization; for training a
+    smaller batch (with as many more accumulation steps), 8-bit AdamW, LoRA adapters, a stronger
+    quantization, an 8-bit vision encoder, alone or together."""
     levels = ("none", "8bit", "4bit")
     shape = options.training
     if shape is None:
@@ -162,20 +163,28 @@ def alternatives(options: LoadOptions, mode: str) -> list[list[Alternative]]:
               dataclasses.replace(options, quantize_vision=v), m)]
             for m in levels for v in (False, True)
         ]  # fmt: skip
+    choices = itertools.product(
+        levels[levels.index(mode) :],
+        dict.fromkeys([shape.optimizer, "adamw8bit"]),
+        dict.fromkeys([shape.lora_rank, shape.lora_rank or 8]),
+        dict.fromkeys([options.quantize_vision, True]),
+    )
     groups = []
-    for quantize in levels[levels.index(mode) :]:
-        for optimizer in dict.fromkeys([shape.optimizer, "adamw8bit"]):
-            group = []
-            for batch in _halvings(shape.batch_size):
-                flags = [f"--batch-size {batch} --grad-accum {shape.grad_accum * shape.batch_size // batch}"]
-                flags = flags if batch != shape.batch_size else []
-                flags += [f"--optimizer {optimizer}"] if optimizer != shape.optimizer else []
-                flags += [f"--quantize {quantize}"] if quantize != mode else []
-                if flags:
-                    smaller = dataclasses.replace(shape, batch_size=batch, optimizer=optimizer)
-                    group.append((" ".join(flags), dataclasses.replace(options, training=smaller), quantize))
-            groups.append(group)
-    return groups
+    for quantize, optimizer, lora, vision in choices:
+        changes = [f"--optimizer {optimizer}"] if optimizer != shape.optimizer else []
+        changes += [f"--lora {lora}"] if lora != shape.lora_rank else []
+        changes += [f"--quantize {quantize}"] if quantize != mode else []
+        changes += ["--quantize-vision 8bit"] if vision != options.quantize_vision else []
+        group = []
+        for batch in _halvings(shape.batch_size):
+            smaller = [f"--batch-size {batch} --grad-accum {shape.grad_accum * shape.batch_size // batch}"]
+            flags = (smaller if batch != shape.batch_size else []) + changes
+            if flags:
+                trained = dataclasses.replace(shape, batch_size=batch, optimizer=optimizer, lora_rank=lora)
+                option = dataclasses.replace(options, training=trained, quantize_vision=vision)
+                group.append((" ".join(flags), option, quantize))
+        groups.append((len(changes), group))
+    return [group for _, group in sorted(groups, key=lambda pair: pair[0])]  # stable: the order above within
 
 
 def _halvings(batch: int) -> list[int]:

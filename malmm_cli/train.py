@@ -44,6 +44,7 @@ from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from models import Malmm
 from models.checkpoint import CheckpointError, save_trained
+from models.lora import add_lora
 from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
 from models.training import (
@@ -92,6 +93,7 @@ class TrainSettings:
     memory: str = "malmm"
     optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
     augment: bool = False  # crop and flip each clip anew every epoch (the ViT runs every step)
+    lora_rank: int = 0  # train the Q-Former through LoRA adapters of this rank (models/lora.py); 0: whole
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_BYTES:
@@ -213,6 +215,8 @@ class Trainer:
         self.labels = labels
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
         model = malmm.model
+        if settings.lora_rank:
+            add_lora(model, settings.lora_rank)
         self.trained = trainable_parameters(model)
         if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
             model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -470,6 +474,7 @@ def training_shape(settings: TrainSettings, examples: list[Example]) -> Training
     texts = [len(prompt_for(settings.task, e)) + len(target_for(settings.task, e)) for e in examples] or [0]
     return TrainingShape(
         batch_size=settings.batch_size, grad_accum=settings.grad_accum, optimizer=settings.optimizer,
+        lora_rank=settings.lora_rank,
         text_tokens=min(max(texts) // 3 + 2, MAX_PROMPT_TOKENS + MAX_TARGET_TOKENS),
         instruction_tokens=min(max(prompts) // 3 + 2, MAX_PROMPT_TOKENS),
     )  # fmt: skip
@@ -519,7 +524,7 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
         f"Training {s.task} on {train} clips ({val} for validation): {s.epochs} epochs of "
         f"{s.steps_per_epoch(train)} steps, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
         f"{s.frames} frames, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
-        f"{', clips cropped and flipped' if s.augment else ''}; "
+        f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
     )
 

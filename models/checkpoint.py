@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.lora import merged_lora_weights
 from models.presets import TRAINED_WEIGHTS
 
 # (LAVIS pattern, transformers replacement), tried in order; the first match wins.
@@ -233,9 +234,13 @@ def base_signature(config: object) -> dict[str, object]:
 
 
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors MA-LMM trains, by transformers name, on the CPU."""
-    return {name: p.detach().to("cpu").contiguous()
-            for name, p in model.named_parameters() if name.startswith(TRAINED_PREFIXES)}  # fmt: skip
+    """The tensors MA-LMM trains, by transformers name, on the CPU; layers trained through LoRA
+    adapters as their merged weights (models/lora.py)."""
+    merged, wrapped = merged_lora_weights(model)
+    named = {name: p for name, p in model.named_parameters()
+             if name.startswith(TRAINED_PREFIXES) and not name.startswith(wrapped)}  # fmt: skip
+    named.update(merged)
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in named.items()}
 
 
 def save_trained(model: nn.Module, path: Path, base_model: str) -> None:

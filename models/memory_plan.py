@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import InstructBlipConfig
 
+from models.lora import LORA_TARGETS
+
 GIB = 1024**3
 # Bytes per quantized weight: nf4 packs 2 weights a byte, plus its double-quantized absmax scales;
 # LLM.int8 stores one byte a weight plus a per-row scale.
@@ -33,6 +35,8 @@ class ParameterCounts:
     qformer: int
     llm_linear: int
     llm_other: int  # embeddings, norms and lm_head (kept in full precision)
+    qformer_encoder: int = 0  # the Q-Former module's own parameters (of `qformer`), which LoRA freezes
+    lora_width: int = 0  # in + out features summed over the Q-Former's query/key/value layers (LoRA's targets)
 
 
 def count_parameters(config: InstructBlipConfig) -> ParameterCounts:
@@ -56,7 +60,10 @@ def count_parameters(config: InstructBlipConfig) -> ParameterCounts:
     qformer = sum(p.numel() for p in model.qformer.parameters()) + model.query_tokens.numel()
     qformer += sum(p.numel() for p in model.language_projection.parameters())
     qformer += model.frame_position_embedding.weight.numel()
-    return ParameterCounts(*vision, qformer, *llm)
+    encoder = sum(p.numel() for p in model.qformer.parameters())
+    targets = [m for name, m in model.qformer.named_modules() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
+    lora_width = sum(m.in_features + m.out_features for m in targets)
+    return ParameterCounts(*vision, qformer, *llm, qformer_encoder=encoder, lora_width=lora_width)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class MemoryPlan:
     def describe(self) -> str:
         vision = " (8-bit)" if self.quantize_vision else ""
         llm = "" if self.quantize == "none" else f" ({self.quantize})"
-        optimizer = f", gradients and {self.optimizer_name} {self.optimizer / GIB:.1f}" if self.optimizer else ""
+        optimizer = f", gradients and {self.optimizer_name} {self.optimizer / GIB:.2g}" if self.optimizer else ""
         return (
             f"~{self.total / GIB:.1f} GiB: vision {self.vision / GIB:.1f}{vision}, Q-Former {self.qformer / GIB:.2f}, "
             f"LLM {self.llm / GIB:.1f}{llm}{optimizer}, activations {self.activations / GIB:.1f}"
@@ -184,6 +191,7 @@ class TrainingShape:
     grad_accum: int = 1  # takes no memory; kept so that a smaller batch can be suggested with as many more steps
     optimizer: str = "adamw"
     checkpointing: bool = True  # the LLM's activations are recomputed in the backward pass
+    lora_rank: int = 0  # the Q-Former trained through adapters of this rank (models/lora.py); 0: whole
     text_tokens: int = 96  # prompt and target tokens of the longest example
     instruction_tokens: int = 32  # the Q-Former's instruction
 
@@ -214,6 +222,8 @@ def plan_training(
         memory_bank_length=memory_bank_length, counts=counts,
     )  # fmt: skip
     trained = counts.qformer + 2 * config.vision_config.hidden_size  # + the vision LayerNorm
+    if shape.lora_rank:  # the Q-Former frozen but for its adapters
+        trained += shape.lora_rank * counts.lora_width - counts.qformer_encoder
     step = shape.batch_size * (
         memory_state_bytes(config, memory_bank_length, 1, shape.instruction_tokens)
         + training_step_bytes(config, memory_bank_length, shape.instruction_tokens, efficient_attention)

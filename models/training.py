@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from models.checkpoint import TRAINED_PREFIXES
 from models.generation import right_padded
+from models.lora import adapter_parameters
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 
@@ -35,9 +36,17 @@ IGNORED = -100  # label of positions without a loss (transformers' convention)
 
 
 def trainable_parameters(model: MalmmForConditionalGeneration) -> list[tuple[str, nn.Parameter]]:
-    """Freeze everything but what MA-LMM trains; returns the trained parameters by name."""
+    """Freeze everything but what MA-LMM trains; returns the trained parameters by name. With
+    LoRA adapters in the Q-Former (models/lora.py) they are trained instead of the Q-Former."""
     model.requires_grad_(False)
-    trained = [(name, p) for name, p in model.named_parameters() if name.startswith(TRAINED_PREFIXES)]
+    adapters = adapter_parameters(model)
+
+    def trained_here(name: str, parameter: nn.Parameter) -> bool:
+        if not name.startswith(TRAINED_PREFIXES):
+            return False
+        return not adapters or not name.startswith("qformer.") or id(parameter) in adapters
+
+    trained = [(name, p) for name, p in model.named_parameters() if trained_here(name, p)]
     for _, parameter in trained:
         parameter.requires_grad_(True)
     return trained

@@ -23,6 +23,8 @@ from malmm_cli.dataset import DatasetError, read_examples
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.stream import Sampling, VideoStream
 from models import Malmm
+from models.checkpoint import save_trained
+from models.lora import add_lora
 from models.memory_plan import TrainingShape, plan_training
 from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters, warmup_cosine
 from tests.media import SCENE_COLOURS, make_scene, make_text_file
@@ -241,20 +243,22 @@ def _write(path: Path, text: str) -> Path:
 # --- learning, end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("how", ["whole", "augment", "lora"])
 def test_learns_labels_from_colour(
-    augment: bool, steerable_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, steerable_dir: Path, scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scene's colour is the label; the untrained model is near chance on held-out clips,
     the trained one (through `predict --checkpoint RUN`) gets at least 90%. With --augment (the
-    colour survives crops and flips) too, and then only validation clips are cached."""
+    colour survives crops and flips) too, and then only validation clips are cached; and through
+    LoRA adapters, whose merged weights `predict` loads without them."""
+    augment = how == "augment"
     assert held_out_accuracy(steerable_dir, scenes) <= 0.5
     cache = tmp_path / "cache"
     monkeypatch.setenv("MALMM_CACHE_DIR", str(cache))
     run = tmp_path / "run"
+    extra = {"whole": [], "augment": ["--augment"], "lora": ["--lora", "16", "--lr", "5e-3"]}[how]
     result = malmm_cli("train", scenes / "labels.jsonl", "--task", "classify", "--output", run, "--model",
-                       steerable_dir, *TRAIN, "--epochs", "10", "--val-split", "0.2",
-                       *(["--augment"] if augment else []))  # fmt: skip
+                       steerable_dir, *TRAIN, "--epochs", "10", "--val-split", "0.2", *extra)  # fmt: skip
     assert result.exit_code == 0, result.output
     info = json.loads((run / "training.json").read_text())
     assert len(info["epochs"]) == 10 and info["labels"] == sorted(COLOURS)
@@ -262,6 +266,43 @@ def test_learns_labels_from_colour(
     assert held_out_accuracy(steerable_dir, scenes, "--checkpoint", run) >= 0.9
     cached = len(FeatureCache(cache).entries())  # the held-out clips, the validation clips, and without
     assert cached == 12 + 6 + (0 if augment else 24 * 4)  # --augment each training clip's 4 samplings
+
+
+def test_lora_trains_adapters_and_saves_merged_weights(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """With LoRA the Q-Former's own weights are frozen and its adapters trained; the checkpoint
+    holds merged weights under the model's names, which give the adapted model's output."""
+    malmm = Malmm.from_pretrained(tiny_llama_dir)
+    add_lora(malmm.model, 4)
+    trained = dict(trainable_parameters(malmm.model))
+    qformer = [name for name in trained if name.startswith("qformer.")]
+    assert qformer and all(".lora_A." in name or ".lora_B." in name for name in qformer)
+    assert {"query_tokens", "language_projection.weight", "frame_position_embedding.weight"} <= set(trained)
+    plan = plan_training(malmm.model.config, TrainingShape(1, lora_rank=4), dtype=torch.float32)
+    assert plan.optimizer == sum(p.numel() for p in trained.values()) * (4 + 8)  # the plan counts what LoRA trains
+    with torch.no_grad():
+        for name in qformer:
+            trained[name].normal_(std=0.05)  # as if trained: the adapters change the output
+    features = torch.randn(2, 5, 17, 48, generator=torch.Generator().manual_seed(0))
+    prompts = ["what does the video describe?", "what is it?"]
+
+    def output(model) -> torch.Tensor:
+        with torch.no_grad():
+            return read_clip(model, model.new_memory(*_instructions(malmm, prompts), 3, total_frames=5), features)
+
+    save_trained(malmm.model, tmp_path / "model.safetensors", "tiny")
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert not any("lora" in name or "base_layer" in name for name in saved)
+    plain = Malmm.from_pretrained(tiny_llama_dir)
+    assert set(saved) == set(dict(trainable_parameters(plain.model)))
+    before = output(plain.model)
+    merged = Malmm.from_pretrained(tiny_llama_dir, checkpoint=tmp_path / "model.safetensors")
+    torch.testing.assert_close(output(merged.model), output(malmm.model))
+    assert not torch.allclose(before, output(merged.model))
+
+
+def _instructions(malmm: Malmm, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = malmm.qformer_tokenizer(prompts, padding=True, return_tensors="pt")
+    return tokens.input_ids, tokens.attention_mask
 
 
 def test_augment_crops_and_flips_every_frame_of_a_clip_alike(tiny_malmm: Malmm, tmp_path: Path) -> None:
