@@ -5,14 +5,16 @@ JSONL and CSV rows name a `video` (a path, relative to the file's folder), optio
 it (`start`, `end` in seconds), and the target: `caption`, or `question` and `answer`, or
 `label`. MA-LMM's annotation JSON (data/<dataset>/annotation in its repository) is one dict per
 split keyed by id, each value a dict with `video` (or the key itself is the video) and
-`caption`, `question`/`answer`, `class_name` or, for LVU, the field named by `label_field`;
-YouCook2's `start_time`/`end_time` make clips. Its videos are looked up in `videos`, by name
-with any extension.
+`caption`, `question`/`answer`, `class_name` (Breakfast), `target` (COIN) or, for LVU, the
+field named by `label_field` (its `duration` is kept too); YouCook2's `start_time`/`end_time`
+make clips. Its videos are looked up in `videos`, by name with any extension. Without a task,
+the task follows from the fields of the first example.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -38,20 +40,24 @@ class Example:
     question: str | None = None
     answer: str | None = None
     label: str | None = None
+    duration: float | None = None  # of the whole video, where an annotation file gives it (LVU)
 
     def target(self, task: str) -> str:
         """The text the model learns to produce for `task`."""
         return {"caption": self.caption, "ask": self.answer, "classify": self.label}[task] or ""
 
 
-def read_examples(path: Path, task: str, videos: Path | None = None, label_field: str | None = None) -> list[Example]:
-    """Every example of a JSONL, CSV or MA-LMM annotation JSON file, checked for `task`'s fields.
+def read_examples(
+    path: Path, task: str | None, videos: Path | None = None, label_field: str | None = None
+) -> list[Example]:
+    """Every example of a JSONL, CSV or MA-LMM annotation JSON file, checked for `task`'s fields
+    (None: the task the first example's fields make, see `task_of`).
 
     videos: where MA-LMM annotations' videos are (default: the file's folder); JSONL/CSV paths
     are relative to the file's folder. label_field: the annotation field holding classify labels
-    (default `class_name`; LVU names its tasks: director, genre, ...).
+    (default `class_name`, else `target`; LVU names its tasks: director, genre, ...).
     """
-    if task not in TASK_TARGETS:
+    if task is not None and task not in TASK_TARGETS:
         raise DatasetError(f"unknown task {task!r}: one of {', '.join(TASK_TARGETS)}")
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
@@ -63,15 +69,23 @@ def read_examples(path: Path, task: str, videos: Path | None = None, label_field
             with path.open(newline="", encoding="utf-8") as file:
                 rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
         elif suffix == ".json":
-            return _annotation_examples(path, task, videos or path.parent, label_field or "class_name")
+            return _annotation_examples(path, task, videos or path.parent, label_field)
         else:
             raise DatasetError(f"{path.name}: give a .jsonl, .csv or MA-LMM annotation .json file")
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
-    examples = [_example(where, row, path.parent, task) for where, row in rows]
-    if not examples:
+    if not rows:
         raise DatasetError(f"{path.name} has no examples")
-    return examples
+    task = task or task_of(rows[0][1], rows[0][0])
+    return [_example(where, row, path.parent, task) for where, row in rows]
+
+
+def task_of(row: dict, where: str) -> str:
+    """The task a row's fields make: caption, ask (question and answer) or classify (label)."""
+    for task, fields in TASK_TARGETS.items():
+        if all(_text(row, field) is not None for field in fields):
+            return task
+    raise DatasetError(f"{where}: no caption, question and answer, or label: which task is this?")
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
@@ -132,7 +146,7 @@ def _example(where: str, row: dict, folder: Path, task: str, id_: str | None = N
     return example
 
 
-def _annotation_examples(path: Path, task: str, videos: Path, label_field: str) -> list[Example]:
+def _annotation_examples(path: Path, task: str | None, videos: Path, label_field: str | None) -> list[Example]:
     """MA-LMM's annotation JSON: {id: {...}} (or a list of dicts)."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -146,6 +160,7 @@ def _annotation_examples(path: Path, task: str, videos: Path, label_field: str) 
         name = str(entry.get("video") or key)
         if name not in found:
             found[name] = _find_video(videos, name)
+        field = label_field or next((f for f in ("class_name", "target") if f in entry), "class_name")
         row = {
             "video": str(found[name]),
             "start": entry.get("start_time"),
@@ -153,12 +168,16 @@ def _annotation_examples(path: Path, task: str, videos: Path, label_field: str) 
             "caption": entry.get("caption"),
             "question": entry.get("question"),
             "answer": entry.get("answer"),
-            "label": entry.get(label_field),
+            "label": entry.get(field),
         }
-        if task == "classify" and row["label"] is None and label_field == "class_name":
+        where = f"{path.name} entry {key!r}"
+        task = task or task_of(row, where)
+        if task == "classify" and row["label"] is None and label_field is None:
             fields = ", ".join(sorted(entry))
-            raise DatasetError(f"{path.name}: entry {key!r} has no class_name; name the label field ({fields})")
-        examples.append(_example(f"{path.name} entry {key!r}", row, Path(), task, str(entry.get("question_id", key))))
+            raise DatasetError(f"{where}: no class_name or target; name the label field ({fields})")
+        example = _example(where, row, Path(), task, str(entry.get("question_id", key)))
+        duration = _seconds(entry, "duration", where)
+        examples.append(dataclasses.replace(example, duration=duration) if duration is not None else example)
     if not examples:
         raise DatasetError(f"{path.name} has no examples")
     return examples

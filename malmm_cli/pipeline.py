@@ -178,6 +178,7 @@ class _Readout:
     tokens: torch.Tensor
     prompt: str
     answer: str | list[RankedLabel] | None = None
+    beams: list[str] = field(default_factory=list)  # every beam returned, best first
 
 
 class _Video:
@@ -282,7 +283,7 @@ def _fill(result: VideoResult, reader: Reader, readout: _Readout) -> None:
     elif reader.role == "caption":
         result.caption = answer
     elif reader.role == "question":
-        result.answers.append(Answer(reader.question, answer))
+        result.answers.append(Answer(reader.question, answer, tuple(readout.beams) if len(readout.beams) > 1 else ()))
     elif reader.labels:
         result.labels = answer
     else:
@@ -439,10 +440,12 @@ def _answer(malmm: Malmm, pending: list[_Readout], settings: GenerationSettings,
             prompts = [readout.prompt for readout in chunk]
             if labels:
                 answers = rank_labels(malmm, tokens, prompts, list(labels), top_k)
+                beams = [[] for _ in chunk]
             else:
-                answers = malmm.generate(tokens, prompts, settings)
-            for readout, answer in zip(chunk, answers, strict=True):
-                readout.answer = answer
+                beams = malmm.generate_beams(tokens, prompts, settings)
+                answers = [texts[0] for texts in beams]
+            for readout, answer, texts in zip(chunk, answers, beams, strict=True):
+                readout.answer, readout.beams = answer, texts
                 readout.video.readouts.append(readout)
 
 

@@ -19,6 +19,7 @@ class TimedText:
 class Answer:
     question: str
     answer: str
+    beams: tuple[str, ...] = ()  # with several beams returned: all of them, best (the answer) first
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class VideoResult:
         if self.segments:
             data["segments"] = [_timed(s) for s in self.segments]
         if self.answers:
-            data["answers"] = [{"question": a.question, "answer": a.answer} for a in self.answers]
+            data["answers"] = [
+                {"question": a.question, "answer": a.answer, **({"beams": list(a.beams)} if a.beams else {})}
+                for a in self.answers
+            ]
         if self.timeline:
             data["timeline"] = [_timed(s) for s in self.timeline]
         if self.next_action is not None:

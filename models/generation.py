@@ -50,7 +50,8 @@ def generate_ids(
     prompts: list[str],
     settings: GenerationSettings = GenerationSettings(),
 ) -> torch.Tensor:
-    """New token ids [B, T] from beam search over [queries ; prompt]. query_output: [B, NQ, D]."""
+    """New token ids [B x R, T] from beam search over [queries ; prompt], the R =
+    `settings.beams_returned` best beams of each video in a row, best first. query_output: [B, NQ, D]."""
     embeds, mask = _prefix(model, tokenizer, query_output, prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with warnings.catch_warnings():
@@ -65,6 +66,7 @@ def generate_ids(
             min_new_tokens=settings.min_new_tokens,
             repetition_penalty=settings.repetition_penalty,
             length_penalty=settings.length_penalty,
+            num_return_sequences=settings.beams_returned,
             pad_token_id=pad,
         )
 
@@ -76,11 +78,24 @@ def generate(
     prompts: list[str],
     settings: GenerationSettings = GenerationSettings(),
 ) -> list[str]:
-    """One answer per video, decoded and stripped."""
+    """One answer per video, decoded and stripped (the best beam)."""
+    return [beams[0] for beams in generate_beams(model, tokenizer, query_output, prompts, settings)]
+
+
+def generate_beams(
+    model: MalmmForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    query_output: torch.Tensor,
+    prompts: list[str],
+    settings: GenerationSettings = GenerationSettings(),
+) -> list[list[str]]:
+    """The `settings.beams_returned` best answers per video, best first, decoded and stripped."""
     output = generate_ids(model, tokenizer, query_output, prompts, settings)
     if _is_vicuna_vocabulary(model, tokenizer):
         output = output.clamp(min=2)  # MA-LMM's quirk: <unk>/<s> (and -1) become </s>, then skipped
-    return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    texts = [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    per_video = settings.beams_returned
+    return [texts[i : i + per_video] for i in range(0, len(texts), per_video)]
 
 
 def _label_ids(tokenizer: PreTrainedTokenizerBase, label: str, is_decoder_only: bool) -> list[int]:

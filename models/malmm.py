@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
 from models.checkpoint import CheckpointReport, load_checkpoint
-from models.generation import generate, score_labels
+from models.generation import generate, generate_beams, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import DEFAULT_MODEL, GenerationSettings
@@ -175,6 +175,13 @@ class Malmm:
         """One answer per video from the query output of its last frame."""
         prompts = [prompt] * query_output.shape[0] if isinstance(prompt, str) else list(prompt)
         return generate(self.model, self.tokenizer, query_output, prompts, settings)
+
+    def generate_beams(
+        self, query_output: torch.Tensor, prompt: str | list[str], settings: GenerationSettings = GenerationSettings()
+    ) -> list[list[str]]:
+        """The `settings.beams_returned` best answers per video, best first."""
+        prompts = [prompt] * query_output.shape[0] if isinstance(prompt, str) else list(prompt)
+        return generate_beams(self.model, self.tokenizer, query_output, prompts, settings)
 
     def score_labels(self, query_output: torch.Tensor, prompt: str | list[str], labels: list[str]) -> torch.Tensor:
         """[B, K] log-likelihood of each candidate label as the answer (higher is likelier)."""

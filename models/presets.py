@@ -25,6 +25,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.5
     length_penalty: float = 1.0
     min_new_tokens: int = 1
+    beams_returned: int = 1  # the best beams kept per answer, best first (evaluation's top-5)
 
     def with_overrides(self, **changes: object) -> GenerationSettings:
         """A copy with the given fields changed; None values are ignored."""

@@ -229,10 +229,15 @@ def test_malmm_annotation_files(tmp_path: Path) -> None:
     (example,) = read_examples(_write(tmp_path / "bf.json", json.dumps(breakfast)), "classify")
     assert (example.video.name, example.label) == ("P03-cam01-P03_cereals", "cereal")
     lvu = {"0xWMqsZOYWg": {"subset": "val", "director": "steven", "director_answer": "(a)"}}
-    with pytest.raises(DatasetError, match="no class_name; name the label field"):
+    with pytest.raises(DatasetError, match="no class_name or target; name the label field"):
         read_examples(_write(tmp_path / "lvu.json", json.dumps(lvu)), "classify")
     (example,) = read_examples(tmp_path / "lvu.json", "classify", label_field="director")
     assert example.label == "steven"
+    coin = {"-0og5HDGGMc": {"video": "-0og5HDGGMc", "target": "make french fries", "duration": 210.5}}
+    (example,) = read_examples(_write(tmp_path / "coin.json", json.dumps(coin)), None)  # the task from the fields
+    assert (example.label, example.duration) == ("make french fries", 210.5)
+    (example,) = read_examples(tmp_path / "qa.json", None, tmp_path / "videos")
+    assert example.answer == "couch" and example.question == "what are three people sitting on?"
 
 
 def _write(path: Path, text: str) -> Path:
