@@ -8,6 +8,7 @@ partly readable, 2 usage error (bad option, or a model/checkpoint that cannot be
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -35,6 +36,7 @@ from models.presets import (
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from rich.console import Console
+    from rich.table import Table
 
     from malmm_cli.batch import Input
     from malmm_cli.feature_cache import FeatureCache
@@ -686,6 +688,10 @@ def _fraction(text: str) -> float:
 
 TRAIN_TASKS = tuple(TASK_TARGETS)
 OPTIMIZERS = ("adamw", "adamw8bit")  # models.memory_plan.OPTIMIZER_BYTES (not imported: it loads torch)
+# malmm_cli.evaluate.BENCHMARKS (not imported: it loads torch); a test checks they agree.
+BENCHMARK_NAMES = ("msrvtt-qa", "msvd-qa", "activitynet-qa", "msrvtt-caption", "msvd-caption", "youcook2",
+                   *(f"lvu-{task}" for task in ("director", "genre", "relationship", "scene", "way_speaking",
+                                                "writer", "year")), "breakfast", "coin")  # fmt: skip
 
 
 @app.command(short_help="Fine-tune the memory model on your own labelled videos.")
@@ -884,6 +890,127 @@ def train(
     reporter.info(training.conclusion(summary, output, settings))
     if trainer.features.unreadable:
         reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
+
+
+@app.command("eval", short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
+def evaluate(
+    data: Annotated[Path, typer.Argument(metavar="DATA", hidden=True, show_default=False)],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            metavar="NAME",
+            parser=_choice(*BENCHMARK_NAMES),
+            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARK_NAMES) + ".",
+        ),
+    ] = None,
+    videos: Annotated[
+        Path | None, typer.Option("--videos", metavar="DIR", help="Where an MA-LMM annotation file's videos are.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="predictions.jsonl, metrics.json, eval.json (default: ./malmm-eval-DATA); a stopped "
+            "run goes on there.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", parser=_count, help="The first N examples only.")
+    ] = None,
+    label_field: Annotated[
+        str | None,
+        typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
+    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Predict every example of DATA and score the predictions as MA-LMM does (QA and
+    classification top-1/top-5 from 5 beams, captions BLEU-4/METEOR/ROUGE-L/CIDEr).
+
+    DATA is a JSONL or CSV file in `malmm train`'s format (the task follows from its columns), or
+    an MA-LMM annotation file with --dataset. Prints the metrics as JSON on stdout, and a table
+    beside the paper's figures on stderr.
+    """
+    from malmm_cli import evaluate as evaluation
+    from malmm_cli.dataset import DatasetError
+    from malmm_cli.progress import EvalProgress, Reporter
+
+    reporter = Reporter(quiet=quiet)
+    try:
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, limit)
+    except DatasetError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    folder = output or Path(f"malmm-eval-{data.stem}")
+    settings = evaluation.EvalSettings(
+        data=str(data), benchmark=benchmark.name, model=model, checkpoint=str(checkpoint) if checkpoint else None,
+        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
+        memory=memory, quantize=quantize,
+    )  # fmt: skip
+    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
+                         memory=memory, device=device, dtype=dtype, quantize=quantize,
+                         quantize_vision=quantize_vision, no_cache=no_cache, quiet=quiet)  # fmt: skip
+    _check_checkpoint(options)
+    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
+    malmm = load_model(options, preset, reporter)
+    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter))
+    try:
+        done = run.start()
+    except evaluation.EvaluationError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    resumed = len(done & {item.id for item in items})
+    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {len(items)} examples"
+                  + (f", {resumed} already in {folder / evaluation.PREDICTIONS}" if resumed else ""))  # fmt: skip
+    try:
+        with EvalProgress(reporter, len(items), resumed) as progress:
+            metrics = run.run(progress.advance)
+    except KeyboardInterrupt:
+        reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if metrics["unreadable"]:
+        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out (see predictions.jsonl)")
+    if not quiet:
+        reporter.console.print(_metrics_table(metrics))
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+def _metrics_table(metrics: dict) -> Table:
+    """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper)."""
+    from rich.table import Table
+
+    from malmm_cli.evaluate import PAPER_NOTES
+
+    caption = "Bleu_4" in metrics["metrics"]
+    table = Table(title=f"{metrics['dataset']}: {metrics['examples']} examples", title_justify="left")
+    for column in ("metric", "malmm", "MA-LMM fine-tuned", "MA-LMM zero-shot"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def shown(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value * 100:.1f}" if caption else f"{value:.1f}"
+
+    for name, value in metrics["metrics"].items():
+        label = name if value is not None or name != "METEOR" else "METEOR (needs Java)"
+        table.add_row(label, shown(value), shown(metrics["paper"].get(name)), shown(metrics["zero_shot"].get(name)))
+    note = next((text for prefix, text in PAPER_NOTES.items() if metrics["dataset"].startswith(prefix)), None)
+    if note:
+        table.caption = note
+    return table
 
 
 models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)

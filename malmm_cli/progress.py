@@ -289,3 +289,38 @@ class TrainingProgress:
             self._progress.console.print(escape(message))
         else:
             self.reporter.info(message)
+
+
+class EvalProgress:
+    """An evaluation's bar (examples, examples/s, ETA); without a terminal, a plain line every
+    `every` examples."""
+
+    def __init__(self, reporter: Reporter, total: int, done: int = 0, every: int = 100):
+        self.reporter, self.total, self.done, self.every = reporter, total, done, every
+        self.started, self.new = time.monotonic(), 0
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> EvalProgress:
+        if self.reporter.animated:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                       TimeRemainingColumn()]  # fmt: skip
+            self._progress = Progress(*columns, console=self.reporter.console)
+            self._progress.start()
+            self._task = self._progress.add_task("evaluating", total=self.total, completed=self.done, stats="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, items: int, seconds: float) -> None:
+        before = self.done
+        self.done += items
+        self.new += items
+        stats = f"{self.new / max(time.monotonic() - self.started, 1e-9):.2f} examples/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, stats=stats)
+        elif self.done // self.every > before // self.every or self.done == self.total:
+            self.reporter.info(f"evaluated {self.done}/{self.total}: {stats}")

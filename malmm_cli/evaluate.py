@@ -1,0 +1,341 @@
+"""`malmm eval`: read labelled clips, keep every prediction, score them as MA-LMM does.
+
+Where an example goes: `eval_items` turns the examples of a data file (malmm_cli/dataset.py)
+into what is scored: one item per question or clip to classify, one per captioned clip with every
+reference caption of it, and for LVU one per 100 s window. `Evaluation.run` reads each clip once
+through the one reading loop (pipeline.read_video: every question about a clip is a reader of
+the same read), appends each clip's predictions to predictions.jsonl as soon as they are made,
+so that a stopped run goes on where it stopped, and `score` computes the metrics from that
+file (scoring.py), so a resumed run ends with the same figures as one never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from malmm_cli.dataset import DatasetError, Example, read_examples, task_of
+from malmm_cli.feature_cache import FeatureCache
+from malmm_cli.pipeline import Memory, Reader, Sampling, question_readers, read_video
+from malmm_cli.results import VideoResult
+from malmm_cli.scoring import caption_scores, ranked_accuracy, top_k_accuracy
+from malmm_cli.video import VideoError
+from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+SETTINGS = "eval.json"
+BEAMS = 5  # MA-LMM's beams, all returned: top-5 comes from them
+LVU_TASKS = ("director", "genre", "relationship", "scene", "way_speaking", "writer", "year")
+
+
+class EvaluationError(Exception):
+    """An evaluation that cannot start or go on, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How one dataset is read and scored (MA-LMM's evaluation scripts), and the paper's figures."""
+
+    name: str
+    task: str  # caption, ask or classify
+    frames: int
+    memory_bank_length: int
+    first_word: bool = False  # QA: compare the first word of each beam (MSVD-QA, MSRVTT-QA)
+    label_field: str | None = None  # of the annotation file (LVU's task)
+    prompt: str | None = None  # the classification question
+    max_new_tokens: int | None = None
+    window: tuple[float, float] | None = None  # (length, stride) in seconds: scored per window (LVU)
+    paper: dict[str, float] = field(default_factory=dict)  # MA-LMM fine-tuned, the paper's tables
+    zero_shot: dict[str, float] = field(default_factory=dict)
+
+    def generation(self) -> GenerationSettings:
+        if self.task == "caption":
+            return CAPTION.generation
+        base = QUESTION.generation if self.task == "ask" else CLASSIFICATION.generation
+        return base.with_overrides(num_beams=BEAMS, beams_returned=BEAMS, max_new_tokens=self.max_new_tokens)
+
+    def classification_prompt(self) -> str:
+        return self.prompt or CLASSIFICATION.prompt()
+
+
+def _lvu(task: str) -> Benchmark:
+    question = f"what is the {task} of the movie?"
+    return Benchmark(f"lvu-{task}", "classify", 100, 20, label_field=task, prompt=question, max_new_tokens=5,
+                     window=(100.0, 20.0), paper={"top1": 63.0}, zero_shot={"top1": 32.8})  # fmt: skip
+
+
+BENCHMARKS = {
+    b.name: b
+    for b in [
+        Benchmark("msrvtt-qa", "ask", 20, 10, first_word=True, paper={"top1": 48.5}),
+        Benchmark("msvd-qa", "ask", 20, 10, first_word=True, paper={"top1": 60.6}),
+        Benchmark("activitynet-qa", "ask", 20, 10, paper={"top1": 49.8}, zero_shot={"top1": 37.2}),
+        Benchmark("msrvtt-caption", "caption", 80, 40),
+        Benchmark("msvd-caption", "caption", 80, 40),
+        Benchmark("youcook2", "caption", 80, 40, paper={"CIDEr": 1.312}),
+        *(_lvu(task) for task in LVU_TASKS),
+        Benchmark(
+            "breakfast",
+            "classify",
+            100,
+            20,
+            prompt="what type of breakfast is shown in the video?",
+            paper={"top1": 93.0},
+        ),
+        Benchmark("coin", "classify", 100, 20, prompt="what is the activity in the video?", paper={"top1": 93.2}),
+    ]
+}
+PAPER_NOTES = {"lvu": "the paper's 63.0 and 32.8 are the average over LVU's tasks"}
+
+
+def own_benchmark(task: str) -> Benchmark:
+    """Your own labelled clips: the task's presets, whole-string answers."""
+    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[task]
+    return Benchmark(f"own-{task}", task, preset.frames, preset.memory_bank_length)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One scored example: a clip of a video, the question asked of it (ask), its references."""
+
+    id: str
+    video: Path
+    start: float | None
+    end: float | None
+    references: tuple[str, ...]
+    question: str | None = None
+
+    @property
+    def clip(self) -> tuple[str, float | None, float | None]:
+        return (str(self.video), self.start, self.end)
+
+
+def eval_items(examples: list[Example], benchmark: Benchmark) -> list[Item]:
+    """What is scored: a caption item per clip with all its references, an LVU item per window,
+    otherwise one item per example."""
+    if benchmark.task == "caption":
+        grouped: dict[tuple, list[Example]] = {}
+        for example in examples:
+            grouped.setdefault((str(example.video), example.start, example.end), []).append(example)
+        return [
+            Item(_clip_id(group[0]), group[0].video, group[0].start, group[0].end, tuple(e.caption for e in group))
+            for group in grouped.values()
+        ]
+    items = []
+    for example in examples:
+        reference = example.answer if benchmark.task == "ask" else example.label
+        if benchmark.window is not None:
+            items += [
+                Item(f"{example.id}_{start:g}", example.video, start, end, (reference,))
+                for start, end in windows(example.duration, *benchmark.window)
+            ]
+        else:
+            items.append(Item(example.id, example.video, example.start, example.end, (reference,), example.question))
+    return items
+
+
+def windows(duration: float | None, length: float, stride: float) -> list[tuple[float, float | None]]:
+    """LVU's windows: `length` seconds from 0, then every `stride` seconds while a whole window
+    fits (MA-LMM's LVUCLSDataset: ends at start + length - 1, within the video)."""
+    if duration is None:
+        return [(0.0, None)]
+    starts = [0.0] + [float(s) for s in range(int(stride), int(duration - length) + 1, int(stride))]
+    return [(start, min(start + length - 1, duration)) for start in starts]
+
+
+def _clip_id(example: Example) -> str:
+    if example.start is None and example.end is None:
+        return example.video.stem
+    return f"{example.video.stem}_{example.start or 0:g}_{example.end if example.end is not None else 'end'}"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What made the predictions (eval.json): a resumed run must keep them (it may score more or
+    fewer of the examples: --limit is not one of them)."""
+
+    data: str
+    benchmark: str
+    model: str
+    checkpoint: str | None
+    frames: int
+    memory_bank_length: int
+    memory: str = "malmm"
+    quantize: str = "auto"
+
+
+class Evaluation:
+    """One evaluation: its items, the folder its predictions go to, and how clips are read."""
+
+    def __init__(
+        self,
+        malmm: Malmm,
+        benchmark: Benchmark,
+        items: list[Item],
+        settings: EvalSettings,
+        output: Path,
+        cache: FeatureCache | None = None,
+        labels: list[str] | None = None,
+    ):
+        """labels: the label set classification answers are ranked over (default: every label of
+        the items)."""
+        self.malmm, self.benchmark, self.items, self.settings, self.output = malmm, benchmark, items, settings, output
+        self.cache = cache
+        self.labels: list[str] = []
+        if benchmark.task == "classify":
+            self.labels = labels or sorted({item.references[0] for item in items})
+
+    def start(self) -> set[str]:
+        """Prepare the folder; returns the ids already predicted by an earlier run of the same
+        settings (another run's folder is refused). Refuses before any video is read what could
+        not be scored at the end."""
+        if self.benchmark.task == "caption" and importlib.util.find_spec("pycocoevalcap") is None:
+            raise EvaluationError("caption metrics need pycocoevalcap: pip install 'malmm[eval]' (and Java for METEOR)")
+        self.output.mkdir(parents=True, exist_ok=True)
+        info = self.output / SETTINGS
+        current = dataclasses.asdict(self.settings)
+        if info.is_file():
+            stored = json.loads(info.read_text())
+            if stored != current:
+                changed = ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v)
+                raise EvaluationError(f"{self.output} holds predictions made otherwise ({changed}): "
+                                      "use another --output or the same settings")  # fmt: skip
+        else:
+            _write_json(info, current)
+        return {row["id"] for row in read_predictions(self.output / PREDICTIONS)}
+
+    def clips(self, done: set[str]) -> list[list[Item]]:
+        """The items still to predict, grouped by clip (one read answers all the questions of a clip)."""
+        grouped: dict[tuple, list[Item]] = {}
+        for item in self.items:
+            if item.id not in done:
+                grouped.setdefault(item.clip, []).append(item)
+        return list(grouped.values())
+
+    def run(self, on_clip: Callable[[int, float], None] = lambda items, seconds: None) -> dict[str, Any]:
+        """Predict every item not yet predicted, then score all of them. on_clip(items, seconds)
+        after each clip."""
+        done = self.start()
+        with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
+            for clip in self.clips(done):
+                started = time.monotonic()
+                for row in self.predict(clip):
+                    file.write(json.dumps(row) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+                on_clip(len(clip), time.monotonic() - started)
+        metrics = self.score()
+        _write_json(self.output / METRICS, metrics)
+        return metrics
+
+    def readers(self, clip: list[Item]) -> list[Reader]:
+        if self.benchmark.task == "caption":
+            return [Reader("caption", CAPTION.prompt(), at_end=CAPTION.prompt())]
+        if self.benchmark.task == "ask":
+            return question_readers([item.question or "" for item in clip])
+        prompt = self.benchmark.classification_prompt()
+        return [Reader("question", prompt, at_end=prompt, question=prompt),  # generated, 5 beams
+                Reader("labels", prompt, at_end=prompt, labels=tuple(self.labels), top_k=BEAMS)]  # fmt: skip
+
+    def predict(self, clip: list[Item]) -> list[dict[str, Any]]:
+        """The prediction rows of one clip's items (an unreadable video: rows with its error)."""
+        first = clip[0]
+        sampling = Sampling(frames=self.settings.frames, start=first.start, end=first.end)
+        try:
+            result = read_video(self.malmm, first.video, self.readers(clip), self.benchmark.task, sampling=sampling,
+                                memory=Memory(self.settings.memory_bank_length, self.settings.memory),
+                                settings=self.benchmark.generation(), cache=self.cache)  # fmt: skip
+        except (VideoError, OSError) as error:
+            return [{**_row(item), "error": str(error) or type(error).__name__} for item in clip]
+        return [{**_row(item), **_predicted(self.benchmark, result, n)} for n, item in enumerate(clip)]
+
+    def score(self) -> dict[str, Any]:
+        """The metrics of every prediction in the folder (of this run's items)."""
+        wanted = {item.id for item in self.items}
+        rows = [row for row in read_predictions(self.output / PREDICTIONS) if row["id"] in wanted]
+        scored = [row for row in rows if "error" not in row]
+        task = self.benchmark.task
+        if task == "caption":
+            metrics = caption_scores({r["id"]: r["prediction"] for r in scored},
+                                     {r["id"]: r["references"] for r in scored})  # fmt: skip
+        else:
+            metrics = top_k_accuracy([r["beams"] for r in scored], [r["references"][0] for r in scored],
+                                     first_word=self.benchmark.first_word, k=BEAMS)  # fmt: skip
+            if task == "classify":
+                metrics |= ranked_accuracy([r["ranked"] for r in scored], [r["references"][0] for r in scored])
+        return {
+            "dataset": self.benchmark.name,
+            "examples": len(scored),
+            "unreadable": len(rows) - len(scored),
+            "missing": len(wanted) - len(rows),
+            "metrics": metrics,
+            "paper": self.benchmark.paper,
+            "zero_shot": self.benchmark.zero_shot,
+            "settings": dataclasses.asdict(self.settings),
+        }
+
+
+def _row(item: Item) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": item.id, "video": str(item.video)}
+    if item.start is not None or item.end is not None:
+        row |= {"start": item.start, "end": item.end}
+    if item.question is not None:
+        row["question"] = item.question
+    return row | {"references": list(item.references)}
+
+
+def _predicted(benchmark: Benchmark, result: VideoResult, number: int) -> dict[str, Any]:
+    """What the model said about item `number` of a clip."""
+    if benchmark.task == "caption":
+        return {"prediction": result.caption}
+    answer = result.answers[number if benchmark.task == "ask" else 0]
+    row: dict[str, Any] = {"prediction": answer.answer, "beams": list(answer.beams or (answer.answer,))}
+    if benchmark.task == "classify":
+        row["ranked"] = [ranked.label for ranked in result.labels]
+    return row
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a predictions file; a last line cut short by a kill is dropped (and the file
+    truncated to its last whole line, so that appending goes on cleanly)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        with open(path, "r+b") as file:
+            file.truncate(len(whole))
+    rows = []
+    for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise EvaluationError(f"{path} line {number} is not JSON ({error.msg}): remove it to go on") from error
+    return rows
+
+
+def load_items(data: Path, benchmark: str | None, videos: Path | None, label_field: str | None,
+               limit: int | None) -> tuple[Benchmark, list[Item]]:  # fmt: skip
+    """The benchmark (named, or the task of DATA's columns) and its items, the first `limit` only."""
+    if benchmark is not None and benchmark not in BENCHMARKS:
+        raise DatasetError(f"unknown dataset {benchmark!r}: one of {', '.join(BENCHMARKS)}")
+    chosen = BENCHMARKS.get(benchmark or "")
+    examples = read_examples(data, chosen.task if chosen else None, videos,
+                             label_field or (chosen.label_field if chosen else None))  # fmt: skip
+    chosen = chosen or own_benchmark(task_of(dataclasses.asdict(examples[0]), str(data)))
+    items = eval_items(examples, chosen)
+    return chosen, items[:limit] if limit else items
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(partial, path)

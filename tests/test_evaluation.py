@@ -1,0 +1,188 @@
+"""`malmm eval`: MA-LMM's annotation formats, its scoring rules, caption metrics against
+pycocoevalcap's own pipeline, and resuming a stopped evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from malmm_cli import cli
+from malmm_cli import evaluate as evaluation
+from malmm_cli.cli import app
+from malmm_cli.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
+from tests.media import SCENE_COLOURS, make_scene
+
+COLOURS = list(SCENE_COLOURS)
+SMALL = ["--device", "cpu", "--frames", "4", "--memory-bank-length", "2"]
+
+
+def _write(path: Path, content: object) -> Path:
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_benchmark_names_agree_with_the_command_line() -> None:
+    assert tuple(evaluation.BENCHMARKS) == cli.BENCHMARK_NAMES
+
+
+def test_each_annotation_format(tmp_path: Path) -> None:
+    """MA-LMM's annotation files, as in its repository's data/*/annotation, become scored items."""
+    qa = {"0": {"question": "what is the man doing?", "answer": "cooking", "question_id": "q0", "video": "v1"},
+          "1": {"question": "who is talking?", "answer": "woman", "question_id": "q1", "video": "v1"}}  # fmt: skip
+    benchmark, items = evaluation.load_items(_write(tmp_path / "qa.json", qa), "msvd-qa", tmp_path, None, None)
+    assert benchmark.first_word and [i.id for i in items] == ["q0", "q1"] and items[1].references == ("woman",)
+    assert len(evaluation.Evaluation(None, benchmark, items, None, tmp_path).clips(set())) == 1  # one read, 2 questions
+
+    captions = {
+        str(n): {"image_id": video, "caption": caption, "video": video, "frame_length": 150}
+        for n, (video, caption) in enumerate(
+            [("video7010", "a man is cooking"), ("video7010", "someone cooks"), ("video7011", "a dog runs")]
+        )
+    }
+    annotation = _write(tmp_path / "cap.json", captions)
+    benchmark, items = evaluation.load_items(annotation, "msrvtt-caption", None, None, None)
+    assert benchmark.task == "caption" and [(i.id, i.references) for i in items] == [
+        ("video7010", ("a man is cooking", "someone cooks")), ("video7011", ("a dog runs",))]  # fmt: skip
+
+    youcook = {"GLd3aX16zBg_0": {"video": "GLd3aX16zBg", "start_time": 90, "end_time": 102, "caption": "add oil"}}
+    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", None, None, None)
+    assert (item.start, item.end, item.references) == (90.0, 102.0, ("add oil",))
+
+    lvu = {"0xWMqsZOYWg": {"duration": 150, "num_frames": 1500, "director": "steven", "director_answer": "(a)"}}
+    benchmark, items = evaluation.load_items(_write(tmp_path / "lvu.json", lvu), "lvu-director", None, None, None)
+    assert benchmark.prompt == "what is the director of the movie?" and benchmark.generation().max_new_tokens == 5
+    assert [(i.id, i.start, i.end) for i in items] == [("0xWMqsZOYWg_0", 0, 99), ("0xWMqsZOYWg_20", 20, 119),
+                                                       ("0xWMqsZOYWg_40", 40, 139)]  # fmt: skip
+
+    breakfast = {"P03_cereals": {"duration": 56, "class_name": "cereal", "class_label": 0}}
+    _, (item,) = evaluation.load_items(_write(tmp_path / "bf.json", breakfast), "breakfast", None, None, None)
+    assert item.references == ("cereal",)
+    coin = {"-0og5HDGGMc": {"video": "-0og5HDGGMc", "target": "make french fries"}}
+    _, (item,) = evaluation.load_items(_write(tmp_path / "coin.json", coin), "coin", None, None, None)
+    assert item.references == ("make french fries",)
+
+    own = tmp_path / "own.jsonl"  # malmm train's format: the task follows from the columns
+    own.write_text('{"video": "a.mp4", "question": "what colour?", "answer": "red"}\n' * 3)
+    benchmark, items = evaluation.load_items(own, None, None, None, 2)
+    assert benchmark.task == "ask" and not benchmark.first_word and len(items) == 2
+
+
+def test_scoring_rules() -> None:
+    """Top-1 from the first beam, top-5 from any; MSVD/MSRVTT-QA by the first word only."""
+    beams = [["a dog", "dog", "cat"], ["cat", "dog"], ["bird"]]
+    assert top_k_accuracy(beams, ["dog", "dog", "cat"]) == pytest.approx({"top1": 0.0, "top5": 200 / 3})
+    assert top_k_accuracy(beams, ["a", "cat", "cat"], first_word=True) == pytest.approx({"top1": 200 / 3,
+                                                                                          "top5": 200 / 3})  # fmt: skip
+    assert top_k_accuracy([["x"] * 6 + ["dog"]], ["dog"]) == {"top1": 0.0, "top5": 0.0}  # the 7th beam is not top-5
+    assert ranked_accuracy([["b", "a"], ["a", "b"]], ["a", "a"]) == {"ranked_top1": 50.0, "ranked_top5": 100.0}
+    assert evaluation.windows(99, 100, 20) == [(0.0, 99)]  # shorter than a window: the whole video
+    assert evaluation.windows(None, 100, 20) == [(0.0, None)]
+
+
+REFERENCES = {
+    "v1": ["A man is slicing a tomato.", "Someone cuts a tomato on a board.", "a person slices vegetables"],
+    "v2": ["A dog runs across the park.", "The dog is running on grass."],
+    "v3": ["Two women are dancing on a stage.", "women dance"],
+}
+PREDICTIONS = {"v1": "a man is cutting a tomato", "v2": "a dog is running in a park", "v3": "a woman is singing"}
+
+
+@pytest.mark.skipif(not java_available(), reason="pycocoevalcap's tokenizer and METEOR need Java (.ci/run installs it)")
+def test_caption_metrics_are_pycocoevalcaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our four scores are those of pycocoevalcap's own COCOEvalCap pipeline (SPICE left out)."""
+    import pycocoevalcap.eval as coco_eval
+
+    class NoSpice:
+        def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
+            return 0.0, [0.0] * len(gts)
+
+        def method(self) -> str:
+            return "SPICE"
+
+    monkeypatch.setattr(coco_eval, "Spice", NoSpice)
+
+    def coco(captions: dict[str, list[str]]) -> SimpleNamespace:
+        annotations = {k: [{"image_id": k, "caption": c} for c in v] for k, v in captions.items()}
+        return SimpleNamespace(imgToAnns=annotations, getImgIds=lambda: list(captions))
+
+    official = coco_eval.COCOEvalCap(coco(REFERENCES), coco({k: [v] for k, v in PREDICTIONS.items()}))
+    official.evaluate()
+    ours = caption_scores(PREDICTIONS, REFERENCES)
+    for name in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"):
+        assert ours[name] == pytest.approx(official.eval[name], abs=1e-12), name
+    assert ours["aggregate"] == pytest.approx(sum(official.eval[n] for n in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")))
+    without_java = caption_scores(PREDICTIONS, REFERENCES, use_java=False)
+    assert without_java["METEOR"] is None
+    for name in ("Bleu_4", "ROUGE_L", "CIDEr"):  # plain captions tokenize alike
+        assert without_java[name] == pytest.approx(ours[name], abs=1e-12), name
+
+
+def test_simple_tokens() -> None:
+    assert simple_tokens('A man, "slicing" a tomato... (fast)!') == "a man slicing a tomato fast"
+
+
+def test_eval_resumes_where_it_stopped(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after some clips (its last line cut short) goes on with the same command and
+    ends with the metrics of a run never stopped; other settings on the same folder are refused."""
+    (tmp_path / "clips").mkdir()
+    rows = []
+    for i in range(5):
+        make_scene(tmp_path / "clips" / f"{i}.mp4", COLOURS[i % 3], seed=i)
+        rows += [{"video": f"clips/{i}.mp4", "question": q, "answer": a}
+                 for q, a in (("what colour is the room?", COLOURS[i % 3]), ("what is it?", "a room"))]  # fmt: skip
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["eval", data, "--model", tiny_llama_dir, *SMALL, "-q"]
+    whole = CliRunner().invoke(app, [str(a) for a in [*args, "--output", tmp_path / "whole"]], catch_exceptions=False)
+    assert whole.exit_code == 0, whole.output
+    expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    predicted = [json.loads(line) for line in (tmp_path / "whole" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predicted) == 10 and all(len(row["beams"]) == 5 for row in predicted)
+    assert json.loads(whole.stdout)["metrics"] == expected["metrics"]
+
+    original = evaluation.Evaluation.predict
+    calls = []
+
+    def killed_on_the_third(self, clip):
+        calls.append(clip)
+        if len(calls) == 3:
+            raise Killed()
+        return original(self, clip)
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation.Evaluation, "predict", killed_on_the_third)
+        with pytest.raises(Killed):
+            CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped]], catch_exceptions=False)
+    with open(stopped / "predictions.jsonl", "a") as file:
+        file.write('{"id": "line 5", "vid')  # a kill in the middle of a line
+    again = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped]], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    lines = (stopped / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and len({json.loads(line)["id"] for line in lines}) == 10
+    assert json.loads((stopped / "metrics.json").read_text())["metrics"] == expected["metrics"]
+
+    other = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped, "--memory", "fifo"]])
+    assert other.exit_code == 2 and "memory 'malmm' -> 'fifo'" in other.output
+
+
+class Killed(BaseException):
+    """Stops a run with no chance to clean up, as a kill does."""
+
+
+def test_unreadable_videos_are_left_out_and_counted(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    make_scene(tmp_path / "good.mp4", "red", seed=0)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    data = tmp_path / "labels.jsonl"
+    data.write_text('{"video": "good.mp4", "label": "red"}\n{"video": "broken.mp4", "label": "blue"}\n')
+    result = CliRunner().invoke(app, ["eval", str(data), "--model", str(tiny_llama_dir), *SMALL,
+                                      "--output", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["examples"], metrics["unreadable"]) == (1, 1)
+    assert "1 examples could not be read" in result.output
+    assert {"top1", "top5", "ranked_top1", "ranked_top5"} == set(metrics["metrics"])
