@@ -946,26 +946,37 @@ def evaluate(
     """
     from malmm_cli import evaluate as evaluation
     from malmm_cli.dataset import DatasetError
+    from malmm_cli.loading import SetupError, resolve_device
     from malmm_cli.progress import EvalProgress, Reporter
+    from malmm_cli.records import checkpoint_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
     try:
-        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, limit)
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field)
     except DatasetError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
+    labels = evaluation.label_set(benchmark, items)  # of all the examples, whatever --limit
+    items = items[:limit] if limit else items
+    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory,
+                         device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
+                         no_cache=no_cache, quiet=quiet)  # fmt: skip
+    _check_checkpoint(options)
+    try:
+        device_type = resolve_device(device).split(":")[0]
+    except SetupError as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     settings = evaluation.EvalSettings(
-        data=str(data), benchmark=benchmark.name, model=model, checkpoint=str(checkpoint) if checkpoint else None,
-        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
-        memory=memory, quantize=quantize,
+        data=str(data.resolve()), benchmark=benchmark.name, model=model_identity(model),
+        checkpoint=checkpoint_identity(checkpoint), frames=frames or benchmark.frames,
+        memory_bank_length=memory_bank_length or benchmark.memory_bank_length, memory=memory,
+        precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
+        label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
     )  # fmt: skip
-    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
-                         memory=memory, device=device, dtype=dtype, quantize=quantize,
-                         quantize_vision=quantize_vision, no_cache=no_cache, quiet=quiet)  # fmt: skip
-    _check_checkpoint(options)
+    options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
-    malmm = load_model(options, preset, reporter)
+    malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items))
     run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter))
     try:
         done = run.start()

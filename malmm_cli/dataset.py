@@ -171,6 +171,8 @@ def _annotation_examples(path: Path, task: str | None, videos: Path, label_field
             "label": entry.get(field),
         }
         where = f"{path.name} entry {key!r}"
+        if label_field is not None and row["label"] is None and task in (None, "classify"):
+            continue  # LVU: each video carries some of its tasks only (MA-LMM skips the others too)
         task = task or task_of(row, where)
         if task == "classify" and row["label"] is None and label_field is None:
             fields = ", ".join(sorted(entry))
@@ -179,7 +181,8 @@ def _annotation_examples(path: Path, task: str | None, videos: Path, label_field
         duration = _seconds(entry, "duration", where)
         examples.append(dataclasses.replace(example, duration=duration) if duration is not None else example)
     if not examples:
-        raise DatasetError(f"{path.name} has no examples")
+        because = f" with a {label_field!r} field" if label_field is not None else ""
+        raise DatasetError(f"{path.name} has no examples{because}")
     return examples
 
 

@@ -55,6 +55,7 @@ class Benchmark:
     window: tuple[float, float] | None = None  # (length, stride) in seconds: scored per window (LVU)
     paper: dict[str, float] = field(default_factory=dict)  # MA-LMM fine-tuned, the paper's tables
     zero_shot: dict[str, float] = field(default_factory=dict)
+    ignore_case: bool = False  # answers compared lower-cased and stripped (your own data)
 
     def generation(self) -> GenerationSettings:
         if self.task == "caption":
@@ -99,7 +100,7 @@ PAPER_NOTES = {"lvu": "the paper's 63.0 and 32.8 are the average over LVU's task
 def own_benchmark(task: str) -> Benchmark:
     """Your own labelled clips: the task's presets, whole-string answers."""
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[task]
-    return Benchmark(f"own-{task}", task, preset.frames, preset.memory_bank_length)
+    return Benchmark(f"own-{task}", task, preset.frames, preset.memory_bank_length, ignore_case=True)
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,12 @@ def eval_items(examples: list[Example], benchmark: Benchmark) -> list[Item]:
         grouped: dict[tuple, list[Example]] = {}
         for example in examples:
             grouped.setdefault((str(example.video), example.start, example.end), []).append(example)
-        return [
-            Item(_clip_id(group[0]), group[0].video, group[0].start, group[0].end, tuple(e.caption for e in group))
-            for group in grouped.values()
-        ]
+        names = [_clip_id(group[0], short=True) for group in grouped.values()]
+        return [  # a clip is named by its video's name, or its path where two videos share a name
+            Item(name if names.count(name) == 1 else _clip_id(group[0], short=False), group[0].video,
+                 group[0].start, group[0].end, tuple(e.caption for e in group))
+            for name, group in zip(names, grouped.values(), strict=True)
+        ]  # fmt: skip
     items = []
     for example in examples:
         reference = example.answer if benchmark.task == "ask" else example.label
@@ -145,16 +148,17 @@ def eval_items(examples: list[Example], benchmark: Benchmark) -> list[Item]:
 def windows(duration: float | None, length: float, stride: float) -> list[tuple[float, float | None]]:
     """LVU's windows: `length` seconds from 0, then every `stride` seconds while a whole window
     fits (MA-LMM's LVUCLSDataset: ends at start + length - 1, within the video)."""
-    if duration is None:
-        return [(0.0, None)]
+    if duration is None:  # the annotation does not say: the first window (or the whole shorter video)
+        return [(0.0, length - 1)]
     starts = [0.0] + [float(s) for s in range(int(stride), int(duration - length) + 1, int(stride))]
     return [(start, min(start + length - 1, duration)) for start in starts]
 
 
-def _clip_id(example: Example) -> str:
+def _clip_id(example: Example, short: bool) -> str:
+    video = example.video.stem if short else str(example.video)
     if example.start is None and example.end is None:
-        return example.video.stem
-    return f"{example.video.stem}_{example.start or 0:g}_{example.end if example.end is not None else 'end'}"
+        return video
+    return f"{video}_{example.start or 0:g}_{f'{example.end:g}' if example.end is not None else 'end'}"
 
 
 @dataclass(frozen=True)
@@ -164,12 +168,15 @@ class EvalSettings:
 
     data: str
     benchmark: str
-    model: str
-    checkpoint: str | None
+    model: str  # records.model_identity: hub id and revision, or folder and its files
+    checkpoint: str | None  # records.checkpoint_identity: its content hash
     frames: int
     memory_bank_length: int
     memory: str = "malmm"
-    quantize: str = "auto"
+    precision: dict[str, str] = field(default_factory=dict)  # device type, dtype, quantize(-vision) as asked
+    label_field: str | None = None
+    videos: str | None = None
+    labels: tuple[str, ...] = ()  # what classification answers are ranked over
 
 
 class Evaluation:
@@ -183,15 +190,11 @@ class Evaluation:
         settings: EvalSettings,
         output: Path,
         cache: FeatureCache | None = None,
-        labels: list[str] | None = None,
     ):
-        """labels: the label set classification answers are ranked over (default: every label of
-        the items)."""
+        """Classification answers are ranked over `settings.labels` (`label_set`)."""
         self.malmm, self.benchmark, self.items, self.settings, self.output = malmm, benchmark, items, settings, output
         self.cache = cache
-        self.labels: list[str] = []
-        if benchmark.task == "classify":
-            self.labels = labels or sorted({item.references[0] for item in items})
+        self.labels = list(settings.labels) if settings is not None else []
 
     def start(self) -> set[str]:
         """Prepare the folder; returns the ids already predicted by an earlier run of the same
@@ -201,7 +204,7 @@ class Evaluation:
             raise EvaluationError("caption metrics need pycocoevalcap: pip install 'malmm[eval]' (and Java for METEOR)")
         self.output.mkdir(parents=True, exist_ok=True)
         info = self.output / SETTINGS
-        current = dataclasses.asdict(self.settings)
+        current = json.loads(json.dumps(dataclasses.asdict(self.settings)))  # as stored: lists, not tuples
         if info.is_file():
             stored = json.loads(info.read_text())
             if stored != current:
@@ -210,15 +213,33 @@ class Evaluation:
                                       "use another --output or the same settings")  # fmt: skip
         else:
             _write_json(info, current)
-        return {row["id"] for row in read_predictions(self.output / PREDICTIONS)}
+        return self._whole_clips()
+
+    def _whole_clips(self) -> set[str]:
+        """The ids of the clips predicted whole. Rows of a clip cut short (a kill while they were
+        written) are removed, so that the clip is read again as one, as an unstopped run reads it."""
+        path = self.output / PREDICTIONS
+        rows = read_predictions(path)
+        done = {row["id"] for row in rows}
+        partial = {item.id for clip in self._by_clip(self.items) if not all(i.id in done for i in clip)
+                   for item in clip if item.id in done}  # fmt: skip
+        if partial:
+            kept = [row for row in rows if row["id"] not in partial]
+            partial_file = path.with_name(f".{path.name}.partial")
+            partial_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            os.replace(partial_file, path)
+        return done - partial
+
+    @staticmethod
+    def _by_clip(items: list[Item]) -> list[list[Item]]:
+        grouped: dict[tuple, list[Item]] = {}
+        for item in items:
+            grouped.setdefault(item.clip, []).append(item)
+        return list(grouped.values())
 
     def clips(self, done: set[str]) -> list[list[Item]]:
         """The items still to predict, grouped by clip (one read answers all the questions of a clip)."""
-        grouped: dict[tuple, list[Item]] = {}
-        for item in self.items:
-            if item.id not in done:
-                grouped.setdefault(item.clip, []).append(item)
-        return list(grouped.values())
+        return self._by_clip([item for item in self.items if item.id not in done])
 
     def run(self, on_clip: Callable[[int, float], None] = lambda items, seconds: None) -> dict[str, Any]:
         """Predict every item not yet predicted, then score all of them. on_clip(items, seconds)
@@ -227,8 +248,7 @@ class Evaluation:
         with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
             for clip in self.clips(done):
                 started = time.monotonic()
-                for row in self.predict(clip):
-                    file.write(json.dumps(row) + "\n")
+                file.write("".join(json.dumps(row) + "\n" for row in self.predict(clip)))  # a clip at once
                 file.flush()
                 os.fsync(file.fileno())
                 on_clip(len(clip), time.monotonic() - started)
@@ -268,7 +288,8 @@ class Evaluation:
                                      {r["id"]: r["references"] for r in scored})  # fmt: skip
         else:
             metrics = top_k_accuracy([r["beams"] for r in scored], [r["references"][0] for r in scored],
-                                     first_word=self.benchmark.first_word, k=BEAMS)  # fmt: skip
+                                     first_word=self.benchmark.first_word, k=BEAMS,
+                                     ignore_case=self.benchmark.ignore_case)  # fmt: skip
             if task == "classify":
                 metrics |= ranked_accuracy([r["ranked"] for r in scored], [r["references"][0] for r in scored])
         return {
@@ -322,9 +343,11 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_items(data: Path, benchmark: str | None, videos: Path | None, label_field: str | None,
-               limit: int | None) -> tuple[Benchmark, list[Item]]:  # fmt: skip
-    """The benchmark (named, or the task of DATA's columns) and its items, the first `limit` only."""
+def load_items(
+    data: Path, benchmark: str | None, videos: Path | None, label_field: str | None
+) -> tuple[Benchmark, list[Item]]:
+    """The benchmark (named, or the task of DATA's columns) and its items; two items of one id
+    (which resuming and scoring could not tell apart) are refused."""
     if benchmark is not None and benchmark not in BENCHMARKS:
         raise DatasetError(f"unknown dataset {benchmark!r}: one of {', '.join(BENCHMARKS)}")
     chosen = BENCHMARKS.get(benchmark or "")
@@ -332,7 +355,25 @@ def load_items(data: Path, benchmark: str | None, videos: Path | None, label_fie
                              label_field or (chosen.label_field if chosen else None))  # fmt: skip
     chosen = chosen or own_benchmark(task_of(dataclasses.asdict(examples[0]), str(data)))
     items = eval_items(examples, chosen)
-    return chosen, items[:limit] if limit else items
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise DatasetError(f"{data.name}: two examples have the id {item.id!r}: give each its own")
+        seen.add(item.id)
+    return chosen, items
+
+
+def label_set(benchmark: Benchmark, items: list[Item]) -> tuple[str, ...]:
+    """What classification answers are ranked over: every label of the data (taken before any
+    --limit, so that a partial run ranks over the same set)."""
+    return tuple(sorted({item.references[0] for item in items})) if benchmark.task == "classify" else ()
+
+
+def readers_per_clip(benchmark: Benchmark, items: list[Item]) -> int:
+    """The most memories one read steps: a clip's questions, or classification's two readers."""
+    if benchmark.task == "classify":
+        return 2
+    return max((len(clip) for clip in Evaluation._by_clip(items)), default=1) if benchmark.task == "ask" else 1
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:

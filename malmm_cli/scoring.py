@@ -3,12 +3,14 @@
 - QA and classification: `top_k_accuracy`. A prediction is the list of beams, best first; top-1
   looks at the first beam, top-5 at any of the first five. MSVD-QA and MSRVTT-QA compare the first
   word of each beam with the answer (`first_word`), ActivityNet-QA and classification the whole
-  string. Percentages, as the paper prints them.
+  string, exactly; your own data ignores case and surrounding spaces. Percentages, as the paper
+  prints them.
 - Captions: `caption_scores`, BLEU-4, METEOR, ROUGE-L and CIDEr with the COCO caption scorers
   (pycocoevalcap), called one by one: the package's `COCOEvalCap.evaluate()` also runs SPICE,
   which downloads Stanford CoreNLP. Its tokenizer and METEOR run Java; without Java the text is
   tokenized as `simple_tokens` says and METEOR is reported as unavailable (None). Fractions, as
-  pycocoevalcap gives them; `aggregate` is their sum (MA-LMM's model selection figure).
+  pycocoevalcap gives them; `aggregate` is their sum (MA-LMM's model selection figure; None
+  without METEOR).
 """
 
 from __future__ import annotations
@@ -24,15 +26,24 @@ from collections.abc import Iterator, Sequence
 CAPTION_METRICS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def answer_matches(beams: Sequence[str], reference: str, first_word: bool = False) -> list[bool]:
-    """Whether each beam is the reference: exact strings, or their first words."""
+def answer_matches(
+    beams: Sequence[str], reference: str, first_word: bool = False, ignore_case: bool = False
+) -> list[bool]:
+    """Whether each beam is the reference: exact strings (MA-LMM's rule), or their first words;
+    ignore_case: compared lower-cased and stripped (your own data, as training validates)."""
     if first_word:
         beams = [beam.split(" ")[0] for beam in beams]
+    if ignore_case:
+        beams, reference = [beam.strip().lower() for beam in beams], reference.strip().lower()
     return [beam == reference for beam in beams]
 
 
 def top_k_accuracy(
-    predictions: Sequence[Sequence[str]], references: Sequence[str], first_word: bool = False, k: int = 5
+    predictions: Sequence[Sequence[str]],
+    references: Sequence[str],
+    first_word: bool = False,
+    k: int = 5,
+    ignore_case: bool = False,
 ) -> dict[str, float]:
     """top1 and top{k} in percent: the share of examples whose first beam, or any of the first k
     beams, matches (`answer_matches`)."""
@@ -41,7 +52,7 @@ def top_k_accuracy(
     if not predictions:
         return {"top1": 0.0, f"top{k}": 0.0}
     pairs = zip(predictions, references, strict=True)
-    hits = [answer_matches(beams, reference, first_word) for beams, reference in pairs]
+    hits = [answer_matches(beams, reference, first_word, ignore_case) for beams, reference in pairs]
     return {
         "top1": 100.0 * sum(bool(h[:1] and h[0]) for h in hits) / len(hits),
         f"top{k}": 100.0 * sum(any(h[:k]) for h in hits) / len(hits),
@@ -61,7 +72,7 @@ _PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", *"
 def simple_tokens(text: str) -> str:
     """The tokenization used without Java: lower case, punctuation split off and removed, split on
     whitespace. It agrees with Stanford's PTB tokenizer on plain captions; it differs on
-    contractions ("don't": one token here, "do n't" there) and on some symbols."""
+    contractions ("don't": "don t" here, "do n't" there) and on some symbols."""
     spaced = "".join(f" {c} " if c in string.punctuation else c for c in text.lower())
     return " ".join(token for token in spaced.split() if token not in _PTB_PUNCTUATION and token not in "\"'()[]{}")
 
@@ -109,7 +120,8 @@ def caption_scores(
             scores["METEOR"] = None
         scores["ROUGE_L"] = float(Rouge().compute_score(truths, hypotheses)[0])
         scores["CIDEr"] = float(Cider().compute_score(truths, hypotheses)[0])
-    scores["aggregate"] = sum(value for value in scores.values() if value is not None)
+    # MA-LMM's figure sums all four: without METEOR there is none to compare
+    scores["aggregate"] = None if scores["METEOR"] is None else sum(scores.values())
     return scores
 
 

@@ -215,6 +215,7 @@ class Trainer:
         self.labels = labels
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
         model = malmm.model
+        torch.manual_seed(settings.seed)  # the adapters' initialisation too
         if settings.lora_rank:
             add_lora(model, settings.lora_rank)
         self.trained = trainable_parameters(model)

@@ -3,7 +3,7 @@
 Rank-r adapters on every Q-Former attention's query, key and value projections (self- and
 cross-attention) are trained with the query tokens, the projection, the vision LayerNorm and the
 frame table; the rest of the Q-Former stays frozen. That shrinks what the optimiser holds from
-189 M parameters to ~5 M at rank 8, not the activations. Saved checkpoints hold the merged weights
+189 M parameters to 4.1 M at rank 8 (vicuna-7b's), not the activations. Saved checkpoints hold the merged weights
 (base + adapter) under the model's own names, so they load like any trained checkpoint, without
 peft.
 """

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from malmm_cli import cli
 from malmm_cli import evaluate as evaluation
 from malmm_cli.cli import app
+from malmm_cli.dataset import DatasetError
 from malmm_cli.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
 from tests.media import SCENE_COLOURS, make_scene
 
@@ -33,7 +34,7 @@ def test_each_annotation_format(tmp_path: Path) -> None:
     """MA-LMM's annotation files, as in its repository's data/*/annotation, become scored items."""
     qa = {"0": {"question": "what is the man doing?", "answer": "cooking", "question_id": "q0", "video": "v1"},
           "1": {"question": "who is talking?", "answer": "woman", "question_id": "q1", "video": "v1"}}  # fmt: skip
-    benchmark, items = evaluation.load_items(_write(tmp_path / "qa.json", qa), "msvd-qa", tmp_path, None, None)
+    benchmark, items = evaluation.load_items(_write(tmp_path / "qa.json", qa), "msvd-qa", tmp_path, None)
     assert benchmark.first_word and [i.id for i in items] == ["q0", "q1"] and items[1].references == ("woman",)
     assert len(evaluation.Evaluation(None, benchmark, items, None, tmp_path).clips(set())) == 1  # one read, 2 questions
 
@@ -44,31 +45,50 @@ def test_each_annotation_format(tmp_path: Path) -> None:
         )
     }
     annotation = _write(tmp_path / "cap.json", captions)
-    benchmark, items = evaluation.load_items(annotation, "msrvtt-caption", None, None, None)
+    benchmark, items = evaluation.load_items(annotation, "msrvtt-caption", None, None)
     assert benchmark.task == "caption" and [(i.id, i.references) for i in items] == [
         ("video7010", ("a man is cooking", "someone cooks")), ("video7011", ("a dog runs",))]  # fmt: skip
 
     youcook = {"GLd3aX16zBg_0": {"video": "GLd3aX16zBg", "start_time": 90, "end_time": 102, "caption": "add oil"}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", None, None, None)
+    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", None, None)
     assert (item.start, item.end, item.references) == (90.0, 102.0, ("add oil",))
 
-    lvu = {"0xWMqsZOYWg": {"duration": 150, "num_frames": 1500, "director": "steven", "director_answer": "(a)"}}
-    benchmark, items = evaluation.load_items(_write(tmp_path / "lvu.json", lvu), "lvu-director", None, None, None)
+    lvu = {
+        "0xWMqsZOYWg": {"duration": 150, "num_frames": 1500, "director": "steven", "director_answer": "(a)"},
+        "ZZZ": {"duration": 120, "num_frames": 1200, "scene": "office", "scene_answer": "(b)"},
+    }  # no director
+    benchmark, items = evaluation.load_items(_write(tmp_path / "lvu.json", lvu), "lvu-director", None, None)
     assert benchmark.prompt == "what is the director of the movie?" and benchmark.generation().max_new_tokens == 5
     assert [(i.id, i.start, i.end) for i in items] == [("0xWMqsZOYWg_0", 0, 99), ("0xWMqsZOYWg_20", 20, 119),
                                                        ("0xWMqsZOYWg_40", 40, 139)]  # fmt: skip
 
+    with pytest.raises(DatasetError, match="no examples with a 'year' field"):
+        evaluation.load_items(tmp_path / "lvu.json", "lvu-year", None, None)
+
     breakfast = {"P03_cereals": {"duration": 56, "class_name": "cereal", "class_label": 0}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "bf.json", breakfast), "breakfast", None, None, None)
+    _, (item,) = evaluation.load_items(_write(tmp_path / "bf.json", breakfast), "breakfast", None, None)
     assert item.references == ("cereal",)
     coin = {"-0og5HDGGMc": {"video": "-0og5HDGGMc", "target": "make french fries"}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "coin.json", coin), "coin", None, None, None)
+    _, (item,) = evaluation.load_items(_write(tmp_path / "coin.json", coin), "coin", None, None)
     assert item.references == ("make french fries",)
+
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"id": "q1", "video": "a.mp4", "label": "x"}\n{"id": "q1", "video": "b.mp4", "label": "y"}\n')
+    with pytest.raises(DatasetError, match="two examples have the id 'q1'"):
+        evaluation.load_items(twice, None, None, None)
+    same_name = tmp_path / "same-name.jsonl"
+    same_name.write_text('{"video": "x/clip.mp4", "caption": "a"}\n{"video": "y/clip.mp4", "caption": "b"}\n')
+    _, items = evaluation.load_items(same_name, None, None, None)
+    assert [item.id for item in items] == [str(tmp_path / "x" / "clip.mp4"), str(tmp_path / "y" / "clip.mp4")]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(f'{{"video": "{n}.mp4", "label": "{label}"}}\n' for n, label in enumerate("bab")))
+    benchmark, items = evaluation.load_items(labels, None, None, None)
+    assert evaluation.label_set(benchmark, items) == ("a", "b")
 
     own = tmp_path / "own.jsonl"  # malmm train's format: the task follows from the columns
     own.write_text('{"video": "a.mp4", "question": "what colour?", "answer": "red"}\n' * 3)
-    benchmark, items = evaluation.load_items(own, None, None, None, 2)
-    assert benchmark.task == "ask" and not benchmark.first_word and len(items) == 2
+    benchmark, items = evaluation.load_items(own, None, None, None)
+    assert benchmark.task == "ask" and not benchmark.first_word and benchmark.ignore_case and len(items) == 3
 
 
 def test_scoring_rules() -> None:
@@ -78,9 +98,11 @@ def test_scoring_rules() -> None:
     assert top_k_accuracy(beams, ["a", "cat", "cat"], first_word=True) == pytest.approx({"top1": 200 / 3,
                                                                                           "top5": 200 / 3})  # fmt: skip
     assert top_k_accuracy([["x"] * 6 + ["dog"]], ["dog"]) == {"top1": 0.0, "top5": 0.0}  # the 7th beam is not top-5
+    assert top_k_accuracy([[" Dog"]], ["dog"]) == {"top1": 0.0, "top5": 0.0}  # MA-LMM's: exact
+    assert top_k_accuracy([[" Dog"]], ["dog"], ignore_case=True) == {"top1": 100.0, "top5": 100.0}  # your own data
     assert ranked_accuracy([["b", "a"], ["a", "b"]], ["a", "a"]) == {"ranked_top1": 50.0, "ranked_top5": 100.0}
     assert evaluation.windows(99, 100, 20) == [(0.0, 99)]  # shorter than a window: the whole video
-    assert evaluation.windows(None, 100, 20) == [(0.0, None)]
+    assert evaluation.windows(None, 100, 20) == [(0.0, 99)]  # no duration given: the first window
 
 
 REFERENCES = {
@@ -116,7 +138,7 @@ def test_caption_metrics_are_pycocoevalcaps(monkeypatch: pytest.MonkeyPatch) -> 
         assert ours[name] == pytest.approx(official.eval[name], abs=1e-12), name
     assert ours["aggregate"] == pytest.approx(sum(official.eval[n] for n in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")))
     without_java = caption_scores(PREDICTIONS, REFERENCES, use_java=False)
-    assert without_java["METEOR"] is None
+    assert without_java["METEOR"] is None and without_java["aggregate"] is None
     for name in ("Bleu_4", "ROUGE_L", "CIDEr"):  # plain captions tokenize alike
         assert without_java[name] == pytest.approx(ours[name], abs=1e-12), name
 
@@ -158,12 +180,14 @@ def test_eval_resumes_where_it_stopped(tiny_llama_dir: Path, tmp_path: Path, mon
         patch.setattr(evaluation.Evaluation, "predict", killed_on_the_third)
         with pytest.raises(Killed):
             CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped]], catch_exceptions=False)
-    with open(stopped / "predictions.jsonl", "a") as file:
-        file.write('{"id": "line 5", "vid')  # a kill in the middle of a line
+    assert len((stopped / "predictions.jsonl").read_text().splitlines()) == 4  # two clips of two questions
+    with open(stopped / "predictions.jsonl", "a") as file:  # a kill while the third clip's rows were written:
+        planted = {**predicted[4], "prediction": "planted", "beams": ["planted"]}  # must not survive
+        file.write(json.dumps(planted) + "\n" + '{"id": "line 6", "vid')  # one whole row, one cut short
     again = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped]], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     lines = (stopped / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 10 and len({json.loads(line)["id"] for line in lines}) == 10
+    assert len(lines) == 10 and len({json.loads(line)["id"] for line in lines}) == 10 and "planted" not in str(lines)
     assert json.loads((stopped / "metrics.json").read_text())["metrics"] == expected["metrics"]
 
     other = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped, "--memory", "fifo"]])
