@@ -193,6 +193,14 @@ def test_eval_resumes_where_it_stopped(tiny_llama_dir: Path, tmp_path: Path, mon
     other = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped, "--memory", "fifo"]])
     assert other.exit_code == 2 and "memory 'malmm' -> 'fifo'" in other.output
 
+    def interrupted(self, clip):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation.Evaluation, "predict", interrupted)
+        ctrl_c = CliRunner().invoke(app, [str(a) for a in [*args[:-1], "--output", tmp_path / "ctrl-c"]])
+    assert ctrl_c.exit_code == 130 and "the same command goes on" in ctrl_c.output
+
 
 class Killed(BaseException):
     """Stops a run with no chance to clean up, as a kill does."""
