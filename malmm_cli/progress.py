@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -234,31 +235,48 @@ def summary_table(outcomes: list[Outcome]) -> Table:
     return table
 
 
-class TrainingProgress:
-    """A training run's bar (optimiser steps, loss, learning rate, examples/s, ETA) and one line
-    per epoch; without a terminal, a plain line every `every` steps."""
+Job = TypeVar("Job", bound="_LongJob")
 
-    def __init__(self, reporter: Reporter, total_steps: int, epochs: int, every: int = 50):
-        self.reporter, self.total, self.epochs, self.every = reporter, total_steps, epochs, every
+
+class _LongJob:
+    """A bar for a long job counted in steps (description, bar, done/total, stats, elapsed, ETA),
+    drawn only on a terminal; subclasses say what a step is and what to print without one."""
+
+    description = "working"
+
+    def __init__(self, reporter: Reporter, total: int, completed: int = 0):
+        self.reporter, self.total, self.completed = reporter, total, completed
         self.started = time.monotonic()
-        self.examples = 0
-        self.loss: float | None = None
         self._progress: Progress | None = None
         self._task = None
 
-    def __enter__(self) -> TrainingProgress:
+    def __enter__(self: Job) -> Job:
         if self.reporter.animated:
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
                        TimeRemainingColumn()]  # fmt: skip
             self._progress = Progress(*columns, console=self.reporter.console)
             self._progress.start()
-            self._task = self._progress.add_task("training", total=self.total, stats="")
+            self._task = self._progress.add_task(self.description, total=self.total, completed=self.completed,
+                                                 stats="")  # fmt: skip
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class TrainingProgress(_LongJob):
+    """A training run's bar (optimiser steps, loss, learning rate, examples/s, ETA) and one line
+    per epoch; without a terminal, a plain line every `every` steps."""
+
+    description = "training"
+
+    def __init__(self, reporter: Reporter, total_steps: int, epochs: int, every: int = 50):
+        super().__init__(reporter, total_steps)
+        self.epochs, self.every = epochs, every
+        self.examples = 0
+        self.loss: float | None = None
 
     def start(self, step: int) -> None:
         """Steps already done by an earlier run (resume)."""
@@ -291,29 +309,15 @@ class TrainingProgress:
             self.reporter.info(message)
 
 
-class EvalProgress:
+class EvalProgress(_LongJob):
     """An evaluation's bar (examples, examples/s, ETA); without a terminal, a plain line every
     `every` examples."""
 
+    description = "evaluating"
+
     def __init__(self, reporter: Reporter, total: int, done: int = 0, every: int = 100):
-        self.reporter, self.total, self.done, self.every = reporter, total, done, every
-        self.started, self.new = time.monotonic(), 0
-        self._progress: Progress | None = None
-        self._task = None
-
-    def __enter__(self) -> EvalProgress:
-        if self.reporter.animated:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                       TimeRemainingColumn()]  # fmt: skip
-            self._progress = Progress(*columns, console=self.reporter.console)
-            self._progress.start()
-            self._task = self._progress.add_task("evaluating", total=self.total, completed=self.done, stats="")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        super().__init__(reporter, total, done)
+        self.done, self.every, self.new = done, every, 0
 
     def advance(self, items: int, seconds: float) -> None:
         before = self.done
