@@ -988,7 +988,7 @@ def evaluate(
                   + (f", {resumed} already in {folder / evaluation.PREDICTIONS}" if resumed else ""))  # fmt: skip
     try:
         with EvalProgress(reporter, len(items), resumed) as progress:
-            metrics = run.run(progress.advance)
+            metrics = run.run(progress.advance, done)
     except KeyboardInterrupt:
         reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -241,10 +241,12 @@ class Evaluation:
         """The items still to predict, grouped by clip (one read answers all the questions of a clip)."""
         return self._by_clip([item for item in self.items if item.id not in done])
 
-    def run(self, on_clip: Callable[[int, float], None] = lambda items, seconds: None) -> dict[str, Any]:
+    def run(
+        self, on_clip: Callable[[int, float], None] = lambda items, seconds: None, done: set[str] | None = None
+    ) -> dict[str, Any]:
         """Predict every item not yet predicted, then score all of them. on_clip(items, seconds)
-        after each clip."""
-        done = self.start()
+        after each clip; done: what `start` returned, if the caller called it."""
+        done = self.start() if done is None else done
         with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
             for clip in self.clips(done):
                 started = time.monotonic()

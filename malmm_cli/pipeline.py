@@ -366,16 +366,22 @@ def read_videos(
 
 
 class _Lockstep:
-    """The videos of a batch still being read, and the one state their shared readers step in."""
+    """The videos of a batch still being read, and the one state their shared readers step in.
+
+    Readers with the same instruction remember the same (a memory depends on the instruction and
+    the frames only), so they share one memory: one row of the state per distinct instruction.
+    """
 
     def __init__(self, malmm: Malmm, videos: list[_Video], shared: list[int], memory: Memory):
         self.malmm, self.videos, self.shared = malmm, videos, shared
         self.state: MemoryState | None = None
+        distinct = list(dict.fromkeys(videos[0].readers[i].instruction for i in shared)) if videos else []
+        self.memory_of = {i: distinct.index(videos[0].readers[i].instruction) for i in shared} if videos else {}
+        self.width = len(distinct)  # state rows per video
         if videos and shared:
-            instructions = [videos[0].readers[i].instruction for i in shared] * len(videos)  # video-major rows
             totals = [len(video.stream.times) for video in videos]
-            self.state = malmm.new_memory(instructions, memory.bank_length, totals, strategy=memory.strategy,
-                                          readers_per_video=len(shared))  # fmt: skip
+            self.state = malmm.new_memory(distinct * len(videos), memory.bank_length, totals,  # video-major rows
+                                          strategy=memory.strategy, readers_per_video=self.width)  # fmt: skip
 
     def keep(self, videos: list[_Video]) -> None:
         """Go on with these videos only (a subset, in the same order)."""
@@ -390,10 +396,10 @@ class _Lockstep:
         if self.state is not None and frames:
             features = torch.cat([features for _, _, features in frames])  # [V, N, C]
             outputs, self.state = self.malmm.step(self.state, features, [sample.index for _, sample, _ in frames])
-        width = len(self.shared)
+        width = self.width
         for row, (video, sample, features) in enumerate(frames):
             rows = {} if outputs is None else {
-                reader: outputs[row * width + j : row * width + j + 1] for j, reader in enumerate(self.shared)
+                reader: outputs[row * width + j : row * width + j + 1] for reader, j in self.memory_of.items()
             }  # fmt: skip
             try:
                 video.step(sample, features, rows)

@@ -120,6 +120,37 @@ def test_questions_on_one_visual_memory_equal_one_question_at_a_time(tiny_malmm:
     assert small_batches.answers == together.answers
 
 
+def test_readers_of_one_instruction_share_one_memory(
+    tiny_malmm: Malmm, clips: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A question asked twice, or generated and ranked over labels (evaluation), is remembered
+    once: the state has a row per distinct instruction, and the answers are those of separate reads."""
+    rows = []
+    new_memory = tiny_malmm.new_memory
+
+    def spy(instructions, *args, **kwargs):
+        rows.append(len(instructions) if isinstance(instructions, list) else 1)
+        return new_memory(instructions, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_malmm, "new_memory", spy)
+    sampling = Sampling(frames=12)
+    twice = answer_questions(tiny_malmm, clips[1], [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]], sampling=sampling,
+                             settings=SETTINGS)  # fmt: skip
+    assert rows == [2]
+    assert twice.answers[0] == twice.answers[2]
+    assert twice.answers[:2] == answer_questions(tiny_malmm, clips[1], QUESTIONS[:2], sampling=sampling,
+                                                 settings=SETTINGS).answers  # fmt: skip
+    prompt = CLASSIFICATION.prompt()
+    both = [pipeline.Reader("question", prompt, at_end=prompt, question=prompt),
+            pipeline.Reader("labels", prompt, at_end=prompt, labels=("cooking", "driving"), top_k=2)]  # fmt: skip
+    rows.clear()
+    (result,) = read(tiny_malmm, [clips[1]], both, "predict", 4)
+    assert rows == [1] and result.answers and [r.label for r in result.labels]
+    (ranked,) = read(tiny_malmm, [clips[1]], both[1:], "predict", 4)
+    assert [(r.label, round(r.log_likelihood, 4)) for r in result.labels] == [
+        (r.label, round(r.log_likelihood, 4)) for r in ranked.labels]  # fmt: skip
+
+
 def test_every_strategy_reads_through_the_loop(tiny_malmm: Malmm, clips: list[Path]) -> None:
     captions = {}
     for strategy in ("malmm", "fifo", "avgpool", "concat", "none"):
