@@ -221,7 +221,7 @@ class Trainer:
         self.trained = trainable_parameters(model)
         if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
             model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)  # again: dropout's stream starts alike with or without adapters
         self.optimizer = make_optimizer(settings.optimizer, parameter_groups(self.trained, settings.weight_decay),
                                         settings.lr)  # fmt: skip
         total = settings.steps_per_epoch(len(train)) * settings.epochs
