@@ -59,8 +59,42 @@ def _videos_in(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def read_manifest(manifest: Path) -> tuple[list[Input], list[Outcome]]:
+    """The videos a manifest lists: one path per line (`#` comments), or JSONL rows with a
+    `video`; paths relative to the manifest's folder, results named as for a folder of them."""
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        return [], [Outcome(f"@{manifest}", "failed", f"cannot read the manifest: {reason}")]
+    inputs, failures = [], []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if manifest.suffix.lower() == ".jsonl":
+            try:
+                row = json.loads(text)
+                video = row["video"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                failures.append(Outcome(f"{manifest}:{number}", "failed", 'not a JSON object with a "video"'))
+                continue
+            if row.get("start") is not None or row.get("end") is not None:
+                reason = "clips (start/end) are read by malmm train and malmm eval; this command reads whole videos"
+                failures.append(Outcome(f"{manifest}:{number}", "failed", reason))
+                continue
+            text = str(video)
+        path = manifest.parent / text  # an absolute path stays as it is
+        inside = Path(os.path.relpath(path, manifest.parent))
+        inputs.append(Input(path, Path(path.stem) if inside.parts[0] == ".." else inside.with_suffix("")))
+    if not inputs and not failures:
+        failures.append(Outcome(f"@{manifest}", "failed", "the manifest lists no videos"))
+    return inputs, failures
+
+
 def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
-    """Files as given (whatever their extension) and the videos found under folders, recursively.
+    """Files as given (whatever their extension), the videos found under folders, recursively, and
+    those a manifest lists (`@FILE`, see `read_manifest`).
 
     A folder without videos is a failure of its own; a path given twice is read once. A file that
     cannot be read (missing, a symbolic link loop) is kept, to fail with its reason when checked.
@@ -69,7 +103,10 @@ def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
     failures: list[Outcome] = []
     seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
+        if str(path).startswith("@"):
+            candidates, problems = read_manifest(Path(str(path)[1:]))
+            failures += problems
+        elif path.is_dir():
             found = _videos_in(path)
             if not found:
                 extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
@@ -274,7 +311,7 @@ def _run_group(
     return [outcomes[number] for number in range(len(group))]
 
 
-def _failure_reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     """One line saying why a video failed."""
     if isinstance(error, VideoError):
         return str(error)
@@ -300,7 +337,7 @@ def _finish(
     """Write one video's results and say how it went."""
     name = str(item.path)
     if isinstance(result, Exception):
-        return _failed(reporter, name, _failure_reason(result), started)
+        return _failed(reporter, name, failure_reason(result), started)
     if output_dir is not None:
         try:
             write_results(result, output_dir, item, settings, formats)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
 
     from malmm_cli.batch import Input
     from malmm_cli.feature_cache import FeatureCache
+    from malmm_cli.loading import LoadOptions
     from malmm_cli.pipeline import Reader, Sampling
     from malmm_cli.progress import Reporter, VideoProgress
     from malmm_cli.records import Settings
@@ -82,6 +83,16 @@ def _positive(text: str, what: str = "a positive number") -> float:
     if not (value > 0 and math.isfinite(value)):
         raise typer.BadParameter(f"must be {what}, not {text}")
     return value
+
+
+def _gpus(text: str) -> float:
+    """GPUs per Ray worker: 0 (a CPU cluster) or more, fractions allowed."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass  # said below
+    return _positive(text, "0 or a positive number of GPUs")
 
 
 def _rate(text: str) -> float:
@@ -220,6 +231,26 @@ VideoBatchOption = Annotated[
 NoCacheOption = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
 ]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine", metavar="[local|ray]", parser=_choice("local", "ray"),
+        help="Where videos are read: this process, or a Ray cluster (pip install 'malmm[ray]').",
+    ),
+]  # fmt: skip
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", metavar="ADDR", help="Ray cluster to join (default: a local one; RAY_ADDRESS too)."),
+]
+RayWorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", metavar="N", parser=_count, help="Ray actors holding the model (default: one per GPU)."),
+]
+GpusOption = Annotated[
+    float | None,
+    typer.Option("--gpus-per-worker", metavar="G", parser=_gpus,
+                 help="GPUs each Ray actor takes (default: 1 where the cluster has GPUs)."),
+]  # fmt: skip
 # Arguments are described in each command's help text: Typer would print their Python types.
 PathsArgument = Annotated[list[Path], typer.Argument(metavar="PATH", hidden=True, show_default=False)]
 
@@ -250,6 +281,10 @@ class RunOptions:
     decode_workers: WorkersOption = 1
     no_cache: NoCacheOption = False
     quiet: QuietOption = False
+    engine: EngineOption = "local"
+    address: AddressOption = None
+    workers: RayWorkersOption = None
+    gpus_per_worker: GpusOption = None
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.fps is not None:
@@ -326,18 +361,12 @@ def load_model(
     training: plan the memory of training steps of this shape instead of reading videos."""
     from transformers.utils import logging as transformers_logging
 
-    from malmm_cli.loading import LoadOptions, SetupError, load, locate
+    from malmm_cli.loading import SetupError, load, locate
     from models.checkpoint import CheckpointError
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    generation = options.generation(task)
-    load_options = LoadOptions(
-        model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
-        quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
-        memory_bank_length=options.bank(task), readers=readers, num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8, training=training,
-    )  # fmt: skip
+    load_options = _load_options(options, task, readers, training)
     try:
         folder = locate(options.model, reporter.downloading)
         with reporter.status(f"Loading {options.model}"):
@@ -355,6 +384,21 @@ def load_model(
         report = malmm.checkpoint_report
         (reporter.info if report.clean else reporter.warn)(report.message())
     return malmm
+
+
+def _load_options(
+    options: RunOptions, task: Task, readers: int = 1, training: TrainingShape | None = None
+) -> LoadOptions:
+    """What loading the model needs to know, from the command's options."""
+    from malmm_cli.loading import LoadOptions
+
+    generation = options.generation(task)
+    return LoadOptions(
+        model=options.model, checkpoint=options.checkpoint, device=options.device, dtype=options.dtype,
+        quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
+        memory_bank_length=options.bank(task), readers=readers, num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8, training=training,
+    )  # fmt: skip
 
 
 def _check_checkpoint(options: RunOptions) -> None:
@@ -447,11 +491,14 @@ def _run(
             )
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
-        single = len(paths) == 1 and not paths[0].is_dir()
+        single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
         stdout = StdoutWriter(options.formats[0], single=single) if printing else None
-        if pending:
+        if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
+            read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
+        elif pending:
             malmm = load_model(options, task, reporter, readers=len(readers))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
+        if pending:
             outcomes += run_batch(
                 pending,
                 read,
@@ -507,6 +554,27 @@ def _reader(
     return read, sizes.videos
 
 
+def _ray_reader(
+    options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
+) -> Callable[..., list[VideoResult | Exception]]:
+    """The function that reads a batch of inputs on a Ray cluster (malmm_cli/ray_engine.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        reporter.error("--engine ray needs Ray: pip install 'malmm[ray]'")
+        raise typer.Exit(EXIT_USAGE)
+    from malmm_cli.pipeline import Memory
+    from malmm_cli.ray_engine import RayOptions, ReadJob, ray_reader
+
+    job = ReadJob(
+        load=_load_options(options, task, len(readers)), readers=tuple(readers), task=name,
+        sampling=options.sampling(task), memory=Memory(options.bank(task), options.memory),
+        settings=options.generation(task), vision_batch=options.batch_size, cache=not options.no_cache,
+    )  # fmt: skip
+    where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
+    return ray_reader(job, where, show_progress=not options.quiet)
+
+
 def _check_concat(options: RunOptions, task: Task) -> None:
     """concat keeps every frame, up to the bank length: with --frames that is known now."""
     frames, bank = options.frames or task.frames, options.bank(task)
@@ -554,10 +622,15 @@ def caption(
     decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    workers: RayWorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too.
 
-    PATH is a video file, several files or a folder (searched recursively for videos).
+    PATH is a video file, several files, a folder (searched recursively for videos) or @FILE, a
+    manifest (one path per line, or JSONL rows with "video").
     """
     options = _shared(ctx)
     from malmm_cli.pipeline import caption_readers
@@ -596,11 +669,15 @@ def ask(
     decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    workers: RayWorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Answer questions about a video (defaults: 20 frames, memory bank 10).
 
-    PATH is a video file or a folder of videos; QUESTION the question, or give several with
-    --question-file. Each question reads the video through its own memory, all in one pass.
+    PATH is a video file, a folder of videos or @FILE (a manifest); QUESTION the question, or give
+    several with --question-file. Each question reads the video through its own memory, all in one pass.
     """
     options = _shared(ctx)
     questions = [question.strip()] if question and question.strip() else []
@@ -656,11 +733,16 @@ def predict(
     decode_workers: WorkersOption = 1,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    workers: RayWorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Action predictions (defaults: 100 frames, memory bank 20): a timeline and the next action, or
     ranked --labels.
 
-    PATH is a video file, several files or a folder (searched recursively for videos).
+    PATH is a video file, several files, a folder (searched recursively for videos) or @FILE, a
+    manifest (one path per line, or JSONL rows with "video").
     """
     options = _shared(ctx)
     from malmm_cli.progress import Reporter

@@ -35,6 +35,24 @@ def test_folders_are_searched_recursively_for_videos(tmp_path: Path) -> None:
     assert failures == []
 
 
+def test_manifests_list_videos(tmp_path: Path) -> None:
+    """@FILE: one path per line or JSONL rows with "video", relative to the manifest; clips refused."""
+    touch(tmp_path / "archive" / "day1" / "cam.mp4")
+    touch(tmp_path / "archive" / "day2" / "cam.mp4")
+    elsewhere = touch(tmp_path / "other" / "x.mp4")
+    lines = tmp_path / "archive" / "list.txt"
+    lines.write_text(f"# two days\nday1/cam.mp4\n\nday2/cam.mp4\n{elsewhere}\n")
+    inputs, failures = expand_inputs([Path(f"@{lines}")])
+    assert [str(i.stem) for i in inputs] == ["day1/cam", "day2/cam", "x"] and failures == []
+    rows = tmp_path / "archive" / "list.jsonl"
+    rows.write_text('{"video": "day1/cam.mp4"}\n{"video": "day2/cam.mp4", "start": 5, "end": 9}\nnot json\n')
+    inputs, failures = expand_inputs([Path(f"@{rows}")])
+    assert [str(i.stem) for i in inputs] == ["day1/cam"]
+    assert [f.path for f in failures] == [f"{rows}:2", f"{rows}:3"] and "whole videos" in failures[0].detail
+    inputs, failures = expand_inputs([Path(f"@{tmp_path / 'missing.txt'}")])
+    assert not inputs and "cannot read the manifest" in failures[0].detail
+
+
 def test_missing_paths_are_kept_to_fail_later_and_empty_folders_fail(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     inputs, failures = expand_inputs([tmp_path / "missing.mp4", tmp_path / "empty"])

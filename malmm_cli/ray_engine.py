@@ -1,0 +1,157 @@
+"""The same commands on a Ray cluster: `ray_reader` reads a batch of videos in Ray Data actors.
+
+Only where videos are read changes. The command line finds the inputs, skips those already done
+and writes every result, record and summary itself, exactly as the local engine does (batch.py),
+so a job can move between a laptop and a cluster. What goes to the cluster is a dataset of paths
+(one row per video, not `ray.data.read_videos`' row per frame, which could not carry a memory),
+mapped by a pool of `VideoWorker` actors: each loads the model once and reads its videos with
+the one reading loop (pipeline.read_video), returning the result or the reason it failed. An
+actor that dies while reading is restarted and its video tried once more; a video that kills
+its actor twice is reported failed, the others go on.
+
+Paths must be visible to every node (shared storage). Needs the `ray` extra: pip install 'malmm[ray]'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from malmm_cli.batch import Input, failure_reason
+from malmm_cli.feature_cache import FeatureCache
+from malmm_cli.loading import LoadOptions
+from malmm_cli.pipeline import Memory, Reader, Sampling
+from malmm_cli.progress import VideoProgress
+from malmm_cli.results import VideoResult
+from malmm_cli.video import VideoError
+from models import GenerationSettings
+
+DIED_TWICE = "the Ray worker reading it died twice (out of memory on its node, or killed)"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: the cluster (None: start one on this machine), actors, GPUs each."""
+
+    address: str | None = None
+    workers: int | None = None  # default: one per GPU of the cluster (one on a cluster without GPUs)
+    gpus_per_worker: float | None = None  # default: 1 where the cluster has GPUs, else 0
+
+
+@dataclass(frozen=True)
+class ReadJob:
+    """What every actor needs to read videos as this command does (plain data, sent to each)."""
+
+    load: LoadOptions
+    readers: tuple[Reader, ...]
+    task: str
+    sampling: Sampling
+    memory: Memory
+    settings: GenerationSettings
+    vision_batch: int | None = None
+    cache: bool = True
+
+
+class VideoWorker:
+    """A Ray Data actor: the model, loaded once, reading one video per call.
+
+    A model that cannot be loaded there is not a crash of the actor: each of its videos fails with
+    that reason, so the command says what is wrong instead of Ray retrying in vain.
+    """
+
+    def __init__(self, job: ReadJob):
+        from malmm_cli.loading import load, locate, vision_batch_size
+
+        self.job = job
+        self.setup_error: str | None = None
+        try:
+            self.malmm, _, _ = load(job.load, locate(job.load.model))
+        except Exception as error:  # SetupError, CheckpointError, a missing model on this node
+            self.setup_error = f"cannot load {job.load.model} on a Ray worker: {error}"
+            return
+        self.vision_batch = vision_batch_size(self.malmm, job.vision_batch)
+        self.cache = FeatureCache() if job.cache else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from malmm_cli.pipeline import read_video
+
+        results, errors = [], []
+        for path in batch["path"]:
+            result, error = None, self.setup_error or ""
+            if not error:
+                try:
+                    job = self.job
+                    result = read_video(self.malmm, path, job.readers, job.task, sampling=job.sampling,
+                                        memory=job.memory, settings=job.settings, batch_size=self.vision_batch,
+                                        cache=self.cache)  # fmt: skip
+                except Exception as failure:  # one video's failure is its own
+                    error = failure_reason(failure)
+            results.append(result)
+            errors.append(error)
+        return {"index": batch["index"], "result": _objects(results), "error": _objects(errors)}
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def connect(options: RayOptions) -> None:
+    """Join the cluster at `address`, or start a local one (once per process)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+
+
+def pool_size(options: RayOptions) -> tuple[int, float]:
+    """(actors, GPUs per actor) for the cluster as it is."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    workers = options.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
+    return workers, per_worker
+
+
+def ray_reader(
+    job: ReadJob, options: RayOptions, show_progress: bool = True
+) -> Callable[[list[Input], list[VideoProgress], Callable], list[VideoResult | Exception]]:
+    """A `read(items, progress, done)` for batch.run_batch that reads the items on the cluster,
+    calling `done(i, result)` as each video comes back (in the order they finish)."""
+
+    def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
+        import ray.data
+
+        connect(options)
+        context = ray.data.DataContext.get_current()
+        context.max_errored_blocks = -1  # a video whose actor died twice fails alone, not the job
+        context.enable_progress_bars = show_progress
+        workers, gpus = pool_size(options)
+        rows = ray.data.from_items([{"index": number, "path": str(item.path)} for number, item in enumerate(items)])
+        # Actors are recreated as often as they die, each video is tried twice at most (Ray Data's
+        # default retries a task for ever: a video that kills its actor would never end the job).
+        # These two go through map_batches' remote arguments, deprecated in Ray 2.64 (pyproject pins below).
+        read_back = rows.map_batches(
+            VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(size=workers), max_restarts=-1, max_task_retries=1,
+        )  # fmt: skip
+        results: list[VideoResult | Exception | None] = [None] * len(items)
+        for row in read_back.iter_rows():
+            number = int(row["index"])
+            result = row["result"] if not row["error"] else VideoError(row["error"])
+            if isinstance(result, VideoResult):
+                progress[number].frames = result.frames
+            results[number] = result
+            done(number, result)
+        for number, result in enumerate(results):
+            if result is None:
+                results[number] = VideoError(DIED_TWICE)
+                done(number, results[number])
+        return results
+
+    return read

@@ -1,0 +1,111 @@
+"""`--engine ray`: the same results as the local engine, from Ray Data actors on a local cluster
+started here; failures stay with their video, a killed actor costs only the video it was reading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from malmm_cli.batch import Input
+from malmm_cli.cli import app
+from malmm_cli.loading import LoadOptions
+from malmm_cli.pipeline import Memory, Sampling, caption_readers
+from malmm_cli.ray_engine import DIED_TWICE, RayOptions, ReadJob, ray_reader
+from malmm_cli.results import VideoResult
+from malmm_cli.video import VideoError
+from models import GenerationSettings
+from tests import media
+
+SMALL = ["--device", "cpu", "--frames", "4", "--memory-bank-length", "2", "--num-beams", "1", "--max-new-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster on this machine, for this module (Ray 2.60 has no local mode)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ray-videos")
+    for number in range(3):
+        media.make_video(folder / f"clip{number}.mp4", seconds=2, fps=10, size=(64, 48), seed=number)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    return folder
+
+
+def caption(*args: object):
+    return CliRunner().invoke(app, ["caption", *(str(a) for a in args)], catch_exceptions=False)
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(
+    cluster: None, tiny_llama_dir: Path, videos: Path, tmp_path: Path
+) -> None:
+    common = [videos, "--model", tiny_llama_dir, *SMALL, "--format", "json", "--format", "txt"]
+    local = caption(*common, "-o", tmp_path / "local")
+    on_ray = caption(*common, "-o", tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert local.exit_code == on_ray.exit_code == 1  # the broken video fails, on either engine
+    assert "broken.mp4" in on_ray.output and "not a video file" in on_ray.output
+    written = sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_file())
+    assert written == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.is_file())
+    assert len(written) == 6  # 3 videos x json, txt
+    for name in written:
+        assert (tmp_path / "local" / name).read_text() == (tmp_path / "ray" / name).read_text(), name
+    manifest = videos / "list.txt"  # the same videos listed in a manifest: the same result names
+    manifest.write_text("".join(f"clip{number}.mp4\n" for number in range(3)))
+    again = caption(f"@{manifest}", *common[1:], "-o", tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    assert again.exit_code == 0 and again.output.count("skipped") == 3  # finished videos are not read again
+
+
+def test_a_killed_worker_loses_only_its_video(
+    cluster: None, tiny_llama_dir: Path, videos: Path, tmp_path: Path
+) -> None:
+    """A video whose actor dies is read again by a restarted actor; one that kills it twice
+    fails alone with that reason; a video failing inside an actor is an error row."""
+    once, always, failing = videos / "clip0.mp4", videos / "clip1.mp4", videos / "clip2.mp4"
+    marker = tmp_path / "killed-once"
+
+    class Deadly(Sampling):  # defined here, so Ray sends it to the actors by value
+        def plan(self, info):
+            path = str(info.path)
+            if path == str(always) or (path == str(once) and not marker.exists()):
+                marker.touch()
+                os._exit(1)  # as the kernel's OOM killer would
+            if path == str(failing):
+                raise VideoError("made to fail")
+            return super().plan(info)
+
+    job = ReadJob(
+        load=LoadOptions(model=str(tiny_llama_dir), device="cpu", quantize="none"), readers=tuple(caption_readers()),
+        task="caption", sampling=Deadly(frames=4), memory=Memory(2), settings=GenerationSettings(4, num_beams=1),
+        cache=False,
+    )  # fmt: skip
+    items = [Input(path, Path(path.stem)) for path in (once, always, failing)]
+    finished = []
+    read = ray_reader(job, RayOptions(workers=2, gpus_per_worker=0), show_progress=False)
+    results = read(items, [_NoProgress() for _ in items], lambda number, result: finished.append(number))
+    assert isinstance(results[0], VideoResult) and results[0].frames == 4
+    assert isinstance(results[1], VideoError) and str(results[1]) == DIED_TWICE
+    assert isinstance(results[2], VideoError) and str(results[2]) == "made to fail"
+    assert sorted(finished) == [0, 1, 2] and marker.exists()
+
+
+class _NoProgress:
+    frames = 0
+
+
+def test_without_ray_the_engine_says_how_to_get_it(
+    tiny_llama_dir: Path, videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    result = caption(videos / "clip0.mp4", "--model", tiny_llama_dir, *SMALL, "--engine", "ray", "-o", tmp_path)
+    assert result.exit_code == 2 and "pip install 'malmm[ray]'" in result.output
