@@ -136,9 +136,12 @@ def ray_reader(
         # Actors are recreated as often as they die, each video is tried twice at most (Ray Data's
         # default retries a task for ever: a video that kills its actor would never end the job).
         # These two go through map_batches' remote arguments, deprecated in Ray 2.64 (pyproject pins below).
+        # One video in flight per actor: videos queued behind one that kills the actor would lose
+        # their retry with it.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         read_back = rows.map_batches(
-            VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=workers), max_restarts=-1, max_task_retries=1,
+            VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus, compute=pool,
+            max_restarts=-1, max_task_retries=1,
         )  # fmt: skip
         results: list[VideoResult | Exception | None] = [None] * len(items)
         for row in read_back.iter_rows():
