@@ -28,6 +28,7 @@ import torch
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
+from malmm_cli.stream import Sampling
 from malmm_cli.video import VideoError
 from malmm_cli.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
 
@@ -40,10 +41,17 @@ ONE_VIDEO_FORMATS = ("srt", "vtt")  # a subtitle file belongs to one video
 
 @dataclass(frozen=True)
 class Input:
-    """A video to process and the name of its results (relative to --output-dir, no extension)."""
+    """A video to process and the name of its results (relative to --output-dir, no extension);
+    from a manifest, possibly a clip of it (seconds)."""
 
     path: Path
     stem: Path
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def clip(self) -> tuple[float | None, float | None]:
+        return (self.start, self.end)
 
 
 def _videos_in(folder: Path) -> list[Path]:
@@ -61,7 +69,8 @@ def _videos_in(folder: Path) -> list[Path]:
 
 def read_manifest(manifest: Path) -> tuple[list[Input], list[Outcome]]:
     """The videos a manifest lists: one path per line (`#` comments), or JSONL rows with a
-    `video`; paths relative to the manifest's folder, results named as for a folder of them."""
+    `video` and optionally `start`/`end` (seconds: a clip, named `clip_90-102`); paths relative
+    to the manifest's folder, results named as for a folder of them."""
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -79,17 +88,44 @@ def read_manifest(manifest: Path) -> tuple[list[Input], list[Outcome]]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 failures.append(Outcome(f"{manifest}:{number}", "failed", 'not a JSON object with a "video"'))
                 continue
-            if row.get("start") is not None or row.get("end") is not None:
-                reason = "clips (start/end) are read by malmm train and malmm eval; this command reads whole videos"
-                failures.append(Outcome(f"{manifest}:{number}", "failed", reason))
+            try:
+                start, end = _seconds(row.get("start")), _seconds(row.get("end"))
+            except (ValueError, TypeError):
+                failures.append(Outcome(f"{manifest}:{number}", "failed", "start and end must be seconds, >= 0"))
+                continue
+            if start is not None and end is not None and end <= start:
+                failures.append(Outcome(f"{manifest}:{number}", "failed", f"end ({end:g}) must be after start"))
                 continue
             text = str(video)
+        else:
+            start = end = None
         path = manifest.parent / text  # an absolute path stays as it is
         inside = Path(os.path.relpath(path, manifest.parent))
-        inputs.append(Input(path, Path(path.stem) if inside.parts[0] == ".." else inside.with_suffix("")))
+        stem = Path(path.stem) if inside.parts[0] == ".." else inside.with_suffix("")
+        if start is not None or end is not None:
+            stem = stem.with_name(f"{stem.name}_{start or 0:g}-{'end' if end is None else f'{end:g}'}")
+        inputs.append(Input(path, stem, start, end))
     if not inputs and not failures:
         failures.append(Outcome(f"@{manifest}", "failed", "the manifest lists no videos"))
     return inputs, failures
+
+
+def clip_sampling(sampling: Sampling, item: Input) -> Sampling:
+    """The run's sampling for this input: the whole video, or its clip (which needs --frames)."""
+    if item.clip == (None, None):
+        return sampling
+    if sampling.frames is None:
+        raise VideoError("a clip (start/end in the manifest) is sampled by --frames, not --fps")
+    return replace(sampling, start=item.start, end=item.end)
+
+
+def _seconds(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    seconds = float(value)  # ValueError / TypeError for what is not a number
+    if not (seconds >= 0 and seconds < float("inf")):
+        raise ValueError(f"not a time: {value!r}")
+    return seconds
 
 
 def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
@@ -101,7 +137,7 @@ def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
     """
     inputs: list[Input] = []
     failures: list[Outcome] = []
-    seen: set[Path] = set()
+    seen: set[tuple] = set()
     for path in paths:
         if str(path).startswith("@"):
             candidates, problems = read_manifest(Path(str(path)[1:]))
@@ -115,7 +151,7 @@ def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
         else:
             candidates = [Input(path, Path(path.stem))]
         for candidate in candidates:
-            key = Path(os.path.realpath(candidate.path))  # never raises, symbolic link loops included
+            key = (Path(os.path.realpath(candidate.path)), candidate.clip)  # never raises, link loops included
             if key not in seen:
                 seen.add(key)
                 inputs.append(candidate)

@@ -527,8 +527,10 @@ def _reader(
     malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
+    from malmm_cli.batch import clip_sampling
     from malmm_cli.loading import reading_sizes, vision_batch_size
     from malmm_cli.pipeline import Memory, check_memory, read_videos
+    from malmm_cli.video import VideoError
 
     memory = Memory(options.bank(task), options.memory)
     try:
@@ -545,11 +547,27 @@ def _reader(
     cache = options.cache(reporter)
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
-        return read_videos(
-            malmm, [item.path for item in items], readers, name, sampling=options.sampling(task), memory=memory,
-            settings=generation, progress=progress, batch_size=vision_batch, cache=cache,
-            answers_per_batch=sizes.answers, on_done=done,
-        )  # fmt: skip
+        """Videos of one sampling in lockstep: clips of a manifest are grouped by their times."""
+        results: list[VideoResult | Exception | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for number, item in enumerate(items):
+            groups.setdefault(item.clip, []).append(number)
+        for numbers in groups.values():
+            try:
+                sampling = clip_sampling(options.sampling(task), items[numbers[0]])
+            except VideoError as error:
+                for number in numbers:
+                    results[number] = error
+                    done(number, error)
+                continue
+            read_back = read_videos(
+                malmm, [items[n].path for n in numbers], readers, name, sampling=sampling, memory=memory,
+                settings=generation, progress=[progress[n] for n in numbers], batch_size=vision_batch, cache=cache,
+                answers_per_batch=sizes.answers, on_done=lambda i, result, numbers=numbers: done(numbers[i], result),
+            )  # fmt: skip
+            for number, result in zip(numbers, read_back, strict=True):
+                results[number] = result
+        return results
 
     return read, sizes.videos
 
@@ -630,7 +648,7 @@ def caption(
     """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too.
 
     PATH is a video file, several files, a folder (searched recursively for videos) or @FILE, a
-    manifest (one path per line, or JSONL rows with "video").
+    manifest (one path per line, or JSONL rows with "video" and optional "start"/"end" seconds).
     """
     options = _shared(ctx)
     from malmm_cli.pipeline import caption_readers
@@ -742,7 +760,7 @@ def predict(
     ranked --labels.
 
     PATH is a video file, several files, a folder (searched recursively for videos) or @FILE, a
-    manifest (one path per line, or JSONL rows with "video").
+    manifest (one path per line, or JSONL rows with "video" and optional "start"/"end" seconds).
     """
     options = _shared(ctx)
     from malmm_cli.progress import Reporter

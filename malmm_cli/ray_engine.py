@@ -14,13 +14,15 @@ Paths must be visible to every node (shared storage). Needs the `ray` extra: pip
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from malmm_cli.batch import Input, failure_reason
+from malmm_cli.batch import Input, clip_sampling, failure_reason
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.loading import LoadOptions
 from malmm_cli.pipeline import Memory, Reader, Sampling
@@ -79,12 +81,13 @@ class VideoWorker:
         from malmm_cli.pipeline import read_video
 
         results, errors = [], []
-        for path in batch["path"]:
+        for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True):
             result, error = None, self.setup_error or ""
             if not error:
                 try:
                     job = self.job
-                    result = read_video(self.malmm, path, job.readers, job.task, sampling=job.sampling,
+                    sampling = clip_sampling(job.sampling, Input(Path(path), Path(), _time(start), _time(end)))
+                    result = read_video(self.malmm, path, job.readers, job.task, sampling=sampling,
                                         memory=job.memory, settings=job.settings, batch_size=self.vision_batch,
                                         cache=self.cache)  # fmt: skip
                 except Exception as failure:  # one video's failure is its own
@@ -94,10 +97,19 @@ class VideoWorker:
         return {"index": batch["index"], "result": _objects(results), "error": _objects(errors)}
 
 
+def _time(value: float) -> float | None:
+    """A clip time as it comes back from a dataset row (NaN: none)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def _objects(values: list[Any]) -> np.ndarray:
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def connect(options: RayOptions) -> None:
@@ -132,7 +144,10 @@ def ray_reader(
         context.max_errored_blocks = -1  # a video whose actor died twice fails alone, not the job
         context.enable_progress_bars = show_progress
         workers, gpus = pool_size(options)
-        rows = ray.data.from_items([{"index": number, "path": str(item.path)} for number, item in enumerate(items)])
+        rows = ray.data.from_items([
+            {"index": number, "path": str(item.path), "start": _nan(item.start), "end": _nan(item.end)}
+            for number, item in enumerate(items)
+        ])  # fmt: skip
         # Actors are recreated as often as they die, each video is tried twice at most (Ray Data's
         # default retries a task for ever: a video that kills its actor would never end the job).
         # These two go through map_batches' remote arguments, deprecated in Ray 2.64 (pyproject pins below).

@@ -45,10 +45,15 @@ def test_manifests_list_videos(tmp_path: Path) -> None:
     inputs, failures = expand_inputs([Path(f"@{lines}")])
     assert [str(i.stem) for i in inputs] == ["day1/cam", "day2/cam", "x"] and failures == []
     rows = tmp_path / "archive" / "list.jsonl"
-    rows.write_text('{"video": "day1/cam.mp4"}\n{"video": "day2/cam.mp4", "start": 5, "end": 9}\nnot json\n')
-    inputs, failures = expand_inputs([Path(f"@{rows}")])
-    assert [str(i.stem) for i in inputs] == ["day1/cam"]
-    assert [f.path for f in failures] == [f"{rows}:2", f"{rows}:3"] and "whole videos" in failures[0].detail
+    rows.write_text(
+        '{"video": "day1/cam.mp4"}\n{"video": "day2/cam.mp4", "start": 5, "end": 9.5}\n'
+        '{"video": "day2/cam.mp4", "start": 9}\nnot json\n'
+        '{"video": "day1/cam.mp4", "start": 3, "end": 2}\n'
+    )
+    inputs, failures = expand_inputs([Path(f"@{rows}")])  # clips of one video are separate inputs
+    assert [(str(i.stem), i.clip) for i in inputs] == [("day1/cam", (None, None)), ("day2/cam_5-9.5", (5.0, 9.5)),
+                                                       ("day2/cam_9-end", (9.0, None))]  # fmt: skip
+    assert [f.path for f in failures] == [f"{rows}:4", f"{rows}:5"] and "must be after start" in failures[1].detail
     inputs, failures = expand_inputs([Path(f"@{tmp_path / 'missing.txt'}")])
     assert not inputs and "cannot read the manifest" in failures[0].detail
 

@@ -3,6 +3,7 @@ started here; failures stay with their video, a killed actor costs only the vide
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -57,6 +58,18 @@ def test_ray_engine_writes_what_the_local_engine_writes(
     assert len(written) == 6  # 3 videos x json, txt
     for name in written:
         assert (tmp_path / "local" / name).read_text() == (tmp_path / "ray" / name).read_text(), name
+    clips = videos / "clips.jsonl"  # clips of a video, from a manifest: the same on both engines
+    clips.write_text('{"video": "clip0.mp4", "start": 0.5, "end": 1.5}\n{"video": "clip1.mp4", "start": 1}\n')
+    for engine, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        assert caption(f"@{clips}", *common[1:], "-o", tmp_path / f"clips-{engine}", *extra).exit_code == 0
+    clip_results = sorted(p.name for p in (tmp_path / "clips-ray").iterdir() if p.is_file())
+    assert clip_results == ["clip0_0.5-1.5.caption.json", "clip0_0.5-1.5.caption.txt", "clip1_1-end.caption.json",
+                            "clip1_1-end.caption.txt"]  # fmt: skip
+    for name in clip_results:
+        assert (tmp_path / "clips-local" / name).read_text() == (tmp_path / "clips-ray" / name).read_text(), name
+    read = json.loads((tmp_path / "clips-ray" / "clip0_0.5-1.5.caption.json").read_text())
+    assert read["frames"] == 4 and read["first_frame"] >= 0.5 and read["last_frame"] < 1.5  # the clip's frames only
+
     manifest = videos / "list.txt"  # the same videos listed in a manifest: the same result names
     manifest.write_text("".join(f"clip{number}.mp4\n" for number in range(3)))
     again = caption(f"@{manifest}", *common[1:], "-o", tmp_path / "ray", "--engine", "ray", "--workers", "2")
