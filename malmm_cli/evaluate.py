@@ -27,6 +27,7 @@ from malmm_cli.pipeline import Memory, Reader, Sampling, question_readers, read_
 from malmm_cli.results import VideoResult
 from malmm_cli.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.video import VideoError
+from malmm_cli.writers import write_atomic, write_json
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
 
 PREDICTIONS = "predictions.jsonl"
@@ -212,7 +213,7 @@ class Evaluation:
                 raise EvaluationError(f"{self.output} holds predictions made otherwise ({changed}): "
                                       "use another --output or the same settings")  # fmt: skip
         else:
-            _write_json(info, current)
+            write_json(info, current)
         return self._whole_clips()
 
     def _whole_clips(self) -> set[str]:
@@ -225,9 +226,7 @@ class Evaluation:
                    for item in clip if item.id in done}  # fmt: skip
         if partial:
             kept = [row for row in rows if row["id"] not in partial]
-            partial_file = path.with_name(f".{path.name}.partial")
-            partial_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            os.replace(partial_file, path)
+            write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
         return done - partial
 
     @staticmethod
@@ -255,7 +254,7 @@ class Evaluation:
                 os.fsync(file.fileno())
                 on_clip(len(clip), time.monotonic() - started)
         metrics = self.score()
-        _write_json(self.output / METRICS, metrics)
+        write_json(self.output / METRICS, metrics)
         return metrics
 
     def readers(self, clip: list[Item]) -> list[Reader]:
@@ -376,9 +375,3 @@ def readers_per_clip(benchmark: Benchmark, items: list[Item]) -> int:
     if benchmark.task == "classify":
         return 2
     return max((len(clip) for clip in Evaluation._by_clip(items)), default=1) if benchmark.task == "ask" else 1
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(partial, path)

@@ -42,6 +42,7 @@ from malmm_cli.dataset import DatasetError, Example, read_examples
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
+from malmm_cli.writers import write_json
 from models import Malmm
 from models.checkpoint import CheckpointError, save_trained
 from models.lora import add_lora
@@ -392,7 +393,7 @@ class Trainer:
                 "labels": self.labels, "best": self.best, "epochs": self.history}  # fmt: skip
 
     def _write_info(self) -> None:
-        _write_json(self.output / RUN_INFO, self.summary())
+        write_json(self.output / RUN_INFO, self.summary())
 
     # --- resumable state ------------------------------------------------------------------------
 
@@ -414,7 +415,7 @@ class Trainer:
         tensors.update({f"rng.{k}": v for k, v in boundary["rng"].items()})
         tensors.update({f"trained.{n}": p.detach().cpu().contiguous() for n, p in self.trained})
         save_file(tensors, str(partial / "state.safetensors"))
-        _write_json(partial / "state.json", {
+        write_json(partial / "state.json", {
             "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "history": boundary["history"], "best": boundary["best"], "epoch_figures": boundary["epoch_figures"],
@@ -576,9 +577,3 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]
                 where = where.setdefault(parent, {})
             where[key] = value
     return {"state": state, "param_groups": plain["param_groups"]}
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(partial, path)

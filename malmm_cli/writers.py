@@ -155,3 +155,8 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, content: object) -> None:
+    """`content` as indented JSON, written as `write_atomic` writes."""
+    write_atomic(path, json.dumps(content, indent=2) + "\n")
