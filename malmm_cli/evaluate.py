@@ -24,6 +24,7 @@ from typing import Any
 from malmm_cli.dataset import DatasetError, Example, read_examples, task_of
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.pipeline import Memory, Reader, Sampling, question_readers, read_video
+from malmm_cli.records import changed_values
 from malmm_cli.results import VideoResult
 from malmm_cli.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.video import VideoError
@@ -209,7 +210,7 @@ class Evaluation:
         if info.is_file():
             stored = json.loads(info.read_text())
             if stored != current:
-                changed = ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v)
+                changed = changed_values(stored, current)
                 raise EvaluationError(f"{self.output} holds predictions made otherwise ({changed}): "
                                       "use another --output or the same settings")  # fmt: skip
         else:

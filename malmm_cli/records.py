@@ -112,5 +112,10 @@ def differences(record: dict[str, Any] | None, settings: Settings, video: Path) 
     return changed
 
 
+def changed_values(stored: dict[str, Any], current: dict[str, Any]) -> str:
+    """`name old -> new` for each setting that differs (a resumed run's refusal says what changed)."""
+    return ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v)
+
+
 def record(settings: Settings, video: Path, formats: list[str]) -> dict[str, Any]:
     return {"settings": settings.to_dict(), "video": _video_identity(video), "formats": formats}

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from malmm_cli.augment import ClipAugment
 from malmm_cli.dataset import DatasetError, Example, read_examples
 from malmm_cli.feature_cache import FeatureCache
+from malmm_cli.records import changed_values
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from malmm_cli.writers import write_json
@@ -440,7 +441,7 @@ class Trainer:
         stored = plain["settings"]
         current = dataclasses.asdict(self.settings)
         if stored != current:
-            changed = ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v)
+            changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
         if plain["base_model"] != self.base_model:
             raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
