@@ -6,17 +6,18 @@
     print(caption_video(malmm, "clip.mp4").caption)
 
 A frame's way: `VideoStream` (stream.py) yields the vision features of each sampled frame, in time
-order. `read_videos` steps every memory with them, one frame of each video of a batch per step
-(the videos in lockstep, their memories stepped as one batch). Memories are read out at the ends
-of their spans and at the end of the video, and the LLM turns each read-out into text or ranks
-labels (every read-out of a step in one batch). A task is only a description of its readers
-(`Reader`): caption, ask and predict are three lists of readers, not three loops.
+order (for a live stream, `LiveStream` in live.py). `read_streams` steps every memory with them,
+one frame of each video of a batch per step (the videos in lockstep, their memories stepped as
+one batch). Memories are read out at the ends of their spans and at the end of the video, and the
+LLM turns each read-out into text or ranks labels (every read-out of a step in one batch). A task
+is only a description of its readers (`Reader`): caption, ask, predict and watch are lists of
+readers, not loops.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 
 __all__ = [  # what the command line and library callers use; stream.py's names are re-exported
-    "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
-    "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers", "read_videos",
+    "Answered", "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
+    "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers", "read_streams",
+    "read_videos",
 ]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
@@ -56,10 +58,11 @@ class Reader:
     """One memory reading the video with its Q-Former instruction, and when it is read out.
 
     at_end: the LLM prompt when the video ends (None: no read-out then). every: also read out at
-    the end of each span of this many seconds (`Grid`), asking `at_span`. restart: each span is
-    read by a memory of its own, started empty (segment captions); otherwise one memory reads the
-    whole video and span read-outs say what it holds so far (a timeline). labels: rank these
-    instead of generating text (the top_k at the end, the likeliest at each span).
+    the end of each span of this many seconds (`Grid`), asking `at_span`. restart: the memory
+    starts empty every this many seconds (a multiple of `every`; segment captions restart with
+    each span); otherwise one memory reads the whole video and span read-outs say what it holds
+    so far (a timeline). labels: rank these instead of generating text (the top_k at the end,
+    the likeliest at each span).
     role: the part of the result it fills: caption, segment, question or timeline.
     """
 
@@ -68,7 +71,7 @@ class Reader:
     at_end: str | None = None
     every: float | None = None
     at_span: str | None = None
-    restart: bool = False
+    restart: float | None = None
     labels: tuple[str, ...] = ()
     top_k: int = 1
     question: str | None = None
@@ -79,7 +82,7 @@ def caption_readers(segment: float | None = None) -> list[Reader]:
     prompt = CAPTION.prompt()
     readers = [Reader("caption", prompt, at_end=prompt)]
     if segment:
-        readers.append(Reader("segment", prompt, every=segment, at_span=prompt, restart=True))
+        readers.append(Reader("segment", prompt, every=segment, at_span=prompt, restart=segment))
     return readers
 
 
@@ -132,32 +135,31 @@ class _Run:
 
 @dataclass(frozen=True)
 class Grid:
-    """Consecutive spans of `length` seconds over a video (segments, timeline intervals).
+    """Consecutive spans of `length` seconds over a video (segments, timeline intervals, chapters).
 
-    One rule for both: a frame belongs to the span of the time it was planned for (its target),
+    One rule for all: a frame belongs to the span of the time it was planned for (its target),
     so a span's frames are known before any is read; a frame's real timestamp is within one
     frame of that with exact seeking, up to half a keyframe interval with `--seek keyframe`.
+    duration None: a live stream, whose end is not known (its frames are not planned ahead).
     """
 
     length: float
-    duration: float
+    duration: float | None
 
     def index(self, seconds: float) -> int:
         return math.floor(seconds / self.length + 1e-9)
 
     def span(self, index: int) -> tuple[float, float]:
-        return index * self.length, min((index + 1) * self.length, self.duration)
+        end = (index + 1) * self.length
+        return index * self.length, end if self.duration is None else min(end, self.duration)
 
     def count(self) -> int:
         return max(1, math.ceil(self.duration / self.length - 1e-9))
 
-    def planned(self, times: list[float]) -> Counter[int]:
-        return Counter(self.index(t) for t in times)
-
     def empty_note(self, times: list[float], what: str) -> str | None:
         """Say how many spans got no sampled frame (they are left out of the result), and how to
         sample densely enough; None when every span has frames."""
-        empty = self.count() - len(set(self.planned(times)) & set(range(self.count())))
+        empty = self.count() - len({self.index(t) for t in times} & set(range(self.count())))
         if not empty:
             return None
         every = self.length / 4
@@ -170,15 +172,28 @@ class Grid:
 @dataclass
 class _Readout:
     """A memory read out: which reader, which span (None: the end of the video), what the LLM
-    reads ([1, T, D]), what it is asked; `answer` once answered (text, or ranked labels)."""
+    reads ([1, T, D], dropped once answered), what it is asked; `answer` once answered (text, or
+    ranked labels)."""
 
     video: _Video
     reader: int
     span: tuple[float, float] | None
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
     prompt: str
     answer: str | list[RankedLabel] | None = None
     beams: list[str] = field(default_factory=list)  # every beam returned, best first
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A read-out answered, handed over as it happens (a live stream's events): the video's number
+    in the batch, its reader, the span read out (None: the end of the video) and the answer."""
+
+    video: int
+    reader: Reader
+    span: tuple[float, float] | None
+    answer: str | list[RankedLabel]
+    beams: tuple[str, ...] = ()
 
 
 class _Video:
@@ -192,48 +207,53 @@ class _Video:
         self.readers, self.memory = readers, memory
         self.frames = iter(stream)
         self.run = _Run()
-        self.grids = {i: Grid(r.every, stream.duration) for i, r in enumerate(readers) if r.every}
+        self.live = stream.times is None  # a live stream: no plan of its frames
+        duration = None if self.live else stream.duration
+        self.grids = {i: Grid(r.every, duration) for i, r in enumerate(readers) if r.every}
+        self.chapters = {i: Grid(r.restart, duration) for i, r in enumerate(readers) if r.restart}
         self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
+        self.chapter: dict[int, int] = {}  # restarting reader -> index of its current chapter
+        self.first_index: dict[int, int] = {}  # restarting reader -> plan index its chapter's positions start at
         self.outputs: dict[int, torch.Tensor] = {}  # reader -> what the LLM would read now [1, T, D]
-        self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current span
-        self.first_planned: dict[int, dict[int, int]] = {}  # restarting reader -> span -> plan index of its first frame
-        self.planned: dict[int, Counter[int]] = {}  # restarting reader -> span -> frames planned in it
-        for i in self.grids:
-            if readers[i].restart:
-                self.planned[i] = self.grids[i].planned(stream.times)
-                starts: dict[int, int] = {}
-                for number, time in enumerate(stream.times):
-                    starts.setdefault(self.grids[i].index(time), number)
-                self.first_planned[i] = starts
+        self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current chapter
         self.readouts: list[_Readout] = []
         self.error: Exception | None = None
 
     def span_ends(self, sample: Sample) -> list[_Readout]:
         """Before stepping a frame: read out the spans it leaves; a restarting reader starts an
-        empty memory for the span it enters."""
+        empty memory for the chapter it enters."""
         ended = []
         for i, grid in self.grids.items():
             index = grid.index(sample.target)
             if self.span.get(i, index) != index:
                 ended.append(self._readout(i, grid.span(self.span[i]), self.readers[i].at_span))
-            if self.readers[i].restart and self.span.get(i) != index:
-                self.restarted[i] = self.malmm.new_memory(
-                    self.readers[i].instruction,
-                    self.memory.bank_length,
-                    self.planned[i][index],
-                    strategy=self.memory.strategy,
-                )
             self.span[i] = index
+        for i, grid in self.chapters.items():
+            index = grid.index(sample.target)
+            if self.chapter.get(i) != index:
+                self.chapter[i] = index
+                self.first_index[i], total = self._chapter_plan(grid, index, sample)
+                self.restarted[i] = self.malmm.new_memory(
+                    self.readers[i].instruction, self.memory.bank_length, total, strategy=self.memory.strategy
+                )
         return ended
+
+    def _chapter_plan(self, grid: Grid, index: int, sample: Sample) -> tuple[int, int | None]:
+        """Where a chapter's frame positions start (the plan index of its first planned frame, so a
+        missing first frame does not shift the others) and how many frames are planned in it. A
+        live stream plans nothing: its positions start at the chapter's first frame read."""
+        if self.live:
+            return sample.index, None
+        planned = [number for number, time in enumerate(self.stream.times) if grid.index(time) == index]
+        return planned[0], len(planned)
 
     def step(self, sample: Sample, features: torch.Tensor, shared: dict[int, torch.Tensor]) -> None:
         """After the shared state has read the frame (`shared`: reader -> its output), step the
-        restarting readers' memories (frame positions restart with each span)."""
+        restarting readers' memories (frame positions restart with each chapter)."""
         self.run.saw(sample)
         self.outputs.update(shared)
         for i, state in self.restarted.items():
-            position = sample.index - self.first_planned[i][self.span[i]]
-            self.outputs[i], _ = self.malmm.step(state, features, position)
+            self.outputs[i], _ = self.malmm.step(state, features, sample.index - self.first_index[i])
 
     def end(self) -> list[_Readout]:
         """The video ended: its last spans and its end read-outs."""
@@ -242,7 +262,9 @@ class _Video:
         ended = []
         for i, grid in self.grids.items():
             start, end = grid.span(self.span[i])
-            if not self.readers[i].restart:  # a timeline's last interval reaches the last frame read
+            if self.live:  # the span in progress ends with the last frame read
+                end = max(start, self.run.last)
+            elif not self.readers[i].restart:  # a timeline's last interval reaches the last frame read
                 end = max(end, self.run.last)
             ended.append(self._readout(i, (start, end), self.readers[i].at_span))
         for i, reader in enumerate(self.readers):
@@ -267,7 +289,7 @@ class _Video:
         result.notes += _long_instruction_notes(self.malmm, self.readers)
         for i, grid in self.grids.items():
             what = "segment" if self.readers[i].restart else "timeline interval"
-            if note := grid.empty_note(self.stream.times, what):
+            if not self.live and (note := grid.empty_note(self.stream.times, what)):
                 result.notes.append(note)
         for readout in sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf))):
             _fill(result, self.readers[readout.reader], readout)
@@ -305,40 +327,80 @@ def read_videos(
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
 ) -> list[VideoResult | Exception]:
-    """Read several videos in lockstep and answer what their readers ask: one result per path, or
-    the exception that video failed with (the others go on without it).
+    """Read several video files in lockstep and answer what their readers ask (see `read_streams`):
+    one result per path, or the exception that video failed with."""
 
-    Each video is decoded in a thread of its own (all ahead of the model); at every step the next
-    frame of each video is read by one batched state (the readers that never restart, several
-    per video sharing its visual bank); videos that end, or fail, leave the batch there. Results
-    equal reading each video alone (to float rounding). on_done(i, result) is called the moment
-    the i-th video ends or fails.
+    def open_file(path: str | Path) -> VideoStream:
+        return VideoStream(malmm, path, sampling, batch_size, cache)
+
+    return read_streams(
+        malmm, paths, open_file, readers, task, memory=memory, settings=settings, progress=progress,
+        answers_per_batch=answers_per_batch, on_done=on_done,
+    )  # fmt: skip
+
+
+def read_streams(
+    malmm: Malmm,
+    sources: Sequence[str | Path],
+    open_stream: Callable[[str | Path], VideoStream],
+    readers: Sequence[Reader],
+    task: str,
+    *,
+    memory: Memory,
+    settings: GenerationSettings,
+    progress: Sequence[Progress] | None = None,
+    answers_per_batch: int = ANSWERS_PER_BATCH,
+    on_done: Callable[[int, VideoResult | Exception], None] | None = None,
+    on_answer: Callable[[Answered], None] | None = None,
+) -> list[VideoResult | Exception]:
+    """The one reading loop: read the streams `open_stream` opens for each source in lockstep and
+    answer what their readers ask; one result per source, or the exception it failed with (the
+    others go on without it).
+
+    A stream yields (Sample, features [1, N, C]) in time order and has `times` (its planned sample
+    times, or None for a live stream), `duration`, `from_cache`, `notes()`, `warnings()`; it is a
+    context manager. Each is decoded in a thread of its own (all ahead of the model); at every step
+    the next frame of each video is read by one batched state (the readers that never restart,
+    several per video sharing its visual bank); videos that end, or fail, leave the batch there.
+    Results equal reading each video alone (to float rounding). on_done(i, result) is called the
+    moment the i-th video ends or fails. on_answer: receives every read-out as soon as it is
+    answered (a live stream's events), instead of its being collected into the result.
     """
     readers = list(readers)
     if not readers:
         raise ValueError("nothing to read: no readers")
     check_memory(malmm, memory)
-    progress = list(progress) if progress is not None else [NoProgress() for _ in paths]
+    progress = list(progress) if progress is not None else [NoProgress() for _ in sources]
     shared = [i for i, reader in enumerate(readers) if not reader.restart]
-    results: list[VideoResult | Exception | None] = [None] * len(paths)
+    results: list[VideoResult | Exception | None] = [None] * len(sources)
 
     def conclude(number: int, result: VideoResult | Exception) -> None:
         results[number] = result
         if on_done is not None:
             on_done(number, result)
 
+    def deliver(readouts: list[_Readout]) -> None:
+        for readout in readouts:
+            readout.tokens = None  # answered: what the LLM read is no longer needed
+            if on_answer is None:
+                readout.video.readouts.append(readout)
+            else:
+                reader = readout.video.readers[readout.reader]
+                on_answer(Answered(readout.video.number, reader, readout.span, readout.answer, tuple(readout.beams)))
+
     with ExitStack() as streams:
         videos: list[_Video] = []
-        for number, path in enumerate(paths):
+        for number, source in enumerate(sources):
             try:
-                stream = streams.enter_context(VideoStream(malmm, path, sampling, batch_size, cache))
-                _check_frames(memory, len(stream.times))
-                video = _Video(malmm, number, path, stream, readers, memory)
+                stream = streams.enter_context(open_stream(source))
+                planned = None if stream.times is None else len(stream.times)
+                _check_frames(memory, planned)
+                video = _Video(malmm, number, source, stream, readers, memory)
             except Exception as error:  # one video's failure is its own
                 conclude(number, error)
                 continue
             videos.append(video)
-            progress[number].start(len(stream.times), stream.from_cache)
+            progress[number].start(planned, stream.from_cache)
         batch = _Lockstep(malmm, videos, shared, memory)
         while batch.videos:
             frames, pending, ended = [], [], []
@@ -358,7 +420,9 @@ def read_videos(
             batch.step(frames)
             for video, _, _ in frames:
                 progress[video.number].advance()
-            _answer(malmm, [r for r in pending if r.video.error is None], settings, answers_per_batch)
+            answered = [r for r in pending if r.video.error is None]
+            _answer(malmm, answered, settings, answers_per_batch)
+            deliver(answered)
             for video in [*finished, *(v for v in batch.videos if v.error is not None)]:
                 conclude(video.number, video.outcome(task))
             batch.keep([video for video in batch.videos if video.error is None])
@@ -379,7 +443,7 @@ class _Lockstep:
         self.memory_of = {i: distinct.index(videos[0].readers[i].instruction) for i in shared} if videos else {}
         self.width = len(distinct)  # state rows per video
         if videos and shared:
-            totals = [len(video.stream.times) for video in videos]
+            totals = [None if video.live else len(video.stream.times) for video in videos]
             self.state = malmm.new_memory(distinct * len(videos), memory.bank_length, totals,  # video-major rows
                                           strategy=memory.strategy, readers_per_video=self.width)  # fmt: skip
 
@@ -422,9 +486,10 @@ def check_memory(malmm: Malmm, memory: Memory, prompt_tokens: int = 64) -> None:
         )
 
 
-def _check_frames(memory: Memory, planned: int) -> None:
-    """concat keeps every frame: refuse a video with more planned frames than it may hold."""
-    if memory.strategy == "concat" and planned > memory.bank_length:
+def _check_frames(memory: Memory, planned: int | None) -> None:
+    """concat keeps every frame: refuse a video with more planned frames than it may hold (a live
+    stream's are not known: its memory refuses the frame past its room)."""
+    if memory.strategy == "concat" and planned is not None and planned > memory.bank_length:
         raise VideoError(
             f"{planned} frames are planned, but --memory concat keeps at most the memory bank length "
             f"({memory.bank_length}) frames: sample fewer (--frames) or raise --memory-bank-length"
@@ -452,7 +517,6 @@ def _answer(malmm: Malmm, pending: list[_Readout], settings: GenerationSettings,
                 answers = [texts[0] for texts in beams]
             for readout, answer, texts in zip(chunk, answers, beams, strict=True):
                 readout.answer, readout.beams = answer, texts
-                readout.video.readouts.append(readout)
 
 
 def rank_labels(

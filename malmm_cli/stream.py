@@ -92,13 +92,13 @@ class Sample:
 class Progress(Protocol):
     """Receives per-video progress (the CLI draws it; library callers may pass nothing)."""
 
-    def start(self, total_frames: int, from_cache: bool = False) -> None: ...
+    def start(self, total_frames: int | None, from_cache: bool = False) -> None: ...
 
     def advance(self, frames: int = 1) -> None: ...
 
 
 class NoProgress:
-    def start(self, total_frames: int, from_cache: bool = False) -> None:
+    def start(self, total_frames: int | None, from_cache: bool = False) -> None:
         pass
 
     def advance(self, frames: int = 1) -> None:
