@@ -22,6 +22,7 @@ import typer
 
 from malmm_cli import __version__
 from malmm_cli.dataset import TASK_TARGETS
+from malmm_cli.events import EVENT_FORMATS
 from malmm_cli.timefmt import parse_duration
 from models.presets import (
     CAPTION,
@@ -99,7 +100,9 @@ def _rate(text: str) -> float:
     return _positive(text, "a positive number of frames per second")
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str | float) -> float:
+    if isinstance(text, float):  # a default, already in seconds
+        return text
     try:
         return parse_duration(text)
     except ValueError as error:
@@ -777,6 +780,190 @@ def predict(
 
     readers = predict_readers(label_list, every_seconds, top_k)
     _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
+
+
+def _attempts(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise typer.BadParameter(f"must be 0 or more, not {value}")
+    return value
+
+
+@app.command(short_help="Caption a live stream as it happens: a camera, RTSP, UDP, a growing file, stdin.")
+def watch(
+    source: Annotated[str, typer.Argument(metavar="SOURCE", hidden=True, show_default=False)],
+    every: Annotated[
+        float,
+        typer.Option("--every", metavar="DURATION", parser=_seconds, help="A caption of each interval of this length."),
+    ] = 10.0,
+    question: Annotated[
+        str | None, typer.Option("--question", metavar="Q", help="Also answer Q about each interval.")
+    ] = None,
+    reset_every: Annotated[
+        float | None,
+        typer.Option(
+            "--reset-every",
+            metavar="DURATION",
+            parser=_seconds,
+            help="Start the memory afresh every DURATION (a multiple of --every); by default it runs on.",
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", metavar="DURATION", parser=_seconds, help="Stop after this much of the stream."),
+    ] = None,
+    fps: Annotated[
+        float, typer.Option("--fps", metavar="FPS", parser=_rate, help="Frames read per second of stream.")
+    ] = 1.0,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar=_metavar(EVENT_FORMATS),
+            parser=_choice(*EVENT_FORMATS),
+            help="Events as jsonl (the default when stdout is not a terminal), txt, srt or vtt.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", metavar="FILE", help="Also append every event to FILE, durably.")
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            parser=_seconds,
+            help="How long the source may take to open or stay silent before it counts as lost.",
+        ),
+    ] = 10.0,
+    reconnect: Annotated[
+        int,
+        typer.Option(
+            "--reconnect",
+            metavar="N",
+            parser=_attempts,
+            help="Reconnect attempts in a row when a network stream or camera is lost (back-off 1, 2, 4... s).",
+        ),
+    ] = 5,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Caption a live stream as it plays, every --every of stream time, from the memory of what it
+    has seen (never reading back), in memory that stays the same size for hours.
+
+    SOURCE: an RTSP/RTSPS, HTTP(S) (MJPEG, HLS), udp:// or tcp:// URL; a camera (0, /dev/video0);
+    a file still being written (MPEG-TS or fragmented MP4, followed like tail -f); or - for
+    MPEG-TS on standard input. Events go to stdout as they happen, flushed one by one. When the
+    model is slower than the stream, frames are dropped to keep up (each event says how many).
+    A lost network stream or camera is reconnected to, keeping the memory and the stream clock.
+    Exit status: 0 the stream ended (or --duration), 1 it failed or was lost, 2 usage error,
+    130 Ctrl-C (the interval in progress is written first).
+    """
+    import signal
+
+    from malmm_cli.events import EventWriter
+    from malmm_cli.live import SourceError, parse_source
+    from malmm_cli.loading import vision_batch_size
+    from malmm_cli.pipeline import Memory, check_memory
+    from malmm_cli.progress import LiveStatus, Reporter
+    from malmm_cli.video import VideoError
+    from malmm_cli.watch import watch as watch_stream
+    from malmm_cli.watch import watch_readers
+
+    reporter = Reporter(quiet=quiet)
+    options = RunOptions(
+        model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory, device=device,
+        dtype=dtype, quantize=quantize, quantize_vision=quantize_vision, max_new_tokens=max_new_tokens,
+        num_beams=num_beams, batch_size=batch_size, quiet=quiet,
+    )  # fmt: skip
+    try:
+        parsed = parse_source(source)
+    except SourceError as error:
+        raise typer.BadParameter(str(error), param_hint="SOURCE") from None
+    try:
+        watch_readers(every, question, reset_every)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--reset-every") from None
+    _check_checkpoint(options)
+    fmt = format or ("txt" if sys.stdout.isatty() else "jsonl")
+    try:
+        writer = EventWriter(fmt, stdout=True, path=output)
+    except OSError as error:
+        raise typer.BadParameter(f"cannot write {output}: {error.strerror or error}", param_hint="--output") from None
+    stopped, streams = [], []
+
+    def stop_on_ctrl_c(stream: object) -> None:
+        def handler(signum: int, frame: object) -> None:
+            stopped.append(True)
+            stream.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits at once
+            reporter.info("Stopping: the interval in progress is written (Ctrl-C again to quit now)")
+
+        streams.append(stream)
+        signal.signal(signal.SIGINT, handler)
+        status.describe = stream.status
+
+    def write(event: object) -> None:
+        try:
+            writer.write(event)
+        except BrokenPipeError:  # the reader of stdout went away (`| head -3`): stop, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            closed.append(True)
+            streams[0].stop()
+
+    closed = []
+
+    previous = signal.getsignal(signal.SIGINT)
+    status = LiveStatus(reporter, lambda: "opening " + source)
+    try:
+        malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
+        bank = Memory(options.bank(CAPTION), memory)
+        check_memory(malmm, bank)
+        reporter.info(f"Watching {source}: a caption every {every:g} s of stream, {fps:g} frames/s read")
+        with status:
+            summary = watch_stream(
+                malmm, parsed, every=every, fps=fps, question=question, reset_every=reset_every, memory=bank,
+                settings=options.generation(CAPTION), on_event=write, duration=duration, timeout=timeout,
+                reconnect=reconnect, batch_size=vision_batch_size(malmm, batch_size), notify=reporter.warn,
+                on_start=stop_on_ctrl_c,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        reporter.console.print("Interrupted.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (VideoError, ValueError) as error:
+        if stopped:  # Ctrl-C before the first frame
+            reporter.console.print("Interrupted before a frame was read.")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        reporter.error(f"{source}: {error}")
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        writer.close()
+        signal.signal(signal.SIGINT, previous)
+    counts = f"{summary.read} frames read, {summary.dropped} dropped to keep up"
+    if closed:
+        raise typer.Exit(EXIT_OK)
+    if stopped:
+        reporter.console.print(f"Interrupted: {counts}.")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.failed:
+        reporter.error(f"{source}: {summary.ended} ({counts})")
+        raise typer.Exit(EXIT_FAILED)
+    reporter.info(f"{source}: {'--duration reached' if summary.ended == 'duration' else 'the stream ended'} ({counts})")
+    raise typer.Exit(EXIT_OK)
 
 
 def _fraction(text: str) -> float:

@@ -8,12 +8,13 @@ informational lines, leaving errors, warnings and the failure summary.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -147,7 +148,7 @@ class VideoProgress:
         self.from_cache = False
         self.started = time.monotonic()
 
-    def start(self, total_frames: int, from_cache: bool = False) -> None:
+    def start(self, total_frames: int | None, from_cache: bool = False) -> None:
         self.total = total_frames
         self.from_cache = from_cache
         self.started = time.monotonic()
@@ -328,3 +329,26 @@ class EvalProgress(_LongJob):
             self._progress.update(self._task, completed=self.done, stats=stats)
         elif self.done // self.every > before // self.every or self.done == self.total:
             self.reporter.info(f"evaluated {self.done}/{self.total}: {stats}")
+
+
+class LiveStatus:
+    """One status line on a terminal's stderr while a stream is watched (Rich Live, redrawn twice a
+    second from `describe`); nothing elsewhere or with --quiet."""
+
+    def __init__(self, reporter: Reporter, describe: Callable[[], str]):
+        self.reporter, self.describe = reporter, describe
+        self._live: Live | None = None
+
+    def __rich__(self) -> Text:
+        return Text(self.describe(), style="dim")
+
+    def __enter__(self) -> LiveStatus:
+        if self.reporter.animated:
+            self._live = Live(self, console=self.reporter.console, refresh_per_second=2, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None

@@ -256,8 +256,8 @@ def test_help_reads_well(run) -> None:
     assert "--segment" in run("caption", "--help", model=False).stdout
 
 
-def _interrupted(command: list[str], ready: str, timeout: float = 120) -> tuple[int, str, str]:
-    """Run malmm, press Ctrl-C once `ready` appears on stderr; (status, stdout, stderr).
+def _interrupted(command: list[str], ready: str, timeout: float = 120, after: float = 0.5) -> tuple[int, str, str]:
+    """Run malmm, press Ctrl-C `after` seconds once `ready` appears on stderr; (status, stdout, stderr).
 
     The child gets its own process group with SIGINT at its default, as a shell's foreground job
     has: a background job of a non-interactive shell (CI) starts with SIGINT ignored, and would
@@ -276,7 +276,7 @@ def _interrupted(command: list[str], ready: str, timeout: float = 120) -> tuple[
             if not line and process.poll() is not None:
                 break
             stderr += line
-        time.sleep(0.5)
+        time.sleep(after)
         os.killpg(process.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
         out, err = process.communicate(timeout=60)
     finally:

@@ -1,0 +1,491 @@
+"""Live sources for `malmm watch`: cameras, network streams, files still being written, stdin.
+
+A live frame's way: `LiveReader` runs a thread that reads the source as fast as it delivers
+(so a live source never backs up), gives every frame a stream time (`StreamClock`), keeps the
+frames of the `--fps` grid (`FpsSampler`), preprocesses them and puts them in a small buffer.
+When the buffer is full the oldest waiting frame is dropped and counted: the reader keeps up
+with the source by reading fewer frames, never by queueing without end. `LiveStream` is the
+model's side: it takes what is waiting (up to a vision batch), encodes it and yields
+(Sample, features) like `VideoStream`, so pipeline.read_streams reads a stream as it reads a file.
+
+Network streams, stdin and files are read with PyAV (FFmpeg): it gives each frame the stream's
+own timestamp, takes open and read timeouts, reads stdin and follows a growing file (FFmpeg's
+file protocol with `follow=1`). Cameras are read with OpenCV's V4L2 backend (this PyAV build has
+no V4L2 input).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+
+from malmm_cli.stream import Sample, preprocess
+from malmm_cli.timefmt import format_timestamp
+from malmm_cli.video import VideoError
+from models import Malmm
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
+BACKWARD_SLACK = 1e-3  # s: timestamps this much earlier than the last still count as in order
+LARGEST_JUMP = 10.0  # s: a timestamp this far ahead of the clock's own progress is a discontinuity
+BACKOFF_LIMIT = 30.0  # s: the longest wait between reconnect attempts
+
+
+class SourceError(VideoError):
+    """A live source that cannot be opened or read; str(error) is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What SOURCE names: kind is "network", "camera", "file" or "stdin"; location is the URL,
+    the device, the file or "-". follow: a file still being written, read like `tail -f`."""
+
+    kind: str
+    location: str
+    follow: bool = False
+
+    @property
+    def reconnects(self) -> bool:
+        """Whether a lost connection is worth opening again (a file or a pipe that ends has ended)."""
+        return self.kind in ("network", "camera")
+
+
+def parse_source(text: str) -> Source:
+    """SOURCE as typed: `-`, a URL, a camera (`0`, `/dev/video0`) or a file; SourceError if none."""
+    if text == "-":
+        return Source("stdin", "-")
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in NETWORK_SCHEMES:
+        return Source("network", text)
+    if text.isdigit():
+        return Source("camera", f"/dev/video{text}")
+    if text.startswith("/dev/video"):
+        return Source("camera", text)
+    if scheme == "file":
+        text = urlsplit(text).path
+    elif "://" in text:
+        raise SourceError(f"{text}: {scheme}:// is not a stream malmm reads ({', '.join(NETWORK_SCHEMES)})")
+    path = Path(text)
+    if not path.exists():
+        raise SourceError(f"{text}: no such file, and not a URL, a camera or -")
+    if not path.is_file():
+        raise SourceError(f"{text}: not a file")
+    return Source("file", text, follow=_followable(path))
+
+
+def _followable(path: Path) -> bool:
+    """Whether a file is read while it is written (followed): MPEG-TS, Matroska/WebM and the like,
+    and fragmented MP4. A plain MP4 cannot be read before its index (moov box) is written, which
+    a recorder does when it stops: one without it is refused, one with it is complete and read
+    to its end."""
+    with open(path, "rb") as file:
+        head = file.read(12)
+    if head[4:8] != b"ftyp":
+        return True  # read in order, whatever has been written so far
+    boxes = dict(_boxes(path, 0, path.stat().st_size))
+    if "moov" not in boxes:
+        raise SourceError(
+            f"{path}: a plain MP4 cannot be read before its index is written (when recording stops): record "
+            "MPEG-TS (-f mpegts) or fragmented MP4 (-movflags frag_keyframe+empty_moov) to watch it as it grows"
+        )
+    start, end = boxes["moov"]
+    return "moof" in boxes or "mvex" in dict(_boxes(path, start + 8, end))  # mvex: fragments follow
+
+
+def _boxes(path: Path, offset: int, end: int) -> Iterator[tuple[str, tuple[int, int]]]:
+    """(name, (start, end)) of the MP4 boxes from `offset` to `end` (box headers only)."""
+    with open(path, "rb") as file:
+        while offset + 8 <= end:
+            file.seek(offset)
+            header = file.read(16)
+            size, kind = struct.unpack(">I4s", header[:8])
+            if size == 1 and len(header) == 16:  # a 64-bit size follows
+                size = struct.unpack(">Q", header[8:])[0]
+            elif size == 0:  # the box runs to the end
+                size = end - offset
+            if size < 8:
+                return
+            yield kind.decode("latin-1"), (offset, min(offset + size, end))
+            offset += size
+
+
+class StreamClock:
+    """Stream time in seconds from the first frame: the source's own timestamps where it has them,
+    else the time the frame arrived. It never goes backwards: a source that restarts its
+    timestamps (a reconnect, a restarted sender, a wrap) goes on from where the clock was, plus the
+    time that passed."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic):
+        self.now = now
+        self.offset: float | None = None  # stream time = timestamp + offset
+        self.last: float | None = None
+        self.last_arrival = 0.0
+
+    def time(self, timestamp: float | None) -> float:
+        arrival = self.now()
+        passed = 0.0 if self.last is None else arrival - self.last_arrival
+        if timestamp is None or not math.isfinite(timestamp):
+            current = 0.0 if self.last is None else self.last + passed
+        else:
+            current = None if self.offset is None else timestamp + self.offset
+            went_back = current is not None and current < self.last - BACKWARD_SLACK
+            if current is None or went_back or current > self.last + passed + LARGEST_JUMP:
+                self.offset = (0.0 if self.last is None else self.last + passed) - timestamp
+                current = timestamp + self.offset
+            current = max(current, self.last if self.last is not None else 0.0)
+        self.last, self.last_arrival = current, arrival
+        return current
+
+    def discontinue(self) -> None:
+        """The next timestamp starts a new run (after a reconnect): anchor it to the clock."""
+        self.offset = None
+
+
+class FpsSampler:
+    """Keeps frames on a grid of `fps` per second from the first frame's time: a frame is kept
+    when it reaches the next grid time; a gap in the stream skips the grid times it covered."""
+
+    def __init__(self, fps: float):
+        self.fps = fps
+        self.start: float | None = None
+        self.next = 0.0
+
+    def keep(self, seconds: float) -> bool:
+        if self.start is None:
+            self.start = seconds
+        if seconds + 1e-3 < self.next:
+            return False
+        self.next = self.start + (math.floor((seconds - self.start) * self.fps + 1e-6) + 1) / self.fps
+        return True
+
+
+@dataclass
+class LiveFrame:
+    sample: Sample
+    pixels: torch.Tensor  # [3, S, S], preprocessed
+
+
+@dataclass
+class LiveStats:
+    """What the reader has done so far (read by the status line and the events)."""
+
+    decoded: int = 0  # frames the source delivered
+    sampled: int = 0  # of those, frames on the --fps grid
+    dropped: int = 0  # sampled frames dropped because the model was behind
+    read: int = 0  # sampled frames the model read
+    reconnects: int = 0  # reconnect attempts made
+    newest: float = 0.0  # stream time of the newest frame delivered
+    newest_read: float = 0.0  # stream time of the newest frame the model took
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Connection:
+    """One opening of a source with PyAV: frames as (timestamp or None, convert to RGB)."""
+
+    def __init__(self, source: Source, timeout: float):
+        import av
+
+        # Probe half a second of data, not FFmpeg's 5 s and 20 frames for the rate: a live source's
+        # first frames would otherwise arrive seconds late, in one burst.
+        options, location = {"analyzeduration": "500000", "fpsprobesize": "0"}, source.location
+        if source.kind == "stdin":
+            location, read_timeout = "pipe:0", None  # a quiet pipe is not a lost one
+        else:
+            read_timeout = timeout
+        if source.kind == "file" and source.follow:
+            options |= {"follow": "1", "seekable": "0"}  # read on at the end; never seek (the end moves)
+        if source.location.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = "tcp"  # no lost packets on a lossy network
+        if source.location.lower().startswith("udp://"):
+            options["overrun_nonfatal"] = "1"
+        try:
+            self.container = av.open(location, options=options, timeout=(timeout, read_timeout))
+        except av.error.ExitError:
+            raise SourceError(f"no answer within {timeout:g} s") from None
+        except (av.error.FFmpegError, OSError) as error:
+            raise SourceError(_reason(error)) from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError("it has no video stream")
+        self.follow = source.follow
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+
+    def frames(self) -> Iterator[tuple[float | None, Callable[[], np.ndarray]]]:
+        import av
+
+        try:
+            for frame in self.container.decode(self.stream):
+                yield frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24")
+        except av.error.ExitError:
+            if self.follow:  # a followed file that stopped growing has ended
+                return
+            raise SourceError("no data within the timeout") from None
+        except av.error.EOFError:
+            return
+        except (av.error.FFmpegError, OSError) as error:
+            raise SourceError(_reason(error)) from None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _Camera:
+    """One opening of a camera with OpenCV's V4L2 backend."""
+
+    def __init__(self, source: Source, timeout: float):
+        import cv2
+
+        if not Path(source.location).exists():
+            raise SourceError(f"{source.location}: no such camera")
+        self.capture = cv2.VideoCapture(source.location, cv2.CAP_V4L2)
+        if not self.capture.isOpened():
+            raise SourceError(f"{source.location}: the camera cannot be opened (in use, or no permission?)")
+
+    def frames(self) -> Iterator[tuple[float | None, Callable[[], np.ndarray]]]:
+        import cv2
+
+        while self.capture.grab():
+            milliseconds = self.capture.get(cv2.CAP_PROP_POS_MSEC)
+            yield (milliseconds / 1000 if milliseconds > 0 else None), self._retrieve
+
+    def _retrieve(self) -> np.ndarray:
+        import cv2
+
+        ok, image = self.capture.retrieve()
+        if not ok:
+            raise SourceError("the camera delivered a frame that cannot be converted")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def _reason(error: Exception) -> str:
+    """FFmpeg's reason without the path it repeats."""
+    return getattr(error, "strerror", None) or str(error)
+
+
+class LiveReader:
+    """The thread that reads a live source: stream clock, --fps sampling, a bounded buffer that
+    drops the oldest frame when full, reconnects with back-off. Frames come out of `take`.
+
+    prepare: a decoded RGB frame -> what the model reads (preprocessing, in this thread).
+    duration: stop after this much stream time. reconnect: attempts in a row after a network
+    source or camera is lost (counted afresh once frames flow again); the first opening is not
+    retried, so a wrong address is said at once. notify: one line per event worth telling
+    (a lost connection, each reconnect attempt).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        fps: float,
+        prepare: Callable[[np.ndarray], torch.Tensor],
+        *,
+        timeout: float = 10.0,
+        reconnect: int = 5,
+        duration: float | None = None,
+        buffered: int = 4,
+        notify: Callable[[str], None] = lambda line: None,
+        open_connection: Callable[[Source, float], _Connection | _Camera] | None = None,
+    ):
+        self.source, self.prepare, self.timeout = source, prepare, timeout
+        self.reconnect, self.duration, self.notify = reconnect, duration, notify
+        self.open_connection = open_connection or (_Camera if source.kind == "camera" else _Connection)
+        self.clock = StreamClock()
+        self.sampler = FpsSampler(fps)
+        self.stats = LiveStats()
+        self.buffer: deque[LiveFrame] = deque()
+        self.buffered = buffered
+        self.drops: deque[float] = deque()  # stream times of dropped frames not yet counted in an event
+        self.reads: deque[float] = deque()  # stream times of frames read, likewise
+        self.ended: str | None = None  # why reading stopped: "end", "duration", "stopped" or a failure
+        self.failed = False  # whether it stopped on a failure (exit status 1)
+        self.stopping = False  # set by stop() (from a signal handler too: a plain assignment)
+        self._lock = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"malmm-watch {source.location}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading: `take` returns what is left, then nothing. Safe in a signal handler."""
+        self.stopping = True
+
+    def close(self, wait: float = 3.0) -> None:
+        """Stop and wait for the thread, at most `wait` s: one blocked in a read of a silent source
+        ends at its timeout (a daemon, it never holds the process up)."""
+        self.stop()
+        if self._thread.is_alive():
+            self._thread.join(wait)
+
+    def take(self, most: int) -> list[LiveFrame]:
+        """Up to `most` frames waiting, oldest first; waits for one; [] once reading has ended."""
+        with self._lock:
+            while not self.buffer and self.ended is None and not self.stopping:
+                self._lock.wait(0.1)
+            taken = [self.buffer.popleft() for _ in range(min(most, len(self.buffer)))]
+            self.reads.extend(frame.sample.time for frame in taken)
+            self.stats.read += len(taken)
+            if taken:
+                self.stats.newest_read = taken[-1].sample.time
+            return taken
+
+    def counts(self, start: float, end: float) -> tuple[int, int]:
+        """(frames read, frames dropped) with stream times in [start, end); those before `end` are
+        forgotten (each interval is asked once, in order)."""
+        with self._lock:
+            return _count_before(self.reads, start, end), _count_before(self.drops, start, end)
+
+    def _run(self) -> None:
+        attempts, connection, reason = 0, None, "end"
+        try:
+            while not self.stopping:
+                try:
+                    connection = self.open_connection(self.source, self.timeout)
+                    for timestamp, image in connection.frames():
+                        if self.stopping:
+                            break
+                        attempts = 0
+                        if self._arrived(timestamp, image):
+                            reason = "duration"
+                            return
+                    reason = "end"
+                except SourceError as error:
+                    if self.stats.decoded == 0 and attempts == 0:  # the first opening: say it at once
+                        self._finish(str(error), failed=True)
+                        return
+                    reason = str(error)
+                finally:
+                    if connection is not None:
+                        connection.close()
+                        connection = None
+                if self.stopping or not self.source.reconnects:
+                    return
+                if attempts >= self.reconnect:  # an end is an end; an error, or silence, a failure
+                    failed = reason != "end"
+                    if attempts:
+                        reason = f"lost the stream ({_said(reason)}) and {attempts} reconnect attempts failed"
+                    self._finish(reason, failed=failed)
+                    return
+                attempts += 1
+                delay = min(BACKOFF_LIMIT, 2.0 ** (attempts - 1))
+                self.notify(f"lost the stream ({_said(reason)}): reconnecting in {delay:g} s (attempt {attempts} of "
+                            f"{self.reconnect})")  # fmt: skip
+                self._sleep(delay)
+                self.clock.discontinue()
+                self.stats.reconnects += 1
+        except Exception as error:  # anything unforeseen ends the stream with its reason, not silently
+            self._finish(f"reading stopped: {error}", failed=True)
+        finally:
+            self._finish("stopped" if self.stopping else reason, failed=reason not in ("end", "duration"))
+
+    def _arrived(self, timestamp: float | None, image: Callable[[], np.ndarray]) -> bool:
+        """One decoded frame: give it its stream time, keep it if it is on the grid. True when
+        --duration is reached."""
+        seconds = self.clock.time(timestamp)
+        self.stats.decoded += 1
+        if self.duration is not None and seconds >= self.duration - 1e-6:  # the slack of Grid.index
+            return True
+        self.stats.newest = seconds
+        if not self.sampler.keep(seconds):
+            return False
+        frame = LiveFrame(Sample(self.stats.sampled, seconds, seconds), self.prepare(image()))
+        self.stats.sampled += 1
+        with self._lock:
+            if len(self.buffer) >= self.buffered:  # the model is behind: drop the oldest waiting frame
+                self.drops.append(self.buffer.popleft().sample.time)
+                self.stats.dropped += 1
+            self.buffer.append(frame)
+            self._lock.notify_all()
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _finish(self, reason: str, failed: bool = False) -> None:
+        with self._lock:
+            if self.ended is None:
+                self.ended, self.failed = reason, failed
+            self._lock.notify_all()
+
+
+def _said(reason: str) -> str:
+    return "it ended" if reason == "end" else reason
+
+
+def _count_before(times: deque[float], start: float, end: float) -> int:
+    """Pop the times before `end` and count those from `start` on (with the slack of Grid.index)."""
+    count, slack = 0, 1e-6
+    while times and times[0] < end - slack:
+        count += times.popleft() >= start - slack
+    return count
+
+
+class LiveStream:
+    """A live source as the reading loop reads it: (Sample, features [1, N, C]) as frames arrive.
+
+    Like VideoStream, but nothing is planned: `times` is None, `duration` is the stream time read
+    so far. Use it in a `with` block: leaving it stops the reader thread.
+    """
+
+    times = None
+    from_cache = False
+
+    def __init__(self, malmm: Malmm, source: Source, fps: float, batch_size: int = 8, **reading: object):
+        self.malmm, self.source, self.batch_size = malmm, source, batch_size
+        self.reader = LiveReader(source, fps, lambda image: preprocess(malmm, image), **reading)
+
+    @property
+    def duration(self) -> float:
+        return self.reader.stats.newest
+
+    def __enter__(self) -> LiveStream:
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reader.close()
+
+    def stop(self) -> None:
+        """End the stream at the next frame (Ctrl-C): what was read is still read out."""
+        self.reader.stop()
+
+    def __iter__(self) -> Iterator[tuple[Sample, torch.Tensor]]:
+        while frames := self.reader.take(self.batch_size):
+            pixels = torch.stack([frame.pixels for frame in frames])
+            if self.malmm.device.type == "cuda":
+                pixels = pixels.pin_memory().to(self.malmm.device, non_blocking=True)
+            features = self.malmm.encode_frames(pixels)
+            for frame, feature in zip(frames, features, strict=True):
+                yield frame.sample, feature.unsqueeze(0)
+
+    def notes(self) -> list[str]:
+        stats = self.reader.stats
+        notes = [f"{stats.reconnects} reconnect attempts"] if stats.reconnects else []
+        if stats.dropped:
+            notes.append(f"{stats.dropped} of {stats.sampled} sampled frames dropped to keep up with the stream")
+        return notes
+
+    def warnings(self) -> list[str]:
+        return [self.reader.ended] if self.reader.failed and self.reader.ended else []
+
+    def status(self) -> str:
+        """A line for a person watching: how far the stream is, how fast it is read, how far behind."""
+        stats = self.reader.stats
+        rate = stats.read / max(1e-9, time.monotonic() - stats.started)
+        line = (f"stream {format_timestamp(stats.newest)} · {rate:.2f} frames/s read · "
+                f"{max(0.0, stats.newest - stats.newest_read):.1f} s behind · {stats.dropped} dropped")  # fmt: skip
+        return line + (f" · {stats.reconnects} reconnect attempts" if stats.reconnects else "")

@@ -1,0 +1,66 @@
+"""Live test streams over loopback: a thread that sends MPEG-TS in real time, to a UDP address or
+a file it appends to, and free local ports. Nothing leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+SIZE = (64, 48)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mpegts_bytes(path: Path, seconds: float, fps: int = 10) -> Path:
+    """A whole MPEG-TS file of `seconds`, written at once (for standard input)."""
+    _send(str(path), seconds, fps, realtime=False, stop=threading.Event())
+    return path
+
+
+class Sender(threading.Thread):
+    """Sends `seconds` of MPEG-TS at `fps` in real time to `target` (udp://127.0.0.1:PORT or a file
+    path, appended packet by packet). stop() ends it early."""
+
+    def __init__(self, target: str | Path, seconds: float, fps: int = 10):
+        super().__init__(daemon=True)
+        self.target, self.seconds, self.fps = str(target), seconds, fps
+        self._stop_sending = threading.Event()
+
+    def run(self) -> None:
+        _send(self.target, self.seconds, self.fps, realtime=True, stop=self._stop_sending)
+
+    def stop(self) -> None:
+        self._stop_sending.set()
+        self.join(10)
+
+
+def _send(target: str, seconds: float, fps: int, realtime: bool, stop: threading.Event) -> None:
+    url = f"{target}?pkt_size=1316" if target.startswith("udp://") else target
+    output = av.open(url, mode="w", format="mpegts", options={"flush_packets": "1"})
+    stream = output.add_stream("mpeg2video", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+    started = time.monotonic()
+    try:
+        for index in range(round(seconds * fps)):
+            if stop.is_set():
+                break
+            picture = np.full((SIZE[1], SIZE[0], 3), (index * 9) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                output.mux(packet)
+            if realtime:
+                time.sleep(max(0.0, started + (index + 1) / fps - time.monotonic()))
+        for packet in stream.encode():
+            output.mux(packet)
+    finally:
+        output.close()

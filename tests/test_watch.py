@@ -1,0 +1,431 @@
+"""`malmm watch`: live streams over loopback (UDP, a growing file, stdin, RTSP), read in real time.
+
+Every stream is sent by the test itself to 127.0.0.1; nothing needs the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from malmm_cli.events import EventWriter, WatchEvent, to_jsonl, to_txt
+from malmm_cli.live import FpsSampler, SourceError, StreamClock, parse_source
+from malmm_cli.pipeline import Memory, Reader, Sampling, VideoStream, read_streams
+from malmm_cli.stream import Sample
+from malmm_cli.watch import watch
+from models import CLASSIFICATION, GenerationSettings, Malmm
+from tests import media
+from tests.conftest import FAST, REPO
+from tests.live_media import Sender, free_port, mpegts_bytes
+from tests.test_cli import _interrupted
+
+QUICK = GenerationSettings(num_beams=1, max_new_tokens=3)
+
+
+def _no_reader_thread_left() -> bool:
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("malmm-watch") for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _watch(malmm: Malmm, source: str, **options: object) -> tuple[list[WatchEvent], object, list[str]]:
+    events, lines = [], []
+    options = {"every": 1.0, "fps": 4.0, "timeout": 5.0, "reconnect": 0, "settings": QUICK, **options}
+    summary = watch(malmm, parse_source(source), on_event=events.append, notify=lines.append, **options)
+    return events, summary, lines
+
+
+def _in_order(events: list[WatchEvent]) -> None:
+    """Stream times only go forward: each interval starts where the one before ended, or later
+    (an interval without a frame, while the stream was lost, has no event)."""
+    assert events
+    for event in events:
+        assert event.start < event.end or event is events[-1]
+    for before, after in itertools.pairwise(events):
+        assert after.start >= before.end - 1e-6
+
+
+def test_stream_clock_never_goes_backwards() -> None:
+    now = [0.0]
+    clock = StreamClock(lambda: now[0])
+
+    def at(wall: float, timestamp: float | None) -> float:
+        now[0] = wall
+        return clock.time(timestamp)
+
+    assert at(0.0, 10.0) == 0.0  # the stream starts at 0, whatever its first timestamp
+    assert at(0.1, 10.1) == pytest.approx(0.1)
+    assert at(0.3, None) == pytest.approx(0.3)  # no timestamp: the clock's own time
+    assert at(0.4, 0.0) == pytest.approx(0.4)  # the sender restarted its timestamps: time goes on
+    assert at(0.5, 0.1) == pytest.approx(0.5)
+    clock.discontinue()  # a reconnect: two seconds passed
+    assert at(2.5, 50.0) == pytest.approx(2.5)
+    assert at(2.6, 950.0) == pytest.approx(2.6)  # a jump far beyond the clock's progress is a discontinuity
+    assert at(2.7, 950.1) == pytest.approx(2.7)
+
+
+def test_fps_sampling_keeps_a_grid_from_the_first_frame() -> None:
+    sampler = FpsSampler(4)
+    times = [round(0.1 * i, 1) for i in range(20)] + [5.0, 5.1, 5.2, 5.3]
+    kept = [t for t in times if sampler.keep(t)]
+    assert kept == [0.0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 5.0, 5.3]  # a gap skips the grid times it covered
+
+
+def test_sources_are_told_apart(tmp_path: Path) -> None:
+    assert parse_source("-").kind == "stdin"
+    assert parse_source("rtsp://127.0.0.1:8554/live").kind == "network"
+    assert parse_source("udp://127.0.0.1:5000").reconnects
+    assert parse_source("0").location == "/dev/video0" and parse_source("/dev/video2").kind == "camera"
+    with pytest.raises(SourceError, match="not a stream malmm reads"):
+        parse_source("gopher://example")
+    with pytest.raises(SourceError, match="no such file"):
+        parse_source(str(tmp_path / "missing.ts"))
+    assert parse_source(str(mpegts_bytes(tmp_path / "a.ts", 1))).follow
+    complete = media.make_video(tmp_path / "plain.mp4", seconds=1, fps=10, size=(64, 48))
+    assert not parse_source(str(complete)).follow  # a finished MP4: read to its end, not followed
+    recording = tmp_path / "recording.mp4"  # a plain MP4 cut before its index: what a recorder has written
+    data = complete.read_bytes()
+    recording.write_bytes(data[: data.index(b"moov") - 4])
+    with pytest.raises(SourceError, match="cannot be read before its index is written"):
+        parse_source(str(recording))
+    fragmented = tmp_path / "fragmented.mp4"
+    output = av.open(str(fragmented), "w", options={"movflags": "frag_keyframe+empty_moov"})
+    stream = output.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for index in range(5):
+        frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        frame.pts = index
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    output.close()
+    assert parse_source(str(fragmented)).follow
+
+
+def test_event_formats_append_and_escape(tmp_path: Path) -> None:
+    first = WatchEvent(0.0, 10.0, "2026-12-02T10:00:00.000+00:00", "a <b>dog</b> --> runs", 10, 0, 0.25)
+    second = WatchEvent(10.0, 20.0, "2026-12-02T10:00:10.000+00:00", "a cat", 7, 3, 1.5, "who?", "nobody", 1)
+    assert json.loads(to_jsonl(first)) == {"start": 0.0, "end": 10.0, "wall_time": first.wall_time,
+                                           "text": first.text, "frames": 10, "dropped": 0, "lag": 0.25}  # fmt: skip
+    assert json.loads(to_jsonl(second))["answer"] == "nobody" and json.loads(to_jsonl(second))["chapter"] == 1
+    assert (
+        to_txt(second)
+        == "[00:00:10.000 --> 00:00:20.000] a cat (3 frames dropped to keep up)\n    Q: who?\n    A: nobody\n"
+    )
+    subtitles = tmp_path / "live.srt"
+    for event in (first, second):  # two runs appending to one file: the cue numbers go on
+        writer = EventWriter("srt", stdout=False, path=subtitles)
+        writer.write(event)
+        writer.close()
+    text = subtitles.read_text()
+    assert text.startswith("1\n00:00:00,000 --> 00:00:10,000\na <b>dog</b> -> runs\n\n2\n00:00:10,000 --> ")
+    web = tmp_path / "live.vtt"
+    for event in (first, second):
+        writer = EventWriter("vtt", stdout=False, path=web)
+        writer.write(event)
+        writer.close()
+    assert web.read_text().count("WEBVTT") == 1 and "a &lt;b>dog&lt;/b> -> runs" in web.read_text()
+
+
+class _Replay:
+    """Frames read once, given again as a file's stream (planned `times`) or a live one (None)."""
+
+    from_cache = False
+
+    def __init__(self, frames: list, times: list[float] | None, duration: float):
+        self.frames, self.times, self.duration = frames, times, duration
+
+    def __enter__(self) -> _Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    def notes(self) -> list[str]:
+        return []
+
+    def warnings(self) -> list[str]:
+        return []
+
+
+LABELS = ("cooking", "a dog running", "driving")
+
+
+def _scores(malmm: Malmm, stream: _Replay, readers: list[Reader]) -> dict[tuple[int, float], list[float]]:
+    """Label scores at each read-out, by (reader, span start): they differ with the memory read."""
+    scores = {}
+
+    def answered(answer) -> None:
+        scores[(readers.index(answer.reader), round(answer.span[0], 6))] = [
+            label.log_likelihood for label in answer.answer
+        ]
+
+    read_streams(malmm, ["stream"], lambda _: stream, readers, "watch", memory=Memory(3), settings=QUICK,
+                 on_answer=answered)  # fmt: skip
+    return scores
+
+
+def test_a_live_stream_is_read_as_a_file_with_the_same_frames(tiny_malmm: Malmm, tmp_path: Path) -> None:
+    clip = media.make_video(tmp_path / "clip.mp4", seconds=4, fps=10, size=(64, 48))
+    with VideoStream(tiny_malmm, clip, Sampling(fps=4)) as stream:
+        frames = list(stream)
+        times, duration = stream.times, stream.duration
+    live = [(Sample(sample.index, sample.target, sample.target), features) for sample, features in frames]
+    prompt = CLASSIFICATION.prompt()
+    readers = [Reader("timeline", prompt, every=1.0, at_span=prompt, labels=LABELS),
+               Reader("timeline", prompt, every=1.0, at_span=prompt, labels=LABELS, restart=2.0)]  # fmt: skip
+    as_file = _scores(tiny_malmm, _Replay(live, times, duration), readers)
+    as_stream = _scores(tiny_malmm, _Replay(live, None, live[-1][0].time), readers)
+    assert as_file.keys() == as_stream.keys() and len(as_file) == 8
+    for key, scores in as_file.items():
+        assert as_stream[key] == pytest.approx(scores, abs=1e-5)
+    # --reset-every: the memory of chapter [2, 4) is that of a stream starting at 2 s
+    chapter = [(Sample(s.index - 8, s.time - 2, s.time - 2), f) for s, f in live if s.time >= 2 - 1e-6]
+    fresh = _scores(tiny_malmm, _Replay(chapter, None, chapter[-1][0].time), readers[:1])
+    assert fresh[(0, 0.0)] == pytest.approx(as_stream[(1, 2.0)], abs=1e-5)
+    assert fresh[(0, 1.0)] == pytest.approx(as_stream[(1, 3.0)], abs=1e-5)
+    assert fresh[(0, 1.0)] != pytest.approx(as_stream[(0, 3.0)], abs=1e-5)  # the memory that ran on differs
+
+
+def test_udp_stream_is_captioned_as_it_plays(tiny_malmm: Malmm) -> None:
+    port = free_port()
+    sender = Sender(f"udp://127.0.0.1:{port}", seconds=8)
+    sender.start()
+    try:
+        events, summary, _ = _watch(tiny_malmm, f"udp://127.0.0.1:{port}", duration=4.0)
+    finally:
+        sender.stop()
+    assert [event.start for event in events] == [0.0, 1.0, 2.0, 3.0]
+    _in_order(events)
+    assert summary.ended == "duration" and not summary.failed
+    assert all(event.dropped == 0 and 3 <= event.frames <= 5 for event in events[:-1]), events
+    assert all(event.lag < 2.0 for event in events), [event.lag for event in events]
+    assert _no_reader_thread_left()
+
+
+def test_a_sender_that_stops_and_restarts_is_reconnected(tiny_malmm: Malmm) -> None:
+    port = free_port()
+    url = f"udp://127.0.0.1:{port}"
+    first = Sender(url, seconds=3)
+    first.start()
+
+    def restart() -> None:
+        first.join()
+        time.sleep(1.0)
+        second.start()
+
+    second = Sender(url, seconds=8)
+    restarter = threading.Thread(target=restart, daemon=True)
+    restarter.start()
+    try:
+        events, summary, lines = _watch(tiny_malmm, url, duration=7.0, timeout=1.0, reconnect=4)
+    finally:
+        restarter.join(15)
+        second.stop()
+    assert summary.reconnects >= 1 and any("reconnecting in 1 s (attempt 1 of 4)" in line for line in lines), lines
+    _in_order(events)
+    assert events[-1].end > 5.0  # read on after the gap, on the same clock
+    assert sum(event.frames for event in events) > 12
+    assert _no_reader_thread_left()
+
+
+def test_a_growing_file_is_followed_to_its_end(tiny_malmm: Malmm, tmp_path: Path) -> None:
+    path = tmp_path / "recording.ts"
+    sender = Sender(path, seconds=3.5)
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not (path.is_file() and path.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    try:
+        events, summary, _ = _watch(tiny_malmm, str(path), timeout=1.5)
+    finally:
+        sender.stop()
+    assert time.monotonic() - started > 3.0  # it waited for the frames as they were written
+    assert summary.ended == "end" and not summary.failed
+    assert [event.start for event in events] == [0.0, 1.0, 2.0, 3.0]
+    _in_order(events)
+    assert events[-1].end == pytest.approx(3.25, abs=0.1)  # the interval in progress, to the last frame read
+
+
+def test_an_hls_stream_over_http_is_read_to_its_end(tiny_malmm: Malmm, tmp_path: Path) -> None:
+    output = av.open(str(tmp_path / "live.m3u8"), "w", format="hls", options={"hls_time": "1"})
+    stream = output.add_stream("mpeg2video", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for index in range(30):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 8, np.uint8), format="rgb24")
+        frame.pts = index
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    for packet in stream.encode():
+        output.mux(packet)
+    output.close()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/live.m3u8"
+        events, summary, _ = _watch(tiny_malmm, url)  # --reconnect 0: the playlist's end is the stream's
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.ended == "end" and not summary.failed
+    assert [event.start for event in events] == [0.0, 1.0, 2.0]
+    assert sum(event.frames for event in events) == 12
+    assert _no_reader_thread_left()
+
+
+def test_a_slow_model_drops_frames_and_says_so(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = tiny_malmm.step
+
+    def slow_step(*args: object, **kwargs: object) -> object:
+        time.sleep(0.25)  # a model that reads 4 frames/s, of a stream sampled at 10
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_malmm, "step", slow_step)
+    port = free_port()
+    sender = Sender(f"udp://127.0.0.1:{port}", seconds=10)
+    sender.start()
+    try:
+        events, summary, _ = _watch(tiny_malmm, f"udp://127.0.0.1:{port}", fps=10.0, duration=5.0, buffered=2)
+    finally:
+        sender.stop()
+    assert summary.dropped > 0 and summary.read + summary.dropped == summary.sampled
+    assert sum(event.dropped for event in events) == summary.dropped
+    assert sum(event.frames for event in events) == summary.read
+    later = events[2:]  # past the burst the source's probing releases at the start
+    assert all(event.dropped > 0 for event in later) and all(event.lag < 2.0 for event in later), events
+    assert _no_reader_thread_left()
+
+
+def _malmm_watch(tiny_llama_dir: Path, *args: str | Path) -> list[str]:
+    return [str(Path(sys.executable).parent / "malmm"), "watch", *map(str, args), "--model", str(tiny_llama_dir),
+            *FAST[:2], "--num-beams", "1", "--max-new-tokens", "3"]  # fmt: skip
+
+
+def test_standard_input_to_jsonl_on_stdout_and_a_file(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    data = mpegts_bytes(tmp_path / "in.ts", seconds=3).read_bytes()
+    events_file = tmp_path / "events.jsonl"
+    command = _malmm_watch(tiny_llama_dir, "-", "--every", "1", "--fps", "4", "--output", events_file)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        chunk = len(data) // 6 + 1
+        for start in range(0, len(data), chunk):  # arrives over a second and a half, as from ffmpeg
+            process.stdin.write(data[start : start + chunk])
+            process.stdin.flush()
+            time.sleep(0.25)
+        out, err = process.communicate(timeout=120)  # closes standard input: the end of the stream
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    assert [event["start"] for event in events] == [0.0, 1.0, 2.0]
+    assert events_file.read_bytes().decode() == out.decode()  # the same events, appended to the file
+    assert "the stream ended" in err.decode()
+
+
+def test_ctrl_c_writes_the_interval_in_progress(tiny_llama_dir: Path) -> None:
+    port = free_port()
+    sender = Sender(f"udp://127.0.0.1:{port}", seconds=30)
+    sender.start()
+    try:
+        command = _malmm_watch(tiny_llama_dir, f"udp://127.0.0.1:{port}", "--every", "20", "--fps", "4")
+        status, out, err = _interrupted(command, "Watching", after=5.0)
+    finally:
+        sender.stop()
+    assert status == 130, err
+    assert "Traceback" not in err and "Interrupted" in err
+    (event,) = [json.loads(line) for line in out.splitlines()]
+    assert event["start"] == 0.0 and 0.5 < event["end"] < 20.0 and event["frames"] > 2
+
+
+def _rtsp_server_python() -> str | None:
+    """The system's python3 when it has GStreamer's RTSP server bindings (.ci/run installs them)."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        return None
+    check = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    found = subprocess.run([python, "-c", check], capture_output=True)
+    return python if found.returncode == 0 else None
+
+
+def _start_rtsp_server(python: str, port: int) -> subprocess.Popen:
+    server = subprocess.Popen([python, str(REPO / "tests" / "rtsp_server.py"), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    if server.stdout.readline().strip() != "ready":
+        server.kill()
+        pytest.fail(f"the RTSP server did not start: {server.communicate()[1]}")
+    return server
+
+
+def test_rtsp_camera_is_reconnected_to_when_its_server_restarts(tiny_malmm: Malmm) -> None:
+    python = _rtsp_server_python()
+    if python is None:
+        pytest.skip("no GStreamer RTSP server: apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
+                    "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly")  # fmt: skip
+    port = free_port(kind=1)  # TCP
+    servers = [_start_rtsp_server(python, port)]
+    events: list[WatchEvent] = []
+    lines: list[str] = []
+    streams = []
+    outcome = {}
+
+    def watching() -> None:
+        outcome["summary"] = watch(
+            tiny_malmm, parse_source(f"rtsp://127.0.0.1:{port}/live"), every=1.0, fps=4.0, timeout=3.0, reconnect=5,
+            settings=QUICK, on_event=events.append, notify=lines.append, on_start=streams.append,
+        )  # fmt: skip
+
+    thread = threading.Thread(target=watching)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        servers[0].kill()  # the camera goes away...
+        servers[0].communicate()
+        time.sleep(1.5)
+        servers.append(_start_rtsp_server(python, port))  # ...and comes back
+        before = len(events)
+        while len(events) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        streams[0].stop()
+        thread.join(30)
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+        if streams:
+            streams[0].stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert outcome["summary"].reconnects >= 1 and any("reconnecting" in line for line in lines), lines
+    assert len(events) >= 5
+    _in_order(events)
+    assert _no_reader_thread_left()
