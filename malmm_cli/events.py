@@ -22,9 +22,10 @@ EVENT_FORMATS = ("jsonl", "txt", "srt", "vtt")
 @dataclass(frozen=True)
 class WatchEvent:
     """One interval of a stream read out: its stream times (s), the wall-clock time the event was
-    made (ISO 8601), the caption, the answer to --question, frames read and dropped in the
-    interval, and the lag: stream seconds the source had moved on past the interval's end when
-    the event was made. chapter: the memory's chapter (--reset-every), else None."""
+    made (ISO 8601), the caption, the answer to --question, frames read in the interval, frames
+    dropped since the event before (an interval whose frames were all dropped has no event), and
+    the lag: stream seconds the source had moved on past the interval's end when the event was
+    made. chapter: the memory's chapter (--reset-every), else None."""
 
     start: float
     end: float

@@ -341,11 +341,11 @@ class LiveReader:
                 self.stats.newest_read = taken[-1].sample.time
             return taken
 
-    def counts(self, start: float, end: float) -> tuple[int, int]:
-        """(frames read, frames dropped) with stream times in [start, end); those before `end` are
-        forgotten (each interval is asked once, in order)."""
+    def counts(self, end: float) -> tuple[int, int]:
+        """(frames read, frames dropped) before stream time `end` since the last call: each event
+        counts its interval's, and the drops of intervals that had no frame left to read out."""
         with self._lock:
-            return _count_before(self.reads, start, end), _count_before(self.drops, start, end)
+            return _count_before(self.reads, end), _count_before(self.drops, end)
 
     def _run(self) -> None:
         attempts, connection, reason = 0, None, "end"
@@ -426,11 +426,12 @@ def _said(reason: str) -> str:
     return "it ended" if reason == "end" else reason
 
 
-def _count_before(times: deque[float], start: float, end: float) -> int:
-    """Pop the times before `end` and count those from `start` on (with the slack of Grid.index)."""
-    count, slack = 0, 1e-6
-    while times and times[0] < end - slack:
-        count += times.popleft() >= start - slack
+def _count_before(times: deque[float], end: float) -> int:
+    """Pop and count the times before `end` (with the slack of Grid.index)."""
+    count = 0
+    while times and times[0] < end - 1e-6:
+        times.popleft()
+        count += 1
     return count
 
 

@@ -95,7 +95,7 @@ def watch(
             return
         parts = answers.pop(span)
         cut_short = span[1] < span[0] + every - 1e-6  # the interval in progress: it ends with its last frame
-        frames, dropped = stream.reader.counts(span[0], span[1] + (1e-3 if cut_short else 0.0))
+        frames, dropped = stream.reader.counts(span[1] + (1e-3 if cut_short else 0.0))
         asked = parts.get("question")
         now = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
         on_event(WatchEvent(

@@ -292,8 +292,8 @@ def test_an_hls_stream_over_http_is_read_to_its_end(tiny_malmm: Malmm, tmp_path:
         server.shutdown()
         server.server_close()
     assert summary.ended == "end" and not summary.failed
-    assert [event.start for event in events] == [0.0, 1.0, 2.0]
-    assert sum(event.frames for event in events) == 12
+    assert [event.start for event in events] == [0.0, 1.0, 2.0]  # read faster than real time: a drop is possible
+    assert sum(event.frames + event.dropped for event in events) == 12
     assert _no_reader_thread_left()
 
 
@@ -344,7 +344,9 @@ def test_standard_input_to_jsonl_on_stdout_and_a_file(tiny_llama_dir: Path, tmp_
             process.communicate()
     assert process.returncode == 0, err
     events = [json.loads(line) for line in out.decode().splitlines()]
-    assert [event["start"] for event in events] == [0.0, 1.0, 2.0]
+    starts = [event["start"] for event in events]
+    assert starts == sorted(set(starts)) and set(starts) <= {0.0, 1.0, 2.0} and starts[-1] == 2.0
+    assert sum(event["frames"] + event["dropped"] for event in events) == 12  # 3 s at 4 frames/s, none unsaid
     assert events_file.read_bytes().decode() == out.decode()  # the same events, appended to the file
     assert "the stream ended" in err.decode()
 
