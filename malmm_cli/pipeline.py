@@ -27,6 +27,7 @@ import torch
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.stream import VISION_BATCH, NoProgress, Progress, Sample, Sampling, VideoStream, preprocess
+from malmm_cli.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
@@ -127,6 +128,7 @@ class _Run:
             last_frame=self.last,
             warnings=stream.warnings(),
             notes=stream.notes() + self.notes,
+            preview=stream.thumbnails.preview(stream.missing()) if stream.thumbnails is not None else None,
         )
 
 
@@ -304,6 +306,7 @@ def read_videos(
     cache: FeatureCache | None = None,
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
+    thumbnails: bool = False,
 ) -> list[VideoResult | Exception]:
     """Read several videos in lockstep and answer what their readers ask: one result per path, or
     the exception that video failed with (the others go on without it).
@@ -312,7 +315,8 @@ def read_videos(
     frame of each video is read by one batched state (the readers that never restart, several
     per video sharing its visual bank); videos that end, or fail, leave the batch there. Results
     equal reading each video alone (to float rounding). on_done(i, result) is called the moment
-    the i-th video ends or fails.
+    the i-th video ends or fails. thumbnails: keep pictures of decoded frames for the HTML report
+    (`VideoResult.preview`, see thumbnails.py).
     """
     readers = list(readers)
     if not readers:
@@ -333,6 +337,8 @@ def read_videos(
             try:
                 stream = streams.enter_context(VideoStream(malmm, path, sampling, batch_size, cache))
                 _check_frames(memory, len(stream.times))
+                if thumbnails:
+                    stream.thumbnails = thumbnail_collector(stream, readers)
                 video = _Video(malmm, number, path, stream, readers, memory)
             except Exception as error:  # one video's failure is its own
                 conclude(number, error)
@@ -405,6 +411,13 @@ class _Lockstep:
                 video.step(sample, features, rows)
             except Exception as error:
                 video.error = error
+
+
+def thumbnail_collector(stream: VideoStream, readers: Sequence[Reader]) -> ThumbnailCollector:
+    """A picture per span of each reader's grid (the report's bands), and a few over the whole video."""
+    lengths = dict.fromkeys([r.every for r in readers if r.every] + [stream.duration / OVERVIEW_SPANS])
+    return ThumbnailCollector([Grid(length, stream.duration) for length in lengths if length > 0], stream.times,
+                              stream.duration)  # fmt: skip
 
 
 def check_memory(malmm: Malmm, memory: Memory, prompt_tokens: int = 64) -> None:
