@@ -94,7 +94,7 @@ def main() -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        "Thumbnails are at most 192 pixels wide (JPEG quality 70): one per segment plus 8 over the whole video,",
+        "Thumbnails are at most 192 pixels wide (JPEG quality 70), one per segment (8 over the video without),",
         "whatever the sampling rate, so the size grows with the number of segments, not with frames read.",
     ]
     update_section("html-report", "\n".join(lines))

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -80,7 +81,7 @@ class Browser:
             [executable, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self.profile}",
              "--no-first-run", "--no-default-browser-check", "--mute-audio", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=pipes_as_3_and_4,
+            close_fds=False, preexec_fn=pipes_as_3_and_4, start_new_session=True,  # its own process group
         )  # fmt: skip
         os.close(to_browser_read)
         os.close(from_browser_write)
@@ -161,6 +162,8 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # renderers and helpers it left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
         for descriptor in (self._write, self._read):
             with contextlib.suppress(OSError):
                 os.close(descriptor)
