@@ -115,6 +115,8 @@ def main() -> None:
     process.wait()
     feeder.join()
     wall = time.monotonic() - started
+    if process.returncode != 0 or len(at) < 2:
+        sys.exit(f"malmm watch exited with {process.returncode} after {len(events)} events: see its stderr above")
     lags = sorted(event["lag"] for event in events)
     read, dropped = sum(e["frames"] for e in events), sum(e["dropped"] for e in events)
     stream_seconds = events[-1]["end"] if events else 0.0

@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import quote
 
 import torch
 
+from malmm_cli.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
@@ -36,7 +38,8 @@ VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts"}
     | {".3gp", ".ogv", ".mxf", ".vob"}
 )
-ONE_VIDEO_FORMATS = ("srt", "vtt")  # a subtitle file belongs to one video
+ONE_VIDEO_FORMATS = ("srt", "vtt", "html")  # a subtitle file, a report belongs to one video
+INDEX_PAGE = "index.html"
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,39 @@ def write_results(result: VideoResult, output_dir: Path, item: Input, settings: 
     record_file = record_path(output_dir, item.stem, settings.task)
     record_file.unlink(missing_ok=True)
     for fmt, path in zip(formats, output_paths(output_dir, item.stem, settings.task, formats), strict=True):
-        write_atomic(path, FORMATTERS[fmt](result))
-    write_atomic(record_file, json.dumps(record(settings, item.path, formats), indent=2) + "\n")
+        text = to_html(result, report_context(settings, item.path, path.parent)) if fmt == "html" else None
+        write_atomic(path, text if text is not None else FORMATTERS[fmt](result))
+    content = record(settings, item.path, formats)
+    if "html" in formats:  # what the folder's index shows of it, also when a rerun skips it
+        content["summary"] = summary(result)
+    write_atomic(record_file, json.dumps(content, indent=2) + "\n")
+
+
+def report_context(settings: Settings | None, video: Path, folder: Path) -> ReportContext:
+    """The HTML report's settings, and a link to the video when it sits in the report's folder."""
+    beside = os.path.realpath(video.parent) == os.path.realpath(folder)
+    shown = {k: v for k, v in settings.to_dict().items() if k != "task"} if settings is not None else {}
+    return ReportContext(shown, video_href(video.name) if beside else None)
+
+
+def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Outcome], task: str) -> Path:
+    """index.html in the output folder: a row per input of this run (skipped ones from their
+    records), and one per failure that is not an input (a folder without videos)."""
+    by_path = {outcome.path: outcome for outcome in outcomes}
+    rows = []
+    for item in inputs:
+        outcome = by_path.pop(str(item.path), Outcome(str(item.path), "failed", "not read"))
+        record_data = read_record(record_path(output_dir, item.stem, task)) or {}
+        data = record_data.get("summary") if outcome.status != "failed" else None
+        (report,) = output_paths(output_dir, item.stem, task, ["html"])
+        href = report.relative_to(output_dir).as_posix() if report.is_file() else None
+        status = data.get("status", outcome.status) if outcome.status == "skipped" and data else outcome.status
+        detail = "done before, same settings" if outcome.status == "skipped" else outcome.detail
+        rows.append(index_row(str(item.stem), status, detail, href and quote(href), data))
+    rows += [index_row(o.path, o.status, o.detail, None, None) for o in by_path.values() if o.status == "failed"]
+    path = output_dir / INDEX_PAGE
+    write_atomic(path, to_index(rows, f"malmm {task}: {len(rows)} videos"))
+    return path
 
 
 class StdoutWriter:
@@ -225,8 +259,9 @@ class StdoutWriter:
     srt and vtt hold one video's subtitles, so the command line allows them for one input only.
     """
 
-    def __init__(self, fmt: str, single: bool, stream: TextIO | None = None):
+    def __init__(self, fmt: str, single: bool, stream: TextIO | None = None, settings: Settings | None = None):
         self.fmt = fmt
+        self.settings = settings  # shown in an HTML report
         self.single = single
         self.stream = stream or sys.stdout
         self._json: list[dict] = []
@@ -239,6 +274,8 @@ class StdoutWriter:
             return
         if self.fmt == "csv":
             text = to_csv(result, header=self._count == 0)
+        elif self.fmt == "html":  # times link to the video when it is in the current folder, where `>` puts the page
+            text = to_html(result, report_context(self.settings, Path(result.path), Path.cwd()))
         else:
             text = FORMATTERS[self.fmt](result)
             if not self.single and self.fmt == "txt":

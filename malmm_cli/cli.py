@@ -60,7 +60,7 @@ app = typer.Typer(
 )
 
 
-FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
+FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
 QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
@@ -427,14 +427,15 @@ def _check_output_dir(folder: Path) -> None:
 
 
 def _check_stdout_format(options: RunOptions, videos: int) -> bool:
-    """Whether stdout gets results. A subtitle file holds one video: several videos as srt/vtt
-    go to --output-dir only (a usage error without it)."""
+    """Whether stdout gets results. A subtitle file or an HTML report holds one video: several
+    videos as srt/vtt/html go to --output-dir only (a usage error without it)."""
     fmt = options.formats[0]
-    if fmt not in ("srt", "vtt") or videos <= 1:
+    if fmt not in ("srt", "vtt", "html") or videos <= 1:
         return True
     if options.output_dir is None:
+        what = "the report" if fmt == "html" else "the subtitles"
         raise typer.BadParameter(
-            f"{fmt} holds the subtitles of one video: for {videos} videos use --output-dir DIR (one .{fmt} "
+            f"{fmt} holds {what} of one video: for {videos} videos use --output-dir DIR (one .{fmt} "
             "each), or print another format first (-f jsonl)",
             param_hint="--format",
         )
@@ -452,7 +453,7 @@ def _run(
     """Read the videos with these readers (the task's description, see pipeline.py): check
     everything that can be checked without the model (inputs, output folder, what is already
     done), load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch
+    from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_index
     from malmm_cli.progress import Outcome, Reporter, summary_table
     from malmm_cli.video import VideoError, check_readable
 
@@ -495,7 +496,7 @@ def _run(
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
-        stdout = StdoutWriter(options.formats[0], single=single) if printing else None
+        stdout = StdoutWriter(options.formats[0], single=single, settings=settings) if printing else None
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
             read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
         elif pending:
@@ -515,6 +516,9 @@ def _run(
             )
         elif stdout is not None:
             stdout.close()
+        if "html" in options.formats and options.output_dir is not None and not single:
+            index = write_index(options.output_dir, inputs, outcomes, request[0])
+            reporter.info(f"Index of the reports: {index}")
     except KeyboardInterrupt:
         if stdout is not None:
             stdout.close()  # the finished videos' json list, or the csv header
@@ -567,6 +571,7 @@ def _reader(
                 malmm, [items[n].path for n in numbers], readers, name, sampling=sampling, memory=memory,
                 settings=generation, progress=[progress[n] for n in numbers], batch_size=vision_batch, cache=cache,
                 answers_per_batch=sizes.answers, on_done=lambda i, result, numbers=numbers: done(numbers[i], result),
+                thumbnails="html" in options.formats,
             )  # fmt: skip
             for number, result in zip(numbers, read_back, strict=True):
                 results[number] = result
@@ -591,6 +596,7 @@ def _ray_reader(
         load=_load_options(options, task, len(readers)), readers=tuple(readers), task=name,
         sampling=options.sampling(task), memory=Memory(options.bank(task), options.memory),
         settings=options.generation(task), vision_batch=options.batch_size, cache=not options.no_cache,
+        thumbnails="html" in options.formats,
     )  # fmt: skip
     where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
     return ray_reader(job, where, show_progress=not options.quiet)

@@ -444,6 +444,7 @@ class LiveStream:
 
     times = None
     from_cache = False
+    thumbnails = None  # a stream's report is its events: no pictures kept
 
     def __init__(self, malmm: Malmm, source: Source, fps: float, batch_size: int = 8, **reading: object):
         self.malmm, self.source, self.batch_size = malmm, source, batch_size

@@ -28,6 +28,7 @@ import torch
 from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.stream import VISION_BATCH, NoProgress, Progress, Sample, Sampling, VideoStream, preprocess
+from malmm_cli.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
@@ -130,6 +131,7 @@ class _Run:
             last_frame=self.last,
             warnings=stream.warnings(),
             notes=stream.notes() + self.notes,
+            preview=stream.thumbnails.preview(stream.missing()) if stream.thumbnails is not None else None,
         )
 
 
@@ -326,12 +328,17 @@ def read_videos(
     cache: FeatureCache | None = None,
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
+    thumbnails: bool = False,
 ) -> list[VideoResult | Exception]:
     """Read several video files in lockstep and answer what their readers ask (see `read_streams`):
-    one result per path, or the exception that video failed with."""
+    one result per path, or the exception that video failed with. thumbnails: keep pictures of
+    decoded frames for the HTML report (`VideoResult.preview`, see thumbnails.py)."""
 
     def open_file(path: str | Path) -> VideoStream:
-        return VideoStream(malmm, path, sampling, batch_size, cache)
+        stream = VideoStream(malmm, path, sampling, batch_size, cache)
+        if thumbnails:
+            stream.thumbnails = thumbnail_collector(stream, readers)
+        return stream
 
     return read_streams(
         malmm, paths, open_file, readers, task, memory=memory, settings=settings, progress=progress,
@@ -358,13 +365,14 @@ def read_streams(
     others go on without it).
 
     A stream yields (Sample, features [1, N, C]) in time order and has `times` (its planned sample
-    times, or None for a live stream), `duration`, `from_cache`, `notes()`, `warnings()`; it is a
-    context manager. Each is decoded in a thread of its own (all ahead of the model); at every step
-    the next frame of each video is read by one batched state (the readers that never restart,
-    several per video sharing its visual bank); videos that end, or fail, leave the batch there.
-    Results equal reading each video alone (to float rounding). on_done(i, result) is called the
-    moment the i-th video ends or fails. on_answer: receives every read-out as soon as it is
-    answered (a live stream's events), instead of its being collected into the result.
+    times, or None for a live stream), `duration`, `from_cache`, `thumbnails` (pictures kept for
+    the HTML report, or None), `notes()`, `warnings()`; it is a context manager. Each is decoded
+    in a thread of its own (all ahead of the model); at every step the next frame of each video
+    is read by one batched state (the readers that never restart, several per video sharing its
+    visual bank); videos that end, or fail, leave the batch there. Results equal reading each
+    video alone (to float rounding). on_done(i, result) is called the moment the i-th video ends
+    or fails. on_answer: receives every read-out as soon as it is answered (a live stream's
+    events), instead of its being collected into the result.
     """
     readers = list(readers)
     if not readers:
@@ -469,6 +477,13 @@ class _Lockstep:
                 video.step(sample, features, rows)
             except Exception as error:
                 video.error = error
+
+
+def thumbnail_collector(stream: VideoStream, readers: Sequence[Reader]) -> ThumbnailCollector:
+    """A picture per span of each reader's grid (the report's bands), and a few over the whole video."""
+    lengths = dict.fromkeys([r.every for r in readers if r.every] + [stream.duration / OVERVIEW_SPANS])
+    return ThumbnailCollector([Grid(length, stream.duration) for length in lengths if length > 0], stream.times,
+                              stream.duration)  # fmt: skip
 
 
 def check_memory(malmm: Malmm, memory: Memory, prompt_tokens: int = 64) -> None:

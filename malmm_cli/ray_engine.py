@@ -55,6 +55,7 @@ class ReadJob:
     settings: GenerationSettings
     vision_batch: int | None = None
     cache: bool = True
+    thumbnails: bool = False  # pictures for the HTML report (VideoResult.preview)
 
 
 class VideoWorker:
@@ -89,7 +90,7 @@ class VideoWorker:
                     sampling = clip_sampling(job.sampling, Input(Path(path), Path(), _time(start), _time(end)))
                     result = read_video(self.malmm, path, job.readers, job.task, sampling=sampling,
                                         memory=job.memory, settings=job.settings, batch_size=self.vision_batch,
-                                        cache=self.cache)  # fmt: skip
+                                        cache=self.cache, thumbnails=job.thumbnails)  # fmt: skip
                 except Exception as failure:  # one video's failure is its own
                     error = failure_reason(failure)
             results.append(result)

@@ -29,6 +29,27 @@ class RankedLabel:
     probability: float  # softmax of log-likelihoods over the given labels
 
 
+@dataclass(frozen=True)
+class Thumbnail:
+    """One frame as a small JPEG: the time it was planned for and its real timestamp."""
+
+    target: float
+    time: float
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the report shows of the video itself: pictures, where it could not be read, and why
+    pictures may be missing (None: every frame was decoded in this run)."""
+
+    thumbnails: list[Thumbnail] = field(default_factory=list)
+    damaged: list[tuple[float, float]] = field(default_factory=list)  # spans whose planned frames did not decode
+    missing_reason: str | None = None
+
+
 @dataclass
 class VideoResult:
     """One video's result. Which fields are filled depends on `task` (caption, ask or predict)."""
@@ -47,6 +68,7 @@ class VideoResult:
     labels: list[RankedLabel] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # parts of the video that could not be read
     notes: list[str] = field(default_factory=list)  # how it was read, where that differs from what was asked
+    preview: Preview | None = None  # pictures for the HTML report, when asked for (not part of to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times rounded to milliseconds, fields a task does not use left out."""

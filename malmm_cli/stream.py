@@ -21,6 +21,7 @@ from PIL import Image
 from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
 from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.parallel import ParallelReader
+from malmm_cli.thumbnails import ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_clip, plan_times, prefetch, probe
 from models import Malmm
@@ -147,8 +148,9 @@ class VideoStream:
         self._reader: VideoReader | KeyframeReader | ParallelReader | None = None
         self._cached: CachedVideo | None = None
         self._notes: list[str] = []
-        self._replayed_missing = 0  # frames the cached part of the video could not decode back then
+        self._replayed_missing: list[float] = []  # targets the cached part of the video could not decode back then
         self._replayed_end: float | None = None
+        self.thumbnails: ThumbnailCollector | None = None  # set before iterating: pictures of decoded frames
         key = None
         if cache is not None and self.path.is_file():
             described = sampling.describe() + ("" if normalize else ",before-layernorm")
@@ -215,6 +217,8 @@ class VideoStream:
         def samples() -> Iterator[tuple[Sample, torch.Tensor]]:
             for frame in self._reader.frames(self.times[start:]):
                 sample = Sample(start + frame.index, frame.target, frame.time)
+                if self.thumbnails is not None:
+                    self.thumbnails.offer(frame.target, frame.time, frame.image)
                 image = frame.image if self.transform is None else self.transform(frame.image)
                 yield sample, preprocess(self.malmm, image)
 
@@ -256,15 +260,17 @@ class VideoStream:
                 features = features.to(self.malmm.device, dtype)
                 for index, target, time_s, feature in zip(indices.tolist(), targets.tolist(), times.tolist(),
                                                           features, strict=True):  # fmt: skip
+                    if self.thumbnails is not None:
+                        self.thumbnails.replayed_frame()
                     yield Sample(index, target, time_s), feature.unsqueeze(0)
                     resume = index + 1
         except CacheReadError as error:
             self.cache.problem("an entry broke while it was read; the rest of the video is decoded", error)
             self._cached = None
             resumed_at = self.times[resume] if resume < len(self.times) else math.inf
-            self._replayed_missing = sum(1 for t in missing if t < resumed_at)
+            self._replayed_missing = [t for t in missing if t < resumed_at]
             return resume
-        self._replayed_missing = len(missing)
+        self._replayed_missing = missing
         self._replayed_end = cached.meta["ended_at"]
         return None
 
@@ -272,11 +278,17 @@ class VideoStream:
         """How the frames were read, where it differs from what was asked (not a failure)."""
         return list(self._notes)
 
+    def missing(self) -> list[float]:
+        """Planned times whose frame could not be decoded (damaged or truncated files)."""
+        missing = list(self._replayed_missing)
+        if self._reader is not None and self._reader.report is not None:
+            missing += self._reader.report.missing
+        return missing
+
     def warnings(self) -> list[str]:
         """What could not be read (damaged or truncated files)."""
-        missing, ended_at = self._replayed_missing, self._replayed_end
+        missing, ended_at = len(self.missing()), self._replayed_end
         if self._reader is not None and self._reader.report is not None:
-            missing += len(self._reader.report.missing)
             ended_at = self._reader.report.ended_at
         notes = []
         if ended_at is not None:

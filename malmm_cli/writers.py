@@ -1,4 +1,4 @@
-"""Output formats: txt, json, jsonl, srt, vtt and csv, and atomic files named after each input.
+"""Output formats: txt, json, jsonl, srt, vtt, csv and html, and atomic files named after each input.
 
 Each format is a function from a VideoResult to text, so a format can be printed to stdout or
 written to a file the same way. Files are written to a temporary name and renamed, so a killed
@@ -15,10 +15,11 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from malmm_cli.html_report import to_html
 from malmm_cli.results import TimedText, VideoResult
 from malmm_cli.timefmt import format_timestamp
 
-FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv")
+FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
 CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score")
 
 
@@ -128,6 +129,7 @@ FORMATTERS: dict[str, Callable[[VideoResult], str]] = {
     "srt": to_srt,
     "vtt": to_vtt,
     "csv": to_csv,
+    "html": to_html,  # html_report.py; batch.write_results also gives it the settings and the video's place
 }
 
 

@@ -146,6 +146,7 @@ class _Replay:
     """Frames read once, given again as a file's stream (planned `times`) or a live one (None)."""
 
     from_cache = False
+    thumbnails = None
 
     def __init__(self, frames: list, times: list[float] | None, duration: float):
         self.frames, self.times, self.duration = frames, times, duration

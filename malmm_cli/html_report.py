@@ -1,0 +1,387 @@
+"""The HTML report: one self-contained page per video, and an index page for a folder of them.
+
+Pure functions from results to text, like the other writers. A page holds everything it shows
+(inline CSS, JPEG thumbnails as data: URLs) and no script at all; its Content-Security-Policy
+forbids loading anything but those data: images, so it opens from disk, offline, and a caption
+can neither inject markup (every text is escaped) nor make the page fetch anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+from malmm_cli.results import Thumbnail, TimedText, VideoResult
+
+# Nothing may load but the page's own data: images and inline style: no script, font, frame or remote file.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+STYLE = """
+:root { --ink: #1b1b1b; --muted: #4a4a4a; --line: #c8c8c8; --band-a: #2f5f8a; --band-b: #4f86b5; --bad: #a4161a;
+        --link: #0b4fa3; --paper: #ffffff; --card: #f4f5f7; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 72rem; padding: 1rem; font: 16px/1.5 system-ui, sans-serif; color: var(--ink);
+       background: var(--paper); }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; overflow-wrap: anywhere; }
+h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; border-bottom: 1px solid var(--line); }
+a { color: var(--link); }
+.meta, .muted { color: var(--muted); }
+.answer { font-size: 1.15rem; margin: .25rem 0; }
+.track { position: relative; height: 2.5rem; background: var(--card); border: 1px solid var(--line);
+         border-radius: 4px; margin: .5rem 0 .25rem; overflow: hidden; }
+.track a.span { position: absolute; top: 0; bottom: 0; background: var(--band-a); border-right: 1px solid #fff; }
+.track a.span:nth-child(even) { background: var(--band-b); }
+.track a.span:hover, .track a.span:focus { background: #173a5a; outline: 2px solid #000; }
+.track .damage { position: absolute; top: 0; bottom: 0; min-width: 3px;
+                 background: repeating-linear-gradient(45deg, var(--bad) 0 4px, #fff 4px 8px); opacity: .9; }
+.scale { display: flex; justify-content: space-between; font-size: .85rem; color: var(--muted); }
+.bands { list-style: none; padding: 0; margin: 1rem 0; display: grid; gap: .75rem;
+         grid-template-columns: repeat(auto-fill, minmax(12rem, 1fr)); }
+.band { background: var(--card); border: 1px solid var(--line); border-radius: 4px; padding: .5rem;
+        break-inside: avoid; }
+.band.damaged { border-color: var(--bad); }
+.band img, .band .nopicture { display: block; width: 100%; height: auto; border-radius: 2px; }
+.band .nopicture { aspect-ratio: 16 / 9; background: #dcdcdc; color: var(--muted); font-size: .85rem;
+                   display: flex; align-items: center; justify-content: center; text-align: center; padding: .5rem; }
+.band .when { font-size: .9rem; font-variant-numeric: tabular-nums; margin: .35rem 0 .15rem; }
+.band p { margin: 0; overflow-wrap: anywhere; }
+.badge { color: var(--bad); font-weight: 600; font-size: .85rem; }
+.bars { list-style: none; padding: 0; margin: 0; }
+.bars li { display: grid; grid-template-columns: minmax(6rem, 14rem) 1fr 4.5rem; gap: .5rem; align-items: center;
+           margin: .25rem 0; }
+.bars .label { overflow-wrap: anywhere; }
+.bars .bar { background: var(--card); border: 1px solid var(--line); height: 1.1rem; border-radius: 3px; }
+.bars .fill { display: block; height: 100%; background: var(--band-a); border-radius: 2px; }
+.bars .value { text-align: right; font-variant-numeric: tabular-nums; }
+.warnings li { color: var(--bad); }
+dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; font-size: .9rem; }
+dl.settings dt { color: var(--muted); }
+dl.settings dd { margin: 0; overflow-wrap: anywhere; }
+table.videos { border-collapse: collapse; width: 100%; }
+table.videos th, table.videos td { border-bottom: 1px solid var(--line); padding: .4rem; text-align: left;
+                                   vertical-align: top; }
+table.videos img { width: 8rem; height: auto; display: block; }
+table.videos td p { margin: 0; overflow-wrap: anywhere; }
+.status-failed { color: var(--bad); font-weight: 600; }
+.status-partial { color: #8a4b00; font-weight: 600; }
+@media (max-width: 40rem) {
+  body { padding: .5rem; font-size: 15px; }
+  .bands { grid-template-columns: repeat(auto-fill, minmax(9rem, 1fr)); }
+  .bars li { grid-template-columns: 1fr 3.5rem; }
+  .bars .bar { grid-column: 1 / -1; grid-row: 2; }
+  table.videos img { width: 5rem; }
+}
+@media print {
+  body { max-width: none; font-size: 11pt; }
+  a { color: inherit; text-decoration: none; }
+  .track a.span { border-right-color: #000; }
+  .bands { grid-template-columns: repeat(4, 1fr); }
+  .band, tr { break-inside: avoid; }
+}
+"""
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the page says beyond the result: the settings that made it, and where the video is
+    relative to the page (None: not beside it, so times are plain text)."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    video_href: str | None = None
+
+
+def clock(seconds: float) -> str:
+    """A time as people read it on a player: 1:02:03, 12:34, 0:05."""
+    whole = max(0, math.floor(seconds + 1e-6))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _time_link(seconds: float, context: ReportContext) -> str:
+    """The time, linking to the video at that moment (a media fragment) when the video is beside the page."""
+    label = _esc(clock(seconds))
+    if context.video_href is None:
+        return f"<time>{label}</time>"
+    fragment = f"{max(0.0, seconds):.3f}".rstrip("0").rstrip(".")
+    return f'<a href="{_esc(context.video_href)}#t={fragment}"><time>{label}</time></a>'
+
+
+def video_href(video_name: str) -> str:
+    """A relative URL for a file in the page's own folder."""
+    return quote(video_name)
+
+
+def data_url(thumbnail: Thumbnail) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail.jpeg).decode("ascii")
+
+
+def _img(thumbnail: Thumbnail, alt: str) -> str:
+    return (f'<img src="{data_url(thumbnail)}" width="{thumbnail.width}" height="{thumbnail.height}" '
+            f'alt="{_esc(alt)}" decoding="async">')  # fmt: skip
+
+
+def picture_for(thumbnails: Sequence[Thumbnail], start: float, end: float) -> Thumbnail | None:
+    """The thumbnail planned nearest the middle of [start, end), if one was planned inside it."""
+    inside = [t for t in thumbnails if start <= t.target < end or (t.target == end == start)]
+    return min(inside, key=lambda t: abs(t.target - (start + end) / 2), default=None)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="generator" content="malmm">\n'
+        f"<title>{_esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _summary(result: VideoResult, context: ReportContext) -> list[str]:
+    """The whole-video answer: caption, answers, ranked labels as bars, next action."""
+    parts: list[str] = []
+    if result.task == "caption":
+        parts += ['<section aria-labelledby="summary"><h2 id="summary">Caption</h2>',
+                  f'<p class="answer">{_esc(result.caption or "")}</p></section>']  # fmt: skip
+    elif result.task == "ask":
+        parts.append('<section aria-labelledby="summary"><h2 id="summary">Answers</h2><dl class="answers">')
+        for answer in result.answers:
+            parts.append(f'<dt>{_esc(answer.question)}</dt><dd class="answer">{_esc(answer.answer)}</dd>')
+        parts.append("</dl></section>")
+    if result.labels:
+        parts.append('<section aria-labelledby="labels"><h2 id="labels">Labels</h2><ul class="bars">')
+        for label in result.labels:
+            percent = 100 * label.probability
+            parts.append(
+                f'<li class="score"><span class="label">{_esc(label.label)}</span>'
+                f'<span class="bar" role="img" aria-label="{percent:.1f} percent">'
+                f'<span class="fill" style="width:{percent:.2f}%"></span></span>'
+                f'<span class="value">{percent:.1f}%</span></li>'
+            )
+        parts.append("</ul></section>")
+    if result.next_action is not None:
+        parts += ['<section aria-labelledby="next"><h2 id="next">Next action</h2>',
+                  f'<p class="answer">{_esc(result.next_action)}</p></section>']  # fmt: skip
+    return parts
+
+
+def _bands(result: VideoResult) -> tuple[str, list[TimedText]]:
+    if result.segments:
+        return "Segments", result.segments
+    if result.timeline:
+        return "Timeline", result.timeline
+    return "", []
+
+
+def _no_picture(result: VideoResult) -> str:
+    if result.preview is None:
+        return "no picture: made without thumbnails"
+    return "no picture: " + ("frame not decoded in this run" if result.preview.missing_reason else "no frame decoded")
+
+
+def _overlaps(span: tuple[float, float], damaged: Sequence[tuple[float, float]]) -> bool:
+    return any(start < span[1] and end > span[0] for start, end in damaged)
+
+
+def _timeline(result: VideoResult, context: ReportContext) -> list[str]:
+    """The track across the page (a band per span, damaged parts marked) and a card per span."""
+    heading, spans = _bands(result)
+    preview = result.preview
+    thumbnails = preview.thumbnails if preview is not None else []
+    damaged = preview.damaged if preview is not None else []
+    total = max(result.duration, result.last_frame, *(s.end for s in spans), 1e-9)
+    parts = [f'<section aria-labelledby="timeline"><h2 id="timeline">{heading or "Frames"}</h2>']
+    track = []
+    for number, span in enumerate(spans, start=1):
+        left, width = 100 * span.start / total, 100 * (span.end - span.start) / total
+        track.append(
+            f'<a class="span" href="#band-{number}" style="left:{left:.3f}%;width:{width:.3f}%" '
+            f'title="{_esc(clock(span.start))}&ndash;{_esc(clock(span.end))}: {_esc(span.text)}" '
+            f'aria-label="{_esc(clock(span.start))} to {_esc(clock(span.end))}"></a>'
+        )
+    for start, end in damaged:
+        left, width = 100 * start / total, 100 * (end - start) / total
+        title = f"could not be decoded: {_esc(clock(start))}&ndash;{_esc(clock(end))}"
+        track.append(f'<span class="damage" style="left:{left:.3f}%;width:{width:.3f}%" title="{title}"></span>')
+    if track:
+        scale = f'<div class="scale" aria-hidden="true"><span>0:00</span><span>{_esc(clock(total))}</span></div>'
+        parts += ['<div class="track" role="group" aria-label="timeline of the video">', *track, "</div>", scale]
+    parts.append('<ol class="bands">')
+    if spans:
+        for number, span in enumerate(spans, start=1):
+            picture = picture_for(thumbnails, span.start, span.end)
+            hurt = _overlaps((span.start, span.end), damaged)
+            image = (_img(picture, f"Frame at {clock(picture.time)}: {span.text}") if picture is not None
+                     else f'<div class="nopicture">{_esc(_no_picture(result))}</div>')  # fmt: skip
+            parts.append(
+                f'<li class="band{" damaged" if hurt else ""}" id="band-{number}" data-start="{span.start:.3f}" '
+                f'data-end="{span.end:.3f}">{image}<div class="when">{_time_link(span.start, context)} &ndash; '
+                f"{_time_link(span.end, context)}"
+                f"{' <span class=badge>damaged</span>' if hurt else ''}</div><p>{_esc(span.text)}</p></li>"
+            )
+    else:  # no segments: a strip of frames over the whole video
+        for number, picture in enumerate(thumbnails, start=1):
+            parts.append(
+                f'<li class="band frame" id="frame-{number}" data-start="{picture.target:.3f}">'
+                f"{_img(picture, f'Frame at {clock(picture.time)}')}"
+                f'<div class="when">{_time_link(picture.time, context)}</div></li>'
+            )
+    parts.append("</ol>")
+    if preview is None:
+        parts.append('<p class="muted">No pictures: this result was made without thumbnails.</p>')
+    elif preview.missing_reason:
+        parts.append(f'<p class="muted missing">Pictures are missing: {_esc(preview.missing_reason)}.</p>')
+    parts.append("</section>")
+    return parts
+
+
+def _problems(result: VideoResult, context: ReportContext) -> list[str]:
+    parts = []
+    damaged = result.preview.damaged if result.preview is not None else []
+    if result.warnings or damaged:
+        parts.append('<section aria-labelledby="warnings"><h2 id="warnings">Warnings</h2><ul class="warnings">')
+        parts += [f"<li>{_esc(warning)}</li>" for warning in result.warnings]
+        for start, end in damaged:
+            where = f"{_time_link(start, context)} &ndash; {_time_link(end, context)}"
+            parts.append(f"<li>could not be decoded: {where}</li>")
+        parts.append("</ul></section>")
+    if result.notes:
+        parts.append('<section aria-labelledby="notes"><h2 id="notes">Notes</h2><ul>')
+        parts += [f"<li>{_esc(note)}</li>" for note in result.notes]
+        parts.append("</ul></section>")
+    return parts
+
+
+def _settings(result: VideoResult, context: ReportContext) -> list[str]:
+    rows = [("file", result.path), ("frames read", f"{result.frames} ({clock(result.first_frame)} to "
+                                                    f"{clock(result.last_frame)})")]  # fmt: skip
+    for name, value in context.settings.items():
+        if isinstance(value, dict):
+            rows += [(f"{name} {key}", item) for key, item in value.items() if item not in (None, [], {})]
+        elif value not in (None, [], {}):
+            rows.append((name, value))
+    parts = ['<section aria-labelledby="settings"><h2 id="settings">Settings</h2><dl class="settings">']
+    for name, value in rows:
+        text = "; ".join(map(str, value)) if isinstance(value, list) else value
+        parts.append(f"<dt>{_esc(name)}</dt><dd>{_esc(text)}</dd>")
+    parts.append("</dl></section>")
+    return parts
+
+
+def _video(path: str, name: str, context: ReportContext) -> str:
+    return f'<a href="{_esc(context.video_href)}">{_esc(name)}</a>' if context.video_href else _esc(path)
+
+
+def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
+    """One video's report: name, duration, model and settings, the answer, the timeline with a
+    picture per band, label scores as bars, warnings where they are on the timeline."""
+    context = context or ReportContext()
+    name = PurePosixPath(result.path.replace("\\", "/")).name or result.path
+    model = context.settings.get("model")
+    facts = [result.task, f"duration {clock(result.duration)}", f"{result.frames} frames"]
+    if model:
+        facts.append(f"model {model}")
+    body = [
+        f"<header><h1>{_esc(name)}</h1>",
+        f'<p class="meta">{" · ".join(_esc(fact) for fact in facts)}</p>',
+        f'<p class="meta">Video: {_video(result.path, name, context)}</p></header>',
+        "<main>",
+        *_summary(result, context),
+        *_timeline(result, context),
+        *_problems(result, context),
+        *_settings(result, context),
+        "</main>",
+    ]
+    return _page(f"{name}: malmm {result.task}", "\n".join(body))
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One video of a folder's index: its report (relative URL; None when there is none)."""
+
+    name: str
+    status: str
+    detail: str = ""
+    report: str | None = None
+    duration: float | None = None
+    text: str = ""
+    thumbnail: Thumbnail | None = None
+
+
+def headline(result: VideoResult) -> str:
+    """What the index says of a video: its caption, first answer, top label or next action."""
+    if result.caption:
+        return result.caption
+    if result.answers:
+        return result.answers[0].answer
+    if result.labels:
+        return f"{result.labels[0].label} ({100 * result.labels[0].probability:.1f}%)"
+    return result.next_action or ""
+
+
+def poster(result: VideoResult) -> Thumbnail | None:
+    """The picture standing for the whole video: the one nearest its middle."""
+    thumbnails = result.preview.thumbnails if result.preview is not None else []
+    return min(thumbnails, key=lambda t: abs(t.target - result.duration / 2), default=None)
+
+
+def summary(result: VideoResult) -> dict[str, Any]:
+    """What the index shows of a video, as JSON (kept in its record, so a rerun that skips the
+    video still lists it)."""
+    picture = poster(result)
+    data: dict[str, Any] = {"duration": result.duration, "text": headline(result),
+                            "status": "partial" if result.warnings else "done"}  # fmt: skip
+    if picture is not None:
+        jpeg = base64.b64encode(picture.jpeg).decode("ascii")
+        data["thumbnail"] = {"target": picture.target, "time": picture.time, "width": picture.width,
+                             "height": picture.height, "jpeg": jpeg}  # fmt: skip
+    return data
+
+
+def index_row(name: str, status: str, detail: str, report: str | None, data: dict[str, Any] | None) -> IndexRow:
+    """A row from a video's outcome and its `summary` (None: there is none, the video failed)."""
+    data = data or {}
+    picture = data.get("thumbnail")
+    thumbnail = None
+    if isinstance(picture, dict):
+        try:
+            thumbnail = Thumbnail(float(picture["target"]), float(picture["time"]), base64.b64decode(picture["jpeg"]),
+                                  int(picture["width"]), int(picture["height"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            thumbnail = None
+    duration = data.get("duration")
+    return IndexRow(name, status, detail, report, float(duration) if isinstance(duration, int | float) else None,
+                    str(data.get("text", "")), thumbnail)  # fmt: skip
+
+
+def to_index(rows: Sequence[IndexRow], title: str) -> str:
+    """A folder's index page: a table of its videos, each linking to its report."""
+    body = [f"<header><h1>{_esc(title)}</h1>",
+            f'<p class="meta">{len(rows)} videos</p></header>', "<main>",
+            '<table class="videos"><caption class="muted">Videos and their reports</caption>',
+            '<thead><tr><th scope="col">Picture</th><th scope="col">Video</th><th scope="col">Duration</th>'
+            '<th scope="col">Result</th><th scope="col">Status</th></tr></thead><tbody>']  # fmt: skip
+    for row in rows:
+        picture = _img(row.thumbnail, f"{row.name}: {row.text}") if row.thumbnail is not None else ""
+        name = f'<a href="{_esc(row.report)}">{_esc(row.name)}</a>' if row.report else _esc(row.name)
+        duration = clock(row.duration) if row.duration is not None else ""
+        detail = f'<br><span class="muted">{_esc(row.detail)}</span>' if row.detail else ""
+        body.append(
+            f'<tr class="video"><td>{picture}</td><th scope="row">{name}</th><td>{_esc(duration)}</td>'
+            f'<td><p>{_esc(row.text)}</p></td><td><span class="status-{_esc(row.status)}">{_esc(row.status)}</span>'
+            f"{detail}</td></tr>"
+        )
+    body += ["</tbody></table>", "</main>"]
+    return _page(title, "\n".join(body))
