@@ -68,7 +68,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 def feed(process: subprocess.Popen, data: bytes, seconds: float, speed: float) -> None:
     """Write `data` (a stream of `seconds`) to the child's stdin at `speed` x real time."""
-    chunk = 64 * 1024
+    chunk = 4096  # about half a second of this stream: a sender's pace, not bursts
     rate = len(data) / seconds * speed  # bytes per wall second
     started = time.monotonic()
     try:

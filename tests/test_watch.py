@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import itertools
 import json
 import os
@@ -222,6 +223,29 @@ def test_udp_stream_is_captioned_as_it_plays(tiny_malmm: Malmm) -> None:
     assert _no_reader_thread_left()
 
 
+def test_mpegts_over_tcp_ends_when_its_sender_closes(tiny_malmm: Malmm) -> None:
+    port = free_port(kind=1)  # TCP: malmm listens, the sender connects
+
+    def send() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                Sender(f"tcp://127.0.0.1:{port}", seconds=3).run()
+                return
+            except av.error.FFmpegError:  # not listening yet
+                time.sleep(0.2)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        events, summary, _ = _watch(tiny_malmm, f"tcp://127.0.0.1:{port}?listen=1", timeout=20.0)
+    finally:
+        sender.join(30)
+    assert summary.ended == "end" and not summary.failed  # --reconnect 0: the sender's close is the end
+    _in_order(events)
+    assert events[-1].end > 2.0 and sum(event.frames + event.dropped for event in events) >= 10
+
+
 def test_a_sender_that_stops_and_restarts_is_reconnected(tiny_malmm: Malmm) -> None:
     port = free_port()
     url = f"udp://127.0.0.1:{port}"
@@ -319,6 +343,22 @@ def test_a_slow_model_drops_frames_and_says_so(tiny_malmm: Malmm, monkeypatch: p
     later = events[2:]  # past the burst the source's probing releases at the start
     assert all(event.dropped > 0 for event in later) and all(event.lag < 2.0 for event in later), events
     assert _no_reader_thread_left()
+
+
+def test_the_status_line_shows_on_a_terminal_only() -> None:
+    from rich.console import Console
+
+    from malmm_cli.progress import LiveStatus, Reporter
+
+    screen = io.StringIO()
+    terminal = Reporter(console=Console(file=screen, force_terminal=True, width=100))
+    with LiveStatus(terminal, lambda: "stream 00:00:12.000 · 1.00 frames/s read · 0.2 s behind · 0 dropped"):
+        time.sleep(0.6)
+    assert "0.2 s behind" in screen.getvalue()
+    plain = io.StringIO()
+    with LiveStatus(Reporter(console=Console(file=plain, force_terminal=False)), lambda: "never shown"):
+        time.sleep(0.6)
+    assert plain.getvalue() == ""
 
 
 def _malmm_watch(tiny_llama_dir: Path, *args: str | Path) -> list[str]:
