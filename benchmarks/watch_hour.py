@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,26 +34,23 @@ def make_stream(path: Path, minutes: int, size: tuple[int, int], fps: int = 10) 
     """`minutes` of MPEG-TS (MPEG-2 video): a bar moving across noise, so frames differ."""
     import av
 
+    from tests.live_media import write_frames
+
     if path.exists():
         return path
     print(f"making {path.name} ...", flush=True)
     partial = path.with_suffix(".partial.ts")
-    output = av.open(str(partial), "w", format="mpegts")
-    stream = output.add_stream("mpeg2video", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
     generator = np.random.default_rng(0)
     width, height = size
-    for index in range(minutes * 60 * fps):
-        picture = generator.integers(0, 40, (height, width, 3), dtype=np.uint8)
-        column = (index * 3) % width
-        picture[:, column : column + 8] = (200, 80 + index % 100, 40)
-        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-        frame.pts = index
-        for packet in stream.encode(frame):
-            output.mux(packet)
-    for packet in stream.encode():
-        output.mux(packet)
-    output.close()
+
+    def pictures() -> Iterator[np.ndarray]:
+        for index in range(minutes * 60 * fps):
+            picture = generator.integers(0, 40, (height, width, 3), dtype=np.uint8)
+            column = (index * 3) % width
+            picture[:, column : column + 8] = (200, 80 + index % 100, 40)
+            yield picture
+
+    write_frames(av.open(str(partial), "w", format="mpegts"), pictures(), fps)
     partial.rename(path)
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -43,24 +44,36 @@ class Sender(threading.Thread):
         self.join(10)
 
 
+def write_frames(output: av.container.OutputContainer, pictures: Iterable[np.ndarray], fps: int = 10,
+                 codec: str = "mpeg2video") -> None:  # fmt: skip
+    """Encode RGB pictures [H, W, 3] as one video stream of `output` at `fps`, and close it."""
+    stream = None
+    try:
+        for index, picture in enumerate(pictures):
+            if stream is None:
+                stream = output.add_stream(codec, rate=fps)
+                stream.height, stream.width = picture.shape[:2]
+                stream.pix_fmt = "yuv420p"
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            output.mux(stream.encode(frame))
+        if stream is not None:
+            output.mux(stream.encode())
+    finally:
+        output.close()
+
+
 def _send(target: str, seconds: float, fps: int, realtime: bool, stop: threading.Event) -> None:
     url = f"{target}?pkt_size=1316" if target.startswith("udp://") else target
     output = av.open(url, mode="w", format="mpegts", options={"flush_packets": "1"})
-    stream = output.add_stream("mpeg2video", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
     started = time.monotonic()
-    try:
+
+    def pictures() -> Iterator[np.ndarray]:
         for index in range(round(seconds * fps)):
             if stop.is_set():
-                break
-            picture = np.full((SIZE[1], SIZE[0], 3), (index * 9) % 256, np.uint8)
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-            frame.pts = index
-            for packet in stream.encode(frame):
-                output.mux(packet)
-            if realtime:
-                time.sleep(max(0.0, started + (index + 1) / fps - time.monotonic()))
-        for packet in stream.encode():
-            output.mux(packet)
-    finally:
-        output.close()
+                return
+            if realtime:  # frame `index` is due at index / fps
+                time.sleep(max(0.0, started + index / fps - time.monotonic()))
+            yield np.full((SIZE[1], SIZE[0], 3), (index * 9) % 256, np.uint8)
+
+    write_frames(output, pictures(), fps)

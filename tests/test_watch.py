@@ -30,7 +30,7 @@ from malmm_cli.watch import watch
 from models import CLASSIFICATION, GenerationSettings, Malmm
 from tests import media
 from tests.conftest import FAST, REPO
-from tests.live_media import Sender, free_port, mpegts_bytes
+from tests.live_media import Sender, free_port, mpegts_bytes, write_frames
 from tests.test_cli import _interrupted
 
 QUICK = GenerationSettings(num_beams=1, max_new_tokens=3)
@@ -107,14 +107,7 @@ def test_sources_are_told_apart(tmp_path: Path) -> None:
         parse_source(str(recording))
     fragmented = tmp_path / "fragmented.mp4"
     output = av.open(str(fragmented), "w", options={"movflags": "frag_keyframe+empty_moov"})
-    stream = output.add_stream("mpeg4", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    for index in range(5):
-        frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-        frame.pts = index
-        for packet in stream.encode(frame):
-            output.mux(packet)
-    output.close()
+    write_frames(output, [np.zeros((48, 64, 3), np.uint8)] * 5, codec="mpeg4")
     assert parse_source(str(fragmented)).follow
 
 
@@ -292,17 +285,8 @@ def test_a_growing_file_is_followed_to_its_end(tiny_malmm: Malmm, tmp_path: Path
 
 
 def test_an_hls_stream_over_http_is_read_to_its_end(tiny_malmm: Malmm, tmp_path: Path) -> None:
-    output = av.open(str(tmp_path / "live.m3u8"), "w", format="hls", options={"hls_time": "1"})
-    stream = output.add_stream("mpeg2video", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    for index in range(30):
-        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 8, np.uint8), format="rgb24")
-        frame.pts = index
-        for packet in stream.encode(frame):
-            output.mux(packet)
-    for packet in stream.encode():
-        output.mux(packet)
-    output.close()
+    playlist = av.open(str(tmp_path / "live.m3u8"), "w", format="hls", options={"hls_time": "1"})
+    write_frames(playlist, (np.full((48, 64, 3), index * 8, np.uint8) for index in range(30)))
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
