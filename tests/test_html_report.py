@@ -211,7 +211,10 @@ def test_caption_folder_reports_and_index(run, browser: Browser, clips: Path, tm
     assert index_rows() == first
 
 
-def test_features_from_the_cache_say_why_pictures_are_missing(run, browser: Browser, clips: Path, tmp_path: Path):
+def test_features_from_the_cache_say_why_pictures_are_missing(
+    run, browser: Browser, clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MALMM_CACHE_DIR", str(tmp_path / "cache"))  # the first read decodes, whatever ran before
     for attempt in ("first", "second"):
         out = tmp_path / attempt
         result = run("caption", clips / "five.mp4", "--fps", "2", "--segment", "2s", "-f", "html", "-o", out)
