@@ -881,14 +881,14 @@ def watch(
     """
     import signal
 
-    from malmm_cli.events import EventWriter
-    from malmm_cli.live import SourceError, parse_source
+    from malmm_cli.events import EventWriter, WatchEvent
+    from malmm_cli.live import LiveStream, SourceError, parse_source
     from malmm_cli.loading import vision_batch_size
     from malmm_cli.pipeline import Memory, check_memory
     from malmm_cli.progress import LiveStatus, Reporter
     from malmm_cli.video import VideoError
+    from malmm_cli.watch import check_watch
     from malmm_cli.watch import watch as watch_stream
-    from malmm_cli.watch import watch_readers
 
     reporter = Reporter(quiet=quiet)
     options = RunOptions(
@@ -901,18 +901,19 @@ def watch(
     except SourceError as error:
         raise typer.BadParameter(str(error), param_hint="SOURCE") from None
     try:
-        watch_readers(every, question, reset_every)
+        check_watch(every, fps, reset_every, Memory(options.bank(CAPTION), memory))
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--reset-every") from None
+        raise typer.BadParameter(str(error), param_hint="--reset-every/--memory") from None
     _check_checkpoint(options)
     fmt = format or ("txt" if sys.stdout.isatty() else "jsonl")
     try:
         writer = EventWriter(fmt, stdout=True, path=output)
     except OSError as error:
         raise typer.BadParameter(f"cannot write {output}: {error.strerror or error}", param_hint="--output") from None
-    stopped, streams = [], []
+    stopped, closed, problems, streams = [], [], [], []
+    name = parsed.display  # no password in messages
 
-    def stop_on_ctrl_c(stream: object) -> None:
+    def stop_on_ctrl_c(stream: LiveStream) -> None:
         def handler(signum: int, frame: object) -> None:
             stopped.append(True)
             stream.stop()
@@ -923,23 +924,24 @@ def watch(
         signal.signal(signal.SIGINT, handler)
         status.describe = stream.status
 
-    def write(event: object) -> None:
+    def write(event: WatchEvent) -> None:
         try:
             writer.write(event)
         except BrokenPipeError:  # the reader of stdout went away (`| head -3`): stop, quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             closed.append(True)
             streams[0].stop()
-
-    closed = []
+        except OSError as error:  # --output cannot be written (disk full...): stop, and say so
+            problems.append(f"cannot write {output}: {error.strerror or error}")
+            streams[0].stop()
 
     previous = signal.getsignal(signal.SIGINT)
-    status = LiveStatus(reporter, lambda: "opening " + source)
+    status = LiveStatus(reporter, lambda: f"opening {name}")
     try:
         malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
         bank = Memory(options.bank(CAPTION), memory)
         check_memory(malmm, bank)
-        reporter.info(f"Watching {source}: a caption every {every:g} s of stream, {fps:g} frames/s read")
+        reporter.info(f"Watching {name}: a caption every {every:g} s of stream, {fps:g} frames/s read")
         with status:
             summary = watch_stream(
                 malmm, parsed, every=every, fps=fps, question=question, reset_every=reset_every, memory=bank,
@@ -954,21 +956,22 @@ def watch(
         if stopped:  # Ctrl-C before the first frame
             reporter.console.print("Interrupted before a frame was read.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        reporter.error(f"{source}: {error}")
+        reporter.error(f"{name}: {error}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         writer.close()
         signal.signal(signal.SIGINT, previous)
     counts = f"{summary.read} frames read, {summary.dropped} dropped to keep up"
-    if closed:
-        raise typer.Exit(EXIT_OK)
-    if stopped:
+    if stopped:  # Ctrl-C, also when it closed the pipe stdout went to
         reporter.console.print(f"Interrupted: {counts}.")
         raise typer.Exit(EXIT_INTERRUPTED)
-    if summary.failed:
-        reporter.error(f"{source}: {summary.ended} ({counts})")
+    if problems or summary.failed:
+        reporter.error(f"{name}: {problems[0] if problems else summary.ended} ({counts})")
         raise typer.Exit(EXIT_FAILED)
-    reporter.info(f"{source}: {'--duration reached' if summary.ended == 'duration' else 'the stream ended'} ({counts})")
+    if not closed:
+        reporter.info(
+            f"{name}: {'--duration reached' if summary.ended == 'duration' else 'the stream ended'} ({counts})"
+        )
     raise typer.Exit(EXIT_OK)
 
 

@@ -24,8 +24,9 @@ class WatchEvent:
     """One interval of a stream read out: its stream times (s), the wall-clock time the event was
     made (ISO 8601), the caption, the answer to --question, frames read in the interval, frames
     dropped since the event before (an interval whose frames were all dropped has no event), and
-    the lag: stream seconds the source had moved on past the interval's end when the event was
-    made. chapter: the memory's chapter (--reset-every), else None."""
+    the lag: how late the event is, in seconds of the source's clock: the stream time the source
+    had moved on past the interval's end when the event was made, plus how far reading lagged
+    behind a live source's own pace. chapter: the memory's chapter (--reset-every), else None."""
 
     start: float
     end: float

@@ -58,6 +58,24 @@ class Source:
         """Whether a lost connection is worth opening again (a file or a pipe that ends has ended)."""
         return self.kind in ("network", "camera")
 
+    @property
+    def live(self) -> bool:
+        """Whether the source sends in real time, so that its end cannot be told from a lost
+        sender: RTSP, UDP, TCP... and cameras. Over HTTP(S) an end is an end (an HLS playlist
+        that ends, a file on a server): opening it again would read it again from its start;
+        there errors and silence still reconnect."""
+        return self.kind == "camera" or (self.kind == "network" and not self.location.lower().startswith("http"))
+
+    @property
+    def display(self) -> str:
+        """The location without a password (for messages)."""
+        parts = urlsplit(self.location)
+        if parts.password is None:
+            return self.location
+        return parts._replace(
+            netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        ).geturl()
+
 
 def parse_source(text: str) -> Source:
     """SOURCE as typed: `-`, a URL, a camera (`0`, `/dev/video0`) or a file; SourceError if none."""
@@ -151,21 +169,27 @@ class StreamClock:
 
 
 class FpsSampler:
-    """Keeps frames on a grid of `fps` per second from the first frame's time: a frame is kept
-    when it reaches the next grid time; a gap in the stream skips the grid times it covered."""
+    """Keeps frames on a grid of `fps` per second from the first frame's time: the first frame at
+    or after each grid time (1 ms early still counts), one per slot; a gap in the stream skips the
+    slots it covered. The slot number is the frame's place in the stream's plan (its position),
+    so frames dropped or lost in a gap leave their positions unused, as in a file."""
+
+    SLACK = 1e-3  # s
 
     def __init__(self, fps: float):
         self.fps = fps
         self.start: float | None = None
-        self.next = 0.0
+        self.last_slot = -1
 
-    def keep(self, seconds: float) -> bool:
+    def slot(self, seconds: float) -> int | None:
+        """The grid slot this frame fills, or None when its slot is filled already."""
         if self.start is None:
             self.start = seconds
-        if seconds + 1e-3 < self.next:
-            return False
-        self.next = self.start + (math.floor((seconds - self.start) * self.fps + 1e-6) + 1) / self.fps
-        return True
+        slot = math.floor((seconds - self.start + self.SLACK) * self.fps)
+        if slot <= self.last_slot:
+            return None
+        self.last_slot = slot
+        return slot
 
 
 @dataclass
@@ -185,6 +209,8 @@ class LiveStats:
     reconnects: int = 0  # reconnect attempts made
     newest: float = 0.0  # stream time of the newest frame delivered
     newest_read: float = 0.0  # stream time of the newest frame the model took
+    behind: float = 0.0  # s the reader is behind a live source's pace (arrival clock minus stream time)
+    first_arrival: float = 0.0  # time.monotonic() of the first frame
     started: float = field(default_factory=time.monotonic)
 
 
@@ -247,7 +273,9 @@ class _Camera:
 
         if not Path(source.location).exists():
             raise SourceError(f"{source.location}: no such camera")
-        self.capture = cv2.VideoCapture(source.location, cv2.CAP_V4L2)
+        milliseconds = round(timeout * 1000)
+        self.capture = cv2.VideoCapture(source.location, cv2.CAP_V4L2, [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds])  # fmt: skip
         if not self.capture.isOpened():
             raise SourceError(f"{source.location}: the camera cannot be opened (in use, or no permission?)")
 
@@ -306,6 +334,8 @@ class LiveReader:
         self.sampler = FpsSampler(fps)
         self.stats = LiveStats()
         self.buffer: deque[LiveFrame] = deque()
+        if buffered < 1:
+            raise ValueError(f"buffered must be at least 1 frame, got {buffered}")
         self.buffered = buffered
         self.drops: deque[float] = deque()  # stream times of dropped frames not yet counted in an event
         self.reads: deque[float] = deque()  # stream times of frames read, likewise
@@ -313,7 +343,7 @@ class LiveReader:
         self.failed = False  # whether it stopped on a failure (exit status 1)
         self.stopping = False  # set by stop() (from a signal handler too: a plain assignment)
         self._lock = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=f"malmm-watch {source.location}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"malmm-watch {source.display}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -370,37 +400,44 @@ class LiveReader:
                     if connection is not None:
                         connection.close()
                         connection = None
-                if self.stopping or not self.source.reconnects:
+                if self.stopping or not self.source.reconnects or (reason == "end" and not self.source.live):
                     return
-                if attempts >= self.reconnect:  # an end is an end; an error, or silence, a failure
-                    failed = reason != "end"
+                if attempts >= self.reconnect:  # an end is an end; an error, silence or failed attempts, a loss
                     if attempts:
                         reason = f"lost the stream ({_said(reason)}) and {attempts} reconnect attempts failed"
-                    self._finish(reason, failed=failed)
+                    self._finish(reason, failed=reason != "end")
                     return
                 attempts += 1
                 delay = min(BACKOFF_LIMIT, 2.0 ** (attempts - 1))
                 self.notify(f"lost the stream ({_said(reason)}): reconnecting in {delay:g} s (attempt {attempts} of "
                             f"{self.reconnect})")  # fmt: skip
                 self._sleep(delay)
+                if self.stopping:
+                    return
                 self.clock.discontinue()
                 self.stats.reconnects += 1
         except Exception as error:  # anything unforeseen ends the stream with its reason, not silently
             self._finish(f"reading stopped: {error}", failed=True)
         finally:
-            self._finish("stopped" if self.stopping else reason, failed=reason not in ("end", "duration"))
+            stopped = self.stopping
+            self._finish("stopped" if stopped else reason, failed=not stopped and reason not in ("end", "duration"))
 
     def _arrived(self, timestamp: float | None, image: Callable[[], np.ndarray]) -> bool:
         """One decoded frame: give it its stream time, keep it if it is on the grid. True when
         --duration is reached."""
         seconds = self.clock.time(timestamp)
+        if self.stats.decoded == 0:
+            self.stats.first_arrival = self.clock.last_arrival
         self.stats.decoded += 1
         if self.duration is not None and seconds >= self.duration - 1e-6:  # the slack of Grid.index
             return True
         self.stats.newest = seconds
-        if not self.sampler.keep(seconds):
+        if self.source.live:  # how far reading is behind the source's own pace (decoding too slow?)
+            self.stats.behind = max(0.0, (self.clock.last_arrival - self.stats.first_arrival) - seconds)
+        slot = self.sampler.slot(seconds)
+        if slot is None:
             return False
-        frame = LiveFrame(Sample(self.stats.sampled, seconds, seconds), self.prepare(image()))
+        frame = LiveFrame(Sample(slot, seconds, seconds), self.prepare(image()))
         self.stats.sampled += 1
         with self._lock:
             if len(self.buffer) >= self.buffered:  # the model is behind: drop the oldest waiting frame
@@ -488,6 +525,7 @@ class LiveStream:
         """A line for a person watching: how far the stream is, how fast it is read, how far behind."""
         stats = self.reader.stats
         rate = stats.read / max(1e-9, time.monotonic() - stats.started)
+        behind = max(0.0, stats.newest - stats.newest_read) + stats.behind
         line = (f"stream {format_timestamp(stats.newest)} · {rate:.2f} frames/s read · "
-                f"{max(0.0, stats.newest - stats.newest_read):.1f} s behind · {stats.dropped} dropped")  # fmt: skip
+                f"{behind:.1f} s behind · {stats.dropped} dropped")  # fmt: skip
         return line + (f" · {stats.reconnects} reconnect attempts" if stats.reconnects else "")

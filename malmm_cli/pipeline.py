@@ -216,6 +216,7 @@ class _Video:
         self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
         self.chapter: dict[int, int] = {}  # restarting reader -> index of its current chapter
         self.first_index: dict[int, int] = {}  # restarting reader -> plan index its chapter's positions start at
+        self._chapter_plans: dict[Grid, dict[int, list[int]]] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # reader -> what the LLM would read now [1, T, D]
         self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current chapter
         self.readouts: list[_Readout] = []
@@ -246,8 +247,13 @@ class _Video:
         live stream plans nothing: its positions start at the chapter's first frame read."""
         if self.live:
             return sample.index, None
-        planned = [number for number, time in enumerate(self.stream.times) if grid.index(time) == index]
-        return planned[0], len(planned)
+        if grid not in self._chapter_plans:  # once per grid: (first plan index, count) per chapter
+            plans: dict[int, list[int]] = {}
+            for number, time in enumerate(self.stream.times):
+                plans.setdefault(grid.index(time), [number, 0])[1] += 1
+            self._chapter_plans[grid] = plans
+        first, count = self._chapter_plans[grid][index]
+        return first, count
 
     def step(self, sample: Sample, features: torch.Tensor, shared: dict[int, torch.Tensor]) -> None:
         """After the shared state has read the frame (`shared`: reader -> its output), step the

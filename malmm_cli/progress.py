@@ -7,6 +7,7 @@ informational lines, leaving errors, warnings and the failure summary.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -333,7 +334,9 @@ class EvalProgress(_LongJob):
 
 class LiveStatus:
     """One status line on a terminal's stderr while a stream is watched (Rich Live, redrawn twice a
-    second from `describe`); nothing elsewhere or with --quiet."""
+    second from `describe`); nothing elsewhere or with --quiet. What is written to stdout goes
+    above the line when stdout is that terminal too, and to stdout itself when it is not (a pipe,
+    a file): Rich would otherwise send it to the terminal."""
 
     def __init__(self, reporter: Reporter, describe: Callable[[], str]):
         self.reporter, self.describe = reporter, describe
@@ -344,7 +347,9 @@ class LiveStatus:
 
     def __enter__(self) -> LiveStatus:
         if self.reporter.animated:
-            self._live = Live(self, console=self.reporter.console, refresh_per_second=2, transient=True)
+            shared = sys.stdout.isatty()  # the same terminal: Rich prints stdout above the line
+            self._live = Live(self, console=self.reporter.console, refresh_per_second=2, transient=True,
+                              redirect_stdout=shared, redirect_stderr=False)  # fmt: skip
             self._live.__enter__()
         return self
 

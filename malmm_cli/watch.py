@@ -39,6 +39,17 @@ def watch_readers(every: float, question: str | None = None, reset_every: float 
     return readers
 
 
+def check_watch(every: float, fps: float, reset_every: float | None, memory: Memory) -> None:
+    """What can be refused before a model loads (ValueError): chapters that cut intervals, and a
+    concat memory that a stream would overflow (it keeps every frame of a chapter)."""
+    watch_readers(every, None, reset_every)
+    if memory.strategy == "concat" and (reset_every is None or reset_every * fps > memory.bank_length):
+        raise ValueError(
+            f"--memory concat keeps every frame, at most {memory.bank_length}: a stream needs --reset-every "
+            f"of at most {memory.bank_length / fps:g} s at {fps:g} frames/s"
+        )
+
+
 @dataclass
 class WatchSummary:
     """How a watch ended: frames sampled, read and dropped, and why it stopped (`failed`: on an
@@ -76,13 +87,9 @@ def watch(
     on_event for each interval as soon as it is read out; the interval in progress is read out
     at the end. on_start(stream) is called once the stream is open (to stop it from a signal
     handler, or show its status). Raises VideoError if nothing could be read."""
-    readers = watch_readers(every, question, reset_every)
     memory = memory or Memory(CAPTION.memory_bank_length)
-    if memory.strategy == "concat" and (reset_every is None or reset_every * fps > memory.bank_length):
-        raise ValueError(
-            f"--memory concat keeps every frame, at most {memory.bank_length}: a stream needs --reset-every "
-            f"of at most {memory.bank_length / fps:g} s at {fps:g} frames/s"
-        )
+    check_watch(every, fps, reset_every, memory)
+    readers = watch_readers(every, question, reset_every)
     stream = LiveStream(malmm, source, fps, batch_size, timeout=timeout, reconnect=reconnect, duration=duration,
                         buffered=buffered, notify=notify)  # fmt: skip
     answers: dict[tuple[float, float], dict[str, Answered]] = {}
@@ -100,7 +107,8 @@ def watch(
         now = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
         on_event(WatchEvent(
             start=span[0], end=span[1], wall_time=now,
-            text=parts["caption"].answer, frames=frames, dropped=dropped, lag=max(0.0, stream.duration - span[1]),
+            text=parts["caption"].answer, frames=frames, dropped=dropped,
+            lag=max(0.0, stream.duration - span[1]) + stream.reader.stats.behind,
             question=question, answer=None if asked is None else asked.answer,
             chapter=None if reset_every is None else math.floor(span[0] / reset_every + 1e-9),
         ))  # fmt: skip

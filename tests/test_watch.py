@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from malmm_cli.events import EventWriter, WatchEvent, to_jsonl, to_txt
-from malmm_cli.live import FpsSampler, SourceError, StreamClock, parse_source
+from malmm_cli.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
 from malmm_cli.pipeline import Memory, Reader, Sampling, VideoStream, read_streams
 from malmm_cli.stream import Sample
 from malmm_cli.watch import watch
@@ -81,11 +81,15 @@ def test_stream_clock_never_goes_backwards() -> None:
     assert at(2.7, 950.1) == pytest.approx(2.7)
 
 
-def test_fps_sampling_keeps_a_grid_from_the_first_frame() -> None:
+def test_fps_sampling_keeps_one_frame_per_grid_slot() -> None:
     sampler = FpsSampler(4)
     times = [round(0.1 * i, 1) for i in range(20)] + [5.0, 5.1, 5.2, 5.3]
-    kept = [t for t in times if sampler.keep(t)]
-    assert kept == [0.0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 5.0, 5.3]  # a gap skips the grid times it covered
+    kept = [(t, slot) for t in times if (slot := sampler.slot(t)) is not None]
+    assert [t for t, _ in kept] == [0.0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 5.0, 5.3]
+    assert [slot for _, slot in kept] == [0, 1, 2, 3, 4, 5, 6, 7, 20, 21]  # a gap leaves its slots unused
+    ntsc = FpsSampler(1)  # 29.97 frames/s: some frames land just before a grid time, none may take two slots
+    slots = [slot for i in range(601 * 30_000 // 1001) if (slot := ntsc.slot(i * 1001 / 30_000)) is not None]
+    assert slots == list(range(601))
 
 
 def test_sources_are_told_apart(tmp_path: Path) -> None:
@@ -296,15 +300,16 @@ def test_an_hls_stream_over_http_is_read_to_its_end(tiny_malmm: Malmm, tmp_path:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/live.m3u8"
-        # --reconnect 0: the playlist's end is the stream's; a buffer for all 12 frames: it arrives faster
-        # than real time, and no frame may be dropped here (test_a_slow_model_drops_frames tests drops)
-        events, summary, _ = _watch(tiny_malmm, url, buffered=64)
+        # the playlist's end is the stream's, reconnects or not: it is not read again from its start. A
+        # buffer for all 12 frames: they arrive faster than real time (test_a_slow_model_... tests drops)
+        events, summary, lines = _watch(tiny_malmm, url, buffered=64, reconnect=5)
     finally:
         server.shutdown()
         server.server_close()
     assert summary.ended == "end" and not summary.failed
     assert [event.start for event in events] == [0.0, 1.0, 2.0]
     assert [event.frames for event in events] == [4, 4, 4] and summary.dropped == 0
+    assert summary.reconnects == 0 and not lines
     assert _no_reader_thread_left()
 
 
@@ -345,6 +350,73 @@ def test_the_status_line_shows_on_a_terminal_only() -> None:
     with LiveStatus(Reporter(console=Console(file=plain, force_terminal=False)), lambda: "never shown"):
         time.sleep(0.6)
     assert plain.getvalue() == ""
+
+
+def test_events_go_to_stdout_while_the_status_line_shows(capsys: pytest.CaptureFixture) -> None:
+    from rich.console import Console
+
+    from malmm_cli.progress import LiveStatus, Reporter
+
+    screen = io.StringIO()
+    event = WatchEvent(0.0, 10.0, "2026-12-02T10:00:00.000+00:00", "a dog runs", 10, 0, 0.25)
+    with LiveStatus(Reporter(console=Console(file=screen, force_terminal=True)), lambda: "stream 00:00:10"):
+        EventWriter("jsonl").write(event)  # stdout is a pipe here (captured), stderr a terminal
+    assert json.loads(capsys.readouterr().out)["text"] == "a dog runs"
+    assert "a dog runs" not in screen.getvalue()
+
+
+class _Scripted:
+    """A connection that delivers `frames` frames at 10 frames/s, then ends or fails."""
+
+    def __init__(self, frames: int, failure: str | None = None):
+        self.count, self.failure = frames, failure
+
+    def frames(self):
+        for index in range(self.count):
+            yield index / 10, lambda: np.zeros((4, 4, 3), np.uint8)
+        if self.failure:
+            raise SourceError(self.failure)
+
+    def close(self) -> None:
+        pass
+
+
+def _reader_outcome(openings: list, **options: object) -> tuple[LiveReader, list[str]]:
+    """Run a LiveReader over scripted openings (a connection, or the error opening it raises)."""
+    lines: list[str] = []
+
+    def open_connection(source: object, timeout: float) -> _Scripted:
+        opening = openings.pop(0) if openings else SourceError("connection refused")
+        if isinstance(opening, Exception):
+            raise opening
+        return opening
+
+    reader = LiveReader(parse_source("rtsp://127.0.0.1:1/live"), 10, lambda image: image, notify=lines.append,
+                        open_connection=open_connection, buffered=100, **options)  # fmt: skip
+    reader.start()
+    return reader, lines
+
+
+def test_how_a_lost_stream_ends() -> None:
+    reader, lines = _reader_outcome([_Scripted(5)], reconnect=2)  # the camera goes away for good
+    reader._thread.join(10)
+    assert reader.failed and reader.ended == "lost the stream (connection refused) and 2 reconnect attempts failed"
+    assert lines == ["lost the stream (it ended): reconnecting in 1 s (attempt 1 of 2)",
+                     "lost the stream (connection refused): reconnecting in 2 s (attempt 2 of 2)"]  # fmt: skip
+    reader, lines = _reader_outcome([_Scripted(5), _Scripted(0), _Scripted(0)], reconnect=2)
+    reader._thread.join(10)  # reopened twice, nothing came: lost, not ended
+    assert reader.failed and reader.ended.endswith("2 reconnect attempts failed")
+    reader, _ = _reader_outcome([_Scripted(5)], reconnect=0)  # the sender closed it, no reconnecting: the end
+    reader._thread.join(10)
+    assert not reader.failed and reader.ended == "end"
+    reader, _ = _reader_outcome([_Scripted(5, failure="connection reset")], reconnect=3)
+    time.sleep(0.3)  # in its first back-off
+    reader.close()
+    assert not reader._thread.is_alive() and reader.ended == "stopped" and not reader.failed
+    assert reader.stats.reconnects == 0  # the attempt it was waiting for was never made
+    reader, _ = _reader_outcome([SourceError("name or service not known")], reconnect=5)
+    reader._thread.join(10)  # a first opening that fails is said at once, not retried
+    assert reader.failed and reader.ended == "name or service not known" and reader.stats.reconnects == 0
 
 
 def _malmm_watch(tiny_llama_dir: Path, *args: str | Path) -> list[str]:
