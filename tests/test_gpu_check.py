@@ -34,9 +34,11 @@ def test_gpu_check_in_cpu_mode(tmp_path: Path) -> None:
     assert all(training[name]["examples_per_s"] > 0 for name in ("adamw", "adamw8bit"))
     batching = results["sections"]["batching"]
     assert all(batching[key] > 0 for key in ("step_ms_1_video", "step_ms_8_videos", "generate_s_8"))
+    watching = results["sections"]["watch"]
+    assert watching["frames_read"] == 8 and watching["events"] == 2 and watching["frames_per_s"] > 0
     text = render(results)
     assert "not measured" not in text and "minutes per hour of video" in text and "8 videos at once" in text
-    assert "Training step" in text
+    assert "Training step" in text and "frames/s read" in text
 
 
 def test_a_failing_section_is_recorded_and_the_rest_still_render() -> None:
