@@ -1092,6 +1092,26 @@ def train(
             "trained parameters, for small GPUs. Checkpoints hold the merged weights.",
         ),
     ] = None,
+    temporal: Annotated[
+        str,
+        typer.Option(
+            "--temporal",
+            metavar=_metavar(("none", "mamba")),
+            parser=_choice("none", "mamba"),
+            help="Add a causal Mamba after the Q-Former over each query's per-frame outputs, gated to start "
+            "as a no-op, and train it (alone, on cached Q-Former outputs, unless --temporal-with-qformer). "
+            "Readers pick it up from the run's checkpoint.",
+        ),
+    ] = "none",
+    temporal_layers: Annotated[
+        int, typer.Option("--temporal-layers", metavar="N", parser=_count, help="Mamba layers of --temporal.")
+    ] = 1,
+    temporal_with_qformer: Annotated[
+        bool,
+        typer.Option(
+            "--temporal-with-qformer", help="Train --temporal together with the Q-Former and what MA-LMM trains."
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -1152,7 +1172,8 @@ def train(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
         grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
-        optimizer=optimizer, augment=augment, lora_rank=lora or 0,
+        optimizer=optimizer, augment=augment, lora_rank=lora or 0, temporal=temporal, temporal_layers=temporal_layers,
+        temporal_with_qformer=temporal_with_qformer,
     )  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,

@@ -134,7 +134,7 @@ def test_checkpoint_round_trip_and_mismatches(malmm: Malmm, tiny_llama_dir: Path
     assert torch.equal(outputs[-1], expected[-1])
 
     plain = Malmm.from_pretrained(tiny_llama_dir)
-    with pytest.raises(CheckpointError, match="temporal module.*none"):
+    with pytest.raises(CheckpointError, match=r"temporal module.*the model has temporal module none"):
         load_checkpoint(plain.model, path)  # a module, into a model without one
     other = Malmm.from_pretrained(tiny_llama_dir)
     other.model.add_temporal("mamba", layers=1)
@@ -151,3 +151,60 @@ def test_settings_are_checked() -> None:
         temporal_settings("lstm", 64)
     with pytest.raises(ValueError, match="unknown"):
         temporal_settings("mamba", 64, depth=3)
+
+
+def test_train_command_trains_the_module_alone_and_readers_pick_it_up(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """`malmm train --temporal mamba`: only the module changes (the Q-Former's outputs are read
+    once per clip and draw, then reused); `predict --checkpoint RUN` builds the module from the
+    run and reads through it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from malmm_cli import train as training
+    from malmm_cli.cli import app
+    from tests.media import make_scene
+
+    rows = []
+    for i, colour in enumerate(["red", "blue"] * 3):
+        make_scene(tmp_path / f"{colour}-{i}.mp4", colour, seed=i)
+        rows.append(f'{{"video": "{colour}-{i}.mp4", "label": "{colour}"}}\n')
+    (tmp_path / "labels.jsonl").write_text("".join(rows))
+    (tmp_path / "labels.txt").write_text("red\nblue\n")
+    small = ["--device", "cpu", "--frames", "4", "--memory-bank-length", "2"]
+    run = tmp_path / "run"
+    reads = []
+    original = training.query_outputs
+
+    def counted(*args):
+        reads.append(args[2].shape[0])
+        return original(*args)
+
+    training.query_outputs = counted
+    try:
+        result = CliRunner().invoke(app, ["train", str(tmp_path / "labels.jsonl"), "--task", "classify", "--output",
+                                          str(run), "--model", str(tiny_llama_dir), *small, "--epochs", "3",
+                                          "--batch-size", "3", "--samplings", "2", "--warmup-steps", "1", "--lr",
+                                          "1e-2", "--temporal", "mamba", "--temporal-layers", "2"],
+                                    catch_exceptions=False)  # fmt: skip
+    finally:
+        training.query_outputs = original
+    assert result.exit_code == 0, result.output
+    assert "temporal mamba (2 layers) trained alone" in result.output
+    assert sum(reads) == 6 * 2  # each clip's Q-Former outputs once per sampling, not once per epoch
+    saved = load_file(str(run / "model.safetensors"))
+    base = Malmm.from_pretrained(tiny_llama_dir).model.state_dict()
+    for name, tensor in saved.items():
+        if name.startswith("temporal."):
+            continue
+        assert torch.equal(tensor, base[name]), name  # everything else frozen
+    assert saved["temporal.gate"].item() != 0.0  # the module was trained
+    with safe_open(str(run / "model.safetensors"), framework="pt") as file:
+        assert '"layers": 2' in file.metadata()["temporal"]
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "red-0.mp4"), "--model", str(tiny_llama_dir), *small,
+                                      "--checkpoint", str(run), "--labels", str(tmp_path / "labels.txt"),
+                                      "--format", "jsonl", "-q"], catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    reader = Malmm.from_pretrained(tiny_llama_dir, checkpoint=run)
+    assert reader.model.temporal is not None and reader.model.temporal.gate.item() == saved["temporal.gate"].item()
