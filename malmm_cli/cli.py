@@ -1182,9 +1182,9 @@ def train(
     shape = training.training_shape(settings, examples + held_out)
     malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
-    trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
-                               cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
     try:
+        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
+                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
         if resume:
             trainer.resume()
     except (training.TrainingError, CheckpointError) as error:

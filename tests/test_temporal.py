@@ -3,6 +3,7 @@ a clip, bounded in size, and carried by checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,18 +72,19 @@ def test_stepping_frame_by_frame_equals_the_scan_over_the_clip(malmm: Malmm, lay
         torch.testing.assert_close(scanned[:, t], output, rtol=1e-5, atol=1e-5)
 
 
-def test_training_reads_the_clip_with_the_scan(malmm: Malmm) -> None:
+@pytest.mark.parametrize("strategy", ["malmm", "avgpool", "concat"])
+def test_training_reads_the_clip_with_the_scan(malmm: Malmm, strategy: str) -> None:
     """read_clip (Q-Former outputs of every frame, then the scan over the clip, gradients
-    through it) ends where stepping frame by frame ends."""
+    through it, then the strategy's pooling) ends where stepping frame by frame ends."""
     model = malmm.model
     opened(model.add_temporal("mamba"))
     raw = features(5)  # read_clip takes features before the vision LayerNorm, [B, T, N, C]
     with torch.no_grad():
-        stepped, _ = read(model, model.vision_model.post_layernorm(raw))
+        stepped, _ = read(model, model.vision_model.post_layernorm(raw), bank=5, strategy=strategy)
     trained = trainable_parameters(model, temporal_only=True)
     assert trained and all(name.startswith("temporal.") for name, _ in trained)
     state = model.new_memory(torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
-                             3, total_frames=5)  # fmt: skip
+                             5, total_frames=5, strategy=strategy)  # fmt: skip
     output = read_clip(model, state, raw.transpose(0, 1))
     torch.testing.assert_close(output, stepped[-1], rtol=1e-5, atol=1e-5)
     output.square().sum().backward()
@@ -143,6 +145,18 @@ def test_checkpoint_round_trip_and_mismatches(malmm: Malmm, tiny_llama_dir: Path
     save_trained(plain.model, tmp_path / "plain.safetensors", "tiny")
     with pytest.raises(CheckpointError, match="temporal module"):
         load_checkpoint(other.model, tmp_path / "plain.safetensors")  # no module, into a model with one
+
+
+def test_a_start_with_another_module_is_refused(malmm: Malmm) -> None:
+    from malmm_cli.train import TrainingError, TrainSettings, add_temporal_module
+
+    malmm.model.add_temporal("mamba", layers=2)
+    settings = TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3, temporal="mamba")
+    with pytest.raises(TrainingError, match="starting checkpoint has temporal module mamba"):
+        add_temporal_module(malmm.model, settings)
+    module = malmm.model.temporal
+    add_temporal_module(malmm.model, dataclasses.replace(settings, temporal_layers=2))
+    assert malmm.model.temporal is module  # the same module: its weights go on training
 
 
 def test_settings_are_checked() -> None:
