@@ -147,6 +147,21 @@ def test_checkpoint_round_trip_and_mismatches(malmm: Malmm, tiny_llama_dir: Path
         load_checkpoint(other.model, tmp_path / "plain.safetensors")  # no module, into a model with one
 
 
+def test_the_model_config_carries_the_module(malmm: Malmm, tmp_path: Path) -> None:
+    """save_pretrained/from_pretrained keep the module (config.temporal and its weights)."""
+    from models.modeling import MalmmForConditionalGeneration
+
+    model = malmm.model
+    opened(model.add_temporal("mamba", state_size=8), gate=0.25)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = MalmmForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    assert loaded.config.temporal == model.config.temporal and loaded.temporal.gate.item() == 0.25
+    theirs = loaded.temporal.state_dict()
+    assert theirs.keys() == model.temporal.state_dict().keys()
+    for name, ours in model.temporal.state_dict().items():
+        assert torch.equal(ours, theirs[name]), name
+
+
 def test_a_start_with_another_module_is_refused(malmm: Malmm) -> None:
     from malmm_cli.train import TrainingError, TrainSettings, add_temporal_module
 
