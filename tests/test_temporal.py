@@ -237,3 +237,41 @@ def test_train_command_trains_the_module_alone_and_readers_pick_it_up(tiny_llama
     assert result.exit_code == 0, result.output
     reader = Malmm.from_pretrained(tiny_llama_dir, checkpoint=run)
     assert reader.model.temporal is not None and reader.model.temporal.gate.item() == saved["temporal.gate"].item()
+
+
+@pytest.mark.parametrize("description", ["caption with segments", "questions"])
+def test_the_reading_loop_carries_the_module_state_per_video(
+    malmm: Malmm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, description: str
+) -> None:
+    """Videos read in lockstep (leaving the batch at different steps: `MemoryState.select`) give
+    the LLM what each read alone gives, through an open module; and the module changes it."""
+    from malmm_cli import pipeline
+    from tests import media
+    from tests.test_reading import DESCRIPTIONS, read
+
+    clips = [media.make_video(tmp_path / "two.mp4", seconds=2, fps=10, size=(64, 48)),
+             media.make_video(tmp_path / "five.mp4", seconds=5, fps=10, size=(96, 64), seed=3)]  # fmt: skip
+    seen: dict[tuple, torch.Tensor] = {}
+    answer = pipeline._answer
+
+    def spy(model, pending, *args):
+        for readout in pending:
+            seen[(str(readout.video.path), readout.reader, readout.span)] = readout.tokens.clone()
+        return answer(model, pending, *args)
+
+    monkeypatch.setattr(pipeline, "_answer", spy)
+    readers, task, bank = DESCRIPTIONS[description]
+    read(malmm, clips, readers, task, bank)
+    without = dict(seen)
+    opened(malmm.model.add_temporal("mamba"), gate=0.8)
+    seen.clear()
+    read(malmm, clips, readers, task, bank)
+    lockstep = dict(seen)
+    assert lockstep.keys() == without.keys()
+    assert not any(torch.allclose(lockstep[key], without[key], atol=1e-3) for key in lockstep)
+    for path in clips:
+        seen.clear()
+        read(malmm, [path], readers, task, bank)
+        assert seen
+        for key, tokens in seen.items():
+            torch.testing.assert_close(lockstep[key], tokens, atol=1e-5, rtol=0)
