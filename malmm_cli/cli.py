@@ -1095,6 +1095,26 @@ def train(
             "trained parameters, for small GPUs. Checkpoints hold the merged weights.",
         ),
     ] = None,
+    temporal: Annotated[
+        str,
+        typer.Option(
+            "--temporal",
+            metavar=_metavar(("none", "mamba")),
+            parser=_choice("none", "mamba"),
+            help="Add a causal Mamba after the Q-Former over each query's per-frame outputs, gated to start "
+            "as a no-op, and train it (alone, on cached Q-Former outputs, unless --temporal-with-qformer). "
+            "Readers pick it up from the run's checkpoint.",
+        ),
+    ] = "none",
+    temporal_layers: Annotated[
+        int, typer.Option("--temporal-layers", metavar="N", parser=_count, help="Mamba layers of --temporal.")
+    ] = 1,
+    temporal_with_qformer: Annotated[
+        bool,
+        typer.Option(
+            "--temporal-with-qformer", help="Train --temporal together with the Q-Former and what MA-LMM trains."
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -1155,7 +1175,8 @@ def train(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
         grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
-        optimizer=optimizer, augment=augment, lora_rank=lora or 0,
+        optimizer=optimizer, augment=augment, lora_rank=lora or 0, temporal=temporal, temporal_layers=temporal_layers,
+        temporal_with_qformer=temporal_with_qformer,
     )  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
@@ -1164,9 +1185,9 @@ def train(
     shape = training.training_shape(settings, examples + held_out)
     malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
-    trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
-                               cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
     try:
+        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
+                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
         if resume:
             trainer.resume()
     except (training.TrainingError, CheckpointError) as error:

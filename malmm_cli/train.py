@@ -45,16 +45,18 @@ from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from malmm_cli.writers import write_json
 from models import Malmm
-from models.checkpoint import CheckpointError, save_trained
+from models.checkpoint import CheckpointError, describe_temporal, save_trained
 from models.lora import add_lora
 from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
+from models.temporal import TEMPORAL_KINDS, temporal_settings
 from models.training import (
     MAX_PROMPT_TOKENS,
     MAX_TARGET_TOKENS,
     answer_loss,
     parameter_groups,
     read_clip,
+    temporal_read,
     trainable_parameters,
     warmup_cosine,
 )
@@ -96,10 +98,20 @@ class TrainSettings:
     optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
     augment: bool = False  # crop and flip each clip anew every epoch (the ViT runs every step)
     lora_rank: int = 0  # train the Q-Former through LoRA adapters of this rank (models/lora.py); 0: whole
+    temporal: str = "none"  # "mamba": add and train a temporal module after the Q-Former (models/temporal.py)
+    temporal_layers: int = 1
+    temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_BYTES:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_BYTES)}, got {self.optimizer!r}")
+        if self.temporal not in TEMPORAL_KINDS:
+            raise ValueError(f"temporal must be one of {', '.join(TEMPORAL_KINDS)}, got {self.temporal!r}")
+
+    @property
+    def temporal_only(self) -> bool:
+        """Whether the temporal module is trained alone (everything else frozen)."""
+        return self.temporal != "none" and not self.temporal_with_qformer
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
@@ -220,7 +232,12 @@ class Trainer:
         torch.manual_seed(settings.seed)  # the adapters' initialisation too
         if settings.lora_rank:
             add_lora(model, settings.lora_rank)
-        self.trained = trainable_parameters(model)
+        if settings.temporal != "none":
+            add_temporal_module(model, settings)
+        self.trained = trainable_parameters(model, temporal_only=settings.temporal_only)
+        # With the Q-Former frozen its per-frame outputs never change: computed once per clip
+        # and draw, kept here (float16, NQ x D x 2 bytes a frame), the module trained on them.
+        self.query_outputs: dict[tuple[str, int | None], torch.Tensor] = {}
         if checkpointing if checkpointing is not None else malmm.device.type == "cuda":
             model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(settings.seed)  # again: dropout's stream starts alike with or without adapters
@@ -239,19 +256,34 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def _read(self, examples: list[Example], features: list[torch.Tensor]) -> tuple[list[str], torch.Tensor]:
-        """(prompts, the last step's query output [B, NQ, D]) of clips read into fresh memories."""
+    def _read(
+        self, examples: list[Example], features: list[torch.Tensor], draw: int | None = None
+    ) -> tuple[list[str], torch.Tensor]:
+        """(prompts, the last step's query output [B, NQ, D]) of clips read into fresh memories.
+        draw: which sampling the features are (None: the even one), the key of cached outputs."""
         prompts = [prompt_for(self.settings.task, e) for e in examples]
         state = self.malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
                                       strategy=self.settings.memory)  # fmt: skip
-        return prompts, read_clip(self.malmm.model, state, torch.stack(features).to(self.malmm.device))
+        model = self.malmm.model
+        if not self.settings.temporal_only or (self.settings.augment and draw is not None):
+            return prompts, read_clip(model, state, torch.stack(features).to(self.malmm.device))
+        keys = [(e.id, draw) for e in examples]
+        if any(key not in self.query_outputs for key in keys):
+            with torch.no_grad():
+                outputs = query_outputs(model, state, torch.stack(features).to(self.malmm.device))
+            for key, output in zip(keys, outputs, strict=True):
+                self.query_outputs[key] = output.to("cpu", torch.float16)
+        outputs = torch.stack([self.query_outputs[key] for key in keys]).to(self.malmm.device, torch.float32)
+        return prompts, temporal_read(model, state, outputs)
 
     def _loss(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> torch.Tensor:
         targets = [target_for(self.settings.task, e) for e in examples]
         return answer_loss(self.malmm.model, self.malmm.tokenizer, output, prompts, targets)
 
-    def batch_loss(self, examples: list[Example], features: list[torch.Tensor]) -> torch.Tensor:
-        return self._loss(examples, *self._read(examples, features))
+    def batch_loss(
+        self, examples: list[Example], features: list[torch.Tensor], draw: int | None = None
+    ) -> torch.Tensor:
+        return self._loss(examples, *self._read(examples, features, draw))
 
     def _micro_batches(self, epoch: int) -> list[list[int]]:
         order = epoch_order(len(self.train_set), self.settings.seed, epoch)
@@ -260,8 +292,11 @@ class Trainer:
 
     def _train_mode(self, training: bool) -> None:
         model = self.malmm.model
-        model.qformer.train(training)  # dropout as MA-LMM trains; the ViT always evaluates
+        # dropout as MA-LMM trains; the ViT always evaluates, and so does a frozen Q-Former
+        model.qformer.train(training and not self.settings.temporal_only)
         model.language_model.train(training)
+        if model.temporal is not None:
+            model.temporal.train(training)
 
     # --- the run --------------------------------------------------------------------------------
 
@@ -322,7 +357,7 @@ class Trainer:
             examples, features = self.features.readable([self.train_set[i] for i in indices], draw, settings.seed)
             if not examples:
                 continue
-            loss = self.batch_loss(examples, features)
+            loss = self.batch_loss(examples, features, draw)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}: lower --lr")
             self.scaler.scale(loss / len(group)).backward()
@@ -438,8 +473,9 @@ class Trainer:
             tensors = load_file(str(folder / "state.safetensors"))
         except (OSError, ValueError) as error:
             raise TrainingError(f"cannot resume from {folder}: {error}") from error
-        stored = plain["settings"]
         current = dataclasses.asdict(self.settings)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.name not in plain["settings"]}
+        stored = {**defaults, **plain["settings"]}  # a run saved before a setting existed had its default
         if stored != current:
             changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
@@ -458,6 +494,30 @@ class Trainer:
         self.position = Position(**plain["position"])
         self.history, self.best, self.epoch_figures = plain["history"], plain["best"], plain["epoch_figures"]
         self.features.unreadable = set(plain["unreadable"])
+
+
+def add_temporal_module(model: Any, settings: TrainSettings) -> None:
+    """Give the model the run's temporal module, unless it starts from a checkpoint that has that
+    module already (then its weights go on training); a different one is refused."""
+    wanted = temporal_settings(settings.temporal, model.config.qformer_config.hidden_size,
+                               layers=settings.temporal_layers)  # fmt: skip
+    present = getattr(model.config, "temporal", None)
+    if present is None:
+        model.set_temporal(wanted)
+    elif present != wanted:
+        raise TrainingError(
+            f"the starting checkpoint has temporal module {describe_temporal(present)}, the run asks for "
+            f"{describe_temporal(wanted)}: give the same --temporal options, or start from another checkpoint"
+        )
+
+
+def query_outputs(model: Any, state: Any, features: torch.Tensor) -> torch.Tensor:
+    """The Q-Former query outputs of every frame of clips [B, T, N, C] (ViT features before the
+    vision LayerNorm) read into fresh memories: [B, T, NQ, D], before the temporal module."""
+    norm = model.vision_model.post_layernorm
+    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
+               for t in range(features.shape[1])]  # fmt: skip
+    return torch.stack(outputs, dim=1)
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -527,9 +587,17 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
         f"Training {s.task} on {train} clips ({val} for validation): {s.epochs} epochs of "
         f"{s.steps_per_epoch(train)} steps, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
         f"{s.frames} frames, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
-        f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}; "
+        f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
+        f"{_temporal_words(s)}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
     )
+
+
+def _temporal_words(settings: TrainSettings) -> str:
+    if settings.temporal == "none":
+        return ""
+    alone = "alone, on cached Q-Former outputs" if settings.temporal_only else "with the Q-Former"
+    return f", temporal {settings.temporal} ({settings.temporal_layers} layers) trained {alone}"
 
 
 def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -> str:

@@ -27,6 +27,7 @@ _EXPORTS = {
     "frame_position": "models.modeling",
     "MemoryBank": "models.memory",
     "MemoryState": "models.memory",
+    "TemporalMamba": "models.temporal",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,6 +13,11 @@ is refused, never executed.
 (`save_trained`), with the base model's shape signature in the file's metadata: loading such a
 file (or the run folder holding it) on another base model, or a file that lacks trained
 tensors, is refused with one line. `load_checkpoint` takes either kind.
+
+The metadata also holds the temporal module's settings (models/temporal.py; `null` without one):
+`checkpoint_temporal` reads them so that a loader can build the module before loading, and
+loading into a model whose module differs (or that has one where the file has none, or the
+reverse) is refused.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ TRAINED_PREFIXES = (
     "language_projection.",
     "frame_position_embedding.",
     "vision_model.post_layernorm.",
+    "temporal.",  # the optional temporal module (models/temporal.py), where the model has one
 )
 
 
@@ -249,7 +255,8 @@ def save_trained(model: nn.Module, path: Path, base_model: str) -> None:
     from safetensors.torch import save_file
 
     metadata = {"format": TRAINED_FORMAT, "base_model": base_model,
-                "base_signature": json.dumps(base_signature(model.config), sort_keys=True)}  # fmt: skip
+                "base_signature": json.dumps(base_signature(model.config), sort_keys=True),
+                "temporal": json.dumps(getattr(model.config, "temporal", None), sort_keys=True)}  # fmt: skip
     partial = path.with_name(f".{path.name}.partial")
     save_file(trained_tensors(model), str(partial), metadata=metadata)
     os.replace(partial, path)
@@ -269,15 +276,48 @@ def _trained_metadata(path: Path) -> dict[str, str] | None:
     return metadata if metadata.get("format") == TRAINED_FORMAT else None
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
-    """Load a `malmm train` run (its folder or file) or an MA-LMM LAVIS checkpoint into `model`."""
-    path = Path(path)
+def _trained_file(path: Path) -> Path:
+    """The weights file of a `malmm train` run folder, or `path` itself."""
     if path.is_dir():
         if not (path / TRAINED_WEIGHTS).is_file():
             raise CheckpointError(f"{path} is a folder without {TRAINED_WEIGHTS}: is it a `malmm train` run?")
-        path = path / TRAINED_WEIGHTS
+        return path / TRAINED_WEIGHTS
+    return path
+
+
+def checkpoint_temporal(path: str | Path) -> dict | None:
+    """The temporal module settings a checkpoint was trained with (None: no module, or not a
+    `malmm train` file), so that a loader can give the model that module before loading."""
+    path = _trained_file(Path(path))
+    metadata = _trained_metadata(path) if path.is_file() else None
+    return json.loads(metadata.get("temporal", "null")) if metadata else None
+
+
+def describe_temporal(settings: dict | None) -> str:
+    if not settings:
+        return "none"
+    sizes = ", ".join(f"{key} {value}" for key, value in settings.items() if key != "kind")
+    return f"{settings['kind']} ({sizes})"
+
+
+def _check_temporal(model: nn.Module, path: Path, stored: dict | None) -> None:
+    """Refuse a file whose temporal module is not the model's (see the module docstring)."""
+    ours = getattr(model.config, "temporal", None) or None
+    if (stored or None) != ours:
+        raise CheckpointError(
+            f"{path} has temporal module {describe_temporal(stored)}, the model has temporal module "
+            f"{describe_temporal(ours)}: build the model with the file's module (Malmm.from_pretrained(..., "
+            "checkpoint=...) does it) or load a file trained with this one"
+        )
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
+    """Load a `malmm train` run (its folder or file) or an MA-LMM LAVIS checkpoint into `model`."""
+    path = _trained_file(Path(path))
     metadata = _trained_metadata(path) if path.is_file() else None
     if metadata is None:
+        if path.is_file():
+            _check_temporal(model, path, None)  # LAVIS checkpoints have no temporal module
         return load_lavis_checkpoint(model, path)
     expected = base_signature(model.config)
     signature = json.loads(metadata.get("base_signature", "{}"))
@@ -287,6 +327,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
             f"{path} was trained on another base model ({metadata.get('base_model')}): {differ}; "
             "load it with that --model"
         )
+    _check_temporal(model, path, json.loads(metadata.get("temporal", "null")))
     state = read_state_dict(path)
     missing = [name for name, _ in model.named_parameters() if name.startswith(TRAINED_PREFIXES) and name not in state]
     if missing:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
-from models.checkpoint import CheckpointReport, load_checkpoint
+from models.checkpoint import CheckpointReport, checkpoint_temporal, load_checkpoint
 from models.generation import generate, generate_beams, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
@@ -59,7 +59,8 @@ class Malmm:
         """Load an InstructBLIP checkpoint in Hugging Face format (hub id or local folder).
 
         checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`), or a `malmm train` run
-        (its folder or its model.safetensors), loaded on top.
+        (its folder or its model.safetensors), loaded on top; a run trained with a temporal module
+        (`--temporal mamba`) gives the model that module first.
         quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
         dtype (default float32) is that of the ViT and the LLM; the memory path (Q-Former, banks,
         frame positions, projection) is float32 whatever it is (see models/modeling.py). The
@@ -89,6 +90,8 @@ class Malmm:
         )
         model.eval().requires_grad_(False)  # frozen: outputs of inference_mode calls stay usable anywhere
         model.keep_memory_path_in_float32()
+        if checkpoint is not None and (temporal := checkpoint_temporal(checkpoint)):
+            model.set_temporal(temporal)  # the module the run trained, then its weights
         report = load_checkpoint(model, checkpoint) if checkpoint is not None else None
         if quantize_vision:
             quantize_vision_8bit(model)

@@ -31,11 +31,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from models.presets import MEMORY_STRATEGIES as STRATEGIES
+from models.temporal import select_state, state_tensors
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 BANKED = ("malmm", "fifo")  # the strategies whose Q-Former reads each frame through memory banks
 
@@ -289,6 +294,8 @@ class MemoryState:
       position table).
     - `strategy`: how the past is kept (see STRATEGIES); `pooled`: what the LLM will read for the
       strategies without banks (the running sum of outputs for avgpool, every output for concat).
+    - `temporal`: the recurrent state of the model's temporal module, if it has one (models/temporal.py:
+      per layer a convolution and an SSM state for each reader's query positions, fixed in size).
 
     Each step updates the state in place (its buffers are reused, so a frame costs the same however
     long the video); `copy()` it first to read two continuations of the same video. Size is bounded:
@@ -306,6 +313,7 @@ class MemoryState:
     visual: MemoryBank | None = None
     queries: list[MemoryBank] = field(default_factory=list)
     pooled: torch.Tensor | None = None
+    temporal: DynamicCache | None = None
     padded: bool = field(init=False)  # whether any instruction has padding to mask out
 
     def __post_init__(self) -> None:
@@ -389,6 +397,10 @@ class MemoryState:
         chosen.visual = None if self.visual is None else self.visual.select(video_index)
         chosen.queries = [bank.select(row_index) for bank in self.queries]
         chosen.pooled = None if self.pooled is None else self.pooled.index_select(0, row_index.to(self.pooled.device))
+        if self.temporal is not None:  # one sequence per (reader, query position)
+            queries = state_tensors(self.temporal)[0].shape[0] // self.batch_size
+            sequences = (row_index[:, None] * queries + torch.arange(queries, device=row_index.device)).flatten()
+            chosen.temporal = select_state(self.temporal, sequences)
         chosen.padded = not bool(chosen.instruction_mask.all())
         return chosen
 
@@ -404,7 +416,7 @@ class MemoryState:
                 held += bank.tensors()
         if self.pooled is not None:
             held.append(self.pooled)
-        return held
+        return held + state_tensors(self.temporal)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

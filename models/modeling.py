@@ -7,12 +7,16 @@ quantization configs and device maps included); the table then starts at zero, w
 own initialisation, so zero-shot use is InstructBLIP reading frames through the memory bank.
 
 Where a frame goes: pixels -> `vision_features` (frozen ViT, its post-LayerNorm = MA-LMM's
-`ln_vision`) -> `step` (+ frame position, Q-Former with memory, see qformer.py) -> after the last
-frame, `language_inputs` (projection to the LLM width) -> generation.py.
+`ln_vision`) -> `step` (+ frame position, Q-Former with memory, see qformer.py; then the optional
+temporal module, temporal.py) -> after the last frame, `language_inputs` (projection to the LLM
+width) -> generation.py.
+
+The temporal module exists when `config.temporal` describes one (`add_temporal` sets it, and a
+`malmm train --temporal mamba` run carries it); without it the model is MA-LMM, unchanged.
 
 Precision: the ViT and the LLM run in the dtype they are loaded in (half precision on a GPU), the
 memory path in float32 on every device: the vision LayerNorm, frame positions, query tokens,
-Q-Former, memory banks and language projection, as the reference runs them (LAVIS keeps these in
+Q-Former, memory banks, temporal module and language projection, as the reference runs them (LAVIS keeps these in
 float32 beside a float16 ViT and LLM). Merging thousands of frames into one slot needs it, and it
 is cheap: the Q-Former step is about 1% of a frame's FLOPs and 0.2 B of the model's 8 B parameters.
 """
@@ -29,10 +33,13 @@ from transformers import InstructBlipConfig, InstructBlipForConditionalGeneratio
 
 from models.memory import MemoryState
 from models.qformer import qformer_step
+from models.temporal import TemporalMamba, temporal_settings
 
 DEFAULT_MAX_NUM_FRAMES = 120  # rows of MA-LMM's frame position table
 # Modules kept in float32 whatever dtype the model loads in (see the module docstring).
-FLOAT32_MODULES = ["query_tokens", "qformer", "language_projection", "frame_position_embedding", "post_layernorm"]
+FLOAT32_MODULES = [
+    "query_tokens", "qformer", "language_projection", "frame_position_embedding", "post_layernorm", "temporal",
+]  # fmt: skip
 
 
 def max_num_frames(config: InstructBlipConfig) -> int:
@@ -92,11 +99,29 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         super().__init__(config)
         self.frame_position_embedding = nn.Embedding(max_num_frames(config), config.vision_config.hidden_size)
         nn.init.zeros_(self.frame_position_embedding.weight)
+        settings = getattr(config, "temporal", None)
+        self.temporal = TemporalMamba(settings) if settings else None
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if module is getattr(self, "frame_position_embedding", None):
             nn.init.zeros_(module.weight)  # MA-LMM's initialisation: no position until trained
+        if isinstance(module, TemporalMamba):
+            module.reset_parameters()  # Mamba's initialisation, gate closed
+
+    def add_temporal(self, kind: str = "mamba", **sizes: int) -> TemporalMamba | None:
+        """Give the model a freshly initialised temporal module (models/temporal.py) after the
+        Q-Former, recorded in `config.temporal`; "none" removes it. Its gate starts closed, so the
+        outputs stay MA-LMM's until it is trained. sizes: see temporal.DEFAULT_SIZES."""
+        return self.set_temporal(temporal_settings(kind, self.config.qformer_config.hidden_size, **sizes))
+
+    def set_temporal(self, settings: dict | None) -> TemporalMamba | None:
+        """The temporal module of `settings` (`config.temporal` of a model or checkpoint), frozen,
+        in float32 on the model's device; None removes it."""
+        self.config.temporal = settings
+        module = TemporalMamba(settings) if settings else None
+        self.temporal = None if module is None else module.to(self.query_tokens.device).requires_grad_(False)
+        return self.temporal
 
     def keep_memory_path_in_float32(self) -> None:
         """Cast the memory path (FLOAT32_MODULES) to float32 where loading left it lower: a frame
@@ -104,7 +129,7 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         if self.query_tokens.dtype != torch.float32:
             self.query_tokens.data = self.query_tokens.data.float()
         for module in (self.qformer, self.language_projection, self.frame_position_embedding,
-                       self.vision_model.post_layernorm):  # fmt: skip
+                       self.vision_model.post_layernorm, self.temporal or nn.Identity()):  # fmt: skip
             if any(p.dtype != torch.float32 for p in module.parameters()):
                 module.float()
 
@@ -145,9 +170,21 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         sits in the plan of its video's total frames (0-based), one for all videos or one each; by
         default the number of frames read so far, right for a caller that reads every planned
         frame in turn. Returns what the LLM would read if the videos ended here, per reader
-        ([R, NQ, D]: the Q-Former query output, or for avgpool/concat the mean/concatenation of
-        every step's), and the state.
+        ([R, NQ, D]: the Q-Former query output, after the temporal module if the model has one,
+        or for avgpool/concat the mean/concatenation of every step's), and the state.
         """
+        output = self.query_step(state, features, index)
+        if self.temporal is not None:
+            if state.temporal is None:
+                state.temporal = self.temporal.new_state()
+            output = self.temporal.step(output, state.temporal)  # [R, NQ, D]
+        return state.language_queries(output), state
+
+    def query_step(
+        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """The Q-Former part of `step` (frame position, then the memory step): the query output
+        of every reader [R, NQ, D], before any temporal module."""
         table = self.frame_position_embedding.weight
         if index is None:
             index = state.frames_seen
@@ -160,8 +197,7 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         rows = {key: frame_position(table, *key) for key in set(zip(indices, totals, strict=True))}
         position = torch.stack([rows[key] for key in zip(indices, totals, strict=True)])  # [V, C]
         frame = features.to(table.device, table.dtype) + position[:, None, :]  # added to all N tokens
-        output = qformer_step(self.qformer, self.query_tokens, state, frame)
-        return state.language_queries(output), state
+        return qformer_step(self.qformer, self.query_tokens, state, frame)
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:
         """Q-Former output [B, NQ, D] -> LLM input embeddings [B, NQ, H]."""

@@ -1,7 +1,8 @@
 """Fine-tuning MA-LMM: what is trained, the loss, and the optimiser and schedule MA-LMM uses.
 
 Trained, as MA-LMM trains: the Q-Former (with its text embeddings) and its query tokens, the
-language projection, the vision LayerNorm and the frame position table (`TRAINED_PREFIXES`).
+language projection, the vision LayerNorm and the frame position table (`TRAINED_PREFIXES`), and
+the temporal module if the model has one; or the temporal module alone (`temporal_only`).
 The ViT and the LLM stay frozen; the LLM may be quantized, gradients pass through bitsandbytes'
 layers to the soft prompt.
 
@@ -35,13 +36,21 @@ MAX_TARGET_TOKENS = 256  # MA-LMM's max_output_txt_len (the target keeps its sta
 IGNORED = -100  # label of positions without a loss (transformers' convention)
 
 
-def trainable_parameters(model: MalmmForConditionalGeneration) -> list[tuple[str, nn.Parameter]]:
-    """Freeze everything but what MA-LMM trains; returns the trained parameters by name. With
-    LoRA adapters in the Q-Former (models/lora.py) they are trained instead of the Q-Former."""
+def trainable_parameters(
+    model: MalmmForConditionalGeneration, temporal_only: bool = False
+) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything but what MA-LMM trains (and the temporal module, if the model has one);
+    returns the trained parameters by name. With LoRA adapters in the Q-Former (models/lora.py)
+    they are trained instead of the Q-Former. temporal_only: train the temporal module alone, the
+    rest of MA-LMM frozen as it was loaded."""
+    if temporal_only and model.temporal is None:
+        raise ValueError("temporal_only needs a model with a temporal module (add_temporal)")
     model.requires_grad_(False)
     adapters = adapter_parameters(model)
 
     def trained_here(name: str, parameter: nn.Parameter) -> bool:
+        if temporal_only:
+            return name.startswith("temporal.")
         if not name.startswith(TRAINED_PREFIXES):
             return False
         return not adapters or not name.startswith("qformer.") or id(parameter) in adapters
@@ -82,15 +91,40 @@ def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features
     """Read clips of T frames into fresh memories: features [B, T, N, C] (ViT output before the
     vision LayerNorm) -> the last step's query output [B, NQ, D], with gradients through it only.
 
+    With a temporal module, the Q-Former outputs of every frame are collected (the same detached
+    memory steps) and the module reads them in one parallel scan over the clip, with gradients
+    through all of it: the same output as stepping it frame by frame.
+
     state: `model.new_memory(...)` for the B clips, with total_frames T.
     """
     norm = model.vision_model.post_layernorm
     frames = features.shape[1]
-    with torch.no_grad():  # detached banks: earlier steps add nothing to the gradients
-        for t in range(frames - 1):
-            model.step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
-    last = norm(features[:, -1].to(norm.weight.device, norm.weight.dtype))
-    output, _ = model.step(state, last, frames - 1)
+
+    def frame(t: int) -> torch.Tensor:
+        return norm(features[:, t].to(norm.weight.device, norm.weight.dtype))
+
+    if model.temporal is None:
+        with torch.no_grad():  # detached banks: earlier steps add nothing to the gradients
+            for t in range(frames - 1):
+                model.step(state, frame(t), t)
+        output, _ = model.step(state, frame(frames - 1), frames - 1)
+        return output
+    with torch.no_grad():
+        outputs = [model.query_step(state, frame(t), t) for t in range(frames - 1)]
+    outputs.append(model.query_step(state, frame(frames - 1), frames - 1))
+    return temporal_read(model, state, torch.stack(outputs, dim=1))
+
+
+def temporal_read(model: MalmmForConditionalGeneration, state: MemoryState, outputs: torch.Tensor) -> torch.Tensor:
+    """What the LLM reads after a clip whose Q-Former outputs of every frame are `outputs`
+    [B, T, NQ, D] (from `query_step`, or cached: with the Q-Former frozen they never change):
+    the temporal module's scan over the clip, then the strategy's pooling of its outputs, fed in
+    frame order as the steps would have fed them. Returns [B, NQ, D] (concat: [B, NQ x T, D])."""
+    scanned = model.temporal.scan(outputs)  # [B, T, NQ, D]
+    output = None
+    for t in range(outputs.shape[1]):
+        state.frames_seen = t + 1  # avgpool and concat pool by frames read so far
+        output = state.language_queries(scanned[:, t])
     return output
 
 
