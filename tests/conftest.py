@@ -76,3 +76,20 @@ def run(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch):
         return CliRunner().invoke(app, argv, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def readouts(monkeypatch: pytest.MonkeyPatch) -> dict[tuple, torch.Tensor]:
+    """What the LLM is given at each read-out of the reading loop, by (video, reader, span)."""
+    from malmm_cli import pipeline
+
+    seen = {}
+    answer = pipeline._answer
+
+    def spy(malmm, pending, *args):
+        for readout in pending:
+            seen[(str(readout.video.path), readout.reader, readout.span)] = readout.tokens.clone()
+        return answer(malmm, pending, *args)
+
+    monkeypatch.setattr(pipeline, "_answer", spy)
+    return seen

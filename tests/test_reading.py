@@ -50,21 +50,6 @@ DESCRIPTIONS = {
 }
 
 
-@pytest.fixture
-def readouts(monkeypatch: pytest.MonkeyPatch) -> dict[tuple, torch.Tensor]:
-    """What the LLM is given at each read-out, by (video, reader, span)."""
-    seen = {}
-    answer = pipeline._answer
-
-    def spy(malmm, pending, *args):
-        for readout in pending:
-            seen[(str(readout.video.path), readout.reader, readout.span)] = readout.tokens.clone()
-        return answer(malmm, pending, *args)
-
-    monkeypatch.setattr(pipeline, "_answer", spy)
-    return seen
-
-
 @pytest.mark.parametrize("description", DESCRIPTIONS)
 def test_videos_read_in_lockstep_equal_each_read_alone(
     tiny_malmm: Malmm, clips: list[Path], description: str, readouts: dict[tuple, torch.Tensor]

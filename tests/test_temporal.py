@@ -241,25 +241,16 @@ def test_train_command_trains_the_module_alone_and_readers_pick_it_up(tiny_llama
 
 @pytest.mark.parametrize("description", ["caption with segments", "questions"])
 def test_the_reading_loop_carries_the_module_state_per_video(
-    malmm: Malmm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, description: str
+    malmm: Malmm, tmp_path: Path, readouts: dict[tuple, torch.Tensor], description: str
 ) -> None:
     """Videos read in lockstep (leaving the batch at different steps: `MemoryState.select`) give
     the LLM what each read alone gives, through an open module; and the module changes it."""
-    from malmm_cli import pipeline
     from tests import media
     from tests.test_reading import DESCRIPTIONS, read
 
     clips = [media.make_video(tmp_path / "two.mp4", seconds=2, fps=10, size=(64, 48)),
              media.make_video(tmp_path / "five.mp4", seconds=5, fps=10, size=(96, 64), seed=3)]  # fmt: skip
-    seen: dict[tuple, torch.Tensor] = {}
-    answer = pipeline._answer
-
-    def spy(model, pending, *args):
-        for readout in pending:
-            seen[(str(readout.video.path), readout.reader, readout.span)] = readout.tokens.clone()
-        return answer(model, pending, *args)
-
-    monkeypatch.setattr(pipeline, "_answer", spy)
+    seen = readouts  # what the LLM is given at each read-out (tests/test_reading.py)
     readers, task, bank = DESCRIPTIONS[description]
     read(malmm, clips, readers, task, bank)
     without = dict(seen)
