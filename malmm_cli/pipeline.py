@@ -198,6 +198,18 @@ class Answered:
     beams: tuple[str, ...] = ()
 
 
+def _chapter_plans(grid: Grid, times: list[float]) -> dict[int, tuple[int, int]]:
+    """Chapter -> (plan index of its first planned frame, frames planned in it). Positions start at
+    the first *planned* frame, so a missing first frame does not shift the others; a live stream
+    plans nothing, so its chapters start at their first frame read."""
+    plans: dict[int, tuple[int, int]] = {}
+    for number, time in enumerate(times):
+        chapter = grid.index(time)
+        first, count = plans.get(chapter, (number, 0))
+        plans[chapter] = (first, count + 1)
+    return plans
+
+
 class _Video:
     """One video being read: its stream, bookkeeping, the spans of its readers and the memories
     of its restarting readers (the others live in the batch's shared state)."""
@@ -216,7 +228,9 @@ class _Video:
         self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
         self.chapter: dict[int, int] = {}  # restarting reader -> index of its current chapter
         self.first_index: dict[int, int] = {}  # restarting reader -> plan index its chapter's positions start at
-        self._chapter_plans: dict[Grid, dict[int, list[int]]] = {}
+        self.chapter_plans = (
+            {} if self.live else {i: _chapter_plans(grid, stream.times) for i, grid in self.chapters.items()}
+        )
         self.outputs: dict[int, torch.Tensor] = {}  # reader -> what the LLM would read now [1, T, D]
         self.restarted: dict[int, MemoryState] = {}  # restarting reader -> memory of its current chapter
         self.readouts: list[_Readout] = []
@@ -235,25 +249,11 @@ class _Video:
             index = grid.index(sample.target)
             if self.chapter.get(i) != index:
                 self.chapter[i] = index
-                self.first_index[i], total = self._chapter_plan(grid, index, sample)
+                self.first_index[i], total = (sample.index, None) if self.live else self.chapter_plans[i][index]
                 self.restarted[i] = self.malmm.new_memory(
                     self.readers[i].instruction, self.memory.bank_length, total, strategy=self.memory.strategy
                 )
         return ended
-
-    def _chapter_plan(self, grid: Grid, index: int, sample: Sample) -> tuple[int, int | None]:
-        """Where a chapter's frame positions start (the plan index of its first planned frame, so a
-        missing first frame does not shift the others) and how many frames are planned in it. A
-        live stream plans nothing: its positions start at the chapter's first frame read."""
-        if self.live:
-            return sample.index, None
-        if grid not in self._chapter_plans:  # once per grid: (first plan index, count) per chapter
-            plans: dict[int, list[int]] = {}
-            for number, time in enumerate(self.stream.times):
-                plans.setdefault(grid.index(time), [number, 0])[1] += 1
-            self._chapter_plans[grid] = plans
-        first, count = self._chapter_plans[grid][index]
-        return first, count
 
     def step(self, sample: Sample, features: torch.Tensor, shared: dict[int, torch.Tensor]) -> None:
         """After the shared state has read the frame (`shared`: reader -> its output), step the
