@@ -66,14 +66,22 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 # Option values are parsed here, so that a bad value gets a plain sentence rather than a type name.
-def _count(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise typer.BadParameter(f"must be 1 or more, not {value}")
+    if value < least:
+        raise typer.BadParameter(f"must be {least} or more, not {value}")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _attempts(text: str) -> int:
+    return _whole(text, 0)
 
 
 def _positive(text: str, what: str = "a positive number") -> float:
@@ -786,16 +794,6 @@ def predict(
 
     readers = predict_readers(label_list, every_seconds, top_k)
     _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
-
-
-def _attempts(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise typer.BadParameter(f"must be 0 or more, not {value}")
-    return value
 
 
 @app.command(short_help="Caption a live stream as it happens: a camera, RTSP, UDP, a growing file, stdin.")
