@@ -21,7 +21,7 @@ touched, whatever MALMM_CACHE_DIR points at.
 The cache is an optimisation: any problem with it (unwritable, read-only or full disk, damaged
 entries, a concurrent `malmm cache clear`) costs one warning and the video goes on uncached.
 Only vision features are cached: the Q-Former's memory depends on the instruction text, so it is
-recomputed for each question (it is cheap).
+recomputed for each question (on a CPU, most of what a cached question costs).
 """
 
 from __future__ import annotations
