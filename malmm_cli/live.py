@@ -140,27 +140,42 @@ class StreamClock:
     """Stream time in seconds from the first frame: the source's own timestamps where it has them,
     else the time the frame arrived. It never goes backwards: a source that restarts its
     timestamps (a reconnect, a restarted sender, a wrap) goes on from where the clock was, plus the
-    time that passed."""
+    time that passed.
 
-    def __init__(self, now: Callable[[], float] = time.monotonic):
-        self.now = now
+    paced: the source sends in real time (a network stream, a camera), so the time that passed is
+    measured from when it was last on pace, the earliest any frame arrived for its stream time, not
+    from the last arrival: a decoder hands its last frames over only when a read times out, so a
+    lost stream's last frames arrive `--timeout` late. A file or a pipe is read at the reader's
+    pace: there the time that passed is that since the last frame.
+    """
+
+    def __init__(self, now: Callable[[], float] = time.monotonic, paced: bool = False):
+        self.now, self.paced = now, paced
         self.offset: float | None = None  # stream time = timestamp + offset
         self.last: float | None = None
         self.last_arrival = 0.0
+        self.on_pace = math.inf  # least (arrival - stream time) so far: when stream time 0 was, on pace
 
     def time(self, timestamp: float | None) -> float:
         arrival = self.now()
         passed = 0.0 if self.last is None else arrival - self.last_arrival
+        if self.last is None:
+            resumed = 0.0  # where a new run of timestamps starts
+        elif self.paced:
+            resumed = max(self.last, arrival - self.on_pace)
+        else:
+            resumed = self.last + passed
         if timestamp is None or not math.isfinite(timestamp):
-            current = 0.0 if self.last is None else self.last + passed
+            current = resumed
         else:
             current = None if self.offset is None else timestamp + self.offset
             went_back = current is not None and current < self.last - BACKWARD_SLACK
             if current is None or went_back or current > self.last + passed + LARGEST_JUMP:
-                self.offset = (0.0 if self.last is None else self.last + passed) - timestamp
+                self.offset = resumed - timestamp
                 current = timestamp + self.offset
             current = max(current, self.last if self.last is not None else 0.0)
         self.last, self.last_arrival = current, arrival
+        self.on_pace = min(self.on_pace, arrival - current)
         return current
 
     def discontinue(self) -> None:
@@ -307,6 +322,9 @@ class LiveReader:
     """The thread that reads a live source: stream clock, --fps sampling, a bounded buffer that
     drops the oldest frame when full, reconnects with back-off. Frames come out of `take`.
 
+    A file (finished or still being written) is read at the model's pace instead: its reader waits
+    for room in the buffer, so none of it is dropped.
+
     prepare: a decoded RGB frame -> what the model reads (preprocessing, in this thread).
     duration: stop after this much stream time. reconnect: attempts in a row after a network
     source or camera is lost (counted afresh once frames flow again); the first opening is not
@@ -330,7 +348,7 @@ class LiveReader:
         self.source, self.prepare, self.timeout = source, prepare, timeout
         self.reconnect, self.duration, self.notify = reconnect, duration, notify
         self.open_connection = open_connection or (_Camera if source.kind == "camera" else _Connection)
-        self.clock = StreamClock()
+        self.clock = StreamClock(paced=source.reconnects)
         self.sampler = FpsSampler(fps)
         self.stats = LiveStats()
         self.buffer: deque[LiveFrame] = deque()
@@ -365,6 +383,7 @@ class LiveReader:
             while not self.buffer and self.ended is None and not self.stopping:
                 self._lock.wait(0.1)
             taken = [self.buffer.popleft() for _ in range(min(most, len(self.buffer)))]
+            self._lock.notify_all()  # room in the buffer, for a file's reader that waits
             self.reads.extend(frame.sample.time for frame in taken)
             self.stats.read += len(taken)
             if taken:
@@ -440,7 +459,9 @@ class LiveReader:
         frame = LiveFrame(Sample(slot, seconds, seconds), self.prepare(image()))
         self.stats.sampled += 1
         with self._lock:
-            if len(self.buffer) >= self.buffered:  # the model is behind: drop the oldest waiting frame
+            while self.source.kind == "file" and len(self.buffer) >= self.buffered and not self.stopping:
+                self._lock.wait(0.1)  # a file waits for the model: nothing of it is lost
+            if len(self.buffer) >= self.buffered:  # a live source does not wait: drop the oldest waiting frame
                 self.drops.append(self.buffer.popleft().sample.time)
                 self.stats.dropped += 1
             self.buffer.append(frame)

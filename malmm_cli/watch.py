@@ -101,16 +101,18 @@ def watch(
         if len(answers[span]) < len(readers):
             return
         parts = answers.pop(span)
-        cut_short = span[1] < span[0] + every - 1e-6  # the interval in progress: it ends with its last frame
-        frames, dropped = stream.reader.counts(span[1] + (1e-3 if cut_short else 0.0))
+        start, end = span
+        if end < start + every - 1e-6:  # the interval in progress: to the end of its last frame's grid slot
+            end = min(start + every, end + 1 / fps)
+        frames, dropped = stream.reader.counts(end)
         asked = parts.get("question")
         now = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
         on_event(WatchEvent(
-            start=span[0], end=span[1], wall_time=now,
+            start=start, end=end, wall_time=now,
             text=parts["caption"].answer, frames=frames, dropped=dropped,
-            lag=max(0.0, stream.duration - span[1]) + stream.reader.stats.behind,
+            lag=max(0.0, stream.duration - end) + stream.reader.stats.behind,
             question=question, answer=None if asked is None else asked.answer,
-            chapter=None if reset_every is None else math.floor(span[0] / reset_every + 1e-9),
+            chapter=None if reset_every is None else math.floor(start / reset_every + 1e-9),
         ))  # fmt: skip
 
     def opened(_source: object) -> LiveStream:

@@ -57,7 +57,7 @@ def _in_order(events: list[WatchEvent]) -> None:
     (an interval without a frame, while the stream was lost, has no event)."""
     assert events
     for event in events:
-        assert event.start < event.end or event is events[-1]
+        assert event.start < event.end
     for before, after in itertools.pairwise(events):
         assert after.start >= before.end - 1e-6
 
@@ -79,6 +79,30 @@ def test_stream_clock_never_goes_backwards() -> None:
     assert at(2.5, 50.0) == pytest.approx(2.5)
     assert at(2.6, 950.0) == pytest.approx(2.6)  # a jump far beyond the clock's progress is a discontinuity
     assert at(2.7, 950.1) == pytest.approx(2.7)
+
+
+def test_a_lost_streams_time_counts_from_when_it_went_quiet() -> None:
+    """A decoder hands a lost stream's last frames over only when the read times out: the outage
+    is measured from when the stream was last on pace, not from those late frames."""
+    now = [100.0]
+    clock = StreamClock(lambda: now[0], paced=True)
+
+    def at(wall: float, timestamp: float) -> float:
+        now[0] = 100.0 + wall
+        return clock.time(timestamp)
+
+    for tenth in range(48):  # on pace: 0.0 .. 4.7 s of stream arrive as they are sent
+        assert at(tenth / 10, 30.0 + tenth / 10) == pytest.approx(tenth / 10)
+    assert at(9.8, 34.8) == pytest.approx(4.8)  # the last two, released 5 s late by the read timeout
+    assert at(9.8, 34.9) == pytest.approx(4.9)
+    clock.discontinue()  # reconnected: the new sender started 6.4 s after the stream went quiet
+    assert at(11.1, 0.8) == pytest.approx(11.1)
+    assert at(11.2, 0.9) == pytest.approx(11.2)
+    unpaced = StreamClock(lambda: now[0])  # a pipe or a file: from the last frame, whenever it came
+    assert [unpaced.time(ts) for ts in (5.0, 5.1)] == [0.0, pytest.approx(0.1)]
+    now[0] += 2.0
+    unpaced.discontinue()
+    assert unpaced.time(0.0) == pytest.approx(2.1)
 
 
 def test_fps_sampling_keeps_one_frame_per_grid_slot() -> None:
@@ -285,7 +309,7 @@ def test_a_growing_file_is_followed_to_its_end(tiny_malmm: Malmm, tmp_path: Path
     assert summary.ended == "end" and not summary.failed
     assert [event.start for event in events] == [0.0, 1.0, 2.0, 3.0]
     _in_order(events)
-    assert events[-1].end == pytest.approx(3.25, abs=0.1)  # the interval in progress, to the last frame read
+    assert events[-1].end == pytest.approx(3.5, abs=0.1)  # the interval in progress: its last frame's slot ends
 
 
 def test_an_hls_stream_over_http_is_read_to_its_end(tiny_malmm: Malmm, tmp_path: Path) -> None:
@@ -334,6 +358,33 @@ def test_a_slow_model_drops_frames_and_says_so(tiny_malmm: Malmm, monkeypatch: p
     later = events[2:]  # past the burst the source's probing releases at the start
     assert all(event.dropped > 0 for event in later) and all(event.lag < 2.0 for event in later), events
     assert _no_reader_thread_left()
+
+
+def test_a_file_is_read_at_the_models_pace_without_dropping(
+    tiny_malmm: Malmm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = tiny_malmm.step
+
+    def slow_step(*args: object, **kwargs: object) -> object:
+        time.sleep(0.05)  # slower than the file decodes: a live source would drop
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_malmm, "step", slow_step)
+    path = mpegts_bytes(tmp_path / "finished.ts", seconds=3)
+    events, summary, _ = _watch(tiny_malmm, str(path), fps=10.0, buffered=2)
+    assert summary.ended == "end" and summary.dropped == 0
+    assert summary.read == summary.sampled >= 28  # 3 s at 10 frames/s (the demuxer may keep the last back)
+    assert sum(event.frames for event in events) == summary.read and len(events) == 3
+    assert not any(event.dropped for event in events)
+    assert _no_reader_thread_left()
+
+
+def test_the_last_interval_ends_where_its_last_frame_s_slot_does(tiny_malmm: Malmm, tmp_path: Path) -> None:
+    path = mpegts_bytes(tmp_path / "short.ts", seconds=2.3)  # the last on the 1 s grid: 2.0 s
+    events, summary, _ = _watch(tiny_malmm, str(path), fps=1.0)
+    assert [(event.start, event.end) for event in events] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]  # not 2.0 -> 2.0
+    events, summary, _ = _watch(tiny_malmm, str(path), every=2.0, fps=2.0, duration=2.0)
+    assert summary.ended == "duration" and [(event.start, event.end) for event in events] == [(0.0, 2.0)]
 
 
 def test_the_status_line_shows_on_a_terminal_only() -> None:
