@@ -880,7 +880,7 @@ def watch(
     import signal
 
     from malmm_cli.events import EventWriter, WatchEvent
-    from malmm_cli.live import LiveStream, SourceError, parse_source
+    from malmm_cli.live import LiveStream, SourceError, check_source, parse_source
     from malmm_cli.loading import vision_batch_size
     from malmm_cli.pipeline import Memory, check_memory
     from malmm_cli.progress import LiveStatus, Reporter
@@ -903,11 +903,18 @@ def watch(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--reset-every/--memory") from None
     _check_checkpoint(options)
+    try:
+        check_source(parsed, timeout)  # a wrong address is said now, not after the model loads
+    except SourceError as error:
+        reporter.error(f"{parsed.display}: {error}")
+        raise typer.Exit(EXIT_FAILED) from None
     fmt = format or ("txt" if sys.stdout.isatty() else "jsonl")
     try:
         writer = EventWriter(fmt, stdout=True, path=output)
     except OSError as error:
         raise typer.BadParameter(f"cannot write {output}: {error.strerror or error}", param_hint="--output") from None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--output") from None
     stopped, closed, problems, streams = [], [], [], []
     name = parsed.display  # no password in messages
 

@@ -76,20 +76,46 @@ def to_vtt(event: WatchEvent) -> str:
     return f"{times}\n{cue_text(_words(event), vtt=True)}\n\n"
 
 
+def events_format(text: str) -> str | None:
+    """The event format a file's text is in, from its first line (None: nothing in it yet;
+    "unknown": not events malmm writes)."""
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        return None
+    if first.startswith("WEBVTT"):
+        return "vtt"
+    if first.startswith("{"):
+        return "jsonl"
+    if first.strip().isdigit():
+        return "srt"
+    if first.startswith("[") and " --> " in first:
+        return "txt"
+    return "unknown"
+
+
 class EventWriter:
     """Writes events in one format to stdout and, appended, to a file.
 
     Appending to a file that has events already goes on after them: no second WebVTT header,
-    SRT numbers go on from the last cue's. stdout is looked up at each write, so that a live
-    status line (Rich) that redirects it while it is shown keeps the events above it."""
+    SRT numbers go on from the last cue's; a file of events in another format (or of anything
+    else) is refused (ValueError) rather than mixed. A file this writer made is removed again if
+    no event reached it (a run that failed to start). stdout is looked up at each write, so that
+    a live status line (Rich) that redirects it while it is shown keeps the events above it."""
 
     def __init__(self, fmt: str, stdout: bool = True, path: Path | None = None):
         if fmt not in EVENT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
         self.fmt, self.stdout, self.cues = fmt, stdout, 0
-        self.file = None
+        self.file, self.path, self.made, self.written = None, path, False, False
         if path is not None:
             earlier = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+            found = events_format(earlier)
+            if found == "unknown":
+                raise ValueError(f"{path} does not hold malmm watch events: append them to another file")
+            if found not in (None, fmt):
+                raise ValueError(f"{path} holds {found} events: appending {fmt} would mix the two (use --format "
+                                 f"{found}, or another file)")  # fmt: skip
+            self.made = not path.exists()
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the whole watch)
             self.cues = sum(" --> " in line for line in earlier.splitlines()) if fmt == "srt" else 0
             if fmt == "vtt" and not earlier:
@@ -104,6 +130,7 @@ class EventWriter:
         self._printed_cues += 1
         if self.file is not None:
             self._write_file(self._text(event, self.cues))
+            self.written = True
         if self.stdout:
             self._print(self._text(event, self._printed_cues))
 
@@ -126,3 +153,5 @@ class EventWriter:
         if self.file is not None:
             self.file.close()
             self.file = None
+            if self.made and not self.written:
+                self.path.unlink(missing_ok=True)

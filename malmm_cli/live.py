@@ -100,6 +100,22 @@ def parse_source(text: str) -> Source:
     return Source("file", text, follow=_followable(path))
 
 
+def check_source(source: Source, timeout: float) -> None:
+    """Open a stream that malmm connects to, or a camera, once and close it again: SourceError if
+    it cannot be opened, so that a wrong address is said before a model loads. Sources that wait
+    for a sender (udp://, rtp://, a `listen` URL) are not opened, since the sender may start
+    later, nor files (parse_source checked them) or stdin (opening it would read it)."""
+    if source.kind == "camera":
+        _Camera(source, timeout).close()
+    elif source.kind == "network" and not _waits_for_sender(source.location):
+        _Connection(source, timeout).close()
+
+
+def _waits_for_sender(location: str) -> bool:
+    parts = urlsplit(location)
+    return parts.scheme.lower() in ("udp", "rtp") or "listen" in parts.query.lower()
+
+
 def _followable(path: Path) -> bool:
     """Whether a file is read while it is written (followed): MPEG-TS, Matroska/WebM and the like,
     and fragmented MP4. A plain MP4 cannot be read before its index (moov box) is written, which
@@ -287,12 +303,12 @@ class _Camera:
         import cv2
 
         if not Path(source.location).exists():
-            raise SourceError(f"{source.location}: no such camera")
+            raise SourceError("no such camera")
         milliseconds = round(timeout * 1000)
         self.capture = cv2.VideoCapture(source.location, cv2.CAP_V4L2, [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds])  # fmt: skip
         if not self.capture.isOpened():
-            raise SourceError(f"{source.location}: the camera cannot be opened (in use, or no permission?)")
+            raise SourceError("the camera cannot be opened (in use, or no permission?)")
 
     def frames(self) -> Iterator[tuple[float | None, Callable[[], np.ndarray]]]:
         import cv2
@@ -370,9 +386,9 @@ class LiveReader:
         """Stop reading: `take` returns what is left, then nothing. Safe in a signal handler."""
         self.stopping = True
 
-    def close(self, wait: float = 3.0) -> None:
-        """Stop and wait for the thread, at most `wait` s: one blocked in a read of a silent source
-        ends at its timeout (a daemon, it never holds the process up)."""
+    def close(self, wait: float = 0.5) -> None:
+        """Stop and wait for the thread, at most `wait` s: one blocked in opening or reading a silent
+        source ends only at its timeout, and as a daemon it never holds the process up."""
         self.stop()
         if self._thread.is_alive():
             self._thread.join(wait)
@@ -516,8 +532,8 @@ class LiveStream:
         self.reader.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.reader.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.reader.close(wait=0.0 if kind is KeyboardInterrupt else 0.5)  # a second Ctrl-C quits at once
 
     def stop(self) -> None:
         """End the stream at the next frame (Ctrl-C): what was read is still read out."""

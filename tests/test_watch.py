@@ -162,6 +162,16 @@ def test_event_formats_append_and_escape(tmp_path: Path) -> None:
         writer.write(event)
         writer.close()
     assert web.read_text().count("WEBVTT") == 1 and "a &lt;b>dog&lt;/b> -> runs" in web.read_text()
+    with pytest.raises(ValueError, match="holds srt events: appending vtt would mix"):
+        EventWriter("vtt", stdout=False, path=subtitles)  # another format is refused, not mixed in
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my own notes\n")
+    with pytest.raises(ValueError, match="does not hold malmm watch events"):
+        EventWriter("txt", stdout=False, path=notes)
+    assert notes.read_text() == "my own notes\n" and subtitles.read_text() == text
+    unused = tmp_path / "never.jsonl"
+    EventWriter("jsonl", stdout=False, path=unused).close()  # a run that never got to an event
+    assert not unused.exists()
 
 
 class _Replay:
@@ -499,6 +509,16 @@ def test_standard_input_to_jsonl_on_stdout_and_a_file(tiny_llama_dir: Path, tmp_
     assert sum(event["frames"] + event["dropped"] for event in events) == 12  # 3 s at 4 frames/s, none unsaid
     assert events_file.read_bytes().decode() == out.decode()  # the same events, appended to the file
     assert "the stream ended" in err.decode()
+
+
+def test_a_wrong_address_is_said_before_the_model_loads(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    events_file = tmp_path / "events.jsonl"
+    for url in (f"rtsp://127.0.0.1:{free_port()}/live", f"tcp://127.0.0.1:{free_port()}"):  # nobody listens
+        command = _malmm_watch(tiny_llama_dir, url, "--timeout", "2s", "--output", events_file)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "Connection refused" in done.stderr, done.stderr
+        assert "Loading" not in done.stderr and "Traceback" not in done.stderr
+    assert not events_file.exists()  # nothing made for a run that never started
 
 
 def test_ctrl_c_writes_the_interval_in_progress(tiny_llama_dir: Path) -> None:
