@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
@@ -181,33 +181,41 @@ def name_outputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
 @dataclass(frozen=True)
 class Resume:
     """What a rerun does with each input: `pending` to process (with the reasons of those whose
-    results are redone), `skipped` (results made the same way exist)."""
+    results are redone), `skipped` (results made the same way exist), and `saved`: the file of
+    each skipped input in the first format, which stdout gets instead of a new result."""
 
     pending: list[Input]
     skipped: list[Outcome]
     redone: dict[Path, list[str]]
+    saved: dict[Path, Path] = field(default_factory=dict)
 
 
 def plan_resume(
     inputs: Sequence[Input], output_dir: Path | None, settings: Settings, formats: list[str], overwrite: bool
 ) -> Resume:
+    """An input is skipped when its record says its results were made with these settings, in
+    every format asked for now (a file of a format the record does not list is left from a run
+    with other settings), and those files are there."""
     if output_dir is None:
         return Resume(list(inputs), [], {})
-    pending, skipped, redone = [], [], {}
+    pending, skipped, redone, saved = [], [], {}, {}
     for item in inputs:
         outputs = output_paths(output_dir, item.stem, settings.task, formats)
         existing = [path for path in outputs if path.is_file()]
         if overwrite:
             pending.append(item)
             continue
-        changed = differences(read_record(record_path(output_dir, item.stem, settings.task)), settings, item.path)
-        if not changed and len(existing) == len(outputs):
+        made = read_record(record_path(output_dir, item.stem, settings.task))
+        changed = differences(made, settings, item.path)
+        missing = [fmt for fmt in formats if fmt not in (made or {}).get("formats", formats)]
+        if not changed and not missing and len(existing) == len(outputs):
             skipped.append(Outcome(str(item.path), "skipped", "results made with the same settings exist"))
+            saved[item.path] = outputs[0]
             continue
         pending.append(item)
         if existing:
-            redone[item.path] = changed
-    return Resume(pending, skipped, redone)
+            redone[item.path] = changed or [f"{', '.join(missing)} made with other settings"]
+    return Resume(pending, skipped, redone, saved)
 
 
 def write_results(result: VideoResult, output_dir: Path, item: Input, settings: Settings, formats: list[str]) -> None:
@@ -271,17 +279,32 @@ class StdoutWriter:
     def add(self, result: VideoResult) -> None:
         if self.fmt == "json":
             self._json.append(result.to_dict())
-            return
-        if self.fmt == "csv":
-            text = to_csv(result, header=self._count == 0)
+        elif self.fmt == "csv":
+            self._write(to_csv(result, header=self._count == 0))
         elif self.fmt == "html":  # times link to the video when it is in the current folder, where `>` puts the page
-            text = to_html(result, report_context(self.settings, Path(result.path), Path.cwd()))
+            self._write(to_html(result, report_context(self.settings, Path(result.path), Path.cwd())))
         else:
-            text = FORMATTERS[self.fmt](result)
-            if not self.single and self.fmt == "txt":
-                text = f"# {result.path}\n{text}"
-            if self._count and self.fmt == "txt":
-                text = "\n" + text
+            self._write(self._framed(FORMATTERS[self.fmt](result), result.path))
+
+    def add_saved(self, video: str, saved: Path) -> None:
+        """The result an earlier run wrote to `saved`, in this format, for a video skipped now."""
+        text = saved.read_text(encoding="utf-8")
+        if self.fmt == "json":
+            self._json.append(json.loads(text))
+        elif self.fmt == "csv":
+            self._write(text if self._count == 0 else text.partition("\n")[2])  # the header once
+        else:
+            self._write(self._framed(text, video))
+
+    def _framed(self, text: str, video: str) -> str:
+        """Several videos' txt results: each under its name, a blank line between them."""
+        if self.fmt != "txt":
+            return text
+        if not self.single:
+            text = f"# {video}\n{text}"
+        return "\n" + text if self._count else text
+
+    def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
         self._count += 1
@@ -315,6 +338,7 @@ def run_batch(
     settings: Settings,
     redone: dict[Path, list[str]] | None = None,
     videos_at_once: int = 1,
+    skipped: Resume | None = None,
 ) -> list[Outcome]:
     """Read the inputs, `videos_at_once` at a time. Returns one Outcome each.
 
@@ -323,12 +347,26 @@ def run_batch(
     written the moment it ends; stdout gets them in input order. One video's failure does not
     touch the others; an exception out of `read` fails the videos it had not finished.
     stdout None: nothing is printed there (subtitles of several videos go to --output-dir only).
+    skipped: inputs among `inputs` that a rerun does not read (`Resume.saved`): stdout gets their
+    saved results in their place, and their outcomes are those of `Resume.skipped`.
     """
+    saved = skipped.saved if skipped is not None else {}
+    skips = {outcome.path: outcome for outcome in (skipped.skipped if skipped is not None else [])}
     outcomes: list[Outcome] = []
-    with reporter.batch(len(inputs)):
-        for start in range(0, len(inputs), videos_at_once):
-            group = list(inputs[start : start + videos_at_once])
-            outcomes += _run_group(group, read, reporter, formats, output_dir, stdout, settings, redone or {})
+    groups: list[list[Input]] = []
+    reading = videos_at_once  # videos read in the last group
+    for item in inputs:  # up to `videos_at_once` read per group, skipped ones in their place between them
+        if reading == videos_at_once and item.path not in saved:
+            groups.append([])
+            reading = 0
+        if not groups:
+            groups.append([])
+        groups[-1].append(item)
+        reading += item.path not in saved
+    with reporter.batch(len(inputs) - len(saved)):
+        for group in groups:
+            outcomes += _run_group(group, read, reporter, formats, output_dir, stdout, settings, redone or {},
+                                   saved, skips)  # fmt: skip
     if stdout is not None:
         stdout.close()
     return outcomes
@@ -343,45 +381,62 @@ def _run_group(
     stdout: StdoutWriter | None,
     settings: Settings,
     redone: dict[Path, list[str]],
+    saved: dict[Path, Path],
+    skips: dict[str, Outcome],
 ) -> list[Outcome]:
+    """Read a group's videos (those not skipped) in one `read`; print every result in order."""
     started = time.monotonic()
-    progress = [reporter.video(str(item.path)) for item in group]
-    outcomes: dict[int, Outcome] = {}
-    printable: dict[int, VideoResult] = {}
+    places = [place for place, item in enumerate(group) if item.path not in saved]  # group index of each read
+    reading = [group[place] for place in places]
+    progress = [reporter.video(str(item.path)) for item in reading]
+    outcomes: dict[int, Outcome] = {place: skips[str(item.path)] for place, item in enumerate(group)
+                                    if item.path in saved}  # fmt: skip
+    printable: dict[int, VideoResult | Path] = {place: saved[item.path] for place, item in enumerate(group)
+                                                if item.path in saved}  # fmt: skip
     printed = 0
+
+    def show(place: int) -> None:
+        result = printable.pop(place)
+        if stdout is None:
+            return
+        if isinstance(result, Path):
+            stdout.add_saved(str(group[place].path), result)
+        else:
+            stdout.add(result)
 
     def print_in_order() -> None:
         nonlocal printed
         while printed in outcomes:
-            if printed in printable and stdout is not None:
-                stdout.add(printable.pop(printed))
+            if printed in printable:
+                show(printed)
             printed += 1
 
     def done(number: int, result: VideoResult | Exception) -> None:
-        if number in outcomes:
+        place = places[number]
+        if place in outcomes:
             return
-        item = group[number]
+        item = group[place]
         outcome = _finish(item, result, progress[number], reporter, formats, output_dir, settings, started)
         if outcome.status in ("done", "partial"):
-            printable[number] = result
+            printable[place] = result
             if item.path in redone:
                 outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
-        outcomes[number] = outcome
+        outcomes[place] = outcome
         reporter.video_done()
         print_in_order()
 
+    print_in_order()  # skipped videos before the first one read
     try:
-        results = read(group, progress, done)
+        results = read(reading, progress, done) if reading else []
     except KeyboardInterrupt:
-        for number in sorted(printable):  # finished videos are not lost to stdout either
-            if stdout is not None:
-                stdout.add(printable.pop(number))
+        for place in sorted(printable):  # finished (and skipped) videos are not lost to stdout either
+            show(place)
         raise
     except Exception as error:  # the batch as a whole failed (out of memory, say)
-        results = [error] * len(group)
+        results = [error] * len(reading)
     for number, result in enumerate(results):
         done(number, result)
-    return [outcomes[number] for number in range(len(group))]
+    return [outcomes[place] for place in range(len(group))]
 
 
 def failure_reason(error: Exception) -> str:

@@ -501,18 +501,25 @@ def _run(
                 f"{len(resume.redone)} of {len(inputs)} videos have results in {options.output_dir} made "
                 f"differently ({', '.join(changed)}): they are made again and replaced"
             )
+        if resume.skipped:
+            some = "" if len(resume.skipped) == len(inputs) else f"{len(resume.skipped)} of {len(inputs)} videos: "
+            shown = " (printed from there)" if printing else ""
+            reporter.info(f"{some}results made with the same settings are in {options.output_dir}{shown}; "
+                          "--overwrite makes them again")  # fmt: skip
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
         stdout = StdoutWriter(options.formats[0], single=single, settings=settings) if printing else None
+        read, videos_at_once = None, 1
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
             read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
         elif pending:
             malmm = load_model(options, task, reporter, readers=len(readers))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
-        if pending:
-            outcomes += run_batch(
-                pending,
+        if pending or (resume.skipped and stdout is not None):
+            skipped = {outcome.path for outcome in resume.skipped}
+            ran = run_batch(
+                [item for item in inputs if item in pending or str(item.path) in skipped],  # in input order
                 read,
                 videos_at_once=videos_at_once,
                 reporter=reporter,
@@ -521,7 +528,9 @@ def _run(
                 stdout=stdout,
                 settings=settings,
                 redone=resume.redone,
+                skipped=resume,
             )
+            outcomes += [outcome for outcome in ran if outcome.status != "skipped"]  # those are in already
         elif stdout is not None:
             stdout.close()
         if "html" in options.formats and options.output_dir is not None and not single:

@@ -216,6 +216,28 @@ def test_a_batch_writes_each_video_when_it_ends_and_prints_in_input_order(tmp_pa
     assert [Path(json.loads(line)["file"]).name for line in stdout.getvalue().splitlines()] == ["long.mp4", "short.mp4"]
 
 
+def test_skipped_videos_are_printed_from_their_files_in_their_place(tmp_path: Path) -> None:
+    items = [Input(touch(tmp_path / f"{name}.mp4"), Path(name)) for name in ("a", "b", "c", "d", "e")]
+    out = tmp_path / "out"
+    for item in (items[0], items[2]):  # a and c were done by an earlier run
+        write_results(result(str(item.path)), out, item, settings(), ["jsonl"])
+    resume = plan_resume(items, out, settings(), ["jsonl"], overwrite=False)
+    assert [i.stem.name for i in resume.pending] == ["b", "d", "e"] and len(resume.skipped) == 2
+    groups: list[list[str]] = []
+
+    def read(group, _progress, done):
+        groups.append([item.stem.name for item in group])
+        return [result(str(item.path)) for item in group]
+
+    stdout = io.StringIO()
+    outcomes = run_batch(items, read, reporter=Reporter(quiet=True), formats=["jsonl"], output_dir=out,
+                         stdout=StdoutWriter("jsonl", single=False, stream=stdout), settings=settings(),
+                         videos_at_once=2, skipped=resume)  # fmt: skip
+    assert groups == [["b", "d"], ["e"]]  # skipped ones take no place in a batch
+    assert [o.status for o in outcomes] == ["skipped", "done", "skipped", "done", "done"]
+    assert [Path(json.loads(line)["file"]).stem for line in stdout.getvalue().splitlines()] == list("abcde")
+
+
 def test_ctrl_c_mid_batch_still_prints_the_videos_that_finished(tmp_path: Path) -> None:
     items = [Input(touch(tmp_path / f"{name}.mp4"), Path(name)) for name in ("long", "short")]
 

@@ -135,13 +135,33 @@ def test_folder_mode_mirrors_subfolders_and_resumes(run, videos: Path, tmp_path:
     again = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json")
     assert again.exit_code == 0 and "Loading" not in again.stderr  # nothing left to do: no model load
     assert again.stderr.count("skipped") == 2 and (out / "a.caption.json").stat().st_mtime_ns == stamp
+    assert json.loads(again.stdout) == json.loads(first.stdout)  # stdout still has every result (it was [])
 
     (out / "nested" / "b.caption.json").unlink()
     resumed = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json")
     assert resumed.exit_code == 0 and "b.mkv: 3 frames" in resumed.stderr and "a.mp4: 3 frames" not in resumed.stderr
-
+    assert [Path(d["file"]).name for d in json.loads(resumed.stdout)] == ["a.mp4", "b.mkv"]  # in input order
+    text = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "txt")
+    again = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "txt")
+    assert again.stdout == text.stdout and "skipped" in again.stderr and "# " in again.stdout
     redone = run("caption", videos / "folder", "--frames", "3", "--output-dir", out, "--format", "json", "--overwrite")
     assert redone.exit_code == 0 and (out / "a.caption.json").stat().st_mtime_ns != stamp
+
+
+def test_a_rerun_trusts_only_the_formats_its_settings_made(run, videos: Path, tmp_path: Path) -> None:
+    """An srt left by a run with other settings was kept as if the new settings had made it."""
+    out, clip = tmp_path / "out", videos / "short.mp4"
+    first = run("caption", clip, "--frames", "4", "--segment", "1s", "-f", "srt", "-f", "json", "-o", out)
+    other = run("caption", clip, "--frames", "3", "-f", "json", "-o", out)  # another setting, json only
+    assert first.exit_code == other.exit_code == 0, other.stderr
+    old_subtitles = (out / "short.caption.srt").read_text()
+    redo = run("caption", clip, "--frames", "3", "-f", "srt", "-o", out)
+    assert redo.exit_code == 0 and "made again" in redo.stderr and "srt made with other settings" in redo.stderr
+    subtitles = (out / "short.caption.srt").read_text()
+    assert subtitles != old_subtitles and redo.stdout == subtitles
+    skip = run("caption", clip, "--frames", "3", "-f", "srt", "-o", out)  # now it was: printed from the file
+    assert skip.exit_code == 0 and "Loading" not in skip.stderr and skip.stdout == redo.stdout
+    assert "results made with the same settings are in" in skip.stderr
 
 
 def test_a_rerun_with_other_settings_redoes_and_other_tasks_keep_their_files(run, videos: Path, tmp_path: Path) -> None:
