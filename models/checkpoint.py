@@ -129,8 +129,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "unpickle it because that can run arbitrary code. If you trust the file, re-save its "
             "weights alone (torch.save({'model': state_dict}, 'weights.pth')) and load that."
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint or is damaged: {error}") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, IndexError) as error:
+        # what torch's unpickler raises depends on which bytes the file starts with: any is "not one"
+        reason = f": {error}" if str(error) and not isinstance(error, KeyError) else ""
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint or is damaged{reason}") from error
     state = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = list(content)[:8] if isinstance(content, dict) else type(content).__name__

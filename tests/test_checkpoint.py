@@ -191,8 +191,9 @@ def test_pickle_with_code_is_refused_without_running_it(tiny_llama_dir: Path, tm
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "not found"), (b"not a checkpoint at all", "not a PyTorch checkpoint"), ([1, 2, 3], "no state dict")],
-)
+    [(None, "not found"), (b"not a checkpoint at all", "not a PyTorch checkpoint"), ([1, 2, 3], "no state dict"),
+     (b"junk\n", r"not a PyTorch checkpoint or is damaged$"), (b"", r"not a PyTorch checkpoint or is damaged$")],
+)  # fmt: skip
 def test_unreadable_checkpoints_are_clear_errors(tiny_llama_dir: Path, tmp_path: Path, content, message) -> None:
     path = tmp_path / "file.pth"
     if isinstance(content, bytes):
