@@ -15,6 +15,7 @@ Paths must be visible to every node (shared storage). Needs the `ray` extra: pip
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ def ray_reader(
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
         import ray.data
+        from ray.util.annotations import RayDeprecationWarning
 
         connect(options)
         context = ray.data.DataContext.get_current()
@@ -155,10 +157,12 @@ def ray_reader(
         # One video in flight per actor: videos queued behind one that kills the actor would lose
         # their retry with it.
         pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
-        read_back = rows.map_batches(
-            VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus, compute=pool,
-            max_restarts=-1, max_task_retries=1,
-        )  # fmt: skip
+        with warnings.catch_warnings():  # the deprecation said above, known and pinned: not the user's to see
+            warnings.simplefilter("ignore", RayDeprecationWarning)
+            read_back = rows.map_batches(
+                VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus, compute=pool,
+                max_restarts=-1, max_task_retries=1,
+            )  # fmt: skip
         results: list[VideoResult | Exception | None] = [None] * len(items)
         for row in read_back.iter_rows():
             number = int(row["index"])
