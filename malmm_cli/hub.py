@@ -133,7 +133,7 @@ def check_reachable(repo: str) -> None:
 
     if offline_requested():
         raise ModelUnavailable(
-            f"{repo} is not in the Hugging Face cache ({cache_dir()}) and HF_HUB_OFFLINE is set: "
+            f"{repo} is not a folder here, nor in the Hugging Face cache ({cache_dir()}), and HF_HUB_OFFLINE is set: "
             f"download it with `malmm models download {repo}` where there is network, or pass --model FOLDER"
         )
     try:
@@ -144,8 +144,8 @@ def check_reachable(repo: str) -> None:
         raise ModelUnavailable(f"{repo} is neither a local folder nor a model on the Hugging Face hub") from error
     except Exception as error:  # connection refused, DNS failure, timeout, proxy errors...
         raise ModelUnavailable(
-            f"{repo} is not in the Hugging Face cache ({cache_dir()}) and the hub cannot be reached "
-            f"({type(error).__name__}): download it with `malmm models download {repo}` where there is "
+            f"{repo} is not a folder here, nor in the Hugging Face cache ({cache_dir()}), and the hub cannot be "
+            f"reached ({type(error).__name__}): download it with `malmm models download {repo}` where there is "
             "network, or pass --model FOLDER"
         ) from error
 

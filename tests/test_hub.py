@@ -74,6 +74,8 @@ def test_unreachable_hub_fails_at_once(hf_cache, monkeypatch) -> None:
     started = time.monotonic()
     with pytest.raises(hub.ModelUnavailable, match="cannot be reached"):
         hub.resolve(REPO)
+    with pytest.raises(hub.ModelUnavailable, match="runs/missing is not a folder here, nor in the Hugging Face"):
+        hub.resolve("runs/missing")  # a mistyped folder looks like a hub id: say both
     assert time.monotonic() - started < 10
 
 
