@@ -131,7 +131,7 @@ class _Run:
             last_frame=self.last,
             warnings=stream.warnings(),
             notes=stream.notes() + self.notes,
-            preview=stream.thumbnails.preview(stream.missing()) if stream.thumbnails is not None else None,
+            preview=None if stream.thumbnails is None else stream.thumbnails.preview(stream.missing(), stream.ended_at),
         )
 
 

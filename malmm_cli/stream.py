@@ -285,11 +285,16 @@ class VideoStream:
             missing += self._reader.report.missing
         return missing
 
+    @property
+    def ended_at(self) -> float | None:
+        """Where decoding stopped before the end (a truncated or damaged file), else None."""
+        if self._reader is not None and self._reader.report is not None:
+            return self._reader.report.ended_at
+        return self._replayed_end
+
     def warnings(self) -> list[str]:
         """What could not be read (damaged or truncated files)."""
-        missing, ended_at = len(self.missing()), self._replayed_end
-        if self._reader is not None and self._reader.report is not None:
-            ended_at = self._reader.report.ended_at
+        missing, ended_at = len(self.missing()), self.ended_at
         notes = []
         if ended_at is not None:
             notes.append(

@@ -84,9 +84,10 @@ class ThumbnailCollector:
             picture = shrink(image)
             self._kept[target] = Thumbnail(target, time, picture.jpeg, picture.width, picture.height)
 
-    def preview(self, missing: Sequence[float] = ()) -> Preview:
+    def preview(self, missing: Sequence[float] = (), ended_at: float | None = None) -> Preview:
         """The pictures kept, in time order, with the damaged spans: `missing` are the planned
-        times whose frame could not be decoded. Call once the stream has ended."""
+        times whose frame could not be decoded, `ended_at` where decoding stopped before the end
+        (if it did). Call once the stream has ended."""
         for number, best in enumerate(self._best):
             if best is not None:
                 self._keep(best)
@@ -98,12 +99,15 @@ class ThumbnailCollector:
                 "features came from the feature cache, so there is no picture of them (--no-cache decodes every frame)"
             )
         thumbnails = sorted(self._kept.values(), key=lambda t: t.target)
-        return Preview(thumbnails, damaged_spans(self.planned, missing, self.duration), reason)
+        return Preview(thumbnails, damaged_spans(self.planned, missing, self.duration, ended_at), reason)
 
 
-def damaged_spans(planned: Sequence[float], missing: Sequence[float], duration: float) -> list[tuple[float, float]]:
+def damaged_spans(
+    planned: Sequence[float], missing: Sequence[float], duration: float, ended_at: float | None = None
+) -> list[tuple[float, float]]:
     """Runs of consecutive planned times with no frame, as spans: each from its first missing
-    time to the next planned time (or the end of the video)."""
+    time to the next planned time (or the end of the video); where decoding stopped early, the
+    last span starts there (what the report's warning says), not at the next planned time."""
     lost = set(missing)
     spans: list[tuple[float, float]] = []
     times = sorted(planned)
@@ -115,4 +119,7 @@ def damaged_spans(planned: Sequence[float], missing: Sequence[float], duration: 
             spans[-1] = (spans[-1][0], end)
         else:
             spans.append((time, end))
+    if ended_at is not None:
+        tail = min([ended_at] + [start for start, end in spans if end > ended_at])
+        spans = [(start, end) for start, end in spans if end <= tail] + [(tail, max(duration, tail))]
     return spans

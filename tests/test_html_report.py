@@ -89,6 +89,8 @@ def test_damaged_spans_run_from_the_first_missing_frame_to_the_next_read() -> No
     planned = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert damaged_spans(planned, [1.0, 2.0, 5.0], 6.0) == [(1.0, 3.0), (5.0, 6.0)]
     assert damaged_spans(planned, [], 6.0) == []
+    # decoding stopped at 3.6 s: the band starts there, where the report's warning says, not at 4.0
+    assert damaged_spans(planned, [1.0, 4.0, 5.0], 6.0, ended_at=3.6) == [(1.0, 2.0), (3.6, 6.0)]
 
 
 def test_every_text_is_escaped_and_nothing_is_loaded_from_elsewhere() -> None:
