@@ -59,13 +59,18 @@ class Input:
 
 def _videos_in(folder: Path) -> list[Path]:
     """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
-    (so a link back up the tree cannot loop)."""
+    (so a link back up the tree cannot loop). A broken link with a video's name is kept, to fail
+    with its reason rather than vanish from the batch."""
     found = []
     for root, folders, files in os.walk(folder, followlinks=False):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in files:
             path = Path(root) / name
-            if not name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+            if (
+                not name.startswith(".")
+                and path.suffix.lower() in VIDEO_EXTENSIONS
+                and (path.is_file() or path.is_symlink())
+            ):
                 found.append(path)
     return sorted(found)
 

@@ -1356,7 +1356,7 @@ def _metrics_table(metrics: dict) -> Table:
 
 
 models_app = typer.Typer(help="Known models: list them, see which are cached, download them.", no_args_is_help=True)
-app.add_typer(models_app, name="models", short_help="List, check and download models.")
+app.add_typer(models_app, name="models", short_help="List and download models.")
 
 
 @models_app.command("list")

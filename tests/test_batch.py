@@ -30,8 +30,10 @@ def test_folders_are_searched_recursively_for_videos(tmp_path: Path) -> None:
     touch(tmp_path / "in" / ".hidden" / "c.mp4")
     touch(tmp_path / "in" / "._a.mp4")  # macOS resource fork
     explicit = touch(tmp_path / "song.m4a")  # an explicit file is tried whatever its extension
+    (tmp_path / "in" / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # kept, to fail with its reason
     inputs, failures = expand_inputs([tmp_path / "in", explicit, tmp_path / "in" / "a.mp4"])
-    assert [(i.path.name, str(i.stem)) for i in inputs] == [("a.mp4", "a"), ("b.MKV", "deep/b"), ("song.m4a", "song")]
+    assert [(i.path.name, str(i.stem)) for i in inputs] == [
+        ("a.mp4", "a"), ("b.MKV", "deep/b"), ("gone.mp4", "gone"), ("song.m4a", "song")]  # fmt: skip
     assert failures == []
 
 
