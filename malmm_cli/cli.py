@@ -1284,7 +1284,7 @@ def evaluate(
     folder = output or Path(f"malmm-eval-{data.stem}")
     settings = evaluation.EvalSettings(
         data=str(data.resolve()), benchmark=benchmark.name, model=model_identity(model),
-        checkpoint=checkpoint_identity(checkpoint), frames=frames or benchmark.frames,
+        checkpoint=checkpoint_identity(options.checkpoint), frames=frames or benchmark.frames,
         memory_bank_length=memory_bank_length or benchmark.memory_bank_length, memory=memory,
         precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
         label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,

@@ -218,3 +218,47 @@ def test_unreadable_videos_are_left_out_and_counted(tiny_llama_dir: Path, tmp_pa
     assert (metrics["examples"], metrics["unreadable"]) == (1, 1)
     assert "1 examples could not be read" in result.output
     assert {"top1", "top5", "ranked_top1", "ranked_top5"} == set(metrics["metrics"])
+
+
+def _scene_labels(folder: Path, count: int) -> Path:
+    """`count` coloured scenes and a labels file naming them (the colour is the label)."""
+    (folder / "clips").mkdir(exist_ok=True)
+    for i in range(count):
+        make_scene(folder / "clips" / f"{i}.mp4", COLOURS[i % 3], seed=i)
+    rows = [{"video": f"clips/{i}.mp4", "label": COLOURS[i % 3]} for i in range(count)]
+    return _write_rows(folder / "labels.jsonl", rows)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _eval(*args: object):
+    return CliRunner().invoke(app, ["eval", *(str(a) for a in args)], catch_exceptions=False)
+
+
+def test_a_run_folder_checkpoint_is_identified_by_content(tiny_llama_dir: Path, tiny_malmm, tmp_path: Path) -> None:
+    """`--checkpoint RUN` is the file RUN/model.safetensors by content: other weights in the same
+    run folder are refused on a rerun rather than scored with the old predictions."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from malmm_cli.fingerprint import content_hash
+    from models.checkpoint import save_trained
+
+    data = _scene_labels(tmp_path, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "model.safetensors"
+    save_trained(tiny_malmm.model, weights, str(tiny_llama_dir))
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--checkpoint", run, "--output", tmp_path / "out", "-q"]
+    assert _eval(*args).exit_code == 0
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["checkpoint"] == content_hash(weights)
+    tensors = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as file:
+        metadata = file.metadata()
+    tensors["query_tokens"] = tensors["query_tokens"] + 1
+    save_file(tensors, str(weights), metadata=metadata)  # the run trained on: other weights
+    again = _eval(*args)
+    assert again.exit_code == 2 and "holds predictions made otherwise (checkpoint" in again.output
