@@ -175,7 +175,8 @@ class ClipFeatures:
             reason = "no frame could be decoded"
         if not features:
             self.unreadable.add(example.id)
-            self.warn(f"{example.id} ({example.video}): {reason}; left out of training")
+            use = "validation" if draw is None else "training"  # validation clips are sampled evenly
+            self.warn(f"{example.id} ({example.video}): {reason}; left out of {use}")
             return None
         nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
         return torch.stack([features[i] for i in nearest])
@@ -395,7 +396,8 @@ class Trainer:
             self._train_mode(True)
         if not losses:
             return {}
-        record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / sum(n for _, n in losses)}
+        scored = sum(n for _, n in losses)
+        record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / scored, "val_examples": scored}
         if counted:
             record["val_accuracy"] = correct / counted
         return record
@@ -557,9 +559,10 @@ def read_data(
     label_field: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(training, validation) examples: validation from its own file, or a seeded fraction of DATA."""
-    examples = read_examples(data, task, videos, label_field)
+    examples = _named(read_examples(data, task, videos, label_field), data.name)
     if val is not None:
-        return examples, read_examples(val, task, videos, label_field)
+        source = val.name if val.name != data.name else str(val)
+        return examples, _named(read_examples(val, task, videos, label_field), source)
     if not val_split:
         return examples, []
     order = epoch_order(len(examples), seed, -1)
@@ -568,6 +571,18 @@ def read_data(
         raise DatasetError(f"--val-split {val_split} leaves no training examples of {len(examples)}")
     chosen = set(order[:held])
     return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])
+
+
+def _named(examples: list[Example], source: str) -> list[Example]:
+    """The examples with ids that name their file (`clips.jsonl line 3`): a clip left out as
+    unreadable, or a cached query output, is keyed by id, so a training and a validation example
+    must never share one. Two examples of one id in a file are refused for the same reason."""
+    seen: set[str] = set()
+    for example in examples:
+        if example.id in seen:
+            raise DatasetError(f"{source}: two examples have the id {example.id!r}: give each its own")
+        seen.add(example.id)
+    return [dataclasses.replace(example, id=f"{source} {example.id}") for example in examples]
 
 
 def check_output(output: Path, resume: bool) -> None:

@@ -543,6 +543,29 @@ def test_bad_examples_are_reported_once_and_skipped(tiny_llama_dir: Path, scenes
     assert all(e["examples"] == 6 for e in json.loads((tmp_path / "run" / "training.json").read_text())["epochs"])
 
 
+def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Rows without an id are named by file and line: an unreadable clip on line 1 of the training
+    file does not take line 1 of the validation file with it, nor the other way round, and each
+    warning says which set the clip is left out of."""
+    for i in range(4):
+        make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
+    rows = lambda *videos: "".join(json.dumps({"video": v, "label": "red"}) + "\n" for v in videos)  # noqa: E731
+    data = _write(tmp_path / "train.jsonl", rows("gone.mp4", "0.mp4", "1.mp4"))
+    val = _write(tmp_path / "val.jsonl", rows("2.mp4", "gone-too.mp4", "3.mp4"))
+    result = malmm_cli("train", data, "--val", val, "--task", "classify", "--output", tmp_path / "run",
+                       "--model", tiny_llama_dir, *TRAIN, "--batch-size", "1", "--epochs", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "no such file" in line]
+    assert len(lines) == 2 and lines[0].startswith("warning: train.jsonl line 1 (") and "gone.mp4" in lines[0]
+    assert lines[0].endswith("left out of training"), lines
+    assert lines[1].startswith("warning: val.jsonl line 2 (") and lines[1].endswith("left out of validation"), lines
+    epochs = json.loads((tmp_path / "run" / "training.json").read_text())["epochs"]
+    assert [(e["examples"], e["val_examples"]) for e in epochs] == [(2, 2), (2, 2)]
+    twice = _write(tmp_path / "twice.jsonl", '{"id": "a", "video": "0.mp4", "label": "red"}\n' * 2)
+    with pytest.raises(DatasetError, match=r"twice.jsonl: two examples have the id 'a': give each its own"):
+        training.read_data(twice, "classify", None, None, 0)
+
+
 def test_trains_through_an_8bit_llm(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
     """Gradients reach the soft prompt through bitsandbytes' 8-bit LLM layers (frozen)."""
     run = tmp_path / "run"
