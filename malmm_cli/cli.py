@@ -1164,6 +1164,7 @@ def train(
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
         examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        data_read = training.TrainData.of(data, val, val_split, videos, label_field)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
         reporter.error(str(error))
@@ -1185,7 +1186,8 @@ def train(
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     try:
         trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
-                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
+                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn,
+                                   data=data_read)  # fmt: skip
         if resume:
             trainer.resume()
     except (training.TrainingError, CheckpointError) as error:

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from malmm_cli.augment import ClipAugment
 from malmm_cli.dataset import DatasetError, Example, read_examples
 from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.records import changed_values
+from malmm_cli.records import changed_values, file_identity
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from malmm_cli.writers import write_json
@@ -115,6 +115,27 @@ class TrainSettings:
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What a run reads and how it splits it (stored beside its settings): a resumed run must read
+    the same, or its position in the data, its schedule and its best epoch would mean other things.
+    The data files are named by content, so an edited file is refused whatever its path."""
+
+    data: str
+    val: str | None = None
+    val_split: float | None = None
+    videos: str | None = None
+    label_field: str | None = None
+
+    @classmethod
+    def of(
+        cls, data: Path, val: Path | None, val_split: float | None, videos: Path | None, label_field: str | None
+    ) -> TrainData:
+        return cls(data=file_identity(data), val=file_identity(val) if val is not None else None,
+                   val_split=val_split, videos=str(videos.resolve()) if videos is not None else None,
+                   label_field=label_field)  # fmt: skip
 
 
 def prompt_for(task: str, example: Example) -> str:
@@ -222,10 +243,13 @@ class Trainer:
         labels: list[str] | None = None,
         warn: Callable[[str], None] = print,
         checkpointing: bool | None = None,
+        data: TrainData | None = None,
     ):
         """checkpointing: recompute the LLM's activations in the backward pass instead of keeping
-        them (default: on a GPU); it changes memory and time, not the result."""
+        them (default: on a GPU); it changes memory and time, not the result. data: what the
+        examples were read from, which `resume` compares."""
         self.malmm, self.train_set, self.val_set = malmm, train, val
+        self.data = data
         self.settings, self.output, self.base_model = settings, output, base_model
         self.labels = labels
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
@@ -427,8 +451,11 @@ class Trainer:
         self._write_info()
 
     def summary(self) -> dict[str, Any]:
-        return {"settings": dataclasses.asdict(self.settings), "base_model": self.base_model,
+        return {"settings": dataclasses.asdict(self.settings), "data": self._data(), "base_model": self.base_model,
                 "labels": self.labels, "best": self.best, "epochs": self.history}  # fmt: skip
+
+    def _data(self) -> dict[str, Any] | None:
+        return dataclasses.asdict(self.data) if self.data is not None else None
 
     def _write_info(self) -> None:
         write_json(self.output / RUN_INFO, self.summary())
@@ -457,7 +484,7 @@ class Trainer:
             "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "history": boundary["history"], "best": boundary["best"], "epoch_figures": boundary["epoch_figures"],
-            "settings": dataclasses.asdict(self.settings),
+            "settings": dataclasses.asdict(self.settings), "data": self._data(),
             "base_model": self.base_model, "labels": self.labels, "unreadable": sorted(self.features.unreadable),
         })  # fmt: skip
         old = self.output / f".{RESUME}.old"
@@ -481,6 +508,7 @@ class Trainer:
         if stored != current:
             changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
+        self._check_data(plain.get("data"))
         if plain["base_model"] != self.base_model:
             raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
         with torch.no_grad():
@@ -496,6 +524,18 @@ class Trainer:
         self.position = Position(**plain["position"])
         self.history, self.best, self.epoch_figures = plain["history"], plain["best"], plain["epoch_figures"]
         self.features.unreadable = set(plain["unreadable"])
+
+    def _check_data(self, stored: dict[str, Any] | None) -> None:
+        """Refuse other data, another validation set or split (a state saved before the data were
+        recorded has nothing to compare: it goes on)."""
+        current = self._data()
+        if stored is None or current is None or stored == current:
+            return
+        changed = changed_values(stored, current)
+        raise TrainingError(
+            f"{self.output} was trained on other data ({changed}); resume with the same files and options, "
+            "or start a new run in another folder"
+        )
 
 
 def add_temporal_module(model: Any, settings: TrainSettings) -> None:

@@ -507,6 +507,25 @@ def test_refuses_what_would_lose_or_mix_work(tiny_llama_dir: Path, scenes: Path,
     assert fresh.exit_code == 2 and "no saved run to resume" in fresh.output
 
 
+def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """What the run reads is compared as its settings are: another split, or DATA edited in place
+    (same path, rows reordered), would give the saved position and best epoch other meanings."""
+    for i in range(4):
+        make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
+    rows = [json.dumps({"video": f"{i}.mp4", "label": COLOURS[i % 2]}) + "\n" for i in range(4)]
+    data = _write(tmp_path / "data.jsonl", "".join(rows))
+    run = tmp_path / "run"
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
+    assert malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25").exit_code == 0
+    same = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume")
+    assert same.exit_code == 0, same.output
+    split = malmm_cli("train", data, "--output", run, *args, "--resume")
+    assert split.exit_code == 2 and "was trained on other data (val_split 0.25 -> None)" in split.output
+    data.write_text("".join(reversed(rows)))
+    edited = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume")
+    assert edited.exit_code == 2 and "was trained on other data (data 'sha256:" in edited.output
+
+
 def test_refuses_checkpoints_that_do_not_fit(
     tiny_llama_dir: Path, tiny_t5_dir: Path, scenes: Path, tmp_path: Path
 ) -> None:
