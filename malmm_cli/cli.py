@@ -1164,6 +1164,7 @@ def train(
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
         examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        training.check_videos(examples)
         data_read = training.TrainData.of(data, val, val_split, videos, label_field)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
@@ -1201,6 +1202,9 @@ def train(
     except KeyboardInterrupt:
         reporter.warn(f"interrupted: the run is saved in {output}; the same command with --resume goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except training.NothingReadable as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_FAILED) from error
     except training.TrainingError as error:
         reporter.error(f"{error} (the last saved state is in {output})")
         raise typer.Exit(EXIT_FAILED) from error

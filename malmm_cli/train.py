@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ _CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 
 class TrainingError(Exception):
     """A run that cannot start or go on, with what to do about it."""
+
+
+class NothingReadable(TrainingError):
+    """No training clip could be read: there is nothing to train on."""
 
 
 @dataclass(frozen=True)
@@ -333,6 +338,9 @@ class Trainer:
         try:
             while self.position.epoch < self.settings.epochs:
                 self._train_epoch(progress)
+                if not self.epoch_figures["examples"]:
+                    raise NothingReadable(f"none of the {len(self.train_set)} training clips could be read (see "
+                                          "the warnings above): fix or replace them, then start again")  # fmt: skip
                 record = {"epoch": self.position.epoch + 1, **self._epoch_figures(), **self.validate()}
                 self.history.append(record)
                 self.position = Position(self.position.epoch + 1, 0, self.position.step)
@@ -392,7 +400,10 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule counts every step, taken or not (no readable clip,
+            # or skipped by the loss scaler), so that it follows the position; PyTorch warns of the first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         return (total / count if count else None), count
 
     # --- validation and the best checkpoint -----------------------------------------------------
@@ -623,6 +634,16 @@ def _named(examples: list[Example], source: str) -> list[Example]:
             raise DatasetError(f"{source}: two examples have the id {example.id!r}: give each its own")
         seen.add(example.id)
     return [dataclasses.replace(example, id=f"{source} {example.id}") for example in examples]
+
+
+def check_videos(examples: list[Example]) -> None:
+    """Before the model loads: training needs at least one of its videos to exist (the usual
+    mistake: an annotation file without --videos, or paths relative to another folder)."""
+    if examples and not any(example.video.is_file() for example in examples):
+        raise DatasetError(
+            f"none of the {len(examples)} training videos exists (the first: {examples[0].video}): paths are "
+            "relative to the data file's folder, or to --videos for MA-LMM annotations"
+        )
 
 
 def check_output(output: Path, resume: bool) -> None:

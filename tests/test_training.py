@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -583,6 +584,25 @@ def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_pat
     twice = _write(tmp_path / "twice.jsonl", '{"id": "a", "video": "0.mp4", "label": "red"}\n' * 2)
     with pytest.raises(DatasetError, match=r"twice.jsonl: two examples have the id 'a': give each its own"):
         training.read_data(twice, "classify", None, None, 0)
+
+
+def test_nothing_readable_fails(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """No video there: a usage error before the model loads. Videos there but none decodable: a
+    failure after the first epoch, with no checkpoint written and no PyTorch warning leaked."""
+    rows = lambda *videos: "".join(json.dumps({"video": v, "label": "red"}) + "\n" for v in videos)  # noqa: E731
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "2"]
+    missing = malmm_cli("train", _write(tmp_path / "a.jsonl", rows("gone.mp4", "gone-too.mp4")),
+                        "--output", tmp_path / "missing", *args)  # fmt: skip
+    assert missing.exit_code == 2 and "none of the 2 training videos exists" in missing.output
+    assert "Loading" not in missing.output and not (tmp_path / "missing").exists()
+    make_text_file(tmp_path / "notes.mp4")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        broken = malmm_cli("train", _write(tmp_path / "b.jsonl", rows("gone.mp4", "notes.mp4")),
+                           "--output", tmp_path / "broken", *args)  # fmt: skip
+    assert broken.exit_code == 1 and "none of the 2 training clips could be read" in broken.output
+    assert "Done" not in broken.output and not (tmp_path / "broken" / "model.safetensors").exists()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
 
 
 def test_trains_through_an_8bit_llm(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
