@@ -1269,7 +1269,7 @@ def evaluate(
     from malmm_cli.dataset import DatasetError
     from malmm_cli.loading import SetupError, resolve_device
     from malmm_cli.progress import EvalProgress, Reporter
-    from malmm_cli.records import checkpoint_identity, model_identity
+    from malmm_cli.records import checkpoint_identity, file_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
     try:
@@ -1289,9 +1289,10 @@ def evaluate(
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     settings = evaluation.EvalSettings(
-        data=str(data.resolve()), benchmark=benchmark.name, model=model_identity(model),
-        checkpoint=checkpoint_identity(options.checkpoint), frames=frames or benchmark.frames,
-        memory_bank_length=memory_bank_length or benchmark.memory_bank_length, memory=memory,
+        data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
+        model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
+        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
+        memory=memory,
         precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
         label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
     )  # fmt: skip

@@ -175,6 +175,7 @@ class EvalSettings:
     frames: int
     memory_bank_length: int
     memory: str = "malmm"
+    data_content: str | None = None  # records.file_identity: an edited file (rows, references) is another
     precision: dict[str, str] = field(default_factory=dict)  # device type, dtype, quantize(-vision) as asked
     label_field: str | None = None
     videos: str | None = None

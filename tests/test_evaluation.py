@@ -262,3 +262,14 @@ def test_a_run_folder_checkpoint_is_identified_by_content(tiny_llama_dir: Path, 
     save_file(tensors, str(weights), metadata=metadata)  # the run trained on: other weights
     again = _eval(*args)
     assert again.exit_code == 2 and "holds predictions made otherwise (checkpoint" in again.output
+
+
+def test_an_edited_data_file_is_not_scored_with_old_predictions(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The data file is identified by content: reordered or relabelled rows on the same path would
+    otherwise be scored against the old rows' videos and references."""
+    data = _scene_labels(tmp_path, 2)
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out", "-q"]
+    assert _eval(*args).exit_code == 0
+    data.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
+    again = _eval(*args)
+    assert again.exit_code == 2 and "holds predictions made otherwise (data_content 'sha256:" in again.output
