@@ -1299,7 +1299,8 @@ def evaluate(
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
     malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items))
-    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter))
+    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
+                                on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
     try:
         done = run.start()
     except evaluation.EvaluationError as error:
@@ -1314,11 +1315,13 @@ def evaluate(
     except KeyboardInterrupt:
         reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    if metrics["unreadable"]:
-        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out (see predictions.jsonl)")
     if not quiet:
         reporter.console.print(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
+    if metrics["unreadable"]:
+        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out of the metrics (see "
+                      "above): fix their videos and run the same command, which reads only those again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _metrics_table(metrics: dict) -> Table:

@@ -206,18 +206,30 @@ class Killed(BaseException):
     """Stops a run with no chance to clean up, as a kill does."""
 
 
-def test_unreadable_videos_are_left_out_and_counted(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_unreadable_videos_are_named_counted_and_read_again(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """An unreadable video gets one line naming it and the run ends with status 1, its metrics
+    those of the rest; once the video is fixed, the same command reads that video only."""
     make_scene(tmp_path / "good.mp4", "red", seed=0)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     data = tmp_path / "labels.jsonl"
     data.write_text('{"video": "good.mp4", "label": "red"}\n{"video": "broken.mp4", "label": "blue"}\n')
-    result = CliRunner().invoke(app, ["eval", str(data), "--model", str(tiny_llama_dir), *SMALL,
-                                      "--output", str(tmp_path / "out")])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out"]
+    result = _eval(*args)
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "broken.mp4: " in line
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert (metrics["examples"], metrics["unreadable"]) == (1, 1)
-    assert "1 examples could not be read" in result.output
+    assert "1 examples could not be read" in result.output and json.loads(result.stdout) == metrics
     assert {"top1", "top5", "ranked_top1", "ranked_top5"} == set(metrics["metrics"])
+    make_scene(tmp_path / "broken.mp4", "blue", seed=1)
+    again = _eval(*args)
+    assert again.exit_code == 0, again.output
+    assert "2 examples, 1 already in" in again.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["line 1", "line 2"] and not any("error" in row for row in rows)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["examples"], metrics["unreadable"]) == (2, 0)
 
 
 def _scene_labels(folder: Path, count: int) -> Path:
