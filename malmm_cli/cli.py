@@ -419,11 +419,11 @@ def _check_checkpoint(options: RunOptions) -> None:
         raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
 
 
-def _check_output_dir(folder: Path) -> None:
+def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
     if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint="--output-dir")
+        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint=option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".malmm-write-test-{os.getpid()}"
@@ -431,7 +431,7 @@ def _check_output_dir(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         reason = f"cannot write in {folder}: {error.strerror or error}"
-        raise typer.BadParameter(reason, param_hint="--output-dir") from None
+        raise typer.BadParameter(reason, param_hint=option) from None
 
 
 def _check_stdout_format(options: RunOptions, videos: int) -> bool:
@@ -1288,6 +1288,7 @@ def evaluate(
     except SetupError as error:
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
+    _check_output_dir(folder, "--output")
     settings = evaluation.EvalSettings(
         data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
         model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),

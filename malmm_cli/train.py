@@ -649,6 +649,8 @@ def check_videos(examples: list[Example]) -> None:
 def check_output(output: Path, resume: bool) -> None:
     """A new run needs an empty or new folder (so no earlier run is overwritten); --resume one
     that holds a saved state."""
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"{output} is a file: give --output a folder for the run (new, or empty)")
     if resume:
         if not (output / RESUME / "state.json").is_file():
             raise TrainingError(f"{output} holds no saved run to resume (no {RESUME}/state.json)")

@@ -285,3 +285,12 @@ def test_an_edited_data_file_is_not_scored_with_old_predictions(tiny_llama_dir: 
     data.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
     again = _eval(*args)
     assert again.exit_code == 2 and "holds predictions made otherwise (data_content 'sha256:" in again.output
+
+
+def test_output_that_is_a_file_is_a_usage_error(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Refused before the model loads, as caption's --output-dir is."""
+    data = _write_rows(tmp_path / "labels.jsonl", [{"video": "a.mp4", "label": "red"}])
+    (tmp_path / "afile").touch()
+    result = _eval(data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "afile")
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+    assert "Loading" not in result.output

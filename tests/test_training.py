@@ -586,6 +586,14 @@ def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_pat
         training.read_data(twice, "classify", None, None, 0)
 
 
+def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    """Said as it is: not "not empty: pass --resume", which a file cannot take."""
+    (tmp_path / "afile").touch()
+    for resume in (False, True):
+        with pytest.raises(training.TrainingError, match="afile is a file: give --output a folder"):
+            training.check_output(tmp_path / "afile", resume=resume)
+
+
 def test_nothing_readable_fails(tiny_llama_dir: Path, tmp_path: Path) -> None:
     """No video there: a usage error before the model loads. Videos there but none decodable: a
     failure after the first epoch, with no checkpoint written and no PyTorch warning leaked."""
