@@ -1186,7 +1186,7 @@ def train(
     malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     try:
-        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
+        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=training.model_name(model),
                                    cache=options.cache(reporter), labels=labels, warn=reporter.warn,
                                    data=data_read)  # fmt: skip
         if resume:

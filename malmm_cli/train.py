@@ -520,7 +520,7 @@ class Trainer:
             changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
         self._check_data(plain.get("data"))
-        if plain["base_model"] != self.base_model:
+        if model_name(plain["base_model"]) != model_name(self.base_model):
             raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
         with torch.no_grad():
             for name, parameter in self.trained:
@@ -634,6 +634,13 @@ def _named(examples: list[Example], source: str) -> list[Example]:
             raise DatasetError(f"{source}: two examples have the id {example.id!r}: give each its own")
         seen.add(example.id)
     return [dataclasses.replace(example, id=f"{source} {example.id}") for example in examples]
+
+
+def model_name(model: str) -> str:
+    """The base model as a run records and compares it: a local folder by its absolute path (so
+    `tiny`, `./tiny/` and `/home/me/tiny` are one model), a hub id as it is."""
+    folder = Path(model).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else model
 
 
 def check_videos(examples: list[Example]) -> None:

@@ -508,9 +508,10 @@ def test_refuses_what_would_lose_or_mix_work(tiny_llama_dir: Path, scenes: Path,
     assert fresh.exit_code == 2 and "no saved run to resume" in fresh.output
 
 
-def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the run reads is compared as its settings are: another split, or DATA edited in place
-    (same path, rows reordered), would give the saved position and best epoch other meanings."""
+    (same path, rows reordered), would give the saved position and best epoch other meanings. The
+    base model spelled otherwise (relative, a trailing slash) is the same model."""
     for i in range(4):
         make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
     rows = [json.dumps({"video": f"{i}.mp4", "label": COLOURS[i % 2]}) + "\n" for i in range(4)]
@@ -518,7 +519,9 @@ def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path) -> None
     run = tmp_path / "run"
     args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
     assert malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25").exit_code == 0
-    same = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume")
+    monkeypatch.chdir(tiny_llama_dir.parent)
+    same = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume",
+                     "--model", f"{tiny_llama_dir.name}/")  # fmt: skip
     assert same.exit_code == 0, same.output
     split = malmm_cli("train", data, "--output", run, *args, "--resume")
     assert split.exit_code == 2 and "was trained on other data (val_split 0.25 -> None)" in split.output
