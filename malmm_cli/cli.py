@@ -413,10 +413,17 @@ def _load_options(
 
 
 def _check_checkpoint(options: RunOptions) -> None:
-    """A --checkpoint that is not there is a usage error before anything loads."""
-    if options.checkpoint is not None and not options.checkpoint.is_file():
-        missing = "a folder without " + TRAINED_WEIGHTS if options.checkpoint.parent.is_dir() else "no such file"
-        raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
+    """A --checkpoint that is not there is a usage error before anything loads. A run folder is
+    given as RUN/model.safetensors by now (RunOptions): one without it names the folder, and a run
+    that holds only resume/ has not finished an epoch."""
+    path = options.checkpoint
+    if path is None or path.is_file():
+        return
+    if path.name == TRAINED_WEIGHTS and path.parent.is_dir():
+        unfinished = (path.parent / "resume").is_dir()
+        why = ": its run has not finished an epoch yet (go on with `malmm train ... --resume`)" if unfinished else ""
+        raise typer.BadParameter(f"{path.parent} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint")
+    raise typer.BadParameter(f"{path}: no such file or folder", param_hint="--checkpoint")
 
 
 def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
