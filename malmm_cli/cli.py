@@ -413,17 +413,24 @@ def _load_options(
 
 
 def _check_checkpoint(options: RunOptions) -> None:
-    """A --checkpoint that is not there is a usage error before anything loads."""
-    if options.checkpoint is not None and not options.checkpoint.is_file():
-        missing = "a folder without " + TRAINED_WEIGHTS if options.checkpoint.parent.is_dir() else "no such file"
-        raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
+    """A --checkpoint that is not there is a usage error before anything loads. A run folder is
+    given as RUN/model.safetensors by now (RunOptions): one without it names the folder, and a run
+    that holds only resume/ has not finished an epoch."""
+    path = options.checkpoint
+    if path is None or path.is_file():
+        return
+    if path.name == TRAINED_WEIGHTS and path.parent.is_dir():
+        unfinished = (path.parent / "resume").is_dir()
+        why = ": its run has not finished an epoch yet (go on with `malmm train ... --resume`)" if unfinished else ""
+        raise typer.BadParameter(f"{path.parent} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint")
+    raise typer.BadParameter(f"{path}: no such file or folder", param_hint="--checkpoint")
 
 
-def _check_output_dir(folder: Path) -> None:
+def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
     if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint="--output-dir")
+        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint=option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".malmm-write-test-{os.getpid()}"
@@ -431,7 +438,7 @@ def _check_output_dir(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         reason = f"cannot write in {folder}: {error.strerror or error}"
-        raise typer.BadParameter(reason, param_hint="--output-dir") from None
+        raise typer.BadParameter(reason, param_hint=option) from None
 
 
 def _check_stdout_format(options: RunOptions, videos: int) -> bool:
@@ -1180,6 +1187,8 @@ def train(
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
         examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        training.check_videos(examples)
+        data_read = training.TrainData.of(data, val, val_split, videos, label_field)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
         reporter.error(str(error))
@@ -1200,8 +1209,9 @@ def train(
     malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     try:
-        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=model,
-                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn)  # fmt: skip
+        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=training.model_name(model),
+                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn,
+                                   data=data_read)  # fmt: skip
         if resume:
             trainer.resume()
     except (training.TrainingError, CheckpointError) as error:
@@ -1215,6 +1225,9 @@ def train(
     except KeyboardInterrupt:
         reporter.warn(f"interrupted: the run is saved in {output}; the same command with --resume goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except training.NothingReadable as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_FAILED) from error
     except training.TrainingError as error:
         reporter.error(f"{error} (the last saved state is in {output})")
         raise typer.Exit(EXIT_FAILED) from error
@@ -1279,7 +1292,7 @@ def evaluate(
     from malmm_cli.dataset import DatasetError
     from malmm_cli.loading import SetupError, resolve_device
     from malmm_cli.progress import EvalProgress, Reporter
-    from malmm_cli.records import checkpoint_identity, model_identity
+    from malmm_cli.records import checkpoint_identity, file_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
     try:
@@ -1298,17 +1311,20 @@ def evaluate(
     except SetupError as error:
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
+    _check_output_dir(folder, "--output")
     settings = evaluation.EvalSettings(
-        data=str(data.resolve()), benchmark=benchmark.name, model=model_identity(model),
-        checkpoint=checkpoint_identity(checkpoint), frames=frames or benchmark.frames,
-        memory_bank_length=memory_bank_length or benchmark.memory_bank_length, memory=memory,
+        data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
+        model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
+        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
+        memory=memory,
         precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
         label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
     )  # fmt: skip
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
     malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items))
-    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter))
+    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
+                                on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
     try:
         done = run.start()
     except evaluation.EvaluationError as error:
@@ -1323,11 +1339,13 @@ def evaluate(
     except KeyboardInterrupt:
         reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    if metrics["unreadable"]:
-        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out (see predictions.jsonl)")
     if not quiet:
         reporter.console.print(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
+    if metrics["unreadable"]:
+        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out of the metrics (see "
+                      "above): fix their videos and run the same command, which reads only those again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _metrics_table(metrics: dict) -> Table:

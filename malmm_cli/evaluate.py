@@ -175,6 +175,7 @@ class EvalSettings:
     frames: int
     memory_bank_length: int
     memory: str = "malmm"
+    data_content: str | None = None  # records.file_identity: an edited file (rows, references) is another
     precision: dict[str, str] = field(default_factory=dict)  # device type, dtype, quantize(-vision) as asked
     label_field: str | None = None
     videos: str | None = None
@@ -192,10 +193,13 @@ class Evaluation:
         settings: EvalSettings,
         output: Path,
         cache: FeatureCache | None = None,
+        on_unreadable: Callable[[Path, str], None] = lambda video, reason: None,
     ):
-        """Classification answers are ranked over `settings.labels` (`label_set`)."""
+        """Classification answers are ranked over `settings.labels` (`label_set`). on_unreadable(video,
+        reason): a video that could not be read (its items get error rows, read again by a rerun)."""
         self.malmm, self.benchmark, self.items, self.settings, self.output = malmm, benchmark, items, settings, output
         self.cache = cache
+        self.on_unreadable = on_unreadable
         self.labels = list(settings.labels) if settings is not None else []
 
     def start(self) -> set[str]:
@@ -219,14 +223,15 @@ class Evaluation:
 
     def _whole_clips(self) -> set[str]:
         """The ids of the clips predicted whole. Rows of a clip cut short (a kill while they were
-        written) are removed, so that the clip is read again as one, as an unstopped run reads it."""
+        written) are removed, so that the clip is read again as one, as an unstopped run reads it;
+        so are the error rows of a video that could not be read, which may have been fixed since."""
         path = self.output / PREDICTIONS
         rows = read_predictions(path)
-        done = {row["id"] for row in rows}
+        done = {row["id"] for row in rows if "error" not in row}
         partial = {item.id for clip in self._by_clip(self.items) if not all(i.id in done for i in clip)
                    for item in clip if item.id in done}  # fmt: skip
-        if partial:
-            kept = [row for row in rows if row["id"] not in partial]
+        kept = [row for row in rows if row["id"] in done - partial]
+        if len(kept) < len(rows):
             write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
         return done - partial
 
@@ -276,7 +281,9 @@ class Evaluation:
                                 memory=Memory(self.settings.memory_bank_length, self.settings.memory),
                                 settings=self.benchmark.generation(), cache=self.cache)  # fmt: skip
         except (VideoError, OSError) as error:
-            return [{**_row(item), "error": str(error) or type(error).__name__} for item in clip]
+            reason = str(error) or type(error).__name__
+            self.on_unreadable(first.video, reason)
+            return [{**_row(item), "error": reason} for item in clip]
         return [{**_row(item), **_predicted(self.benchmark, result, n)} for n, item in enumerate(clip)]
 
     def score(self) -> dict[str, Any]:

@@ -42,6 +42,12 @@ def model_identity(model: str) -> str:
     return f"{model}@{snapshot.name}" if snapshot is not None else f"{model}@not-cached"
 
 
+def file_identity(path: Path) -> str:
+    """A data file by content (`sha256:` and 16 hex digits), so that an edited file is told
+    from the one a run started with, whatever its path and modification time."""
+    return f"sha256:{content_hash(path)[:16]}"
+
+
 def checkpoint_identity(path: Path | None, memo_folder: Path | None = None) -> str | None:
     """The checkpoint's content hash (its path does not matter); None without a checkpoint."""
     if path is None:

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from malmm_cli.augment import ClipAugment
 from malmm_cli.dataset import DatasetError, Example, read_examples
 from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.records import changed_values
+from malmm_cli.records import changed_values, file_identity
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
 from malmm_cli.writers import write_json
@@ -76,6 +77,10 @@ _CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 
 class TrainingError(Exception):
     """A run that cannot start or go on, with what to do about it."""
+
+
+class NothingReadable(TrainingError):
+    """No training clip could be read: there is nothing to train on."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,27 @@ class TrainSettings:
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What a run reads and how it splits it (stored beside its settings): a resumed run must read
+    the same, or its position in the data, its schedule and its best epoch would mean other things.
+    The data files are named by content, so an edited file is refused whatever its path."""
+
+    data: str
+    val: str | None = None
+    val_split: float | None = None
+    videos: str | None = None
+    label_field: str | None = None
+
+    @classmethod
+    def of(
+        cls, data: Path, val: Path | None, val_split: float | None, videos: Path | None, label_field: str | None
+    ) -> TrainData:
+        return cls(data=file_identity(data), val=file_identity(val) if val is not None else None,
+                   val_split=val_split, videos=str(videos.resolve()) if videos is not None else None,
+                   label_field=label_field)  # fmt: skip
 
 
 def prompt_for(task: str, example: Example) -> str:
@@ -175,7 +201,8 @@ class ClipFeatures:
             reason = "no frame could be decoded"
         if not features:
             self.unreadable.add(example.id)
-            self.warn(f"{example.id} ({example.video}): {reason}; left out of training")
+            use = "validation" if draw is None else "training"  # validation clips are sampled evenly
+            self.warn(f"{example.id} ({example.video}): {reason}; left out of {use}")
             return None
         nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
         return torch.stack([features[i] for i in nearest])
@@ -221,10 +248,13 @@ class Trainer:
         labels: list[str] | None = None,
         warn: Callable[[str], None] = print,
         checkpointing: bool | None = None,
+        data: TrainData | None = None,
     ):
         """checkpointing: recompute the LLM's activations in the backward pass instead of keeping
-        them (default: on a GPU); it changes memory and time, not the result."""
+        them (default: on a GPU); it changes memory and time, not the result. data: what the
+        examples were read from, which `resume` compares."""
         self.malmm, self.train_set, self.val_set = malmm, train, val
+        self.data = data
         self.settings, self.output, self.base_model = settings, output, base_model
         self.labels = labels
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
@@ -308,6 +338,9 @@ class Trainer:
         try:
             while self.position.epoch < self.settings.epochs:
                 self._train_epoch(progress)
+                if not self.epoch_figures["examples"]:
+                    raise NothingReadable(f"none of the {len(self.train_set)} training clips could be read (see "
+                                          "the warnings above): fix or replace them, then start again")  # fmt: skip
                 record = {"epoch": self.position.epoch + 1, **self._epoch_figures(), **self.validate()}
                 self.history.append(record)
                 self.position = Position(self.position.epoch + 1, 0, self.position.step)
@@ -367,7 +400,10 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule counts every step, taken or not (no readable clip,
+            # or skipped by the loss scaler), so that it follows the position; PyTorch warns of the first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         return (total / count if count else None), count
 
     # --- validation and the best checkpoint -----------------------------------------------------
@@ -395,7 +431,8 @@ class Trainer:
             self._train_mode(True)
         if not losses:
             return {}
-        record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / sum(n for _, n in losses)}
+        scored = sum(n for _, n in losses)
+        record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / scored, "val_examples": scored}
         if counted:
             record["val_accuracy"] = correct / counted
         return record
@@ -425,8 +462,11 @@ class Trainer:
         self._write_info()
 
     def summary(self) -> dict[str, Any]:
-        return {"settings": dataclasses.asdict(self.settings), "base_model": self.base_model,
+        return {"settings": dataclasses.asdict(self.settings), "data": self._data(), "base_model": self.base_model,
                 "labels": self.labels, "best": self.best, "epochs": self.history}  # fmt: skip
+
+    def _data(self) -> dict[str, Any] | None:
+        return dataclasses.asdict(self.data) if self.data is not None else None
 
     def _write_info(self) -> None:
         write_json(self.output / RUN_INFO, self.summary())
@@ -455,7 +495,7 @@ class Trainer:
             "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "history": boundary["history"], "best": boundary["best"], "epoch_figures": boundary["epoch_figures"],
-            "settings": dataclasses.asdict(self.settings),
+            "settings": dataclasses.asdict(self.settings), "data": self._data(),
             "base_model": self.base_model, "labels": self.labels, "unreadable": sorted(self.features.unreadable),
         })  # fmt: skip
         old = self.output / f".{RESUME}.old"
@@ -479,7 +519,8 @@ class Trainer:
         if stored != current:
             changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
-        if plain["base_model"] != self.base_model:
+        self._check_data(plain.get("data"))
+        if model_name(plain["base_model"]) != model_name(self.base_model):
             raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
         with torch.no_grad():
             for name, parameter in self.trained:
@@ -494,6 +535,18 @@ class Trainer:
         self.position = Position(**plain["position"])
         self.history, self.best, self.epoch_figures = plain["history"], plain["best"], plain["epoch_figures"]
         self.features.unreadable = set(plain["unreadable"])
+
+    def _check_data(self, stored: dict[str, Any] | None) -> None:
+        """Refuse other data, another validation set or split (a state saved before the data were
+        recorded has nothing to compare: it goes on)."""
+        current = self._data()
+        if stored is None or current is None or stored == current:
+            return
+        changed = changed_values(stored, current)
+        raise TrainingError(
+            f"{self.output} was trained on other data ({changed}); resume with the same files and options, "
+            "or start a new run in another folder"
+        )
 
 
 def add_temporal_module(model: Any, settings: TrainSettings) -> None:
@@ -557,9 +610,10 @@ def read_data(
     label_field: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(training, validation) examples: validation from its own file, or a seeded fraction of DATA."""
-    examples = read_examples(data, task, videos, label_field)
+    examples = _named(read_examples(data, task, videos, label_field), data.name)
     if val is not None:
-        return examples, read_examples(val, task, videos, label_field)
+        source = val.name if val.name != data.name else str(val)
+        return examples, _named(read_examples(val, task, videos, label_field), source)
     if not val_split:
         return examples, []
     order = epoch_order(len(examples), seed, -1)
@@ -570,9 +624,40 @@ def read_data(
     return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])
 
 
+def _named(examples: list[Example], source: str) -> list[Example]:
+    """The examples with ids that name their file (`clips.jsonl line 3`): a clip left out as
+    unreadable, or a cached query output, is keyed by id, so a training and a validation example
+    must never share one. Two examples of one id in a file are refused for the same reason."""
+    seen: set[str] = set()
+    for example in examples:
+        if example.id in seen:
+            raise DatasetError(f"{source}: two examples have the id {example.id!r}: give each its own")
+        seen.add(example.id)
+    return [dataclasses.replace(example, id=f"{source} {example.id}") for example in examples]
+
+
+def model_name(model: str) -> str:
+    """The base model as a run records and compares it: a local folder by its absolute path (so
+    `tiny`, `./tiny/` and `/home/me/tiny` are one model), a hub id as it is."""
+    folder = Path(model).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else model
+
+
+def check_videos(examples: list[Example]) -> None:
+    """Before the model loads: training needs at least one of its videos to exist (the usual
+    mistake: an annotation file without --videos, or paths relative to another folder)."""
+    if examples and not any(example.video.is_file() for example in examples):
+        raise DatasetError(
+            f"none of the {len(examples)} training videos exists (the first: {examples[0].video}): paths are "
+            "relative to the data file's folder, or to --videos for MA-LMM annotations"
+        )
+
+
 def check_output(output: Path, resume: bool) -> None:
     """A new run needs an empty or new folder (so no earlier run is overwritten); --resume one
     that holds a saved state."""
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"{output} is a file: give --output a folder for the run (new, or empty)")
     if resume:
         if not (output / RESUME / "state.json").is_file():
             raise TrainingError(f"{output} holds no saved run to resume (no {RESUME}/state.json)")

@@ -373,6 +373,20 @@ def test_a_text_file_as_checkpoint_is_one_line(run, videos: Path, tmp_path: Path
     assert "not a PyTorch checkpoint" in result.stderr
 
 
+def test_a_checkpoint_that_is_not_there_says_what_it_is(run, videos: Path, tmp_path: Path) -> None:
+    """A missing path is not called a folder, and a run folder without weights yet says why."""
+    said = lambda result: " ".join(result.stderr.replace("│", " ").split())  # noqa: E731 (the usage panel wraps)
+    missing = run("caption", videos / "short.mp4", "--checkpoint", tmp_path / "nonexist")
+    assert missing.exit_code == 2 and "nonexist: no such file or folder" in said(missing)
+    (tmp_path / "run" / "resume").mkdir(parents=True)
+    unfinished = run("caption", videos / "short.mp4", "--checkpoint", tmp_path / "run")
+    assert (
+        unfinished.exit_code == 2
+        and "is a folder without model.safetensors: its run has not finished an epoch" in said(unfinished)
+    )
+    assert "Loading" not in unfinished.stderr
+
+
 def test_subtitles_of_several_videos_need_an_output_folder(run, videos: Path, tmp_path: Path) -> None:
     """Several videos as one SRT/VTT stream used to give several headers players read as one cue."""
     refused = run("caption", videos / "folder", "--frames", "2", "-f", "vtt")

@@ -206,15 +206,91 @@ class Killed(BaseException):
     """Stops a run with no chance to clean up, as a kill does."""
 
 
-def test_unreadable_videos_are_left_out_and_counted(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_unreadable_videos_are_named_counted_and_read_again(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """An unreadable video gets one line naming it and the run ends with status 1, its metrics
+    those of the rest; once the video is fixed, the same command reads that video only."""
     make_scene(tmp_path / "good.mp4", "red", seed=0)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     data = tmp_path / "labels.jsonl"
     data.write_text('{"video": "good.mp4", "label": "red"}\n{"video": "broken.mp4", "label": "blue"}\n')
-    result = CliRunner().invoke(app, ["eval", str(data), "--model", str(tiny_llama_dir), *SMALL,
-                                      "--output", str(tmp_path / "out")])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out"]
+    result = _eval(*args)
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "broken.mp4: " in line
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert (metrics["examples"], metrics["unreadable"]) == (1, 1)
-    assert "1 examples could not be read" in result.output
+    assert "1 examples could not be read" in result.output and json.loads(result.stdout) == metrics
     assert {"top1", "top5", "ranked_top1", "ranked_top5"} == set(metrics["metrics"])
+    make_scene(tmp_path / "broken.mp4", "blue", seed=1)
+    again = _eval(*args)
+    assert again.exit_code == 0, again.output
+    assert "2 examples, 1 already in" in again.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["line 1", "line 2"] and not any("error" in row for row in rows)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["examples"], metrics["unreadable"]) == (2, 0)
+
+
+def _scene_labels(folder: Path, count: int) -> Path:
+    """`count` coloured scenes and a labels file naming them (the colour is the label)."""
+    (folder / "clips").mkdir(exist_ok=True)
+    for i in range(count):
+        make_scene(folder / "clips" / f"{i}.mp4", COLOURS[i % 3], seed=i)
+    rows = [{"video": f"clips/{i}.mp4", "label": COLOURS[i % 3]} for i in range(count)]
+    return _write_rows(folder / "labels.jsonl", rows)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _eval(*args: object):
+    return CliRunner().invoke(app, ["eval", *(str(a) for a in args)], catch_exceptions=False)
+
+
+def test_a_run_folder_checkpoint_is_identified_by_content(tiny_llama_dir: Path, tiny_malmm, tmp_path: Path) -> None:
+    """`--checkpoint RUN` is the file RUN/model.safetensors by content: other weights in the same
+    run folder are refused on a rerun rather than scored with the old predictions."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from malmm_cli.fingerprint import content_hash
+    from models.checkpoint import save_trained
+
+    data = _scene_labels(tmp_path, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "model.safetensors"
+    save_trained(tiny_malmm.model, weights, str(tiny_llama_dir))
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--checkpoint", run, "--output", tmp_path / "out", "-q"]
+    assert _eval(*args).exit_code == 0
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["checkpoint"] == content_hash(weights)
+    tensors = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as file:
+        metadata = file.metadata()
+    tensors["query_tokens"] = tensors["query_tokens"] + 1
+    save_file(tensors, str(weights), metadata=metadata)  # the run trained on: other weights
+    again = _eval(*args)
+    assert again.exit_code == 2 and "holds predictions made otherwise (checkpoint" in again.output
+
+
+def test_an_edited_data_file_is_not_scored_with_old_predictions(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The data file is identified by content: reordered or relabelled rows on the same path would
+    otherwise be scored against the old rows' videos and references."""
+    data = _scene_labels(tmp_path, 2)
+    args = [data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out", "-q"]
+    assert _eval(*args).exit_code == 0
+    data.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
+    again = _eval(*args)
+    assert again.exit_code == 2 and "holds predictions made otherwise (data_content 'sha256:" in again.output
+
+
+def test_output_that_is_a_file_is_a_usage_error(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Refused before the model loads, as caption's --output-dir is."""
+    data = _write_rows(tmp_path / "labels.jsonl", [{"video": "a.mp4", "label": "red"}])
+    (tmp_path / "afile").touch()
+    result = _eval(data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "afile")
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+    assert "Loading" not in result.output

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -507,6 +508,28 @@ def test_refuses_what_would_lose_or_mix_work(tiny_llama_dir: Path, scenes: Path,
     assert fresh.exit_code == 2 and "no saved run to resume" in fresh.output
 
 
+def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the run reads is compared as its settings are: another split, or DATA edited in place
+    (same path, rows reordered), would give the saved position and best epoch other meanings. The
+    base model spelled otherwise (relative, a trailing slash) is the same model."""
+    for i in range(4):
+        make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
+    rows = [json.dumps({"video": f"{i}.mp4", "label": COLOURS[i % 2]}) + "\n" for i in range(4)]
+    data = _write(tmp_path / "data.jsonl", "".join(rows))
+    run = tmp_path / "run"
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
+    assert malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25").exit_code == 0
+    monkeypatch.chdir(tiny_llama_dir.parent)
+    same = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume",
+                     "--model", f"{tiny_llama_dir.name}/")  # fmt: skip
+    assert same.exit_code == 0, same.output
+    split = malmm_cli("train", data, "--output", run, *args, "--resume")
+    assert split.exit_code == 2 and "was trained on other data (val_split 0.25 -> None)" in split.output
+    data.write_text("".join(reversed(rows)))
+    edited = malmm_cli("train", data, "--output", run, *args, "--val-split", "0.25", "--resume")
+    assert edited.exit_code == 2 and "was trained on other data (data 'sha256:" in edited.output
+
+
 def test_refuses_checkpoints_that_do_not_fit(
     tiny_llama_dir: Path, tiny_t5_dir: Path, scenes: Path, tmp_path: Path
 ) -> None:
@@ -541,6 +564,56 @@ def test_bad_examples_are_reported_once_and_skipped(tiny_llama_dir: Path, scenes
     assert result.output.count("missing.mp4") == 1 and result.output.count("notes.mp4") == 1
     assert "2 examples could not be read and were left out" in result.output
     assert all(e["examples"] == 6 for e in json.loads((tmp_path / "run" / "training.json").read_text())["epochs"])
+
+
+def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Rows without an id are named by file and line: an unreadable clip on line 1 of the training
+    file does not take line 1 of the validation file with it, nor the other way round, and each
+    warning says which set the clip is left out of."""
+    for i in range(4):
+        make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
+    rows = lambda *videos: "".join(json.dumps({"video": v, "label": "red"}) + "\n" for v in videos)  # noqa: E731
+    data = _write(tmp_path / "train.jsonl", rows("gone.mp4", "0.mp4", "1.mp4"))
+    val = _write(tmp_path / "val.jsonl", rows("2.mp4", "gone-too.mp4", "3.mp4"))
+    result = malmm_cli("train", data, "--val", val, "--task", "classify", "--output", tmp_path / "run",
+                       "--model", tiny_llama_dir, *TRAIN, "--batch-size", "1", "--epochs", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "no such file" in line]
+    assert len(lines) == 2 and lines[0].startswith("warning: train.jsonl line 1 (") and "gone.mp4" in lines[0]
+    assert lines[0].endswith("left out of training"), lines
+    assert lines[1].startswith("warning: val.jsonl line 2 (") and lines[1].endswith("left out of validation"), lines
+    epochs = json.loads((tmp_path / "run" / "training.json").read_text())["epochs"]
+    assert [(e["examples"], e["val_examples"]) for e in epochs] == [(2, 2), (2, 2)]
+    twice = _write(tmp_path / "twice.jsonl", '{"id": "a", "video": "0.mp4", "label": "red"}\n' * 2)
+    with pytest.raises(DatasetError, match=r"twice.jsonl: two examples have the id 'a': give each its own"):
+        training.read_data(twice, "classify", None, None, 0)
+
+
+def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    """Said as it is: not "not empty: pass --resume", which a file cannot take."""
+    (tmp_path / "afile").touch()
+    for resume in (False, True):
+        with pytest.raises(training.TrainingError, match="afile is a file: give --output a folder"):
+            training.check_output(tmp_path / "afile", resume=resume)
+
+
+def test_nothing_readable_fails(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """No video there: a usage error before the model loads. Videos there but none decodable: a
+    failure after the first epoch, with no checkpoint written and no PyTorch warning leaked."""
+    rows = lambda *videos: "".join(json.dumps({"video": v, "label": "red"}) + "\n" for v in videos)  # noqa: E731
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "2"]
+    missing = malmm_cli("train", _write(tmp_path / "a.jsonl", rows("gone.mp4", "gone-too.mp4")),
+                        "--output", tmp_path / "missing", *args)  # fmt: skip
+    assert missing.exit_code == 2 and "none of the 2 training videos exists" in missing.output
+    assert "Loading" not in missing.output and not (tmp_path / "missing").exists()
+    make_text_file(tmp_path / "notes.mp4")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        broken = malmm_cli("train", _write(tmp_path / "b.jsonl", rows("gone.mp4", "notes.mp4")),
+                           "--output", tmp_path / "broken", *args)  # fmt: skip
+    assert broken.exit_code == 1 and "none of the 2 training clips could be read" in broken.output
+    assert "Done" not in broken.output and not (tmp_path / "broken" / "model.safetensors").exists()
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
 
 
 def test_trains_through_an_8bit_llm(steerable_dir: Path, scenes: Path, tmp_path: Path) -> None:
