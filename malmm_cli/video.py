@@ -99,6 +99,8 @@ def _read_head(path: Path, size: int = 64) -> bytes:
     try:
         status = path.stat()
     except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise VideoError(f"a broken link: {os.readlink(path)} is not there") from None
         raise VideoError("no such file") from None
     except PermissionError:
         raise VideoError("permission denied") from None

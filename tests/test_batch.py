@@ -34,6 +34,8 @@ def test_folders_are_searched_recursively_for_videos(tmp_path: Path) -> None:
     inputs, failures = expand_inputs([tmp_path / "in", explicit, tmp_path / "in" / "a.mp4"])
     assert [(i.path.name, str(i.stem)) for i in inputs] == [
         ("a.mp4", "a"), ("b.MKV", "deep/b"), ("gone.mp4", "gone"), ("song.m4a", "song")]  # fmt: skip
+    with pytest.raises(VideoError, match=r"a broken link: .*deleted\.mp4 is not there"):
+        check_readable(tmp_path / "in" / "gone.mp4")
     assert failures == []
 
 
