@@ -234,7 +234,7 @@ class VideoStream:
         if self._writer is not None:
             report = self._reader.report
             meta = {"duration": self.duration, "times": self.times, "missing": report.missing,
-                    "ended_at": report.ended_at, "notes": self._notes}  # fmt: skip
+                    "ended_at": report.ended_at, "notes": self.notes()}  # fmt: skip
             self._writer.commit(meta)
             self._writer = None
 
@@ -276,7 +276,14 @@ class VideoStream:
 
     def notes(self) -> list[str]:
         """How the frames were read, where it differs from what was asked (not a failure)."""
-        return list(self._notes)
+        notes = list(self._notes)
+        report = self._reader.report if isinstance(self._reader, KeyframeReader) else None
+        if report is not None and report.delivered < report.requested:  # times that share a keyframe
+            notes.append(
+                f"--seek keyframe read {report.delivered} distinct frames of the {report.requested} asked for: the "
+                "video has too few keyframes, so several times share their nearest one (--seek exact reads them all)"
+            )
+        return notes
 
     def missing(self) -> list[float]:
         """Planned times whose frame could not be decoded (damaged or truncated files)."""

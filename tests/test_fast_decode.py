@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.keyframes import KeyframeReader
 from malmm_cli.parallel import ParallelReader
 from malmm_cli.pipeline import Sampling, VideoStream
@@ -43,6 +44,17 @@ def test_keyframes_are_the_nearest_each_delivered_once(clips) -> None:
         assert frame.time == nearest  # the true timestamp of the nearest keyframe
         assert media.read_barcode(frame.image) == round(frame.time * 10)  # and its picture
     assert reader.report.requested == 20 and reader.report.delivered == len(frames) == 8
+
+
+def test_times_that_share_a_keyframe_are_said(clips, tiny_malmm, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    for replay in (False, True):  # read, then from the feature cache: the note is kept with the features
+        with VideoStream(tiny_malmm, clips["gop25"], Sampling(frames=20, seek="keyframe"), cache=cache) as stream:
+            assert len(list(stream)) == 8 and stream.from_cache == replay  # 20 times, 8 keyframes
+            assert stream.notes() == [
+                "--seek keyframe read 8 distinct frames of the 20 asked for: the video has too few keyframes, so "
+                "several times share their nearest one (--seek exact reads them all)"
+            ]
 
 
 def test_keyframe_pictures_are_rotated_like_opencv(clips) -> None:
