@@ -41,9 +41,9 @@ def to_txt(result: VideoResult) -> str:
                 lines += [f"Q: {answer.question}", f"A: {answer.answer}"]
     else:
         lines += [f"{label.probability:.4f}\t{label.label}" for label in result.labels]
-        lines += [f"{_span(s)} {s.text}" for s in result.timeline]
         if result.next_action is not None:
             lines.append(f"Next: {result.next_action}")
+        lines += [f"{_span(s)} {s.text}" for s in result.timeline]
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +67,7 @@ def cues(result: VideoResult) -> list[TimedText]:
         spans.append(TimedText(*whole, f"{result.labels[0].label} ({result.labels[0].probability:.2f})"))
     if result.next_action is not None:
         spans.append(TimedText(result.last_frame, whole[1], f"Next: {result.next_action}"))
-    return spans
+    return sorted(spans, key=lambda span: (span.start, -span.end))  # in time order, the longer first
 
 
 def cue_text(text: str, vtt: bool = False) -> str:

@@ -87,6 +87,10 @@ def test_ask_and_predict_cues() -> None:
     cues = parse_srt(writers.to_srt(predict))
     assert [c.text for c in cues] == ["cooking", "eating", "Next: washing dishes"]
     assert (cues[-1].start, cues[-1].end) == (89.0, 90.0)
+    predict.labels = [RankedLabel("cooking", -0.1, 0.9)]  # the label's cue spans the video: it comes first
+    assert [c.text for c in parse_srt(writers.to_srt(predict))] == ["cooking (0.90)", "cooking", "eating",
+                                                                     "Next: washing dishes"]  # fmt: skip
+    assert writers.to_txt(predict).splitlines()[:2] == ["0.9000\tcooking", "Next: washing dishes"]  # answers first
 
 
 def test_json_and_jsonl_carry_real_timestamps() -> None:
