@@ -66,7 +66,7 @@ def read_examples(
         if suffix == ".jsonl":
             rows = _jsonl_rows(path)
         elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as file:
+            with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel starts with a byte-order mark
                 rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
         elif suffix == ".json":
             return _annotation_examples(path, task, videos or path.parent, label_field)
@@ -76,8 +76,11 @@ def read_examples(
         raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
     if not rows:
         raise DatasetError(f"{path.name} has no examples")
-    task = task or task_of(rows[0][1], rows[0][0])
-    return [_example(where, row, path.parent, task) for where, row in rows]
+    try:  # errors name the file: with --val there are two
+        task = task or task_of(rows[0][1], rows[0][0])
+        return [_example(where, row, path.parent, task) for where, row in rows]
+    except DatasetError as error:
+        raise DatasetError(f"{path.name} {error}") from None
 
 
 def task_of(row: dict, where: str) -> str:
@@ -124,9 +127,11 @@ def _seconds(row: dict, field: str, where: str) -> float | None:
 
 
 def _example(where: str, row: dict, folder: Path, task: str, id_: str | None = None) -> Example:
+    if None in row:  # csv.DictReader's key for fields past the header's
+        raise DatasetError(f"{where}: more fields than the header names ({', '.join(map(str, row[None]))} left over)")
     video = _text(row, "video")
     if video is None:
-        raise DatasetError(f"{where}: no video")
+        raise DatasetError(f"{where}: no video (its fields: {', '.join(k for k in row if k is not None) or 'none'})")
     example = Example(
         id=id_ or _text(row, "id") or where,
         video=folder / video,

@@ -212,6 +212,12 @@ def test_data_files(tmp_path: Path) -> None:
         )
     with pytest.raises(DatasetError, match="line 1: not JSON"):
         read_examples(_write(tmp_path / "e.jsonl", "{video\n"), "classify")
+    (excel,) = read_examples(_write(tmp_path / "f.csv", "\ufeffvideo,label\nx.mp4,red\n"), "classify")  # a BOM
+    assert excel.video == tmp_path / "x.mp4" and excel.label == "red"
+    with pytest.raises(DatasetError, match=r"^g\.csv line 2: no video \(its fields: path, label\)$"):
+        read_examples(_write(tmp_path / "g.csv", "path,label\nx.mp4,red\n"), "classify")
+    with pytest.raises(DatasetError, match=r"^h\.csv line 2: more fields than the header names \(extra left over\)"):
+        read_examples(_write(tmp_path / "h.csv", "video,label\nx.mp4,red,extra\n"), "classify")
 
 
 def test_malmm_annotation_files(tmp_path: Path) -> None:
