@@ -7,7 +7,7 @@ index as a barcode, over a drifting pattern with camera-like noise (x264 veryfas
 default keyframe interval of 250 frames), then times these strategies at 1 frame per second and at 64
 frames spread evenly, each run in a fresh process so its peak RSS is its own:
 
-    cv_read   read() every frame, keep the first at or after each target
+    cv_read   read() every frame, keep the one on screen at each target (the last at or before it)
     cv_grab   grab() every frame, retrieve() only the kept ones
     cv_seek   set(CAP_PROP_POS_FRAMES) then read() for every target
     reader    malmm_cli.video.VideoReader: grab forward when near, checked seek when far (the default)
@@ -98,14 +98,16 @@ def cv_read(path: Path, targets: list[float]) -> Iterator[tuple[float, float, ob
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     pending = iter(targets)
     target = next(pending, None)
+    shown: tuple[float, object] | None = None  # the frame read last, on screen until the next one's time
     while target is not None:
         ok, bgr = capture.read()
+        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 if ok else math.inf
+        while shown is not None and target is not None and time_s > target + SLACK:
+            yield target, shown[0], cv2.cvtColor(shown[1], cv2.COLOR_BGR2RGB)
+            target = next(pending, None)
         if not ok:
             break
-        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-        while target is not None and time_s >= target - SLACK:
-            yield target, time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            target = next(pending, None)
+        shown = (time_s, bgr)
     capture.release()
 
 
@@ -113,20 +115,23 @@ def cv_grab(path: Path, targets: list[float]) -> Iterator[tuple[float, float, ob
     import cv2
 
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    period = 1 / capture.get(cv2.CAP_PROP_FPS)
     pending = iter(targets)
     target = next(pending, None)
+    kept: tuple[float, object] | None = None  # retrieved: a frame within a frame interval before the target
     while target is not None:
-        if not capture.grab():
+        ok = capture.grab()
+        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 if ok else math.inf
+        while kept is not None and target is not None and time_s > target + SLACK:
+            yield target, kept[0], kept[1]
+            target = next(pending, None)
+        if not ok or target is None:
             break
-        time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-        if time_s >= target - SLACK:
+        if time_s > target + SLACK - 1.25 * period:
             ok, bgr = capture.retrieve()
             if not ok:
                 break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            while target is not None and time_s >= target - SLACK:
-                yield target, time_s, rgb
-                target = next(pending, None)
+            kept = (time_s, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     capture.release()
 
 
@@ -136,7 +141,7 @@ def cv_seek(path: Path, targets: list[float]) -> Iterator[tuple[float, float, ob
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     fps = capture.get(cv2.CAP_PROP_FPS)
     for target in targets:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, math.ceil((target - SLACK) * fps))
+        capture.set(cv2.CAP_PROP_POS_FRAMES, math.floor((target + SLACK) * fps))
         ok, bgr = capture.read()
         if ok:
             yield target, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -260,7 +265,7 @@ def report_body(facts: dict, results: dict, repeats: int, short: float) -> str:
             f"- OpenCV {cv2.__version__}, PyAV {av.__version__}. Each cell is a fresh process; wall time includes "
             f"opening the file, excludes imports. Runs under {short:.0f} s were repeated {repeats} times and the "
             "median is shown; the machine is shared, so treat differences under ~15 % as ties. Output: full-size "
-            "RGB uint8, as VideoReader returns. Exact: barcode = first frame at or after the target; max error: "
+            "RGB uint8, as VideoReader returns. Exact: barcode = the frame on screen at the target; max error: "
             "largest |frame time - target|. Peak RSS is the child's VmHWM (getrusage's ru_maxrss inherits the "
             "parent's peak through fork and exec).",
             "",

@@ -23,7 +23,7 @@ from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.parallel import ParallelReader
 from malmm_cli.thumbnails import ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import Plan, VideoInfo, VideoReader, plan_clip, plan_times, prefetch, probe
+from malmm_cli.video import FRAME_RULE, Plan, VideoInfo, VideoReader, plan_clip, plan_times, prefetch, probe
 from models import Malmm
 
 VISION_BATCH = 8  # frames encoded together by the vision model
@@ -71,10 +71,11 @@ class Sampling:
         return plan_times(info, frames=self.frames, fps=self.fps)
 
     def describe(self) -> str:
-        """What decides which frames are read, exactly (part of the feature cache key)."""
+        """What decides which frames are read, exactly (part of the feature cache key and of result
+        records), the reader's rule included."""
         rate = f"frames={self.frames}" if self.fps is None else f"fps={self.fps!r}"
         clip = f",clip={self.start!r}-{self.end!r},jitter={self.jitter!r}" if self.clipped else ""
-        return f"{rate},seek={self.seek}{clip}"
+        return f"{rate},seek={self.seek},frame={FRAME_RULE}{clip}"
 
 
 @dataclass(frozen=True)

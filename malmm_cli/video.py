@@ -7,8 +7,9 @@ installed), probing falls back to OpenCV alone: the same facts, plainer reasons.
 algorithm and its measurements are in docs/benchmarks.md ("Decoding").
 
 Times are seconds on the video's own clock: 0 is the stream's start, as OpenCV's
-CAP_PROP_POS_MSEC counts. The frame for a target time t is the first frame shown at or after t
-(1 ms slack for rounding).
+CAP_PROP_POS_MSEC counts. The frame for a target time t is the frame on screen at t: the last
+frame whose timestamp is at or before t (1 ms slack for rounding), or the first frame when t
+comes before it.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ except ImportError:  # probing falls back to OpenCV (`_probe_with_opencv`)
 
 T = TypeVar("T")
 
-SLACK = 1e-3  # s: a frame at target - 1 ms still counts as "at or after" the target (pts rounding)
+SLACK = 1e-3  # s: a frame stamped up to 1 ms after a target still counts as shown at it (pts rounding)
+# Which frame a target time gets, named in the feature cache key and in result records, so that
+# features or results read under an earlier rule (unnamed: "the first frame at or after") are
+# never taken for this one's.
+FRAME_RULE = "shown"
 SEEK_AHEAD = 2.0  # s: targets further ahead than this are reached by seeking, nearer ones by grabbing
 GIVE_UP_AFTER = 30.0  # s of requested times failing in a row before asking whether the data has ended
-MAX_FRAME_GAP = 1.0  # s: after a seek, a longer gap back to the frame decoded before may hide frames in between
 
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
 _OTHER_CONTAINERS = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba")  # mkv/webm, avi, ...
@@ -393,7 +397,8 @@ def plan_clip(
     note = f"{frames} frames asked for, but the clip has {available}: reading each once" if count < frames else None
     draw = random.Random(jitter)
     length = (finish - begin) / count
-    offsets = [0.5] * count if jitter is None else [draw.random() for _ in range(count)]
+    latest = max(0.5, 1 - 2 * SLACK / length)  # a time within SLACK of the next segment would read its frame
+    offsets = [0.5] * count if jitter is None else [min(draw.random(), latest) for _ in range(count)]
     return Plan([begin + (i + offset) * length for i, offset in enumerate(offsets)], note)
 
 
@@ -401,14 +406,20 @@ def plan_clip(
 
 
 class _Cursor:
-    """An OpenCV capture and where it stands: the time of the frame last grabbed and of the one before.
+    """An OpenCV capture and where it stands, to find the frame shown at a time.
 
-    `previous` is -inf at the start of the stream and None when unknown (after a seek); the frame
-    grabbed is the one for target t exactly when previous < t - SLACK <= time.
+    The frame shown at t is the last frame whose time is at or before t + SLACK (the first frame
+    when t comes before it). Only the frame after it proves which one that is, and OpenCV converts
+    only the frame grabbed last: so a frame that may be the one (within about a frame interval
+    before t) is converted before the next grab, and `kept` holds the last one converted.
+    `time` is the frame grabbed last (None: none since a seek, or the grab failed); `previous` the
+    one grabbed before it (-inf at the stream's start, None unknown after a seek; after a failed
+    grab, the last frame decoded).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, duration: float) -> None:
         self.path = path
+        self.duration = duration  # s: the video's, to tell its end from a cut
         self.capture: cv2.VideoCapture | None = None
         self.decoded_until: float | None = None  # latest frame time ever grabbed
         self.reopen()
@@ -422,15 +433,23 @@ class _Cursor:
         self.fps = self.capture.get(cv2.CAP_PROP_FPS)  # OpenCV maps frame numbers to times with this
         self.time: float | None = None
         self.previous: float | None = -math.inf
+        self.kept: tuple[float, np.ndarray] | None = None
 
     def close(self) -> None:
         if self.capture is not None:
             self.capture.release()
             self.capture = None
 
+    @property
+    def period(self) -> float:
+        """The average frame interval, s (0 when OpenCV knows no rate)."""
+        return 1 / self.fps if self.fps > 0 else 0.0
+
     def grab(self) -> bool:
         """Decode the next frame without converting it."""
         if not self.capture.grab():
+            if self.time is not None:
+                self.previous = self.time
             self.time = None
             return False
         if self.time is not None:
@@ -442,71 +461,109 @@ class _Cursor:
     def _decoded(self, time: float) -> None:
         self.decoded_until = time if self.decoded_until is None else max(self.decoded_until, time)
 
-    def holds(self, target: float) -> bool:
-        """Whether the frame grabbed is the first at or after target."""
-        return self.time is not None and self.previous is not None and self.previous < target - SLACK <= self.time
+    def retrieve(self) -> np.ndarray | None:
+        """The grabbed frame as (H, W, 3) RGB, rotated as displayed."""
+        ok, bgr = self.capture.retrieve()
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok and bgr is not None else None
+
+    def _keep(self) -> bool:
+        """Convert the frame grabbed, which may be the one shown at a target; False if that fails."""
+        image = self.retrieve()
+        self.kept = None if image is None else (self.time, image)
+        return image is not None
+
+    def _may_be_shown(self, limit: float) -> bool:
+        """Whether the frame grabbed may be the last at or before limit: it is unless the next frame
+        is too, and that comes a frame interval later (the last one seen, for a variable rate)."""
+        known = self.previous is not None and math.isfinite(self.previous)
+        interval = max(self.time - self.previous if known else 0.0, self.period, 2 * SLACK)
+        return limit - 1.25 * interval < self.time <= limit
+
+    def _proven(self, limit: float) -> tuple[float, np.ndarray] | None:
+        """The frame shown at limit - SLACK when where the cursor stands proves it: the frame
+        grabbed comes after limit and the one before it was kept, or the stream starts after limit."""
+        if self.time is None or self.time <= limit:
+            return None
+        if self.previous == -math.inf:  # the stream's first frame comes after the target: it is the one shown
+            if self.kept is None or self.kept[0] != self.time:
+                self._keep()
+            return self.kept
+        if self.previous is not None and self.previous <= limit and self.kept is not None:
+            return self.kept if self.kept[0] == self.previous else None
+        return None
+
+    def _near(self, target: float) -> bool:
+        """Whether grabbing forward reaches target's frame: the cursor stands at most SEEK_AHEAD before it."""
+        if self.time is None:
+            return self.previous == -math.inf and target <= SEEK_AHEAD  # fresh capture, target near the start
+        return self.time <= target + SLACK and target - self.time <= SEEK_AHEAD
+
+    def find(self, target: float, seek: bool = False, again: bool = True) -> tuple[float, np.ndarray] | None:
+        """The frame shown at target, as (its time, RGB image): grabbing forward when it is near, else
+        (or if told) seeking. None when bad data or the data's end comes first."""
+        limit = target + SLACK
+        if (shown := self._proven(limit)) is not None:
+            return shown
+        if (seek or not self._near(target)) and not self.seek(target):
+            return None
+        while (shown := self._proven(limit)) is None:
+            if self.time is not None:  # else nothing is grabbed yet (a fresh capture)
+                if self.time > limit:
+                    # The frame before was the one, but a longer interval than expected left it
+                    # unconverted: its time is known now, so seek back to it.
+                    return self.find(self.previous, seek=True, again=False) if again else None
+                if self._may_be_shown(limit) and not self._keep():
+                    return None
+            if not self.grab():
+                return self._last_frame(target, again)
+        return shown
+
+    def _last_frame(self, target: float, again: bool) -> tuple[float, np.ndarray] | None:
+        """After a failed grab: the frame decoded last when it is the video's last frame, shown until
+        the end. (Not after damage or a cut: the frame that should follow could not be decoded.)"""
+        last = self.previous
+        if last is None or not math.isfinite(last) or not target < self.duration:
+            return None
+        if last < self.duration - 1.5 * self.period - SLACK:
+            return None  # frames should follow: the data broke off
+        if self.kept is not None and self.kept[0] == last:
+            return self.kept
+        return self.find(last, seek=True, again=False) if again else None
 
     def seek(self, target: float) -> bool:
-        """Jump to target's frame (or a frame before it) and grab it, so that `holds` or grabbing forward
-        finds the first frame at or after target.
+        """Jump to a frame at or before the one shown at target and grab it, so that grabbing forward
+        finds target's frame.
 
-        set(POS_FRAMES, n) decodes from a keyframe up to frame n - 1, and POS_MSEC read right after it
-        is that frame's time: so after the grab the cursor knows its frame and the one before, and can
-        prove the landing exact at the cost of a plain seek. OpenCV turns n into a time through the
-        average rate, so on a variable-rate video it can land after the target: then seek again
-        1, 2, 4... s earlier. The start needs no check: reopening lands there.
+        set(POS_FRAMES, n) lands on frame n, which OpenCV turns into a time through the average rate:
+        n is target's frame on a constant rate (proven by grabbing one frame more), and on a variable
+        rate the landing can come after target: then seek again 1, 2, 4... s earlier. The start needs
+        no seek: reopening lands there.
         """
         back = 0.0
         while True:
-            number = math.ceil((target - SLACK - back) * self.fps) if self.fps > 0 else 0
+            number = math.floor((target + SLACK - back) * self.fps) if self.fps > 0 else 0
             if number <= 1:
                 self.reopen()
                 return self.grab()
             self.time, self.previous = None, None
             if not self.capture.set(cv2.CAP_PROP_POS_FRAMES, number):
                 return False
-            # The frame decoded last while seeking; 0 (never a frame before frame 2) if none was decoded.
-            before = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            before = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000  # the frame decoded last while seeking
             if before > 0:
                 self._decoded(before)
             if not self.grab():
                 return False
-            if self.time < target - SLACK:
-                return True  # before target: grab forward
-            if 0 < before < target - SLACK and 0 < self.time - before <= MAX_FRAME_GAP:
-                self.previous = before  # exactly target's frame
+            if self.time <= target + SLACK:
                 return True
-            back = max(1.0, 2 * back)  # landed late, or the frame before is not known for sure
-
-    def locate(self, target: float, seek: bool = False) -> bool:
-        """Move to the first frame at or after target: grab forward when it is near, else (or if told) seek."""
-        if self.holds(target):
-            return True
-        if seek:
-            near = False
-        elif self.time is None:
-            near = self.previous == -math.inf and target <= SEEK_AHEAD  # fresh capture, target near the start
-        else:
-            near = self.time < target - SLACK and target - self.time <= SEEK_AHEAD
-        if not near and not self.seek(target):
-            return False
-        while self.time is None or self.time < target - SLACK:
-            if not self.grab():
-                return False
-        return True
-
-    def retrieve(self) -> np.ndarray | None:
-        """The grabbed frame as (H, W, 3) RGB, rotated as displayed."""
-        ok, bgr = self.capture.retrieve()
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok and bgr is not None else None
+            back = max(1.0, 2 * back)  # landed late
 
 
 class VideoReader:
-    """Decodes the frames at given times, exactly, with memory that does not grow with the video.
+    """Decodes the frames shown at given times, exactly, with memory that does not grow with the video.
 
     Near targets (<= SEEK_AHEAD) are reached by grabbing forward, far ones by a seek whose landing
-    time is checked; only kept frames are converted. After a failure (damaged data, end of a
-    truncated file) the capture is reopened and later targets are still tried, and a frame is
+    time is checked; only frames that may be kept are converted. After a failure (damaged data, end
+    of a truncated file) the capture is reopened and later targets are still tried, and a frame is
     accepted only within max(1 s, 2 frames) of its target, so no stale frame is ever returned.
     """
 
@@ -534,16 +591,20 @@ class VideoReader:
             raise ValueError("times must be finite and >= 0 seconds")
         report = self.report = ReadReport(requested=len(targets))
         if self._cursor is None:
-            self._cursor = _Cursor(self.path)
+            self._cursor = _Cursor(self.path, self.info.duration)
         cursor = self._cursor
         tolerance = max(1.0, 2 / cursor.fps) if cursor.fps > 0 else 1.0
         failing_since: float | None = None  # first target of the current run of failures
+        given: np.ndarray | None = None  # the image yielded last: a frame shown at two times is copied
         for index, target in enumerate(targets):
-            image = self._image_at(cursor, target, tolerance, self.info.duration)
-            if image is not None:
+            found = self._shown_at(cursor, target, tolerance)
+            if found is not None:
                 failing_since = None
                 report.delivered += 1
-                yield Frame(index, target, cursor.time, image)
+                time, image = found
+                image = image.copy() if image is given else image
+                given = image
+                yield Frame(index, target, time, image)
                 continue
             report.missing.append(target)
             if cursor.decoded_until is None and not self._any_frame_decodes(cursor):
@@ -552,7 +613,7 @@ class VideoReader:
             failing_since = target if failing_since is None else failing_since
             later = targets[index + 1 :]
             if later and abs(target - failing_since) >= GIVE_UP_AFTER:
-                if self._image_at(cursor, later[-1], tolerance, self.info.duration) is None:
+                if self._shown_at(cursor, later[-1], tolerance) is None:
                     report.missing.extend(later)  # nothing decodes, even at the last target: the data has ended
                     break
                 failing_since = None  # a long damaged stretch, with data after it: keep going
@@ -563,25 +624,16 @@ class VideoReader:
             report.ended_at = cursor.decoded_until
 
     @staticmethod
-    def _image_at(cursor: _Cursor, target: float, tolerance: float, duration: float) -> np.ndarray | None:
-        """RGB image of target's frame, or None (no data there, or the frame found is too far away)."""
-        found = cursor.locate(target)
-        if not found:  # bad data or the end on the way: a fresh capture seeking straight there may get past it
+    def _shown_at(cursor: _Cursor, target: float, tolerance: float) -> tuple[float, np.ndarray] | None:
+        """Time and RGB image of the frame shown at target, or None (no data there, or that frame
+        is too far from it: shown since long before, after a cut or a pause in the recording)."""
+        found = cursor.find(target)
+        if found is None:  # bad data or the end on the way: a fresh capture seeking straight there may get past it
             cursor.reopen()
-            found = cursor.locate(target, seek=True)
-        if not found:
-            # In the last frame's display time at the very end of the video, no frame starts at or after
-            # the target: the last one is the frame on screen then. (Not after damage or a cut.)
-            last, period = cursor.decoded_until, 1 / cursor.fps if cursor.fps > 0 else 0.0
-            at_end = duration - period - SLACK <= target < duration
-            if last is None or not at_end or not 0 < target - last <= period + SLACK:
-                return None
-            cursor.reopen()
-            if not cursor.locate(last):
-                return None
-        if abs(cursor.time - target) > tolerance:
+            found = cursor.find(target, seek=True)
+        if found is None or abs(found[0] - target) > tolerance:
             return None
-        return cursor.retrieve()
+        return found
 
     @staticmethod
     def _any_frame_decodes(cursor: _Cursor) -> bool:

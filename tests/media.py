@@ -9,6 +9,7 @@ FFmpeg has no software AV1 decoder, which makes it the honest example of an unsu
 
 from __future__ import annotations
 
+import bisect
 import random
 import shutil
 import tempfile
@@ -207,9 +208,10 @@ def times_in_bytes(path: Path, first: int, end: int) -> list[float]:
         return [float((value - start) * stream.time_base) for value in pts]
 
 
-def expected_index(times: list[float], target: float) -> int | None:
-    """Index of the first frame at or after `target` (1 ms slack), the frame a reader must return."""
-    return next((i for i, t in enumerate(times) if t >= target - 1e-3), None)
+def expected_index(times: list[float], target: float) -> int:
+    """Index of the frame on screen at `target`, the frame a reader must return: the last frame at or
+    before it (1 ms slack), or the first frame when `target` comes before it. `times` ascending."""
+    return max(0, bisect.bisect_right(times, target + 1e-3) - 1)
 
 
 def make_audio_only(path: Path, seconds: float = 1.0) -> Path:

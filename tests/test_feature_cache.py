@@ -92,6 +92,15 @@ def test_any_vision_weight_and_the_exact_rate_are_in_the_key(tiny_malmm, clip, t
     assert cache.key(clip, Sampling(fps=1 / 3).describe(), vision) != cache.key(clip, "fps=0.333333,seek=exact", vision)
 
 
+def test_features_read_under_the_old_frame_rule_are_not_reused(clip, tmp_path) -> None:
+    """Exact sampling took the first frame at or after each time, now the frame shown at it: an
+    entry (or a result record) made with the old rule names the same settings without the rule."""
+    cache = FeatureCache(tmp_path / "cache")
+    for sampling, old in ((Sampling(frames=20), "frames=20,seek=exact"), (Sampling(fps=1.0), "fps=1.0,seek=exact")):
+        assert "frame=shown" in sampling.describe()
+        assert cache.key(clip, sampling.describe(), "vision") != cache.key(clip, old, "vision")
+
+
 def test_the_cache_owns_only_what_it_made(tiny_malmm, clip, tmp_path) -> None:
     """MALMM_CACHE_DIR=~/work used to make `cache clear` delete the user's folders."""
     folder = tmp_path / "work"

@@ -1,7 +1,8 @@
 """Video input: exact frames (checked by the barcode each test frame carries), damaged files, reasons, prefetch.
 
 The media are tiny clips made by tests/media.py. A frame is "exact" when its barcode is the index of
-the first frame at or after the requested time, counted from the file's own packet timestamps.
+the frame on screen at the requested time (the last one at or before it), counted from the file's
+own packet timestamps.
 """
 
 from __future__ import annotations
@@ -56,13 +57,10 @@ def read_all(path: Path, times: list[float]) -> tuple[list[Frame], video.ReadRep
 
 
 def assert_exact(path: Path, frames: list[Frame], rotate: int = 0) -> None:
-    """Each frame is the first at or after its target, and its time is that frame's timestamp."""
+    """Each frame is the one on screen at its target, and its time is that frame's timestamp."""
     times = media.frame_times(path)
     for frame in frames:
         expected = media.expected_index(times, frame.target)
-        if expected is None:  # the target lies within the last frame's display time
-            expected = len(times) - 1
-            assert frame.target - times[-1] < 1 / probe(path).fps + 1e-3
         stored = np.rot90(frame.image, k=rotate // 90)  # undo the clockwise display rotation
         assert media.read_barcode(stored) == expected, f"target {frame.target:.3f}s"
         assert frame.time == pytest.approx(times[expected], abs=1e-6)
@@ -92,7 +90,7 @@ def test_duration_is_the_video_streams_own(clips: dict[str, Path], tmp_path: Pat
     assert info.duration == pytest.approx(4.0, abs=0.01)
     frames, report = read_all(path, sample_times(info.duration, frames=8))
     assert len(frames) == 8 and report.missing == [] and report.ended_at is None
-    assert [media.read_barcode(f.image) for f in frames] == [3, 8, 13, 18, 23, 28, 33, 38]  # at or after 0.25 + k/2
+    assert [media.read_barcode(f.image) for f in frames] == [2, 7, 12, 17, 22, 27, 32, 37]  # shown at 0.25 + k/2
 
 
 def test_mpeg_ts_and_webm_durations(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -124,6 +122,31 @@ def test_plans_never_ask_for_more_frames_than_the_video_has(clips: dict[str, Pat
     assert plan_times(info, frames=80) == video.Plan(sample_times(20.0, frames=80))
     frames, _ = read_all(info.path, plan_times(info, frames=100_000).times)
     assert [media.read_barcode(f.image) for f in frames] == list(range(500))  # each frame once
+
+
+def test_as_many_frames_as_the_video_has_reads_each_once(clips: dict[str, Path], tmp_path: Path) -> None:
+    """60 frames of a 60-frame video: the segment centres' frames are frames 0 to 59. Taking the
+    first frame at or after each centre skipped frame 0 and read frame 59 twice."""
+    path = media.make_video(tmp_path / "sixty.mp4", seconds=6, fps=10)
+    info = probe(path)
+    assert info.frames_available == 60
+    frames, report = read_all(path, plan_times(info, frames=60).times)
+    assert [media.read_barcode(f.image) for f in frames] == list(range(60)) and report.missing == []
+    assert [f.time for f in frames] == pytest.approx([i / 10 for i in range(60)], abs=1e-6)
+
+
+def test_a_clip_reads_its_own_frames(clips: dict[str, Path], tmp_path: Path) -> None:
+    """The clip [5, 12) of a 10 fps video holds frames 50 to 119: the frame at 5.0 s is read, the one
+    at 12.0 s (outside the clip) is not. Exact seeking far, and grabbing near, both find them."""
+    path = media.make_video(tmp_path / "thirty.mp4", seconds=30, fps=10, keyint=20)
+    plan = video.plan_clip(probe(path), 80, 5.0, 12.0)
+    frames, _ = read_all(path, plan.times)
+    assert [media.read_barcode(f.image) for f in frames] == list(range(50, 120))
+    frames, _ = read_all(path, video.plan_clip(probe(path), 7, 5.0, 12.0).times)  # targets 1 s apart: seeks
+    assert [media.read_barcode(f.image) for f in frames] == [55, 65, 75, 85, 95, 105, 115]
+    drawn = video.plan_clip(probe(path), 70, 5.0, 12.0, jitter=3)  # one random time per segment
+    frames, _ = read_all(path, drawn.times)
+    assert [media.read_barcode(f.image) for f in frames] == list(range(50, 120))
 
 
 def test_check_readable_is_the_cheap_part_of_probe(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -235,14 +258,15 @@ def test_far_targets_on_variable_rate_clip(clips: dict[str, Path]) -> None:
 
 
 def test_frame_far_from_its_target_is_not_returned(tmp_path: Path) -> None:
-    """A recording paused from 2 s to 6 s: the first frame after 3 s is 3 s late, so 3 s has no frame."""
+    """A recording paused from 2 s to 6 s: the frame on screen at 3 s was stamped 1.9 s, over 1 s
+    before, so 3 s has no frame; nor has 5.5 s, though the frame after it is 0.5 s away."""
     shown = [i / 10 for i in range(20)] + [6 + i / 10 for i in range(20)]
     path = media.make_video(tmp_path / "paused.mp4", fps=10, times=shown)
-    times = [1.0, 3.0, 4.5, 5.5, 6.5]
+    times = [1.0, 2.5, 3.0, 4.5, 5.5, 6.5]
     frames, report = read_all(path, times)
-    assert [f.target for f in frames] == [1.0, 5.5, 6.5]  # 5.5 -> the frame at 6.0, within 1 s
+    assert [(f.target, f.time) for f in frames] == [(1.0, 1.0), (2.5, pytest.approx(1.9)), (6.5, 6.5)]
     assert_exact(path, frames)
-    assert report.missing == [3.0, 4.5] and report.ended_at is None
+    assert report.missing == [3.0, 4.5, 5.5] and report.ended_at is None
 
 
 def test_unsorted_and_repeated_times(clips: dict[str, Path]) -> None:
@@ -349,9 +373,9 @@ def test_small_damage_is_crossed_by_seeking(clips: dict[str, Path], tmp_path: Pa
 
 
 def test_target_in_the_last_frames_display_time(clips: dict[str, Path]) -> None:
-    """No frame starts at or after 19.98 s in a 20 s clip at 25 fps: the last one, shown from 19.96 s."""
+    """No frame follows the last one (shown from 19.96 s in a 20 s clip at 25 fps): it is the frame at 19.98 s."""
     frames, report = read_all(clips["cfr"], [19.5, 19.98])
-    assert [media.read_barcode(f.image) for f in frames] == [488, 499]
+    assert [media.read_barcode(f.image) for f in frames] == [487, 499]
     assert report.missing == [] and report.ended_at is None
 
 
