@@ -56,6 +56,14 @@ class Input:
     def clip(self) -> tuple[float | None, float | None]:
         return (self.start, self.end)
 
+    @property
+    def name(self) -> str:
+        """How progress, stderr and the summary name it: its path, and a clip's seconds (two clips of
+        one video must be told apart)."""
+        if self.clip == (None, None):
+            return str(self.path)
+        return f"{self.path} [{self.start or 0:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
+
 
 def _videos_in(folder: Path) -> list[Path]:
     """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
@@ -185,7 +193,7 @@ class Resume:
 
     pending: list[Input]
     skipped: list[Outcome]
-    redone: dict[Path, list[str]]
+    redone: dict[str, list[str]]  # by input name
 
 
 def plan_resume(
@@ -202,11 +210,11 @@ def plan_resume(
             continue
         changed = differences(read_record(record_path(output_dir, item.stem, settings.task)), settings, item.path)
         if not changed and len(existing) == len(outputs):
-            skipped.append(Outcome(str(item.path), "skipped", "results made with the same settings exist"))
+            skipped.append(Outcome(item.name, "skipped", "results made with the same settings exist"))
             continue
         pending.append(item)
         if existing:
-            redone[item.path] = changed
+            redone[item.name] = changed
     return Resume(pending, skipped, redone)
 
 
@@ -237,7 +245,7 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
     by_path = {outcome.path: outcome for outcome in outcomes}
     rows = []
     for item in inputs:
-        outcome = by_path.pop(str(item.path), Outcome(str(item.path), "failed", "not read"))
+        outcome = by_path.pop(item.name, Outcome(item.name, "failed", "not read"))
         record_data = read_record(record_path(output_dir, item.stem, task)) or {}
         data = record_data.get("summary") if outcome.status != "failed" else None
         (report,) = output_paths(output_dir, item.stem, task, ["html"])
@@ -313,7 +321,7 @@ def run_batch(
     output_dir: Path | None,
     stdout: StdoutWriter | None,
     settings: Settings,
-    redone: dict[Path, list[str]] | None = None,
+    redone: dict[str, list[str]] | None = None,
     videos_at_once: int = 1,
 ) -> list[Outcome]:
     """Read the inputs, `videos_at_once` at a time. Returns one Outcome each.
@@ -342,10 +350,10 @@ def _run_group(
     output_dir: Path | None,
     stdout: StdoutWriter | None,
     settings: Settings,
-    redone: dict[Path, list[str]],
+    redone: dict[str, list[str]],
 ) -> list[Outcome]:
     started = time.monotonic()
-    progress = [reporter.video(str(item.path)) for item in group]
+    progress = [reporter.video(item.name) for item in group]
     outcomes: dict[int, Outcome] = {}
     printable: dict[int, VideoResult] = {}
     printed = 0
@@ -364,8 +372,8 @@ def _run_group(
         outcome = _finish(item, result, progress[number], reporter, formats, output_dir, settings, started)
         if outcome.status in ("done", "partial"):
             printable[number] = result
-            if item.path in redone:
-                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
+            if item.name in redone:
+                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.name])})")
         outcomes[number] = outcome
         reporter.video_done()
         print_in_order()
@@ -408,7 +416,7 @@ def _finish(
     started: float,
 ) -> Outcome:
     """Write one video's results and say how it went."""
-    name = str(item.path)
+    name = item.name
     if isinstance(result, Exception):
         return _failed(reporter, name, failure_reason(result), started)
     if output_dir is not None:

@@ -491,7 +491,7 @@ def _run(
                 check_readable(item.path)
                 pending.append(item)
             except VideoError as error:
-                outcomes.append(Outcome(str(item.path), "failed", str(error)))
+                outcomes.append(Outcome(item.name, "failed", str(error)))
         for failure in outcomes:
             if failure.status == "failed":
                 reporter.error(f"{failure.path}: {failure.detail}")
