@@ -419,6 +419,18 @@ def _check_checkpoint(options: RunOptions) -> None:
         raise typer.BadParameter(f"{options.checkpoint}: {missing}", param_hint="--checkpoint")
 
 
+def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
+    """A clip's frames are spread over it by --frames (as MA-LMM samples clips): --fps cannot read
+    one, and that is known before the model loads."""
+    clips = [item for item in inputs if item.clip != (None, None)]
+    if options.fps is not None and clips:
+        raise typer.BadParameter(
+            f"{len(clips)} of {len(inputs)} inputs are clips (start/end in the manifest), which are sampled by "
+            f"--frames, not --fps: give --frames N instead (first: {clips[0].name})",
+            param_hint="--fps",
+        )
+
+
 def _check_output_dir(folder: Path) -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
@@ -472,6 +484,7 @@ def _run(
     _check_concat(options, task)
     try:
         inputs, outcomes = expand_inputs(paths)
+        _check_clip_rate(options, inputs)
         inputs, clashes = name_outputs(inputs)
         if options.output_dir is not None:
             if clashes:

@@ -531,3 +531,12 @@ def test_manifest_clips_cover_their_own_span(run, videos: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.stderr
     (cue,) = parse_srt((out / "five_1-4.caption.srt").read_text())
     assert (cue.start, cue.end) == (1.0, 4.0)
+
+
+def test_fps_with_manifest_clips_is_a_usage_error_before_loading(run, videos: Path, tmp_path: Path) -> None:
+    """--fps cannot sample a clip: it failed each clip with exit 1, after the model had loaded."""
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text(f'{{"video": "{videos / "five.mp4"}", "start": 1, "end": 4}}\n')
+    result = run("caption", f"@{manifest}", "--fps", "2", "-f", "json")
+    assert result.exit_code == 2 and "Loading" not in result.stderr
+    assert "--fps" in result.stderr and "give --frames N instead" in result.stderr and "[1-4 s]" in result.stderr
