@@ -56,6 +56,14 @@ class Input:
     def clip(self) -> tuple[float | None, float | None]:
         return (self.start, self.end)
 
+    @property
+    def name(self) -> str:
+        """How progress, stderr and the summary name it: its path, and a clip's seconds (two clips of
+        one video must be told apart)."""
+        if self.clip == (None, None):
+            return str(self.path)
+        return f"{self.path} [{self.start or 0:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
+
 
 def _videos_in(folder: Path) -> list[Path]:
     """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
@@ -191,8 +199,8 @@ class Resume:
 
     pending: list[Input]
     skipped: list[Outcome]
-    redone: dict[Path, list[str]]
-    saved: dict[Path, Path] = field(default_factory=dict)
+    redone: dict[str, list[str]]  # by input name
+    saved: dict[str, Path] = field(default_factory=dict)  # by input name
 
 
 def plan_resume(
@@ -214,12 +222,12 @@ def plan_resume(
         changed = differences(made, settings, item.path)
         missing = [fmt for fmt in formats if fmt not in (made or {}).get("formats", formats)]
         if not changed and not missing and len(existing) == len(outputs):
-            skipped.append(Outcome(str(item.path), "skipped", "results made with the same settings exist"))
-            saved[item.path] = outputs[0]
+            skipped.append(Outcome(item.name, "skipped", "results made with the same settings exist"))
+            saved[item.name] = outputs[0]
             continue
         pending.append(item)
         if existing:
-            redone[item.path] = changed or [f"{', '.join(missing)} made with other settings"]
+            redone[item.name] = changed or [f"{', '.join(missing)} made with other settings"]
     return Resume(pending, skipped, redone, saved)
 
 
@@ -250,7 +258,7 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
     by_path = {outcome.path: outcome for outcome in outcomes}
     rows = []
     for item in inputs:
-        outcome = by_path.pop(str(item.path), Outcome(str(item.path), "failed", "not read"))
+        outcome = by_path.pop(item.name, Outcome(item.name, "failed", "not read"))
         record_data = read_record(record_path(output_dir, item.stem, task)) or {}
         data = record_data.get("summary") if outcome.status != "failed" else None
         (report,) = output_paths(output_dir, item.stem, task, ["html"])
@@ -341,7 +349,7 @@ def run_batch(
     output_dir: Path | None,
     stdout: StdoutWriter | None,
     settings: Settings,
-    redone: dict[Path, list[str]] | None = None,
+    redone: dict[str, list[str]] | None = None,
     videos_at_once: int = 1,
     skipped: Resume | None = None,
 ) -> list[Outcome]:
@@ -361,13 +369,13 @@ def run_batch(
     groups: list[list[Input]] = []
     reading = videos_at_once  # videos read in the last group
     for item in inputs:  # up to `videos_at_once` read per group, skipped ones in their place between them
-        if reading == videos_at_once and item.path not in saved:
+        if reading == videos_at_once and item.name not in saved:
             groups.append([])
             reading = 0
         if not groups:
             groups.append([])
         groups[-1].append(item)
-        reading += item.path not in saved
+        reading += item.name not in saved
     with reporter.batch(len(inputs) - len(saved)):
         for group in groups:
             outcomes += _run_group(group, read, reporter, formats, output_dir, stdout, settings, redone or {},
@@ -385,19 +393,19 @@ def _run_group(
     output_dir: Path | None,
     stdout: StdoutWriter | None,
     settings: Settings,
-    redone: dict[Path, list[str]],
-    saved: dict[Path, Path],
+    redone: dict[str, list[str]],
+    saved: dict[str, Path],
     skips: dict[str, Outcome],
 ) -> list[Outcome]:
     """Read a group's videos (those not skipped) in one `read`; print every result in order."""
     started = time.monotonic()
-    places = [place for place, item in enumerate(group) if item.path not in saved]  # group index of each read
+    places = [place for place, item in enumerate(group) if item.name not in saved]  # group index of each read
     reading = [group[place] for place in places]
-    progress = [reporter.video(str(item.path)) for item in reading]
-    outcomes: dict[int, Outcome] = {place: skips[str(item.path)] for place, item in enumerate(group)
-                                    if item.path in saved}  # fmt: skip
-    printable: dict[int, VideoResult | Path] = {place: saved[item.path] for place, item in enumerate(group)
-                                                if item.path in saved}  # fmt: skip
+    progress = [reporter.video(item.name) for item in reading]
+    outcomes: dict[int, Outcome] = {place: skips[item.name] for place, item in enumerate(group)
+                                    if item.name in saved}  # fmt: skip
+    printable: dict[int, VideoResult | Path] = {place: saved[item.name] for place, item in enumerate(group)
+                                                if item.name in saved}  # fmt: skip
     printed = 0
 
     def show(place: int) -> None:
@@ -405,7 +413,7 @@ def _run_group(
         if stdout is None:
             return
         if isinstance(result, Path):
-            stdout.add_saved(str(group[place].path), result)
+            stdout.add_saved(group[place].name, result)
         else:
             stdout.add(result)
 
@@ -424,8 +432,8 @@ def _run_group(
         outcome = _finish(item, result, progress[number], reporter, formats, output_dir, settings, started)
         if outcome.status in ("done", "partial"):
             printable[place] = result
-            if item.path in redone:
-                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.path])})")
+            if item.name in redone:
+                outcome = replace(outcome, detail=f"{outcome.detail}; redone ({', '.join(redone[item.name])})")
         outcomes[place] = outcome
         reporter.video_done()
         print_in_order()
@@ -468,7 +476,7 @@ def _finish(
     started: float,
 ) -> Outcome:
     """Write one video's results and say how it went."""
-    name = str(item.path)
+    name = item.name
     if isinstance(result, Exception):
         return _failed(reporter, name, failure_reason(result), started)
     if output_dir is not None:

@@ -426,6 +426,18 @@ def _check_checkpoint(options: RunOptions) -> None:
     raise typer.BadParameter(f"{path}: no such file or folder", param_hint="--checkpoint")
 
 
+def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
+    """A clip's frames are spread over it by --frames (as MA-LMM samples clips): --fps cannot read
+    one, and that is known before the model loads."""
+    clips = [item for item in inputs if item.clip != (None, None)]
+    if options.fps is not None and clips:
+        raise typer.BadParameter(
+            f"{len(clips)} of {len(inputs)} inputs are clips (start/end in the manifest), which are sampled by "
+            f"--frames, not --fps: give --frames N instead (first: {clips[0].name})",
+            param_hint="--fps",
+        )
+
+
 def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
@@ -479,6 +491,7 @@ def _run(
     _check_concat(options, task)
     try:
         inputs, outcomes = expand_inputs(paths)
+        _check_clip_rate(options, inputs)
         inputs, clashes = name_outputs(inputs)
         if options.output_dir is not None:
             if clashes:
@@ -498,7 +511,7 @@ def _run(
                 check_readable(item.path)
                 pending.append(item)
             except VideoError as error:
-                outcomes.append(Outcome(str(item.path), "failed", str(error)))
+                outcomes.append(Outcome(item.name, "failed", str(error)))
         for failure in outcomes:
             if failure.status == "failed":
                 reporter.error(f"{failure.path}: {failure.detail}")
@@ -526,7 +539,7 @@ def _run(
         if pending or (resume.skipped and stdout is not None):
             skipped = {outcome.path for outcome in resume.skipped}
             ran = run_batch(
-                [item for item in inputs if item in pending or str(item.path) in skipped],  # in input order
+                [item for item in inputs if item in pending or item.name in skipped],  # in input order
                 read,
                 videos_at_once=videos_at_once,
                 reporter=reporter,

@@ -201,22 +201,25 @@ def _timeline(result: VideoResult, context: ReportContext) -> list[str]:
     preview = result.preview
     thumbnails = preview.thumbnails if preview is not None else []
     damaged = preview.damaged if preview is not None else []
-    total = max(result.duration, result.last_frame, *(s.end for s in spans), 1e-9)
+    origin = result.start  # a clip's track runs from its start
+    total = max(result.end, *(s.end for s in spans), origin + 1e-9)
+    scaled = total - origin
     parts = [f'<section aria-labelledby="timeline"><h2 id="timeline">{heading or "Frames"}</h2>']
     track = []
     for number, span in enumerate(spans, start=1):
-        left, width = 100 * span.start / total, 100 * (span.end - span.start) / total
+        left, width = 100 * (span.start - origin) / scaled, 100 * (span.end - span.start) / scaled
         track.append(
             f'<a class="span" href="#band-{number}" style="left:{left:.3f}%;width:{width:.3f}%" '
             f'title="{_esc(clock(span.start))}&ndash;{_esc(clock(span.end))}: {_esc(span.text)}" '
             f'aria-label="{_esc(clock(span.start))} to {_esc(clock(span.end))}"></a>'
         )
     for start, end in damaged:
-        left, width = 100 * start / total, 100 * (end - start) / total
+        left, width = 100 * (max(start, origin) - origin) / scaled, 100 * (end - max(start, origin)) / scaled
         title = f"could not be decoded: {_esc(clock(start))}&ndash;{_esc(clock(end))}"
         track.append(f'<span class="damage" style="left:{left:.3f}%;width:{width:.3f}%" title="{title}"></span>')
     if track:
-        scale = f'<div class="scale" aria-hidden="true"><span>0:00</span><span>{_esc(clock(total))}</span></div>'
+        ends = f"<span>{_esc(clock(origin))}</span><span>{_esc(clock(total))}</span>"
+        scale = f'<div class="scale" aria-hidden="true">{ends}</div>'
         parts += ['<div class="track" role="group" aria-label="timeline of the video">', *track, "</div>", scale]
     parts.append('<ol class="bands">')
     if spans:

@@ -125,50 +125,74 @@ class _Run:
         return VideoResult(
             path=str(path),
             task=task,
-            duration=stream.duration,
+            duration=stream.span[1] - stream.span[0],
             frames=self.frames,
             first_frame=self.first,
             last_frame=self.last,
             warnings=stream.warnings(),
             notes=stream.notes() + self.notes,
             preview=None if stream.thumbnails is None else stream.thumbnails.preview(stream.missing(), stream.ended_at),
+            clip=stream.clip,
         )
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Consecutive spans of `length` seconds over a video (segments, timeline intervals, chapters).
+    """Consecutive spans of `length` seconds over a video or a clip of it (segments, timeline
+    intervals, chapters), from `start` to `end` (a clip's, else 0 and the video's duration).
 
     One rule for all: a frame belongs to the span of the time it was planned for (its target),
     so a span's frames are known before any is read; a frame's real timestamp is within one
     frame of that with exact seeking, up to half a keyframe interval with `--seek keyframe`.
-    duration None: a live stream, whose end is not known (its frames are not planned ahead).
+    end None: a live stream, whose end is not known (its frames are not planned ahead).
     """
 
     length: float
-    duration: float | None
+    end: float | None
+    start: float = 0.0
 
     def index(self, seconds: float) -> int:
-        return math.floor(seconds / self.length + 1e-9)
+        return math.floor((seconds - self.start) / self.length + 1e-9)
 
     def span(self, index: int) -> tuple[float, float]:
-        end = (index + 1) * self.length
-        return index * self.length, end if self.duration is None else min(end, self.duration)
+        start = self.start + index * self.length
+        end = start + self.length
+        return start, end if self.end is None else min(end, self.end)
 
     def count(self) -> int:
-        return max(1, math.ceil(self.duration / self.length - 1e-9))
+        return max(1, math.ceil((self.end - self.start) / self.length - 1e-9))
 
-    def empty_note(self, times: list[float], what: str) -> str | None:
-        """Say how many spans got no sampled frame (they are left out of the result), and how to
-        sample densely enough; None when every span has frames."""
-        empty = self.count() - len({self.index(t) for t in times} & set(range(self.count())))
+    def empty_note(self, times: list[float], what: str, clip: bool = False) -> str | None:
+        """Say how many spans got no sampled frame (they are left out of the result), and what
+        sampling gives each a frame: a frame every span length (a clip is sampled by --frames);
+        None when every span has frames."""
+        count = self.count()
+        empty = count - len({self.index(t) for t in times} & set(range(count)))
         if not empty:
             return None
-        every = self.length / 4
+        if clip:
+            advice = f"--frames {self.frames_for_every_span()} or more"
+        else:
+            advice = f"at least a frame every {self.length:g} s (--fps {_rate_up(1 / self.length)})"
         return (
-            f"{empty} of {self.count()} {what}s have no sampled frame and are left out ({len(times)} frames over "
-            f"{format_timestamp(self.duration)}): sample at least a frame every {every:g} s (--fps {1 / every:.3g})"
+            f"{empty} of {count} {what}s have no sampled frame and are left out ({len(times)} frames over "
+            f"{format_timestamp(self.end - self.start)}): sample {advice}"
         )
+
+    def frames_for_every_span(self) -> int:
+        """The fewest --frames whose segment centres put a frame in every span (a short last span
+        can need more than one per span length)."""
+        count, length = self.count(), self.end - self.start
+        for frames in range(count, 64 * count):
+            if len({self.index(self.start + (i + 0.5) * length / frames) for i in range(frames)}) >= count:
+                return frames
+        return 64 * count
+
+
+def _rate_up(rate: float) -> str:
+    """A rate written in at most 3 significant digits, never below `rate` (0.333... -> 0.334)."""
+    scale = 10 ** (2 - math.floor(math.log10(rate)))
+    return f"{math.ceil(rate * scale - 1e-9) / scale:g}"
 
 
 @dataclass
@@ -222,9 +246,9 @@ class _Video:
         self.frames = iter(stream)
         self.run = _Run()
         self.live = stream.times is None  # a live stream: no plan of its frames
-        duration = None if self.live else stream.duration
-        self.grids = {i: Grid(r.every, duration) for i, r in enumerate(readers) if r.every}
-        self.chapters = {i: Grid(r.restart, duration) for i, r in enumerate(readers) if r.restart}
+        start, end = (0.0, None) if self.live else stream.span
+        self.grids = {i: Grid(r.every, end, start) for i, r in enumerate(readers) if r.every}
+        self.chapters = {i: Grid(r.restart, end, start) for i, r in enumerate(readers) if r.restart}
         self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
         self.chapter: dict[int, int] = {}  # restarting reader -> index of its current chapter
         self.first_index: dict[int, int] = {}  # restarting reader -> plan index its chapter's positions start at
@@ -297,7 +321,7 @@ class _Video:
         result.notes += _long_instruction_notes(self.malmm, self.readers)
         for i, grid in self.grids.items():
             what = "segment" if self.readers[i].restart else "timeline interval"
-            if not self.live and (note := grid.empty_note(self.stream.times, what)):
+            if not self.live and (note := grid.empty_note(self.stream.times, what, self.stream.clip is not None)):
                 result.notes.append(note)
         for readout in sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf))):
             _fill(result, self.readers[readout.reader], readout)
@@ -487,8 +511,9 @@ class _Lockstep:
 
 def thumbnail_collector(stream: VideoStream, readers: Sequence[Reader]) -> ThumbnailCollector:
     """A picture per span of each reader's grid (the report's bands), and a few over the whole video."""
-    lengths = dict.fromkeys([r.every for r in readers if r.every] + [stream.duration / OVERVIEW_SPANS])
-    return ThumbnailCollector([Grid(length, stream.duration) for length in lengths if length > 0], stream.times,
+    start, end = stream.span
+    lengths = dict.fromkeys([r.every for r in readers if r.every] + [(end - start) / OVERVIEW_SPANS])
+    return ThumbnailCollector([Grid(length, end, start) for length in lengths if length > 0], stream.times,
                               stream.duration)  # fmt: skip
 
 

@@ -69,6 +69,17 @@ class VideoResult:
     warnings: list[str] = field(default_factory=list)  # parts of the video that could not be read
     notes: list[str] = field(default_factory=list)  # how it was read, where that differs from what was asked
     preview: Preview | None = None  # pictures for the HTML report, when asked for (not part of to_dict)
+    clip: tuple[float, float] | None = None  # the part of the video read (a manifest clip); duration is its length
+
+    @property
+    def start(self) -> float:
+        """Where the results begin, in the video's seconds: the clip's start, else 0."""
+        return self.clip[0] if self.clip is not None else 0.0
+
+    @property
+    def end(self) -> float:
+        """Where the results end: the clip's or the video's end (or the last frame, if later)."""
+        return max(self.start + self.duration, self.last_frame)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: times rounded to milliseconds, fields a task does not use left out."""
@@ -80,6 +91,8 @@ class VideoResult:
             "first_frame": round(self.first_frame, 3),
             "last_frame": round(self.last_frame, 3),
         }
+        if self.clip is not None:
+            data["clip"] = {"start": round(self.clip[0], 3), "end": round(self.clip[1], 3)}
         if self.caption is not None:
             data["caption"] = self.caption
         if self.segments:

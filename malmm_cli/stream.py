@@ -23,7 +23,17 @@ from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.parallel import ParallelReader
 from malmm_cli.thumbnails import ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import FRAME_RULE, Plan, VideoInfo, VideoReader, plan_clip, plan_times, prefetch, probe
+from malmm_cli.video import (
+    FRAME_RULE,
+    Plan,
+    VideoInfo,
+    VideoReader,
+    clip_bounds,
+    plan_clip,
+    plan_times,
+    prefetch,
+    probe,
+)
 from models import Malmm
 
 VISION_BATCH = 8  # frames encoded together by the vision model
@@ -64,6 +74,12 @@ class Sampling:
     @property
     def clipped(self) -> bool:
         return self.start is not None or self.end is not None or self.jitter is not None
+
+    def bounds(self, duration: float) -> tuple[float, float] | None:
+        """The clip [start, end) that is read, in the video's seconds; None for the whole video."""
+        if self.start is None and self.end is None:
+            return None
+        return clip_bounds(duration, self.start, self.end)
 
     def plan(self, info: VideoInfo) -> Plan:
         if self.clipped:
@@ -185,6 +201,16 @@ class VideoStream:
                 self._notes.append(reason)
         workers = self.sampling.decode_workers
         return ParallelReader(self.path, info, workers) if workers > 1 else VideoReader(self.path, info)
+
+    @property
+    def clip(self) -> tuple[float, float] | None:
+        """The clip [start, end) of the video that is read (a manifest row's), or None for all of it."""
+        return self.sampling.bounds(self.duration)
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """What the results cover: the clip, or the whole video from 0."""
+        return self.clip or (0.0, self.duration)
 
     @property
     def from_cache(self) -> bool:

@@ -380,14 +380,18 @@ def plan_times(info: VideoInfo, frames: int | None = None, fps: float | None = N
     return Plan(sample_times(info.duration, frames=frames, fps=fps))
 
 
+def clip_bounds(duration: float, start: float | None, end: float | None) -> tuple[float, float]:
+    """The part [begin, finish) of a video that a clip covers: its start and end, within the video."""
+    return max(start or 0.0, 0.0), duration if end is None else min(end, duration)
+
+
 def plan_clip(
     info: VideoInfo, frames: int, start: float | None = None, end: float | None = None, jitter: int | None = None
 ) -> Plan:
     """`frames` times in the clip [start, end) of the video, one in each of `frames` equal
     segments: its centre, or with `jitter` (a seed) a random time in it, as MA-LMM samples
     training clips. Never more than the clip has frames."""
-    begin = max(start or 0.0, 0.0)
-    finish = info.duration if end is None else min(end, info.duration)
+    begin, finish = clip_bounds(info.duration, start, end)
     if not finish > begin:
         raise VideoError(f"the clip {begin:g}-{finish:g} s is empty or past the video's end ({info.duration:g} s)")
     if info.still:

@@ -56,8 +56,8 @@ def to_jsonl(result: VideoResult) -> str:
 
 
 def cues(result: VideoResult) -> list[TimedText]:
-    """Subtitle cues: timed spans where there are some, else the answer over the whole video."""
-    whole = (result.first_frame, max(result.duration, result.last_frame))
+    """Subtitle cues: timed spans where there are some, else the answer over the whole video (or clip)."""
+    whole = (result.start, result.end)
     if result.task == "caption":
         return result.segments or [TimedText(*whole, result.caption or "")]
     if result.task == "ask":
@@ -99,7 +99,7 @@ def to_vtt(result: VideoResult) -> str:
 
 def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
     """One row per piece of the result, with CSV_HEADER's columns."""
-    whole = (f"{result.first_frame:.3f}", f"{max(result.duration, result.last_frame):.3f}")
+    whole = (f"{result.start:.3f}", f"{result.end:.3f}")
     base = (result.path, result.task)
     rows: list[tuple[str, ...]] = []
     if result.caption is not None:

@@ -111,11 +111,11 @@ def test_a_rerun_skips_only_results_made_the_same_way(tmp_path: Path) -> None:
     assert plan_resume([item], out, first, ["json"], overwrite=False).skipped  # same settings: skipped
     second = settings(questions=["who drives?"])
     resume = plan_resume([item], out, second, ["json"], overwrite=False)
-    assert resume.pending == [item] and resume.redone == {video: ["questions"]}
+    assert resume.pending == [item] and resume.redone == {str(video): ["questions"]}
     assert plan_resume([item], out, first, ["json", "srt"], overwrite=False).pending == [item]  # a format missing
     assert plan_resume([item], out, first, ["json"], overwrite=True).pending == [item]
     os.utime(video, ns=(1, 1))  # the video changed
-    assert plan_resume([item], out, first, ["json"], overwrite=False).redone == {video: ["the video file"]}
+    assert plan_resume([item], out, first, ["json"], overwrite=False).redone == {str(video): ["the video file"]}
     recorded = read_record(record_path(out, item.stem, "ask"))
     assert recorded["settings"]["request"] == {"questions": ["what colour is the car?"]}
     assert recorded["formats"] == ["json"] and recorded["settings"]["version"]
@@ -126,7 +126,7 @@ def test_results_without_a_record_are_redone(tmp_path: Path) -> None:
     item, out = Input(video, Path("clip")), tmp_path / "out"
     touch(out / "clip.ask.json")  # made by an older malmm, or by hand
     resume = plan_resume([item], out, settings(questions=["q"]), ["json"], overwrite=False)
-    assert resume.pending == [item] and resume.redone == {video: ["no record of how they were made"]}
+    assert resume.pending == [item] and resume.redone == {str(video): ["no record of how they were made"]}
 
 
 def test_the_record_goes_before_and_comes_back_after_the_results(tmp_path: Path, monkeypatch) -> None:

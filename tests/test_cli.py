@@ -418,8 +418,11 @@ def test_empty_segments_are_named_in_a_note(run, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert [(s["start"], s["end"]) for s in data["segments"]] == [(2.0, 4.0), (6.0, 8.0)]
-    assert any("3 of 5 segments have no sampled frame" in note and "--fps 2" in note for note in data["notes"])
+    (note,) = [note for note in data["notes"] if "3 of 5 segments have no sampled frame" in note]
     assert "3 of 5 segments have no sampled frame" in result.stderr
+    assert "a frame every 2 s (--fps 0.5)" in note  # it said every 0.5 s (--fps 2), 4 times what is needed
+    result = run("caption", clip, "--fps", "0.5", "--segment", "2s", "-f", "json")
+    assert len(json.loads(result.stdout)["segments"]) == 5 and "notes" not in json.loads(result.stdout)
 
 
 def test_more_frames_than_the_clip_has_and_still_images(run, videos: Path, tmp_path: Path) -> None:
@@ -538,3 +541,36 @@ def test_every_task_command_declares_the_shared_options_alike() -> None:
         if name == "caption":
             caption_helps = helps
         assert helps == caption_helps, name
+
+
+def test_manifest_clips_cover_their_own_span(run, videos: Path, tmp_path: Path) -> None:
+    """Two clips of one 5 s video: each result's duration, segments and cues are the clip's, and
+    the summary tells them apart. Segments were cut on the video's grid (from 0), cues ran to the
+    video's end and both summary rows read just `five.mp4`."""
+    shutil.copy(videos / "five.mp4", tmp_path / "five.mp4")
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text('{"video": "five.mp4", "start": 1, "end": 4}\n{"video": "five.mp4", "start": 2.5}\n')
+    result = run("caption", f"@{manifest}", "--frames", "6", "--segment", "2s", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert first["duration"] == 3.0 and first["clip"] == {"start": 1.0, "end": 4.0}
+    assert [(s["start"], s["end"]) for s in first["segments"]] == [(1.0, 3.0), (3.0, 4.0)]
+    assert first["first_frame"] >= 1.0 and first["last_frame"] < 4.0 and "notes" not in first
+    assert second["duration"] == pytest.approx(2.5, abs=0.05) and second["clip"]["start"] == 2.5
+    assert second["segments"][0]["start"] == 2.5
+    video = tmp_path / "five.mp4"
+    assert f"{video} [1-4 s]" in result.stderr and f"{video} [2.5-end s]" in result.stderr
+    out = tmp_path / "out"
+    result = run("caption", f"@{manifest}", "--frames", "6", "--format", "srt", "--output-dir", out)
+    assert result.exit_code == 0, result.stderr
+    (cue,) = parse_srt((out / "five_1-4.caption.srt").read_text())
+    assert (cue.start, cue.end) == (1.0, 4.0)
+
+
+def test_fps_with_manifest_clips_is_a_usage_error_before_loading(run, videos: Path, tmp_path: Path) -> None:
+    """--fps cannot sample a clip: it failed each clip with exit 1, after the model had loaded."""
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text(f'{{"video": "{videos / "five.mp4"}", "start": 1, "end": 4}}\n')
+    result = run("caption", f"@{manifest}", "--fps", "2", "-f", "json")
+    assert result.exit_code == 2 and "Loading" not in result.stderr
+    assert "--fps" in result.stderr and "give --frames N instead" in result.stderr and "[1-4 s]" in result.stderr

@@ -176,3 +176,18 @@ def test_label_prefix_is_read_once_per_call(tiny_malmm: Malmm, monkeypatch: pyte
     prefix = tiny_malmm.model.config.num_query_tokens + len(tiny_malmm.tokenizer(CLASSIFICATION.prompt()).input_ids)
     assert lengths[0] == prefix and len(lengths) == 1 + 3  # the prefix, then 3 chunks of at most 16 labels
     assert all(length < prefix for length in lengths[1:])  # chunks read the labels only
+
+
+def test_a_clips_grid_starts_at_the_clip_and_its_note_advises_frames() -> None:
+    """A clip [5, 12) in 2 s segments: 5-7, 7-9, 9-11, 11-12. Its note counts the clip's segments
+    only and advises --frames (a clip is not sampled by --fps), enough to fill even the 1 s one."""
+    grid = pipeline.Grid(2.0, 12.0, 5.0)
+    assert [grid.span(i) for i in range(grid.count())] == [(5.0, 7.0), (7.0, 9.0), (9.0, 11.0), (11.0, 12.0)]
+    assert grid.index(5.0) == 0 and grid.index(11.9) == 3
+    note = grid.empty_note([5.875, 7.625, 9.375, 11.125][:2], "segment", clip=True)
+    assert note.startswith("2 of 4 segments have no sampled frame") and "00:00:07.000" in note
+    frames = int(note.split("--frames ")[1].split()[0])
+    centres = [5 + (i + 0.5) * 7 / frames for i in range(frames)]
+    assert grid.empty_note(centres, "segment", clip=True) is None  # the advice works...
+    fewer = [5 + (i + 0.5) * 7 / (frames - 1) for i in range(frames - 1)]
+    assert grid.empty_note(fewer, "segment", clip=True) is not None  # ...and is the least that does

@@ -71,10 +71,24 @@ def test_srt_and_vtt_round_trip_segments() -> None:
 
 
 def test_whole_video_cue_without_segments() -> None:
+    """The cue covers the whole video, from 0 (it started at the first frame read, 0.033 s)."""
     result = caption_result()
     result.segments = []
     (cue,) = parse_srt(writers.to_srt(result))
-    assert (cue.start, cue.end, cue.text) == (0.033, 130.5, result.caption)
+    assert (cue.start, cue.end, cue.text) == (0.0, 130.5, result.caption)
+    assert writers.csv_rows(result)[0][2:4] == ("0.000", "130.500")
+
+
+def test_a_clips_results_cover_the_clip() -> None:
+    """A manifest clip [5, 12) of a 30 s video: its cue and CSV row span the clip, its JSON names it.
+    They used to run from the first frame read to the video's end (5.1 to 30 s)."""
+    clip = VideoResult("long.mp4", "caption", 7.0, 70, 5.0, 11.9, caption="a dog", clip=(5.0, 12.0))
+    (cue,) = parse_srt(writers.to_srt(clip))
+    assert (cue.start, cue.end) == (5.0, 12.0)
+    assert writers.csv_rows(clip)[0][2:4] == ("5.000", "12.000")
+    data = clip.to_dict()
+    assert data["duration"] == 7.0 and data["clip"] == {"start": 5.0, "end": 12.0}
+    assert "clip" not in caption_result().to_dict()
 
 
 def test_ask_and_predict_cues() -> None:
