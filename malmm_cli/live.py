@@ -519,6 +519,7 @@ class LiveStream:
     times = None
     from_cache = False
     thumbnails = None  # a stream's report is its events: no pictures kept
+    clip = None  # a stream is read whole
 
     def __init__(self, malmm: Malmm, source: Source, fps: float, batch_size: int = 8, **reading: object):
         self.malmm, self.source, self.batch_size = malmm, source, batch_size
@@ -527,6 +528,11 @@ class LiveStream:
     @property
     def duration(self) -> float:
         return self.reader.stats.newest
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """What the results cover: the stream read so far, from 0."""
+        return (0.0, self.duration)
 
     def __enter__(self) -> LiveStream:
         self.reader.start()

@@ -395,8 +395,9 @@ def read_streams(
     others go on without it).
 
     A stream yields (Sample, features [1, N, C]) in time order and has `times` (its planned sample
-    times, or None for a live stream), `duration`, `from_cache`, `thumbnails` (pictures kept for
-    the HTML report, or None), `notes()`, `warnings()`; it is a context manager. Each is decoded
+    times, or None for a live stream), `duration`, `clip` (the part read, or None), `span` (what
+    the results cover), `from_cache`, `thumbnails` (pictures kept for the HTML report, or None),
+    `notes()`, `warnings()`; it is a context manager. Each is decoded
     in a thread of its own (all ahead of the model); at every step the next frame of each video
     is read by one batched state (the readers that never restart, several per video sharing its
     visual bank); videos that end, or fail, leave the batch there. Results equal reading each

@@ -180,8 +180,11 @@ class _Replay:
     from_cache = False
     thumbnails = None
 
+    clip = None
+
     def __init__(self, frames: list, times: list[float] | None, duration: float):
         self.frames, self.times, self.duration = frames, times, duration
+        self.span = (0.0, duration)
 
     def __enter__(self) -> _Replay:
         return self
