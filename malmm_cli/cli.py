@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+import typer.core
 
 from malmm_cli import __version__
 from malmm_cli.dataset import TASK_TARGETS
@@ -50,6 +51,23 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from models.memory_plan import TrainingShape
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class PlainUsage(typer.core.TyperCommand):
+    """A usage line as POSIX writes it (`malmm caption [OPTIONS] PATH...`): Typer braces required
+    arguments (`{PATH}...`), which reads like a set or a template to fill in."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, typer.core.TyperArgument):
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(f"{name}..." if param.nargs != 1 else name)
+        return pieces
+
 
 app = typer.Typer(
     name="malmm",
@@ -650,7 +668,7 @@ def _check_concat(options: RunOptions, task: Task) -> None:
         )
 
 
-@app.command(short_help="Caption videos, whole and by segment.")
+@app.command(cls=PlainUsage, short_help="Caption videos, whole and by segment.")
 def caption(
     ctx: typer.Context,
     paths: PathsArgument,
@@ -702,7 +720,7 @@ def caption(
     _run(paths, options, CAPTION, ("caption", {"segment": segment}), caption_readers(segment))
 
 
-@app.command(short_help="Answer questions about videos.")
+@app.command(cls=PlainUsage, short_help="Answer questions about videos.")
 def ask(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(metavar="PATH", hidden=True, show_default=False)],
@@ -754,7 +772,7 @@ def ask(
     _run([path], options, QUESTION, ("ask", {"questions": questions}), question_readers(questions))
 
 
-@app.command(short_help="Predict actions: a timeline, the next action, or ranked labels.")
+@app.command(cls=PlainUsage, short_help="Predict actions: a timeline, the next action, or ranked labels.")
 def predict(
     ctx: typer.Context,
     paths: PathsArgument,
@@ -825,7 +843,9 @@ def predict(
     _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
 
 
-@app.command(short_help="Caption a live stream as it happens: a camera, RTSP, UDP, a growing file, stdin.")
+@app.command(
+    cls=PlainUsage, short_help="Caption a live stream as it happens: a camera, RTSP, UDP, a growing file, stdin."
+)
 def watch(
     source: Annotated[str, typer.Argument(metavar="SOURCE", hidden=True, show_default=False)],
     every: Annotated[
@@ -1024,7 +1044,7 @@ BENCHMARK_NAMES = ("msrvtt-qa", "msvd-qa", "activitynet-qa", "msrvtt-caption", "
                                                 "writer", "year")), "breakfast", "coin")  # fmt: skip
 
 
-@app.command(short_help="Fine-tune the memory model on your own labelled videos.")
+@app.command(cls=PlainUsage, short_help="Fine-tune the memory model on your own labelled videos.")
 def train(
     data: Annotated[Path, typer.Argument(metavar="DATA", hidden=True, show_default=False)],
     task: Annotated[
@@ -1249,7 +1269,7 @@ def train(
         reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
 
 
-@app.command("eval", short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
+@app.command("eval", cls=PlainUsage, short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
 def evaluate(
     data: Annotated[Path, typer.Argument(metavar="DATA", hidden=True, show_default=False)],
     dataset: Annotated[
@@ -1428,7 +1448,7 @@ def models_list() -> None:
     console.print("base model: instructblip-vicuna-7b; files: saved_model.tar from github.com/boheumd/MA-LMM")
 
 
-@models_app.command("download")
+@models_app.command("download", cls=PlainUsage)
 def models_download(
     name: Annotated[str, typer.Argument(help="A name from `malmm models list`, or any hub id.")],
     quiet: QuietOption = False,

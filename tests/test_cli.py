@@ -574,3 +574,21 @@ def test_fps_with_manifest_clips_is_a_usage_error_before_loading(run, videos: Pa
     result = run("caption", f"@{manifest}", "--fps", "2", "-f", "json")
     assert result.exit_code == 2 and "Loading" not in result.stderr
     assert "--fps" in result.stderr and "give --frames N instead" in result.stderr and "[1-4 s]" in result.stderr
+
+
+def test_usage_lines_name_arguments_plainly(run) -> None:
+    """Typer wrote required arguments in braces ({PATH}..., {DATA}), like a template to fill in."""
+    expected = {
+        ("caption",): "Usage: malmm caption [OPTIONS] PATH...",
+        ("ask",): "Usage: malmm ask [OPTIONS] PATH [QUESTION]",
+        ("predict",): "Usage: malmm predict [OPTIONS] PATH...",
+        ("watch",): "Usage: malmm watch [OPTIONS] SOURCE",
+        ("train",): "Usage: malmm train [OPTIONS] DATA",
+        ("eval",): "Usage: malmm eval [OPTIONS] DATA",
+        ("models", "download"): "Usage: malmm models download [OPTIONS] NAME",
+    }
+    for command, usage in expected.items():
+        text = run(*command, "--help", model=False).stdout
+        assert text.splitlines()[0] == usage, command
+    missing = run("caption", model=False)
+    assert missing.exit_code == 2 and "Usage: malmm caption [OPTIONS] PATH..." in missing.stderr
