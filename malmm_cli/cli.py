@@ -185,13 +185,18 @@ FormatOption = Annotated[
         help="Output format; repeat for several. stdout gets the first, --output-dir all.",
     ),
 ]  # fmt: skip
-OutputDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--output-dir", "-o", metavar="DIR",
-        help="Write results here, named after each input and task (clip.mp4 -> clip.caption.srt).",
-    ),
-]  # fmt: skip
+
+
+def _output_dir_option(example: str) -> typer.models.OptionInfo:
+    """--output-dir, with an example name of the command's own results (ask's help showed a caption's)."""
+    return typer.Option(
+        "--output-dir", "-o", metavar="DIR", help=f"Write results here, named after each input and task ({example})."
+    )
+
+
+OutputDirOption = Annotated[Path | None, _output_dir_option("clip.mp4 -> clip.caption.srt")]
+AskOutputDirOption = Annotated[Path | None, _output_dir_option("clip.mp4 -> clip.ask.txt")]
+PredictOutputDirOption = Annotated[Path | None, _output_dir_option("clip.mp4 -> clip.predict.json")]
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Redo inputs even when their results were made with the same settings.")
 ]
@@ -737,7 +742,7 @@ def ask(
     memory_bank_length: BankOption = None,
     memory: MemoryOption = "malmm",
     format: FormatOption = None,
-    output_dir: OutputDirOption = None,
+    output_dir: AskOutputDirOption = None,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -801,7 +806,7 @@ def predict(
     memory_bank_length: BankOption = None,
     memory: MemoryOption = "malmm",
     format: FormatOption = None,
-    output_dir: OutputDirOption = None,
+    output_dir: PredictOutputDirOption = None,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -850,8 +855,13 @@ def watch(
     source: Annotated[str, typer.Argument(metavar="SOURCE", hidden=True, show_default=False)],
     every: Annotated[
         float,
-        typer.Option("--every", metavar="DURATION", parser=_seconds, help="A caption of each interval of this length."),
-    ] = 10.0,
+        typer.Option(
+            "--every",
+            metavar="DURATION",
+            parser=_seconds,
+            help="A caption of each interval of this length.",
+        ),
+    ] = "10s",  # type: ignore[assignment]  # parsed like a given value: help shows 10s, not 10.0
     question: Annotated[
         str | None, typer.Option("--question", metavar="Q", help="Also answer Q about each interval.")
     ] = None,
@@ -892,7 +902,7 @@ def watch(
             parser=_seconds,
             help="How long the source may take to open or stay silent before it counts as lost.",
         ),
-    ] = 10.0,
+    ] = "10s",  # type: ignore[assignment]  # parsed like a given value (--every)
     reconnect: Annotated[
         int,
         typer.Option(
@@ -1146,7 +1156,7 @@ def train(
             metavar="R",
             parser=_count,
             help="Train the Q-Former through rank-R LoRA adapters on its attention (peft; rank 8: 4 M instead of 189 M "
-            "trained parameters, for small GPUs. Checkpoints hold the merged weights.",
+            "trained parameters), for small GPUs. Checkpoints hold the merged weights.",
         ),
     ] = None,
     temporal: Annotated[

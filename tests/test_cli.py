@@ -538,6 +538,7 @@ def test_every_task_command_declares_the_shared_options_alike() -> None:
         for field, default in shared.items():
             assert params[field].default == default, (name, field)
         helps = {field: params[field].help for field in shared}
+        assert f"clip.mp4 -> clip.{name}." in helps.pop("output_dir"), name  # its own results as the example
         if name == "caption":
             caption_helps = helps
         assert helps == caption_helps, name
@@ -592,3 +593,13 @@ def test_usage_lines_name_arguments_plainly(run) -> None:
         assert text.splitlines()[0] == usage, command
     missing = run("caption", model=False)
     assert missing.exit_code == 2 and "Usage: malmm caption [OPTIONS] PATH..." in missing.stderr
+
+
+def test_help_examples_and_defaults_read_right(run) -> None:
+    """ask's help named a caption file, --lora's help left a parenthesis open, watch showed 10.0."""
+    flat = {command: " ".join(run(command, "--help", model=False).stdout.split()) for command in ("ask", "train")}
+    assert "clip.mp4 -> clip.ask." in flat["ask"] and "caption.srt" not in flat["ask"]
+    lora = flat["train"][flat["train"].index("--lora") : flat["train"].index("--temporal ")]
+    assert lora.count("(") == lora.count(")"), lora
+    watch = " ".join(run("watch", "--help", model=False).stdout.split())
+    assert "[default: 10s]" in watch and "10.0" not in watch
