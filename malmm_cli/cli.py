@@ -892,7 +892,8 @@ def watch(
         ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", metavar="FILE", help="Also append every event to FILE, durably.")
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Also append every event to FILE, durably."),
     ] = None,
     timeout: Annotated[
         float,
@@ -1039,6 +1040,19 @@ def watch(
     raise typer.Exit(EXIT_OK)
 
 
+# train and eval write one folder, named by -o/--output as watch's one file is; caption, ask and
+# predict write a file per input into -o/--output-dir. Folders take either long name: --output-dir
+# is accepted, unlisted, by train and eval too.
+OutputDirAlias = typer.Option("--output-dir", metavar="DIR", hidden=True)
+
+
+def _one_output(output: Path | None, alias: Path | None) -> Path | None:
+    """The folder given as -o/--output or as its unlisted alias --output-dir, not both."""
+    if output is not None and alias is not None and output != alias:
+        raise typer.BadParameter("give -o/--output or --output-dir, not both", param_hint="--output")
+    return output or alias
+
+
 def _fraction(text: str) -> float:
     value = _positive(text)
     if value >= 1:
@@ -1068,9 +1082,9 @@ def train(
         ),
     ],
     output: Annotated[
-        Path,
+        Path | None,
         typer.Option("--output", "-o", metavar="RUN", help="Run folder: model.safetensors, training.json, resume/."),
-    ],
+    ] = None,
     val: Annotated[
         Path | None, typer.Option("--val", metavar="FILE", help="Validation examples (same format).")
     ] = None,
@@ -1201,6 +1215,7 @@ def train(
             "--label-field", metavar="FIELD", help="Annotation field of classify labels (LVU: director, genre...)."
         ),
     ] = None,
+    output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: Annotated[
         Path | None,
@@ -1226,6 +1241,9 @@ def train(
     from models.checkpoint import CheckpointError
 
     reporter = Reporter(quiet=quiet)
+    output = _one_output(output, output_dir)
+    if output is None:
+        raise typer.BadParameter("give the run folder: -o RUN (new, or one to --resume)", param_hint="--output")
     if val is not None and val_split is not None:
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
@@ -1312,6 +1330,7 @@ def evaluate(
         str | None,
         typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
     ] = None,
+    output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     frames: FramesOption = None,
@@ -1338,6 +1357,7 @@ def evaluate(
     from malmm_cli.records import checkpoint_identity, file_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
+    output = _one_output(output, output_dir)
     try:
         benchmark, items = evaluation.load_items(data, dataset, videos, label_field)
     except DatasetError as error:

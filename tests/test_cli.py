@@ -603,3 +603,20 @@ def test_help_examples_and_defaults_read_right(run) -> None:
     assert lora.count("(") == lora.count(")"), lora
     watch = " ".join(run("watch", "--help", model=False).stdout.split())
     assert "[default: 10s]" in watch and "10.0" not in watch
+
+
+def test_every_command_that_writes_takes_o(run, tmp_path: Path) -> None:
+    """-o is the output in each command (watch had only --output); train and eval, which write one
+    folder each, also take the folder spelling --output-dir, unlisted."""
+    for command, spelling in (("caption", "-o, --output-dir DIR"), ("ask", "-o, --output-dir DIR"),
+                              ("predict", "-o, --output-dir DIR"), ("watch", "-o, --output FILE"),
+                              ("train", "-o, --output RUN"), ("eval", "-o, --output DIR")):  # fmt: skip
+        assert spelling in run(command, "--help", model=False).stdout, command
+    missing = tmp_path / "missing.jsonl"
+    for command in (["train", missing, "--task", "caption"], ["eval", missing]):
+        result = run(*command, "--output-dir", tmp_path / "out", model=False)
+        assert result.exit_code == 2 and "missing.jsonl" in result.stderr and "No such option" not in result.stderr
+        both = run(*command, "--output-dir", tmp_path / "a", "-o", tmp_path / "b", model=False)
+        assert both.exit_code == 2 and "not both" in both.stderr
+    unnamed = run("train", missing, "--task", "caption", model=False)
+    assert unnamed.exit_code == 2 and "-o RUN" in unnamed.stderr
