@@ -32,6 +32,7 @@ from malmm_cli.records import Settings, differences, read_record, record, record
 from malmm_cli.results import VideoResult
 from malmm_cli.stream import Sampling
 from malmm_cli.video import VideoError
+from malmm_cli.wording import counted
 from malmm_cli.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
 
 VIDEO_EXTENSIONS = frozenset(
@@ -268,7 +269,7 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
         rows.append(index_row(str(item.stem), status, detail, href and quote(href), data))
     rows += [index_row(o.path, o.status, o.detail, None, None) for o in by_path.values() if o.status == "failed"]
     path = output_dir / INDEX_PAGE
-    write_atomic(path, to_index(rows, f"malmm {task}: {len(rows)} videos"))
+    write_atomic(path, to_index(rows, f"malmm {task}: {counted(len(rows), 'video')}"))
     return path
 
 
@@ -491,7 +492,7 @@ def _finish(
     for warning in result.warnings:
         reporter.warn(f"{name}: {warning}")
     status = "partial" if result.warnings else "done"
-    detail = "; ".join(result.warnings) or f"{result.frames} frames"
+    detail = "; ".join(result.warnings) or counted(result.frames, "frame")
     return Outcome(name, status, detail, time.monotonic() - started)
 
 

@@ -25,6 +25,7 @@ from malmm_cli import __version__
 from malmm_cli.dataset import TASK_TARGETS
 from malmm_cli.events import EVENT_FORMATS
 from malmm_cli.timefmt import parse_duration
+from malmm_cli.wording import counted, plural
 from models.presets import (
     CAPTION,
     CLASSIFICATION,
@@ -541,11 +542,16 @@ def _run(
         if resume.redone and not options.overwrite:
             changed = sorted({reason for reasons in resume.redone.values() for reason in reasons})
             reporter.info(
-                f"{len(resume.redone)} of {len(inputs)} videos have results in {options.output_dir} made "
+                f"{len(resume.redone)} of {counted(len(inputs), 'video')} {plural(len(resume.redone), 'has')} "
+                f"results in {options.output_dir} made "
                 f"differently ({', '.join(changed)}): they are made again and replaced"
             )
         if resume.skipped:
-            some = "" if len(resume.skipped) == len(inputs) else f"{len(resume.skipped)} of {len(inputs)} videos: "
+            some = (
+                ""
+                if len(resume.skipped) == len(inputs)
+                else f"{len(resume.skipped)} of {counted(len(inputs), 'video')}: "
+            )
             shown = " (printed from there)" if printing else ""
             reporter.info(f"{some}results made with the same settings are in {options.output_dir}{shown}; "
                           "--overwrite makes them again")  # fmt: skip
@@ -1026,7 +1032,7 @@ def watch(
     finally:
         writer.close()
         signal.signal(signal.SIGINT, previous)
-    counts = f"{summary.read} frames read, {summary.dropped} dropped to keep up"
+    counts = f"{counted(summary.read, 'frame')} read, {summary.dropped} dropped to keep up"
     if stopped:  # Ctrl-C, also when it closed the pipe stdout went to
         reporter.console.print(f"Interrupted: {counts}.")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -1294,7 +1300,10 @@ def train(
         raise typer.Exit(EXIT_FAILED) from error
     reporter.info(training.conclusion(summary, output, settings))
     if trainer.features.unreadable:
-        reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
+        unread = len(trainer.features.unreadable)
+        reporter.warn(
+            f"{counted(unread, 'example')} could not be read and {plural(unread, 'was')} left out (see above)"
+        )
 
 
 @app.command("eval", cls=PlainUsage, short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
@@ -1394,7 +1403,7 @@ def evaluate(
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
     resumed = len(done & {item.id for item in items})
-    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {len(items)} examples"
+    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {counted(len(items), 'example')}"
                   + (f", {resumed} already in {folder / evaluation.PREDICTIONS}" if resumed else ""))  # fmt: skip
     try:
         with EvalProgress(reporter, len(items), resumed) as progress:
@@ -1406,8 +1415,10 @@ def evaluate(
         reporter.console.print(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
     if metrics["unreadable"]:
-        reporter.warn(f"{metrics['unreadable']} examples could not be read and are left out of the metrics (see "
-                      "above): fix their videos and run the same command, which reads only those again")  # fmt: skip
+        unread = metrics["unreadable"]
+        reporter.warn(f"{counted(unread, 'example')} could not be read and {plural(unread, 'is')} left out of the "
+                      "metrics (see above): fix their videos and run the same command, which reads only those "
+                      "again")  # fmt: skip
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -1418,7 +1429,7 @@ def _metrics_table(metrics: dict) -> Table:
     from malmm_cli.evaluate import PAPER_NOTES
 
     caption = "Bleu_4" in metrics["metrics"]
-    table = Table(title=f"{metrics['dataset']}: {metrics['examples']} examples", title_justify="left")
+    table = Table(title=f"{metrics['dataset']}: {counted(metrics['examples'], 'example')}", title_justify="left")
     for column in ("metric", "malmm", "MA-LMM fine-tuned", "MA-LMM zero-shot"):
         table.add_column(column, justify="left" if column == "metric" else "right")
 
@@ -1524,7 +1535,9 @@ def cache_info() -> None:
     entries = cache.entries()
     total = sum(entry.size for entry in entries)
     typer.echo(f"location: {cache.folder}")
-    typer.echo(f"entries: {len(entries)} videos, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB")
+    typer.echo(
+        f"entries: {counted(len(entries), 'video')}, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB"
+    )
     partials = cache.partials()
     if partials:
         stale = [p for p in partials if cache.is_stale(p)]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from malmm_cli.timefmt import format_timestamp
+from malmm_cli.wording import counted
 from malmm_cli.writers import cue_text
 
 EVENT_FORMATS = ("jsonl", "txt", "srt", "vtt")
@@ -61,7 +62,7 @@ def _words(event: WatchEvent) -> str:
 
 def to_txt(event: WatchEvent) -> str:
     span = f"[{format_timestamp(event.start)} --> {format_timestamp(event.end)}]"
-    behind = f" ({event.dropped} frames dropped to keep up)" if event.dropped else ""
+    behind = f" ({counted(event.dropped, 'frame')} dropped to keep up)" if event.dropped else ""
     lines = _words(event).split("\n")
     return "\n".join([f"{span} {lines[0]}{behind}", *(f"    {line}" for line in lines[1:])]) + "\n"
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from malmm_cli.results import Thumbnail, TimedText, VideoResult
+from malmm_cli.wording import counted
 
 # Nothing may load but the page's own data: images and inline style: no script, font, frame or remote file.
 CONTENT_SECURITY_POLICY = (
@@ -293,7 +294,7 @@ def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
     context = context or ReportContext()
     name = PurePosixPath(result.path.replace("\\", "/")).name or result.path
     model = context.settings.get("model")
-    facts = [result.task, f"duration {clock(result.duration)}", f"{result.frames} frames"]
+    facts = [result.task, f"duration {clock(result.duration)}", counted(result.frames, "frame")]
     if model:
         facts.append(f"model {model}")
     body = [
@@ -372,7 +373,7 @@ def index_row(name: str, status: str, detail: str, report: str | None, data: dic
 def to_index(rows: Sequence[IndexRow], title: str) -> str:
     """A folder's index page: a table of its videos, each linking to its report."""
     body = [f"<header><h1>{_esc(title)}</h1>",
-            f'<p class="meta">{len(rows)} videos</p></header>', "<main>",
+            f'<p class="meta">{counted(len(rows), "video")}</p></header>', "<main>",
             '<table class="videos"><caption class="muted">Videos and their reports</caption>',
             '<thead><tr><th scope="col">Picture</th><th scope="col">Video</th><th scope="col">Duration</th>'
             '<th scope="col">Result</th><th scope="col">Status</th></tr></thead><tbody>']  # fmt: skip

@@ -32,6 +32,7 @@ import torch
 from malmm_cli.stream import Sample, preprocess
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import VideoError
+from malmm_cli.wording import counted
 from models import Malmm
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
@@ -558,7 +559,9 @@ class LiveStream:
         stats = self.reader.stats
         notes = [f"{stats.reconnects} reconnect attempts"] if stats.reconnects else []
         if stats.dropped:
-            notes.append(f"{stats.dropped} of {stats.sampled} sampled frames dropped to keep up with the stream")
+            notes.append(
+                f"{stats.dropped} of {counted(stats.sampled, 'sampled frame')} dropped to keep up with the stream"
+            )
         return notes
 
     def warnings(self) -> list[str]:

@@ -31,6 +31,7 @@ from malmm_cli.stream import VISION_BATCH, NoProgress, Progress, Sample, Samplin
 from malmm_cli.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.timefmt import format_timestamp
 from malmm_cli.video import VideoError
+from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 
 __all__ = [  # what the command line and library callers use; stream.py's names are re-exported
@@ -175,7 +176,9 @@ class Grid:
         else:
             advice = f"at least a frame every {self.length:g} s (--fps {_rate_up(1 / self.length)})"
         return (
-            f"{empty} of {count} {what}s have no sampled frame and are left out ({len(times)} frames over "
+            f"{empty} of {counted(count, what)} {plural(empty, 'has')} no sampled frame and "
+            f"{plural(empty, 'is')} left out "
+            f"({counted(len(times), 'frame')} over "
             f"{format_timestamp(self.end - self.start)}): sample {advice}"
         )
 

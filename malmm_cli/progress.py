@@ -34,6 +34,8 @@ from rich.table import Table
 from rich.text import Text
 from tqdm import tqdm
 
+from malmm_cli.wording import counted
+
 
 class _RateColumn(ProgressColumn):
     """Items per second, in the bar's own unit (frames for a video, videos for the overall bar)."""
@@ -170,7 +172,7 @@ class VideoProgress:
             progress.remove_task(self.task)
         elapsed = time.monotonic() - self.started
         source = " (vision features from the cache)" if self.from_cache else ""
-        self.reporter.info(f"{self.name}: {self.frames} frames in {elapsed:.1f} s{source}")
+        self.reporter.info(f"{self.name}: {counted(self.frames, 'frame')} in {elapsed:.1f} s{source}")
 
 
 class _Discard:
@@ -303,7 +305,7 @@ class TrainingProgress(_LongJob):
         for key, name in (("train_loss", "loss"), ("val_loss", "val loss"), ("val_accuracy", "val accuracy")):
             if record.get(key) is not None:
                 parts.append(f"{name} {record[key]:.4f}")
-        parts.append(f"{record['examples']} examples in {record['seconds']:.1f} s")
+        parts.append(f"{counted(record['examples'], 'example')} in {record['seconds']:.1f} s")
         message = ", ".join(parts)
         if self._progress is not None:
             self._progress.console.print(escape(message))

@@ -34,6 +34,7 @@ from malmm_cli.video import (
     prefetch,
     probe,
 )
+from malmm_cli.wording import counted
 from models import Malmm
 
 VISION_BATCH = 8  # frames encoded together by the vision model
@@ -307,8 +308,9 @@ class VideoStream:
         report = self._reader.report if isinstance(self._reader, KeyframeReader) else None
         if report is not None and report.delivered < report.requested:  # times that share a keyframe
             notes.append(
-                f"--seek keyframe read {report.delivered} distinct frames of the {report.requested} asked for: the "
-                "video has too few keyframes, so several times share their nearest one (--seek exact reads them all)"
+                f"--seek keyframe read {counted(report.delivered, 'distinct frame')} of the {report.requested} "
+                "asked for: the video has too few keyframes, so several times share their nearest one "
+                "(--seek exact reads them all)"
             )
         return notes
 
@@ -336,5 +338,5 @@ class VideoStream:
                 f"{format_timestamp(self.duration)}: the file is truncated or damaged"
             )
         if missing:
-            notes.append(f"{missing} of {len(self.times)} sampled frames could not be decoded")
+            notes.append(f"{missing} of {counted(len(self.times), 'sampled frame')} could not be decoded")
         return notes

@@ -44,6 +44,7 @@ from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.records import changed_values, file_identity
 from malmm_cli.stream import Sampling, VideoStream
 from malmm_cli.video import VideoError
+from malmm_cli.wording import counted
 from malmm_cli.writers import write_json
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, save_trained
@@ -669,9 +670,9 @@ def check_output(output: Path, resume: bool) -> None:
 def describe(trainer: Trainer, train: int, val: int) -> str:
     s = trainer.settings
     return (
-        f"Training {s.task} on {train} clips ({val} for validation): {s.epochs} epochs of "
-        f"{s.steps_per_epoch(train)} steps, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
-        f"{s.frames} frames, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
+        f"Training {s.task} on {counted(train, 'clip')} ({val} for validation): {counted(s.epochs, 'epoch')} of "
+        f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
+        f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
         f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
         f"{_temporal_words(s)}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
@@ -682,7 +683,7 @@ def _temporal_words(settings: TrainSettings) -> str:
     if settings.temporal == "none":
         return ""
     alone = "alone, on cached Q-Former outputs" if settings.temporal_only else "with the Q-Former"
-    return f", temporal {settings.temporal} ({settings.temporal_layers} layers) trained {alone}"
+    return f", temporal {settings.temporal} ({counted(settings.temporal_layers, 'layer')}) trained {alone}"
 
 
 def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -> str:

@@ -34,6 +34,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2
 import numpy as np
 
+from malmm_cli.wording import counted
+
 try:
     import av
 except ImportError:  # probing falls back to OpenCV (`_probe_with_opencv`)
@@ -372,7 +374,7 @@ def plan_times(info: VideoInfo, frames: int | None = None, fps: float | None = N
         return STILL_IMAGE_PLAN
     available = info.frames_available
     if frames is not None and frames > available:  # every frame once: at the frames' own times
-        note = f"{frames} frames asked for, but the video has {available}: reading each once"
+        note = f"{counted(frames, 'frame')} asked for, but the video has {available}: reading each once"
         return Plan(sample_times(info.duration, fps=info.fps), note)
     if fps is not None and fps > info.fps * (1 + 1e-6):
         note = f"{fps:g} frames/s asked for, but the video has {info.fps:g}: reading at {info.fps:g}"
@@ -398,7 +400,11 @@ def plan_clip(
         return STILL_IMAGE_PLAN
     available = max(1, round((finish - begin) * info.fps))
     count = min(frames, available)
-    note = f"{frames} frames asked for, but the clip has {available}: reading each once" if count < frames else None
+    note = (
+        f"{counted(frames, 'frame')} asked for, but the clip has {available}: reading each once"
+        if count < frames
+        else None
+    )
     draw = random.Random(jitter)
     length = (finish - begin) / count
     latest = max(0.5, 1 - 2 * SLACK / length)  # a time within SLACK of the next segment would read its frame

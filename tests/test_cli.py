@@ -620,3 +620,14 @@ def test_every_command_that_writes_takes_o(run, tmp_path: Path) -> None:
         assert both.exit_code == 2 and "not both" in both.stderr
     unnamed = run("train", missing, "--task", "caption", model=False)
     assert unnamed.exit_code == 2 and "-o RUN" in unnamed.stderr
+
+
+def test_counts_agree_with_their_words(run, videos: Path) -> None:
+    """'1 frames' read as a bug; each count printed says its word in the number it has."""
+    from malmm_cli.wording import counted, plural
+
+    assert [counted(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]
+    assert (plural(1, "has"), plural(3, "has"), plural(2, "entry")) == ("has", "have", "entries")
+    result = run("caption", videos / "short.mp4", "--frames", "1")
+    assert result.exit_code == 0, result.stderr
+    assert ": 1 frame in " in result.stderr and "1 frames" not in result.stderr

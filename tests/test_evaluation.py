@@ -220,7 +220,7 @@ def test_unreadable_videos_are_named_counted_and_read_again(tiny_llama_dir: Path
     assert "broken.mp4: " in line
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert (metrics["examples"], metrics["unreadable"]) == (1, 1)
-    assert "1 examples could not be read" in result.output and json.loads(result.stdout) == metrics
+    assert "1 example could not be read and is left out" in result.output and json.loads(result.stdout) == metrics
     assert {"top1", "top5", "ranked_top1", "ranked_top5"} == set(metrics["metrics"])
     make_scene(tmp_path / "broken.mp4", "blue", seed=1)
     again = _eval(*args)
