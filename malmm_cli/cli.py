@@ -379,10 +379,16 @@ def _shared(ctx: typer.Context) -> RunOptions:
 def _read_lines(path: Path, what: str, option: str) -> list[str]:
     """Non-empty stripped lines of a text file (questions, labels)."""
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise typer.BadParameter(f"cannot read {path}: {reason}", param_hint=option) from error
+        data = path.read_bytes()
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {path}: {error.strerror or error}", param_hint=option) from error
+    try:
+        lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
+    except UnicodeDecodeError as error:  # Python's words ('utf-8' codec, position 1234) help nobody find it
+        number = data[: error.start].count(b"\n") + 1
+        raise typer.BadParameter(
+            f"{path} is not UTF-8 text (line {number}): save it as UTF-8 and run again", param_hint=option
+        ) from error
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
         raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)

@@ -631,3 +631,14 @@ def test_counts_agree_with_their_words(run, videos: Path) -> None:
     result = run("caption", videos / "short.mp4", "--frames", "1")
     assert result.exit_code == 0, result.stderr
     assert ": 1 frame in " in result.stderr and "1 frames" not in result.stderr
+
+
+def test_a_labels_file_that_is_not_utf8_names_its_line(run, videos: Path, tmp_path: Path) -> None:
+    """Python's words ('utf-8' codec can't decode byte 0xe9 in position 17) said neither what to do nor where."""
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("cooking\nwalking\ncaf\u00e9 talk\n".encode("latin-1"))
+    result = run("predict", videos / "short.mp4", "--labels", labels)
+    assert result.exit_code == 2 and "is not UTF-8 text (line 3)" in result.stderr
+    assert "codec" not in result.stderr and "position" not in result.stderr and "Loading" not in result.stderr
+    labels.write_bytes("\ufeffcooking\nwalking\n".encode())  # a byte-order mark, as Windows editors write
+    assert run("predict", videos / "short.mp4", "--labels", labels, "--frames", "2").exit_code == 0
