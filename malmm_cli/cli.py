@@ -468,6 +468,17 @@ def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
         )
 
 
+def _check_not_stdin(paths: list[Path], command: str) -> None:
+    """`-` is standard input to many tools, but these commands seek in their videos, which a pipe
+    cannot do: say where a piped video is read (watch) rather than 'no such file'."""
+    if any(str(path) == "-" for path in paths):
+        raise typer.BadParameter(
+            f"{command} reads video files, not standard input: for a stream piped in, use `malmm watch -` "
+            "(MPEG-TS, e.g. ffmpeg ... -f mpegts -), or save it to a file first",
+            param_hint="PATH",
+        )
+
+
 def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
@@ -517,6 +528,7 @@ def _run(
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
+    _check_not_stdin(paths, request[0])
     _check_checkpoint(options)
     _check_concat(options, task)
     try:

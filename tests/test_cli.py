@@ -642,3 +642,11 @@ def test_a_labels_file_that_is_not_utf8_names_its_line(run, videos: Path, tmp_pa
     assert "codec" not in result.stderr and "position" not in result.stderr and "Loading" not in result.stderr
     labels.write_bytes("\ufeffcooking\nwalking\n".encode())  # a byte-order mark, as Windows editors write
     assert run("predict", videos / "short.mp4", "--labels", labels, "--frames", "2").exit_code == 0
+
+
+def test_standard_input_points_to_watch(run) -> None:
+    """`malmm caption -` said '-: no such file' after the checks, without saying where stdin is read."""
+    for command in (["caption", "-"], ["ask", "-", "what happens?"], ["predict", "-"]):
+        result = run(*command)
+        assert result.exit_code == 2 and "malmm watch -" in result.stderr, command
+        assert "no such file" not in result.stderr and "Loading" not in result.stderr
