@@ -964,7 +964,7 @@ def watch(
     import signal
 
     from malmm_cli.events import EventWriter, WatchEvent
-    from malmm_cli.live import LiveStream, SourceError, check_source, parse_source
+    from malmm_cli.live import STDIN_ADVICE, LiveStream, SourceError, check_source, check_stdin, parse_source
     from malmm_cli.loading import vision_batch_size
     from malmm_cli.pipeline import Memory, check_memory
     from malmm_cli.progress import LiveStatus, Reporter
@@ -988,6 +988,8 @@ def watch(
         raise typer.BadParameter(str(error), param_hint="--reset-every/--memory") from None
     _check_checkpoint(options)
     try:
+        if parsed.kind == "stdin":
+            check_stdin()  # a terminal, or an MP4 a pipe cannot give, is said before the model loads
         check_source(parsed, timeout)  # a wrong address is said now, not after the model loads
     except SourceError as error:
         reporter.error(f"{parsed.display}: {error}")
@@ -1045,7 +1047,8 @@ def watch(
         if stopped:  # Ctrl-C before the first frame
             reporter.console.print("Interrupted before a frame was read.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        reporter.error(f"{name}: {error}")
+        hint = f" (standard input is read in order, as {STDIN_ADVICE})" if parsed.kind == "stdin" else ""
+        reporter.error(f"{name}: {error}{hint}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         writer.close()

@@ -17,6 +17,7 @@ no V4L2 input).
 from __future__ import annotations
 
 import math
+import os
 import struct
 import threading
 import time
@@ -110,6 +111,75 @@ def check_source(source: Source, timeout: float) -> None:
         _Camera(source, timeout).close()
     elif source.kind == "network" and not _waits_for_sender(source.location):
         _Connection(source, timeout).close()
+
+
+STDIN_HEAD_LIMIT = 1 << 20  # bytes read ahead of FFmpeg at most, to tell an unreadable MP4 from a stream
+STDIN_ADVICE = "MPEG-TS: ffmpeg -i IN -c copy -f mpegts - | malmm watch -"
+
+
+def check_stdin(fd: int = 0) -> None:
+    """Read the first bytes of standard input and say now, before a model loads, when they cannot
+    be watched: a terminal (nothing piped in), or an MP4 whose index (moov) comes after its data,
+    which a pipe cannot seek back to (FFmpeg would fail once the model had loaded). What was read
+    is handed on unchanged: fd 0 becomes a pipe that a thread fills with it and the rest."""
+    if os.isatty(fd):
+        raise SourceError(f"standard input is a terminal: pipe a stream in ({STDIN_ADVICE})")
+    head, verdict = b"", None
+    while verdict is None and len(head) < STDIN_HEAD_LIMIT:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        head += chunk
+        verdict = _mp4_verdict(head)
+    if verdict:
+        raise SourceError(f"standard input {verdict}: send {STDIN_ADVICE}, or watch the file itself (malmm watch FILE)")
+    _replay(head, fd)
+
+
+def _mp4_verdict(head: bytes) -> str | None:
+    """Why these first bytes of a pipe cannot be read, "" when they can, None when more are needed:
+    only an MP4 (ftyp) whose mdat comes before its moov is refused."""
+    if len(head) < 8:
+        return None
+    if head[4:8] != b"ftyp":
+        return ""  # MPEG-TS and the like are read in order
+    offset = 0
+    while offset + 16 <= len(head):
+        size, kind = struct.unpack(">I4s", head[offset : offset + 8])
+        if kind == b"moov":
+            return ""  # index first (faststart, fragmented): read in order
+        if kind == b"mdat":
+            return "is an MP4 whose index comes after its data, which a pipe cannot give before the end"
+        if size == 1:
+            size = struct.unpack(">Q", head[offset + 8 : offset + 16])[0]
+        if size < 8:
+            return ""  # not boxes after all: FFmpeg says what it is
+        offset += size
+    return None
+
+
+def _replay(head: bytes, fd: int) -> None:
+    """Make fd a pipe that gives `head` and then the rest of what fd gave (a daemon thread copies)."""
+    source = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, fd)
+    os.close(read_end)
+
+    def copy() -> None:
+        try:
+            data = head
+            while data:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_end, view) :]
+                data = os.read(source, 1 << 16)
+        except OSError:
+            pass  # the reader went away (the run stopped): nothing to hand on
+        finally:
+            os.close(write_end)
+            os.close(source)
+
+    threading.Thread(target=copy, name="malmm-stdin", daemon=True).start()
 
 
 def _waits_for_sender(location: str) -> bool:

@@ -604,3 +604,25 @@ def test_rtsp_camera_is_reconnected_to_when_its_server_restarts(tiny_malmm: Malm
     assert len(events) >= 5
     _in_order(events)
     assert _no_reader_thread_left()
+
+
+def test_an_mp4_on_standard_input_is_refused_before_the_model_loads(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """FFmpeg cannot read an MP4 whose index is at its end from a pipe: that failed once the model had
+    loaded, as 'Invalid data found when processing input', without saying stdin must be read in order."""
+    late_index = media.make_video(tmp_path / "late.mp4", seconds=10, fps=10, size=(320, 240), faststart=False)
+    done = subprocess.run(_malmm_watch(tiny_llama_dir, "-"), input=late_index.read_bytes(), capture_output=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "index comes after its data" in err and "-f mpegts" in err, err
+    assert "Loading" not in err and "Traceback" not in err
+
+
+def test_the_first_bytes_of_standard_input_tell_what_it_holds(tmp_path: Path) -> None:
+    from malmm_cli.live import _mp4_verdict
+
+    first = media.make_video(tmp_path / "first.mp4", seconds=1, fps=5, faststart=True).read_bytes()
+    last = media.make_video(tmp_path / "last.mp4", seconds=1, fps=5, faststart=False).read_bytes()
+    ts = mpegts_bytes(tmp_path / "in.ts", seconds=1).read_bytes()
+    assert _mp4_verdict(first) == "" and _mp4_verdict(ts[:188]) == ""
+    assert "after its data" in _mp4_verdict(last)
+    assert _mp4_verdict(last[:20]) is None  # not enough yet: read on
