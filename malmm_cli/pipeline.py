@@ -163,23 +163,42 @@ class Grid:
     def count(self) -> int:
         return max(1, math.ceil((self.end - self.start) / self.length - 1e-9))
 
-    def empty_note(self, times: list[float], what: str, clip: bool = False) -> str | None:
+    def empty_note(
+        self, times: list[float], what: str, clip: bool = False, video_fps: float | None = None
+    ) -> str | None:
         """Say how many spans got no sampled frame (they are left out of the result), and what
-        sampling gives each a frame: a frame every span length (a clip is sampled by --frames);
-        None when every span has frames."""
+        sampling gives each a frame; None when every span has frames.
+
+        A last span shorter than one of the video's frames (a 4.004 s clip in 2 s intervals) may
+        hold no frame at all: it is not worth a note. The advice never lowers the rate sampled
+        (--fps 0.5 for 100 frames over 4 s would read 3), nor asks for more frames per second than
+        the video has (spans shorter than a frame then need to be longer instead)."""
         count = self.count()
-        empty = count - len({self.index(t) for t in times} & set(range(count)))
+        hit = {self.index(t) for t in times}
+        empty = [i for i in range(count) if i not in hit]
+        tail = self.span(count - 1)
+        if video_fps and empty and empty[-1] == count - 1 and tail[1] - tail[0] < 1 / video_fps - 1e-9:
+            empty.pop()  # a sliver past the last frame
+            count -= 1
         if not empty:
             return None
-        if clip:
-            advice = f"--frames {self.frames_for_every_span()} or more"
+        needed = 1 / self.length  # frames per second that put one in every span
+        if video_fps and needed > video_fps * (1 + 1e-9):
+            option = "--segment" if what == "segment" else "--every"
+            advice = (
+                f": the video has {video_fps:g} frames/s, so a {what} needs {option} "
+                f"{_rate_up(1 / video_fps)} s or more to hold one"
+            )
+        elif clip:
+            advice = f": sample --frames {self.frames_for_every_span()} or more"
+        elif len(times) / (self.end - self.start) < needed:
+            advice = f": sample at least a frame every {self.length:g} s (--fps {_rate_up(needed)})"
         else:
-            advice = f"at least a frame every {self.length:g} s (--fps {_rate_up(1 / self.length)})"
+            advice = ""  # already sampled densely enough: those spans hold no frame of the video
         return (
-            f"{empty} of {counted(count, what)} {plural(empty, 'has')} no sampled frame and "
-            f"{plural(empty, 'is')} left out "
-            f"({counted(len(times), 'frame')} over "
-            f"{format_timestamp(self.end - self.start)}): sample {advice}"
+            f"{len(empty)} of {counted(count, what)} {plural(len(empty), 'has')} no sampled frame and "
+            f"{plural(len(empty), 'is')} left out ({counted(len(times), 'frame')} over "
+            f"{format_timestamp(self.end - self.start)}){advice}"
         )
 
     def frames_for_every_span(self) -> int:
@@ -324,7 +343,9 @@ class _Video:
         result.notes += _long_instruction_notes(self.malmm, self.readers)
         for i, grid in self.grids.items():
             what = "segment" if self.readers[i].restart else "timeline interval"
-            if not self.live and (note := grid.empty_note(self.stream.times, what, self.stream.clip is not None)):
+            if self.live:  # nothing was planned
+                continue
+            if note := grid.empty_note(self.stream.times, what, self.stream.clip is not None, self.stream.fps):
                 result.notes.append(note)
         for readout in sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf))):
             _fill(result, self.readers[readout.reader], readout)

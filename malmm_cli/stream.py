@@ -166,6 +166,7 @@ class VideoStream:
         self._reader: VideoReader | KeyframeReader | ParallelReader | None = None
         self._cached: CachedVideo | None = None
         self._notes: list[str] = []
+        self.fps: float | None = None  # the video's own frame rate (None: replayed from an older cache entry)
         self._replayed_missing: list[float] = []  # targets the cached part of the video could not decode back then
         self._replayed_end: float | None = None
         self.thumbnails: ThumbnailCollector | None = None  # set before iterating: pictures of decoded frames
@@ -178,6 +179,7 @@ class VideoStream:
             meta = self._cached.meta
             self.duration = float(meta["duration"])
             self.times = [float(t) for t in meta["times"]]
+            self.fps = meta.get("fps")
             self._notes = list(meta["notes"])
             return
         self._open()
@@ -187,7 +189,7 @@ class VideoStream:
     def _open(self) -> None:
         """Probe the file, plan its sample times and choose the reader."""
         info = probe(self.path)
-        self.duration = info.duration
+        self.duration, self.fps = info.duration, info.fps
         plan = self.sampling.plan(info)
         self.times = plan.times
         if plan.note:
@@ -262,7 +264,7 @@ class VideoStream:
         if self._writer is not None:
             report = self._reader.report
             meta = {"duration": self.duration, "times": self.times, "missing": report.missing,
-                    "ended_at": report.ended_at, "notes": self.notes()}  # fmt: skip
+                    "ended_at": report.ended_at, "notes": self.notes(), "fps": self.fps}  # fmt: skip
             self._writer.commit(meta)
             self._writer = None
 

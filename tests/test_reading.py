@@ -191,3 +191,19 @@ def test_a_clips_grid_starts_at_the_clip_and_its_note_advises_frames() -> None:
     assert grid.empty_note(centres, "segment", clip=True) is None  # the advice works...
     fewer = [5 + (i + 0.5) * 7 / (frames - 1) for i in range(frames - 1)]
     assert grid.empty_note(fewer, "segment", clip=True) is not None  # ...and is the least that does
+
+
+def test_a_sliver_past_the_last_frame_gets_no_note_and_advice_never_lowers_the_rate() -> None:
+    """--every 2s on a 4.004 s clip noted a 4 ms interval 'without a sampled frame' and advised
+    --fps 0.5, which would read 3 of the 100 frames; --segment 0.001 on a 5 fps video advised
+    --fps 1000."""
+    hundred = [(i + 0.5) * 4.004 / 100 for i in range(100)]
+    assert pipeline.Grid(2.0, 4.004).empty_note(hundred, "timeline interval", video_fps=24.975) is None
+    gappy = [t for t in hundred if not 1.0 <= t < 1.5] + [3.0]  # dense, but one span left out anyway
+    note = pipeline.Grid(0.5, 4.004).empty_note(gappy, "segment", video_fps=24.975)
+    assert note is not None and "--fps" not in note  # sampling faster would not help
+    ten = [(i + 0.5) * 0.2 for i in range(10)]  # every frame of a 2 s, 5 fps video
+    note = pipeline.Grid(0.001, 2.0).empty_note(ten, "segment", video_fps=5.0)
+    assert "the video has 5 frames/s, so a segment needs --segment 0.2 s or more" in note and "--fps" not in note
+    sparse = pipeline.Grid(2.0, 10.0).empty_note([1.0, 9.0], "segment", video_fps=25.0)
+    assert "a frame every 2 s (--fps 0.5)" in sparse  # a rate above the one sampled: right advice
