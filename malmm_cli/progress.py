@@ -65,7 +65,7 @@ class Reporter:
         self.animated = self.console.is_terminal and not quiet
         self._progress: Progress | None = None
         self._overall = None
-        self._notes_shown: set[str] = set()
+        self._notes_shown: dict[str, str] = {}  # note -> the name of the first video it was shown for
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -73,10 +73,11 @@ class Reporter:
 
     def note(self, name: str, note: str) -> None:
         """How a video was read, where it differs from what was asked. A note repeated word for word
-        for later videos (a long question asked of a whole folder) is shown once."""
-        if note not in self._notes_shown:
-            self._notes_shown.add(note)
-            self.info(f"{name}: {note}")
+        for later videos (a long question asked of a whole folder) is shown in full once, then as
+        one short line per video: the same words may be about another video's own sampling, and
+        must not vanish for it."""
+        first = self._notes_shown.setdefault(note, name)
+        self.info(f"{name}: {note}" if first == name else f"{name}: the same note as for {first}")
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(message)}")

@@ -650,3 +650,17 @@ def test_standard_input_points_to_watch(run) -> None:
         result = run(*command)
         assert result.exit_code == 2 and "malmm watch -" in result.stderr, command
         assert "no such file" not in result.stderr and "Loading" not in result.stderr
+
+
+def test_the_same_note_for_another_video_is_still_said(run, tmp_path: Path) -> None:
+    """Notes repeated word for word were shown for the first video only: the second video's own
+    empty segments went unsaid on stderr."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        media.make_video(folder / name, seconds=10, fps=10)
+    result = run("caption", folder, "--frames", "2", "--segment", "2s", "-f", "jsonl")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "segments have no sampled frame" in line]
+    assert len(lines) == 1 and "a.mp4" in lines[0]
+    assert re.search(r"b\.mp4: the same note as for \S*a\.mp4", result.stderr), result.stderr
