@@ -347,6 +347,11 @@ class RunOptions:
     def bank(self, task: Task) -> int:
         return self.memory_bank_length or task.memory_bank_length
 
+    def most_frames(self, task: Task) -> int | None:
+        """The most frames a video reads: --frames (clips too), else None: with --fps it follows
+        each video's length, so the memory is planned for the whole bank."""
+        return None if self.fps is not None else self.frames or task.frames
+
     def generation(self, task: Task) -> GenerationSettings:
         return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
 
@@ -396,10 +401,16 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
 
 
 def load_model(
-    options: RunOptions, task: Task, reporter: Reporter, readers: int = 1, training: TrainingShape | None = None
+    options: RunOptions,
+    task: Task,
+    reporter: Reporter,
+    readers: int = 1,
+    training: TrainingShape | None = None,
+    frames: int | None = None,
 ) -> Malmm:
     """Load the model once for all inputs; a model that cannot be run as asked is a usage error.
-    training: plan the memory of training steps of this shape instead of reading videos."""
+    training: plan the memory of training steps of this shape instead of reading videos. frames:
+    the most any video reads (None: not known, a stream), which bounds the memory bank planned."""
     from transformers.utils import logging as transformers_logging
 
     from malmm_cli.loading import SetupError, load, locate
@@ -407,7 +418,7 @@ def load_model(
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    load_options = _load_options(options, task, readers, training)
+    load_options = _load_options(options, task, readers, training, frames)
     try:
         folder = locate(options.model, reporter.downloading)
         with reporter.status(f"Loading {options.model}"):
@@ -428,7 +439,7 @@ def load_model(
 
 
 def _load_options(
-    options: RunOptions, task: Task, readers: int = 1, training: TrainingShape | None = None
+    options: RunOptions, task: Task, readers: int = 1, training: TrainingShape | None = None, frames: int | None = None
 ) -> LoadOptions:
     """What loading the model needs to know, from the command's options."""
     from malmm_cli.loading import LoadOptions
@@ -439,6 +450,7 @@ def _load_options(
         quantize=options.quantize, quantize_vision=options.quantize_vision == "8bit",
         memory_bank_length=options.bank(task), readers=readers, num_beams=generation.num_beams,
         max_new_tokens=generation.max_new_tokens, vision_batch=options.batch_size or 8, training=training,
+        frames=frames,
     )  # fmt: skip
 
 
@@ -581,7 +593,7 @@ def _run(
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
             read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
         elif pending:
-            malmm = load_model(options, task, reporter, readers=len(readers))
+            malmm = load_model(options, task, reporter, readers=len(readers), frames=options.most_frames(task))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
         if pending or (resume.skipped and stdout is not None):
             skipped = {outcome.path for outcome in resume.skipped}
@@ -619,7 +631,7 @@ def _reader(
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
     from malmm_cli.batch import clip_sampling
-    from malmm_cli.loading import reading_sizes, vision_batch_size
+    from malmm_cli.loading import planned_bank, reading_sizes, vision_batch_size
     from malmm_cli.pipeline import Memory, check_memory, read_videos
     from malmm_cli.video import VideoError
 
@@ -631,8 +643,9 @@ def _reader(
         raise typer.Exit(EXIT_USAGE) from error
     generation = options.generation(task)
     vision_batch = vision_batch_size(malmm, options.batch_size)
+    bank = planned_bank(memory.bank_length, options.most_frames(task))
     sizes = reading_sizes(
-        malmm, memory_bank_length=memory.bank_length, readers=len(readers), num_beams=generation.num_beams,
+        malmm, memory_bank_length=bank, readers=len(readers), num_beams=generation.num_beams,
         max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch, videos=options.video_batch,
     )  # fmt: skip
     cache = options.cache(reporter)
@@ -677,7 +690,8 @@ def _ray_reader(
     from malmm_cli.ray_engine import RayOptions, ReadJob, ray_reader
 
     job = ReadJob(
-        load=_load_options(options, task, len(readers)), readers=tuple(readers), task=name,
+        load=_load_options(options, task, len(readers), frames=options.most_frames(task)), readers=tuple(readers),
+        task=name,
         sampling=options.sampling(task), memory=Memory(options.bank(task), options.memory),
         settings=options.generation(task), vision_batch=options.batch_size, cache=not options.no_cache,
         thumbnails="html" in options.formats,
@@ -1415,7 +1429,8 @@ def evaluate(
     )  # fmt: skip
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
-    malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items))
+    malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
+                       frames=settings.frames)  # fmt: skip
     run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
                                 on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
     try:

@@ -54,6 +54,13 @@ class LoadOptions:
     max_new_tokens: int = 50
     vision_batch: int = 8
     training: TrainingShape | None = None  # plan for `malmm train` instead of reading videos
+    frames: int | None = None  # the most frames a video reads (None: not known): the bank holds no more
+
+
+def planned_bank(memory_bank_length: int, frames: int | None) -> int:
+    """Memory bank slots to plan for: a bank never holds more entries than frames were read, so
+    `-b 100000 --frames 20` plans 20, not 100,000 (which would drive --quantize auto or a refusal)."""
+    return memory_bank_length if frames is None else max(1, min(memory_bank_length, frames))
 
 
 def resolve_device(name: str) -> str:
@@ -112,7 +119,7 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
             quantize_vision=option.quantize_vision,
             dtype=dtype,
             vision_batch=option.vision_batch,
-            memory_bank_length=option.memory_bank_length,
+            memory_bank_length=planned_bank(option.memory_bank_length, option.frames),
             counts=counts,
         )
         if option.training is not None:  # on a GPU: fused attention, and the trainer checkpoints the LLM

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -71,3 +73,16 @@ def test_load_tiny_model(tiny_llama_dir) -> None:
     malmm, mode, memory = loading.load(LoadOptions(model=str(tiny_llama_dir), device="cpu"), tiny_llama_dir)
     assert mode == "none" and malmm.device == torch.device("cpu")
     assert memory.total < 1 * GIB
+
+
+def test_the_bank_is_planned_for_the_frames_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-b 100000 --frames 20 planned 100,000 slots (5.9 GiB more on vicuna-7b) for a bank that
+    holds 20 at most: with a real model that drove --quantize auto to 4bit, or a refusal."""
+    monkeypatch.setattr(loading, "free_memory", lambda device: 40 * GIB)
+    config = architecture("vicuna-7b")
+    huge = LoadOptions(model="m", memory_bank_length=100_000, frames=20)
+    twenty = LoadOptions(model="m", memory_bank_length=20)
+    assert plan(config, huge, "cuda", torch.float16) == plan(config, twenty, "cuda", torch.float16)
+    assert plan(config, huge, "cuda", torch.float16)[0] == "none"
+    with pytest.raises(SetupError):  # --fps: as many frames as the video is long, so the whole bank
+        plan(config, dataclasses.replace(huge, frames=None), "cuda", torch.float16)
