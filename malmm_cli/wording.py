@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-_IRREGULAR = {"was": "were", "has": "have", "is": "are", "entry": "entries", "does": "do"}
+_IRREGULAR = {"was": "were", "has": "have", "is": "are", "entry": "entries", "does": "do", "it": "them",
+              "process": "processes"}  # fmt: skip
 
 
 def plural(count: int, word: str) -> str:

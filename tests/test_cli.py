@@ -664,3 +664,24 @@ def test_the_same_note_for_another_video_is_still_said(run, tmp_path: Path) -> N
     lines = [line for line in result.stderr.splitlines() if "segments have no sampled frame" in line]
     assert len(lines) == 1 and "a.mp4" in lines[0]
     assert re.search(r"b\.mp4: the same note as for \S*a\.mp4", result.stderr), result.stderr
+
+
+def test_more_decode_workers_than_cpus_are_capped_with_a_note(run, videos: Path, monkeypatch) -> None:
+    """--decode-workers 64 on 2 CPUs took 60 s instead of 0.5 s, without a word."""
+    from malmm_cli import cli
+
+    monkeypatch.setattr(cli, "available_cpus", lambda: 2)
+    result = run("caption", videos / "short.mp4", "--frames", "4", "--decode-workers", "64", "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "--decode-workers 64: this process may use 2 CPUs, so frames are decoded in 2 processes" in result.stderr
+    assert json.loads(result.stdout)["frames"] == 4
+    within = run("caption", videos / "short.mp4", "--frames", "4", "--decode-workers", "2")
+    assert within.exit_code == 0 and "--decode-workers" not in within.stderr
+
+
+def test_ray_options_without_the_ray_engine_are_a_usage_error(run, videos: Path) -> None:
+    """--workers, --address and --gpus-per-worker were accepted and ignored by the local engine."""
+    for args in (["--workers", "2"], ["--address", "auto"], ["--gpus-per-worker", "0.5", "--workers", "2"]):
+        result = run("caption", videos / "short.mp4", *args)
+        assert result.exit_code == 2 and "for --engine ray" in result.stderr, args
+        assert "Loading" not in result.stderr
