@@ -663,7 +663,7 @@ def _run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     bad = [o for o in outcomes if o.status in ("failed", "partial")]
     if len(outcomes) > 1 and (bad or not options.quiet):
-        reporter.console.print(summary_table(outcomes))
+        reporter.table(summary_table(outcomes))
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
@@ -1489,7 +1489,7 @@ def evaluate(
         reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
-        reporter.console.print(_metrics_table(metrics))
+        reporter.table(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
     if metrics["unreadable"]:
         unread = metrics["unreadable"]

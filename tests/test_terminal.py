@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 from pathlib import Path
 
@@ -98,3 +99,29 @@ def test_cached_hub_model_runs_offline(run, tiny_llama_dir: Path, tmp_path: Path
                  model=False)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert f"Loaded {REPO}" in result.stderr
+
+
+def test_a_narrow_terminal_drops_fields_rather_than_cutting_them() -> None:
+    """At 60 columns Rich shrank every field alike: '2… 1… eta 0…'."""
+    from rich.progress import Progress
+
+    for width in (40, 60, 80, 120):
+        console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+        with Progress(*progress._video_columns(width), console=console, auto_refresh=False) as bars:
+            bars.advance(bars.add_task("/videos/a-rather-long-lecture-name.mp4", total=100), 12)
+            bars.refresh()
+        drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", console.file.getvalue())
+        line = [part for part in re.split(r"[\r\n]", drawn) if "/100" in part][-1].rstrip()
+        assert len(line) <= width and "12/100" in line and "eta -:--:--" in line, (width, line)
+        assert line.count("…") <= 1, (width, line)  # the name alone may be cut
+    assert "━" in line and "0:00:00 eta" in line  # at 120 columns: the bar and the elapsed time too
+
+
+def test_the_summary_is_whole_lines_off_a_terminal() -> None:
+    """Off a terminal the summary folded paths at 30 columns (an 80-column default); a log wants them whole."""
+    path = "/archive/2024/lectures/week-07/a-long-lecture-recording-name.mp4"
+    reporter = Reporter(console=Console(file=io.StringIO(), width=80, highlight=False))
+    reporter.table(progress.summary_table([progress.Outcome(path, "failed", "no video stream in it"),
+                                           progress.Outcome("b.mp4", "done", "80 frames", 1.5)]))  # fmt: skip
+    text = reporter.console.file.getvalue()
+    assert any(path in line and "no video stream in it" in line for line in text.splitlines()), text
