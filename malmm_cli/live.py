@@ -510,7 +510,9 @@ class LiveReader:
                     return
                 if attempts >= self.reconnect:  # an end is an end; an error, silence or failed attempts, a loss
                     if attempts:
-                        reason = f"lost the stream ({_said(reason)}) and {attempts} reconnect attempts failed"
+                        reason = (
+                            f"lost the stream ({_said(reason)}) and {counted(attempts, 'reconnect attempt')} failed"
+                        )
                     self._finish(reason, failed=reason != "end")
                     return
                 attempts += 1
@@ -627,7 +629,7 @@ class LiveStream:
 
     def notes(self) -> list[str]:
         stats = self.reader.stats
-        notes = [f"{stats.reconnects} reconnect attempts"] if stats.reconnects else []
+        notes = [counted(stats.reconnects, "reconnect attempt")] if stats.reconnects else []
         if stats.dropped:
             notes.append(
                 f"{stats.dropped} of {counted(stats.sampled, 'sampled frame')} dropped to keep up with the stream"
@@ -644,4 +646,4 @@ class LiveStream:
         behind = max(0.0, stats.newest - stats.newest_read) + stats.behind
         line = (f"stream {format_timestamp(stats.newest)} · {rate:.2f} frames/s read · "
                 f"{behind:.1f} s behind · {stats.dropped} dropped")  # fmt: skip
-        return line + (f" · {stats.reconnects} reconnect attempts" if stats.reconnects else "")
+        return line + (f" · {counted(stats.reconnects, 'reconnect attempt')}" if stats.reconnects else "")

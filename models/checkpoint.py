@@ -94,7 +94,7 @@ class CheckpointReport:
         return not self.missing and not self.unexpected
 
     def message(self) -> str:
-        text = f"Loaded {len(self.loaded)} tensors from {self.path.name}."
+        text = f"Loaded {len(self.loaded)} tensor{'' if len(self.loaded) == 1 else 's'} from {self.path.name}."
         if self.missing:
             text += f" Not in the checkpoint, kept from the base model: {_preview(self.missing)}."
         if self.unexpected:
