@@ -1568,10 +1568,13 @@ def models_list() -> None:
 
 @models_app.command("download", cls=PlainUsage)
 def models_download(
-    name: Annotated[str, typer.Argument(help="A name from `malmm models list`, or any hub id.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", hidden=True, show_default=False)],
     quiet: QuietOption = False,
 ) -> None:
-    """Download a model's config, tokenizers and safetensors weights into the Hugging Face cache."""
+    """Download a model's config, tokenizers and safetensors weights into the Hugging Face cache.
+
+    NAME is a name from `malmm models list`, or any hub id.
+    """
     from malmm_cli.hub import ModelUnavailable, cached_snapshot, check_reachable, download, find_preset
     from malmm_cli.progress import Reporter
 

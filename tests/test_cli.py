@@ -455,7 +455,7 @@ def test_a_question_past_the_qformer_limit_gets_a_note(run, videos: Path) -> Non
 
 def test_help_and_errors_speak_plainly(run) -> None:
     """Help used to show {paths}..., <list[Path]>, <int range>, [x>=0.0001]; errors 'Value error, ...'."""
-    for command in (["caption"], ["ask"], ["predict"], ["models"], ["cache"], ["doctor"]):
+    for command in (["caption"], ["ask"], ["predict"], ["models"], ["models", "download"], ["cache"], ["doctor"]):
         text = run(*command, "--help", model=False).stdout
         for internal in ("<list[", "<int", "<float", "<str>", "<path>", "[x>=", "{paths}", "{path}"):
             assert internal not in text, (command, internal)
