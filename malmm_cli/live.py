@@ -126,7 +126,10 @@ def check_stdin(fd: int = 0) -> None:
         raise SourceError(f"standard input is a terminal: pipe a stream in ({STDIN_ADVICE})")
     head, verdict = b"", None
     while verdict is None and len(head) < STDIN_HEAD_LIMIT:
-        chunk = os.read(fd, 1 << 16)
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError as error:  # closed (`<&-`), or not readable
+            raise SourceError(f"standard input cannot be read: {error.strerror or error}") from None
         if not chunk:
             break
         head += chunk
