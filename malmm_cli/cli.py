@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -49,7 +49,20 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from models.malmm import Malmm
     from models.memory_plan import TrainingShape
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service manager stopping malmm), raised by `main()`'s handler: it takes
+    Ctrl-C's way out (finished results kept, stdout's document closed), with its own word and status."""
+
+
+def _stopped(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """How a run stopped by a signal is named to the user, and its exit status."""
+    if isinstance(interrupt, Terminated):
+        return "Terminated", EXIT_TERMINATED
+    return "Interrupted", EXIT_INTERRUPTED
+
 
 app = typer.Typer(
     name="malmm",
@@ -480,13 +493,22 @@ def _run(
     """Read the videos with these readers (the task's description, see pipeline.py): check
     everything that can be checked without the model (inputs, output folder, what is already
     done), load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_index
+    from malmm_cli.batch import (
+        StdoutClosed,
+        StdoutWriter,
+        expand_inputs,
+        name_outputs,
+        plan_resume,
+        run_batch,
+        write_index,
+    )
     from malmm_cli.progress import Outcome, Reporter, summary_table
     from malmm_cli.video import VideoError, check_readable
 
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
+    problems: list[str] = []  # failures of the run's own files (the index), beside the videos'
     _check_checkpoint(options)
     _check_concat(options, task)
     try:
@@ -554,17 +576,29 @@ def _run(
         elif stdout is not None:
             stdout.close()
         if "html" in options.formats and options.output_dir is not None and not single:
-            index = write_index(options.output_dir, inputs, outcomes, request[0])
-            reporter.info(f"Index of the reports: {index}")
-    except KeyboardInterrupt:
-        if stdout is not None:
-            stdout.close()  # the finished videos' json list, or the csv header
-        reporter.console.print("Interrupted: results of finished videos are kept.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+            try:
+                index = write_index(options.output_dir, inputs, outcomes, request[0])
+                reporter.info(f"Index of the reports: {index}")
+            except OSError as error:  # a full disk: the videos' own reports are written, the summary follows
+                problems.append(f"cannot write the index of the reports: {error.strerror or error}")
+                reporter.error(f"{options.output_dir}: {problems[-1]}")
+    except KeyboardInterrupt as interrupt:
+        with suppress(StdoutClosed):
+            if stdout is not None:
+                stdout.close()  # the finished videos' json list, or the csv header
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}: results of finished videos are kept.")
+        raise typer.Exit(status) from None
+    except StdoutClosed as closed:  # no --output-dir: nothing else receives the results, so the run stops
+        if closed.reader_gone:  # `| head`: the reader has what it wanted
+            raise typer.Exit(EXIT_OK) from None
+        reporter.error(str(closed))
+        raise typer.Exit(EXIT_FAILED) from None
     bad = [o for o in outcomes if o.status in ("failed", "partial")]
     if len(outcomes) > 1 and (bad or not options.quiet):
         reporter.console.print(summary_table(outcomes))
-    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+    stdout_failed = stdout is not None and stdout.closed is not None and not stdout.closed.reader_gone
+    raise typer.Exit(EXIT_FAILED if bad or problems or stdout_failed else EXIT_OK)
 
 
 def _reader(
@@ -949,13 +983,14 @@ def watch(
 
     def stop_on_ctrl_c(stream: LiveStream) -> None:
         def handler(signum: int, frame: object) -> None:
-            stopped.append(True)
+            stopped.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
             stream.stop()
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits at once
             reporter.info("Stopping: the interval in progress is written (Ctrl-C again to quit now)")
 
         streams.append(stream)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)  # a service manager stopping watch: the same way out
         status.describe = stream.status
 
     def write(event: WatchEvent) -> None:
@@ -969,7 +1004,7 @@ def watch(
             problems.append(f"cannot write {output}: {error.strerror or error}")
             streams[0].stop()
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     status = LiveStatus(reporter, lambda: f"opening {name}")
     try:
         malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
@@ -983,22 +1018,26 @@ def watch(
                 reconnect=reconnect, batch_size=vision_batch_size(malmm, batch_size), notify=reporter.warn,
                 on_start=stop_on_ctrl_c,
             )  # fmt: skip
-    except KeyboardInterrupt:
-        reporter.console.print("Interrupted.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}.")
+        raise typer.Exit(status) from None
     except (VideoError, ValueError) as error:
         if stopped:  # Ctrl-C before the first frame
-            reporter.console.print("Interrupted before a frame was read.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            word, status = _stopped(stopped[0])
+            reporter.console.print(f"{word} before a frame was read.")
+            raise typer.Exit(status) from None
         reporter.error(f"{name}: {error}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         writer.close()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     counts = f"{summary.read} frames read, {summary.dropped} dropped to keep up"
     if stopped:  # Ctrl-C, also when it closed the pipe stdout went to
-        reporter.console.print(f"Interrupted: {counts}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        word, status = _stopped(stopped[0])
+        reporter.console.print(f"{word}: {counts}.")
+        raise typer.Exit(status)
     if problems or summary.failed:
         reporter.error(f"{name}: {problems[0] if problems else summary.ended} ({counts})")
         raise typer.Exit(EXIT_FAILED)
@@ -1235,9 +1274,10 @@ def train(
         with TrainingProgress(reporter, trainer.total_steps, settings.epochs) as progress:
             progress.start(trainer.position.step)
             summary = trainer.run(progress)
-    except KeyboardInterrupt:
-        reporter.warn(f"interrupted: the run is saved in {output}; the same command with --resume goes on")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.warn(f"{word.lower()}: the run is saved in {output}; the same command with --resume goes on")
+        raise typer.Exit(status) from None
     except training.NothingReadable as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_FAILED) from error
@@ -1349,9 +1389,10 @@ def evaluate(
     try:
         with EvalProgress(reporter, len(items), resumed) as progress:
             metrics = run.run(progress.advance, done)
-    except KeyboardInterrupt:
-        reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.warn(f"{word.lower()}: the predictions so far are in {folder}; the same command goes on")
+        raise typer.Exit(status) from None
     if not quiet:
         reporter.console.print(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
@@ -1454,9 +1495,10 @@ def models_download(
     except ModelUnavailable as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_FAILED) from error
-    except KeyboardInterrupt:
-        reporter.console.print("Interrupted: run the same command again to resume the download.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}: run the same command again to resume the download.")
+        raise typer.Exit(status) from None
     reporter.info(f"{repo} is ready: {folder}")
 
 
@@ -1551,9 +1593,16 @@ def _root(
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """The `malmm` command. An error malmm did not foresee is one line, not a traceback
-    (MALMM_DEBUG=1 shows it); its exit status is 1."""
+    (MALMM_DEBUG=1 shows it); its exit status is 1. SIGTERM stops a run as Ctrl-C does (status 143)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except Exception as error:
