@@ -48,6 +48,15 @@ def test_keyframes_are_the_nearest_each_delivered_once(clips) -> None:
     assert reader.report.requested == 20 and reader.report.delivered == len(frames) == 8
 
 
+def test_keyframes_of_a_video_whose_tags_are_not_utf8(clips, tmp_path: Path) -> None:
+    """The keyframe reader opened the file itself without ignoring such tags: with PyAV before 19 a
+    Latin-1 title that probing let through stopped it with UnicodeDecodeError."""
+    path = media.with_tags_not_utf8(clips["gop25"], tmp_path / "latin1.mp4")
+    info = probe(path)
+    frames = list(KeyframeReader(path, info).frames([0.0, 5.0, 10.0]))
+    assert [(frame.time, media.read_barcode(frame.image)) for frame in frames] == [(0.0, 0), (5.0, 50), (10.0, 100)]
+
+
 def test_keyframe_pictures_are_rotated_like_opencv(clips) -> None:
     path = clips["rot90"]
     info = probe(path)
