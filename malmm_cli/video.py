@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import random
+import re
 import stat
 import struct
 import threading
@@ -159,9 +160,37 @@ def _unreadable_container_reason(path: Path, head: bytes) -> str:
     return "not a video file (unrecognised format)"
 
 
+def _pyav_major(version: str) -> int:
+    """The major version of a PyAV version string ("18.1.0", "19.0.0rc1" -> 18, 19)."""
+    match = re.match(r"\d+", version)
+    if match is None:
+        raise ValueError(f"not a PyAV version: {version!r}")
+    return int(match.group())
+
+
+def _tag_decoding(version: str) -> dict[str, str]:
+    """What `av.open` needs, in PyAV `version`, so that tags that are not UTF-8 never stop a video.
+
+    Before PyAV 19, tags were decoded strictly unless `metadata_errors="ignore"` was passed (a
+    Latin-1 title raised UnicodeDecodeError on opening); PyAV 19 removed that argument (passing it
+    raises TypeError) and always decodes them with surrogateescape, which never raises.
+    """
+    return {"metadata_errors": "ignore"} if _pyav_major(version) < 19 else {}
+
+
+_TAG_DECODING = _tag_decoding(av.__version__) if av is not None else {}
+
+
+def open_input(location: str | Path, **options: object) -> av.container.InputContainer:
+    """`av.open(location, **options)` for reading, on any PyAV malmm supports: a file or stream
+    whose tags (title, handler name...) are not UTF-8 is read like any other, never refused.
+    Every opening of an input goes through here (probing, keyframes, live streams)."""
+    return av.open(str(location), **_TAG_DECODING, **options)
+
+
 def _open_container(path: Path, head: bytes) -> av.container.InputContainer:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return open_input(path)
     except av.error.InvalidDataError:
         raise VideoError(_unreadable_container_reason(path, head)) from None
     except av.error.PermissionError:
