@@ -504,7 +504,7 @@ def _run(
         printing = _check_stdout_format(options, len(inputs))
         settings = options.settings(task, *request)
         resume = plan_resume(inputs, options.output_dir, settings, options.formats, options.overwrite)
-        outcomes += resume.skipped
+        outcomes += resume.skipped + resume.failed
         pending = []
         for item in resume.pending:  # the cheap part of reading each video, before the model loads
             try:
