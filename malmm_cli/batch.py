@@ -31,6 +31,7 @@ from urllib.parse import quote
 import torch
 
 from malmm_cli.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
+from malmm_cli.names import shown
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
@@ -205,6 +206,7 @@ class Resume:
     skipped: list[Outcome]
     redone: dict[str, list[str]]  # by input name
     saved: dict[str, Path] = field(default_factory=dict)  # by input name
+    failed: list[Outcome] = field(default_factory=list)  # results that cannot be named there (a path too long)
 
 
 def plan_resume(
@@ -215,10 +217,15 @@ def plan_resume(
     with other settings), and those files are there."""
     if output_dir is None:
         return Resume(list(inputs), [], {})
-    pending, skipped, redone, saved = [], [], {}, {}
+    pending, skipped, redone, saved, failed = [], [], {}, {}, []
     for item in inputs:
         outputs = output_paths(output_dir, item.stem, settings.task, formats)
-        existing = [path for path in outputs if path.is_file()]
+        try:  # names fit (writers.output_stem), but a whole path may still pass the system's limit
+            existing = [path for path in outputs if path.is_file()]
+        except OSError as error:
+            failed.append(Outcome(item.name, "failed", f"cannot name its results in {output_dir}: "
+                                  f"{error.strerror or error}"))  # fmt: skip
+            continue
         if overwrite:
             pending.append(item)
             continue
@@ -232,7 +239,7 @@ def plan_resume(
         pending.append(item)
         if existing:
             redone[item.name] = changed or [f"{', '.join(missing)} made with other settings"]
-    return Resume(pending, skipped, redone, saved)
+    return Resume(pending, skipped, redone, saved, failed)
 
 
 def write_results(result: VideoResult, output_dir: Path, item: Input, settings: Settings, formats: list[str]) -> None:
@@ -278,7 +285,7 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
         href = report.relative_to(output_dir).as_posix() if report.is_file() else None
         status = data.get("status", outcome.status) if outcome.status == "skipped" and data else outcome.status
         detail = "done before, same settings" if outcome.status == "skipped" else outcome.detail
-        rows.append(index_row(str(item.stem), status, detail, href and quote(href), data))
+        rows.append(index_row(str(item.stem), status, detail, href and quote(os.fsencode(href)), data))
     rows += [index_row(o.path, o.status, o.detail, None, None) for o in by_path.values() if o.status == "failed"]
     path = output_dir / INDEX_PAGE
     write_atomic(path, to_index(rows, f"malmm {task}: {len(rows)} videos"))
@@ -349,7 +356,7 @@ class StdoutWriter:
         if self.fmt != "txt":
             return text
         if not self.single:
-            text = f"# {video}\n{text}"
+            text = f"# {shown(video)}\n{text}"
         return "\n" + text if self._count else text
 
     def _write(self, text: str) -> None:
@@ -576,6 +583,8 @@ def _finish(
         except OSError as error:  # disk full, permissions
             where = f" to {error.filename}" if getattr(error, "filename", None) else ""
             return _failed(reporter, name, f"cannot write results{where}: {error.strerror or error}", started)
+        except Exception as error:  # this video's results only: never the others read with it
+            return _failed(reporter, name, f"cannot write results: {failure_reason(error)}", started)
     progress.finish()
     for note in result.notes:
         reporter.note(name, note)

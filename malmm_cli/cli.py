@@ -23,6 +23,7 @@ import typer
 from malmm_cli import __version__
 from malmm_cli.dataset import TASK_TARGETS
 from malmm_cli.events import EVENT_FORMATS
+from malmm_cli.names import shown
 from malmm_cli.timefmt import parse_duration
 from models.presets import (
     CAPTION,
@@ -371,10 +372,10 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise typer.BadParameter(f"cannot read {path}: {reason}", param_hint=option) from error
+        raise typer.BadParameter(f"cannot read {shown(path)}: {reason}", param_hint=option) from error
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
-        raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)
+        raise typer.BadParameter(f"{shown(path)} has no {what} (one per line)", param_hint=option)
     return lines
 
 
@@ -435,8 +436,10 @@ def _check_checkpoint(options: RunOptions) -> None:
     if path.name == TRAINED_WEIGHTS and path.parent.is_dir():
         unfinished = (path.parent / "resume").is_dir()
         why = ": its run has not finished an epoch yet (go on with `malmm train ... --resume`)" if unfinished else ""
-        raise typer.BadParameter(f"{path.parent} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint")
-    raise typer.BadParameter(f"{path}: no such file or folder", param_hint="--checkpoint")
+        raise typer.BadParameter(
+            f"{shown(path.parent)} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint"
+        )
+    raise typer.BadParameter(f"{shown(path)}: no such file or folder", param_hint="--checkpoint")
 
 
 def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
@@ -446,7 +449,7 @@ def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
     if options.fps is not None and clips:
         raise typer.BadParameter(
             f"{len(clips)} of {len(inputs)} inputs are clips (start/end in the manifest), which are sampled by "
-            f"--frames, not --fps: give --frames N instead (first: {clips[0].name})",
+            f"--frames, not --fps: give --frames N instead (first: {shown(clips[0].name)})",
             param_hint="--fps",
         )
 
@@ -455,14 +458,14 @@ def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
     if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint=option)
+        raise typer.BadParameter(f"{shown(folder)} exists and is not a folder", param_hint=option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".malmm-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        reason = f"cannot write in {folder}: {error.strerror or error}"
+        reason = f"cannot write in {shown(folder)}: {error.strerror or error}"
         raise typer.BadParameter(reason, param_hint=option) from None
 
 
@@ -518,7 +521,7 @@ def _run(
         if options.output_dir is not None:
             if clashes:
                 raise typer.BadParameter(
-                    f"these inputs would write the same results: {'; '.join(clashes)} (give their folder "
+                    f"these inputs would write the same results: {shown('; '.join(clashes))} (give their folder "
                     "instead, or run them with different --output-dir)",
                     param_hint="PATH",
                 )
@@ -526,7 +529,7 @@ def _run(
         printing = _check_stdout_format(options, len(inputs))
         settings = options.settings(task, *request)
         resume = plan_resume(inputs, options.output_dir, settings, options.formats, options.overwrite)
-        outcomes += resume.skipped
+        outcomes += resume.skipped + resume.failed
         pending = []
         for item in resume.pending:  # the cheap part of reading each video, before the model loads
             try:
@@ -545,8 +548,8 @@ def _run(
             )
         if resume.skipped:
             some = "" if len(resume.skipped) == len(inputs) else f"{len(resume.skipped)} of {len(inputs)} videos: "
-            shown = " (printed from there)" if printing else ""
-            reporter.info(f"{some}results made with the same settings are in {options.output_dir}{shown}; "
+            printed = " (printed from there)" if printing else ""
+            reporter.info(f"{some}results made with the same settings are in {options.output_dir}{printed}; "
                           "--overwrite makes them again")  # fmt: skip
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
@@ -975,9 +978,10 @@ def watch(
     try:
         writer = EventWriter(fmt, stdout=True, path=output)
     except OSError as error:
-        raise typer.BadParameter(f"cannot write {output}: {error.strerror or error}", param_hint="--output") from None
+        reason = f"cannot write {shown(output)}: {error.strerror or error}"
+        raise typer.BadParameter(reason, param_hint="--output") from None
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--output") from None
+        raise typer.BadParameter(shown(str(error)), param_hint="--output") from None
     stopped, closed, problems, streams = [], [], [], []
     name = parsed.display  # no password in messages
 
@@ -1512,10 +1516,10 @@ def cache_info() -> None:
     """Where the cache is, what it holds, and its size limit."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     entries = cache.entries()
     total = sum(entry.size for entry in entries)
-    typer.echo(f"location: {cache.folder}")
+    typer.echo(f"location: {shown(cache.folder)}")
     typer.echo(f"entries: {len(entries)} videos, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB")
     partials = cache.partials()
     if partials:
@@ -1533,9 +1537,9 @@ def cache_clear() -> None:
     """Remove every cached video (and what stopped runs left); nothing else in the folder."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     freed = cache.clear()
-    typer.echo(f"removed {freed / 1024**3:.2f} GiB from {cache.folder}")
+    typer.echo(f"removed {freed / 1024**3:.2f} GiB from {shown(cache.folder)}")
 
 
 @app.command(short_help="Check what this machine can run.")
@@ -1609,5 +1613,5 @@ def main() -> None:
         if os.environ.get("MALMM_DEBUG"):
             raise
         message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        print(f"error: unexpected: {message} (MALMM_DEBUG=1 shows where)", file=sys.stderr)
+        print(f"error: unexpected: {shown(message)} (MALMM_DEBUG=1 shows where)", file=sys.stderr)
         sys.exit(EXIT_FAILED)

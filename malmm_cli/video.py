@@ -188,6 +188,29 @@ def open_input(location: str | Path, **options: object) -> av.container.InputCon
     return av.open(str(location), **_TAG_DECODING, **options)
 
 
+def _capture(path: Path) -> cv2.VideoCapture:
+    """An OpenCV capture of the file. OpenCV takes a name as UTF-8 text and crashes the process
+    on one that is not (a byte os.fsdecode could not decode): such a file is opened here and
+    handed over by its descriptor's name, /proc/self/fd/N (/dev/fd/N elsewhere), which FFmpeg
+    opens anew, so the descriptor is closed right after."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return cv2.VideoCapture(name, cv2.CAP_FFMPEG)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise VideoError(f"cannot open the file: {error.strerror}") from None
+    try:
+        folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+        return cv2.VideoCapture(f"{folder}/{descriptor}", cv2.CAP_FFMPEG)
+    finally:
+        os.close(descriptor)
+
+
 def _open_container(path: Path, head: bytes) -> av.container.InputContainer:
     try:
         return open_input(path)
@@ -283,7 +306,7 @@ def probe(path: Path) -> VideoInfo:
             raise VideoError("unsupported video codec (unknown to FFmpeg)")
         codec = stream.codec_context.codec.canonical_name
 
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        capture = _capture(path)
         try:
             if not capture.isOpened() or not capture.grab():
                 if _pyav_decodes_a_frame(container, stream):
@@ -344,7 +367,7 @@ _FOURCC_CODECS = {  # OpenCV's codec tags, as FFmpeg names the codecs
 
 def _probe_with_opencv(path: Path, head: bytes) -> VideoInfo:
     """`probe` without PyAV: OpenCV's figures (frame count over rate for the duration)."""
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    capture = _capture(path)
     try:
         if not capture.isOpened():
             raise VideoError(_unreadable_container_reason(path, head))
@@ -460,7 +483,7 @@ class _Cursor:
     def reopen(self) -> None:
         """A fresh capture at the start of the stream (also the cure for one that hit bad data)."""
         self.close()
-        self.capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)  # no params: an unknown one fails open
+        self.capture = _capture(self.path)  # no params: an unknown one fails open
         if not self.capture.isOpened():
             raise VideoError("the file can no longer be opened")
         self.fps = self.capture.get(cv2.CAP_PROP_FPS)  # OpenCV maps frame numbers to times with this
