@@ -1171,6 +1171,15 @@ def train(
             "--label-field", metavar="FIELD", help="Annotation field of classify labels (LVU: director, genre...)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to train on (default: "
+            "train; --val reads val).",
+        ),
+    ] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: Annotated[
         Path | None,
@@ -1199,9 +1208,9 @@ def train(
     if val is not None and val_split is not None:
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
-        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field, split)
         training.check_videos(examples)
-        data_read = training.TrainData.of(data, val, val_split, videos, label_field)
+        data_read = training.TrainData.of(data, val, val_split, videos, label_field, split)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
         reporter.error(str(error))
@@ -1282,6 +1291,14 @@ def evaluate(
         str | None,
         typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to score (default: val).",
+        ),
+    ] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     frames: FramesOption = None,
@@ -1309,7 +1326,7 @@ def evaluate(
 
     reporter = Reporter(quiet=quiet)
     try:
-        benchmark, items = evaluation.load_items(data, dataset, videos, label_field)
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, split)
     except DatasetError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
@@ -1325,6 +1342,15 @@ def evaluate(
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     _check_output_dir(folder, "--output")
+    missing = evaluation.missing_videos(items)
+    if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
+        where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
+        videos_read = len({item.video for item in items})
+        if len(missing) == videos_read:
+            reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
+            raise typer.Exit(EXIT_USAGE)
+        reporter.warn(f"{len(missing)} of the {videos_read} videos do not exist (the first: {missing[0]}): their "
+                      f"examples are left out of the metrics and the run ends with status 1 ({where})")  # fmt: skip
     settings = evaluation.EvalSettings(
         data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
         model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),

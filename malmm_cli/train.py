@@ -133,14 +133,21 @@ class TrainData:
     val_split: float | None = None
     videos: str | None = None
     label_field: str | None = None
+    split: str | None = None  # --split, of an annotation file that holds several (None: train)
 
     @classmethod
     def of(
-        cls, data: Path, val: Path | None, val_split: float | None, videos: Path | None, label_field: str | None
+        cls,
+        data: Path,
+        val: Path | None,
+        val_split: float | None,
+        videos: Path | None,
+        label_field: str | None,
+        split: str | None = None,
     ) -> TrainData:
         return cls(data=file_identity(data), val=file_identity(val) if val is not None else None,
                    val_split=val_split, videos=str(videos.resolve()) if videos is not None else None,
-                   label_field=label_field)  # fmt: skip
+                   label_field=label_field, split=split)  # fmt: skip
 
 
 def prompt_for(task: str, example: Example) -> str:
@@ -540,6 +547,8 @@ class Trainer:
         """Refuse other data, another validation set or split (a state saved before the data were
         recorded has nothing to compare: it goes on)."""
         current = self._data()
+        if stored is not None:  # a state saved before a field existed had its default
+            stored = {**dataclasses.asdict(TrainData(data=stored.get("data", ""))), **stored}
         if stored is None or current is None or stored == current:
             return
         changed = changed_values(stored, current)
@@ -608,12 +617,16 @@ def read_data(
     seed: int,
     videos: Path | None = None,
     label_field: str | None = None,
+    split: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
-    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA."""
-    examples = _named(read_examples(data, task, videos, label_field), data.name)
+    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA.
+    Of an annotation file that holds several splits (COIN.json), DATA's `split` (default: train)
+    and --val's `val`, as MA-LMM trains and validates: `--val COIN.json` with DATA COIN.json
+    validates on the val split."""
+    examples = _named(read_examples(data, task, videos, label_field, split, "train"), data.name)
     if val is not None:
         source = val.name if val.name != data.name else str(val)
-        return examples, _named(read_examples(val, task, videos, label_field), source)
+        return examples, _named(read_examples(val, task, videos, label_field, None, "val"), source)
     if not val_split:
         return examples, []
     order = epoch_order(len(examples), seed, -1)
