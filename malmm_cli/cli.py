@@ -1216,6 +1216,8 @@ def train(
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
     defaults = training.TASK_DEFAULTS[task]
+    if resume and epochs is None:  # the run's own length; a larger --epochs extends it
+        epochs = training.saved_epochs(output)
     settings = training.TrainSettings(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
@@ -1254,8 +1256,14 @@ def train(
         reporter.error(f"{error} (the last saved state is in {output})")
         raise typer.Exit(EXIT_FAILED) from error
     reporter.info(training.conclusion(summary, output, settings))
-    if trainer.features.unreadable:
-        reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
+    if trainer.features.unreadable:  # the checkpoint is saved, trained on the rest: status 1, as eval ends
+        videos = {example.id: example.video for example in examples + held_out}
+        named = sorted(trainer.features.unreadable)
+        listed = ", ".join(f"{name} ({videos.get(name, '?')})" for name in named[:10])
+        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+        reporter.error(f"{len(named)} examples could not be read and were left out: {listed}{more}; the "
+                       f"checkpoint in {output} is trained on the rest: fix them and train again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("eval", short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
