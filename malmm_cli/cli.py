@@ -1350,10 +1350,9 @@ def evaluate(
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     _check_output_dir(folder, "--output")
-    missing = evaluation.missing_videos(items)
+    missing, videos_read = evaluation.missing_videos(items, folder)
     if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
         where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
-        videos_read = len({item.video for item in items})
         if len(missing) == videos_read:
             reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
             raise typer.Exit(EXIT_USAGE)

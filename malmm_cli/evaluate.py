@@ -11,6 +11,7 @@ file (scoring.py), so a resumed run ends with the same figures as one never stop
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -392,10 +393,16 @@ def load_items(
     return chosen, items
 
 
-def missing_videos(items: list[Item]) -> list[Path]:
-    """The items' videos that do not exist, each once, in order: said before the model loads."""
-    videos = dict.fromkeys(item.video for item in items)
-    return [video for video in videos if not video.is_file()]
+def missing_videos(items: list[Item], output: Path | None = None) -> tuple[list[Path], int]:
+    """(the videos still to read that do not exist, each once, in order; how many videos are
+    still to read), said before the model loads. output: an earlier run's folder, whose
+    predicted items need no video (a finished run is scored again without its videos)."""
+    done: set[str] = set()
+    if output is not None:
+        with contextlib.suppress(EvaluationError, KeyError, TypeError):  # reported as it is when the run starts
+            done = {row["id"] for row in read_predictions(output / PREDICTIONS) if "error" not in row}
+    videos = dict.fromkeys(item.video for item in items if item.id not in done)
+    return [video for video in videos if not video.is_file()], len(videos)
 
 
 def label_set(benchmark: Benchmark, items: list[Item]) -> tuple[str, ...]:

@@ -131,7 +131,7 @@ def test_annotation_names_and_videos_as_the_datasets_name_them(tmp_path: Path) -
     activitynet = {"v_1QIUV7WYKXg_3": {"answer": "no", "question": "is the athlete wearing trousers",
                                        "question_id": "v_1QIUV7WYKXg_3", "video": "1QIUV7WYKXg"}}  # fmt: skip
     _, (item,) = evaluation.load_items(_write(tmp_path / "qa.json", activitynet), "activitynet-qa", tmp_path, None)
-    assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and evaluation.missing_videos([item]) == []
+    assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and evaluation.missing_videos([item]) == ([], 1)
 
 
 def test_an_annotation_file_needs_its_benchmark(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -159,6 +159,13 @@ def test_missing_videos_are_said_before_the_model_loads(tiny_llama_dir: Path, tm
     assert result.exit_code == 1, result.output
     warning = result.output.index("1 of the 2 videos do not exist")
     assert warning < result.output.index("Loading")
+    (tmp_path / "good.mp4").unlink()  # a run's predicted clips need no video: scored again all the same
+    predictions = tmp_path / "out2" / "predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if "error" not in line]
+    predicted = {"prediction": "blue", "beams": ["blue"], "ranked": ["blue", "red"]}
+    _write_rows(predictions, [*rows, {"id": "line 2", "video": "b.mp4", "references": ["blue"], **predicted}])
+    again = _eval(some, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out2")
+    assert again.exit_code == 0 and "exist" not in again.output, again.output
 
 
 def test_scoring_rules() -> None:
