@@ -1257,9 +1257,8 @@ def train(
         raise typer.Exit(EXIT_FAILED) from error
     reporter.info(training.conclusion(summary, output, settings))
     if trainer.features.unreadable:  # the checkpoint is saved, trained on the rest: status 1, as eval ends
-        videos = {example.id: example.video for example in examples + held_out}
-        named = sorted(trainer.features.unreadable)
-        listed = ", ".join(f"{name} ({videos.get(name, '?')})" for name in named[:10])
+        named = [e for e in examples + held_out if e.id in trainer.features.unreadable]  # in file order
+        listed = ", ".join(f"{example.id} ({example.video})" for example in named[:10])
         more = f" and {len(named) - 10} more" if len(named) > 10 else ""
         reporter.error(f"{len(named)} examples could not be read and were left out: {listed}{more}; the "
                        f"checkpoint in {output} is trained on the rest: fix them and train again")  # fmt: skip

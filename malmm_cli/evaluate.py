@@ -381,7 +381,7 @@ def load_items(
         fitting += ["lvu-director ... lvu-year"] if task == "classify" else []
         raise DatasetError(
             f"{data.name} is an MA-LMM annotation file, scored by its benchmark's rule: name it with --dataset "
-            f"({', '.join(fitting)}); for your own rule (whole answers, any case) give a JSONL or CSV file"
+            f"({', '.join(fitting)}); to score it as your own data (whole answers, any case), make it JSONL or CSV"
         )
     chosen = chosen or own_benchmark(task)
     items = eval_items(examples, chosen)
