@@ -1214,6 +1214,15 @@ def train(
             "--label-field", metavar="FIELD", help="Annotation field of classify labels (LVU: director, genre...)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to train on (default: "
+            "train; --val reads val).",
+        ),
+    ] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: Annotated[
         Path | None,
@@ -1242,14 +1251,16 @@ def train(
     if val is not None and val_split is not None:
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
-        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field, split)
         training.check_videos(examples)
-        data_read = training.TrainData.of(data, val, val_split, videos, label_field)
+        data_read = training.TrainData.of(data, val, val_split, videos, label_field, split)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
     defaults = training.TASK_DEFAULTS[task]
+    if resume and epochs is None:  # the run's own length; a larger --epochs extends it
+        epochs = training.saved_epochs(output)
     settings = training.TrainSettings(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
@@ -1289,8 +1300,13 @@ def train(
         reporter.error(f"{error} (the last saved state is in {output})")
         raise typer.Exit(EXIT_FAILED) from error
     reporter.info(training.conclusion(summary, output, settings))
-    if trainer.features.unreadable:
-        reporter.warn(f"{len(trainer.features.unreadable)} examples could not be read and were left out (see above)")
+    if trainer.features.unreadable:  # the checkpoint is saved, trained on the rest: status 1, as eval ends
+        named = [e for e in examples + held_out if e.id in trainer.features.unreadable]  # in file order
+        listed = ", ".join(f"{example.id} ({example.video})" for example in named[:10])
+        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+        reporter.error(f"{len(named)} examples could not be read and were left out: {listed}{more}; the "
+                       f"checkpoint in {output} is trained on the rest: fix them and train again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("eval", short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
@@ -1326,6 +1342,14 @@ def evaluate(
         str | None,
         typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to score (default: val).",
+        ),
+    ] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     frames: FramesOption = None,
@@ -1353,7 +1377,7 @@ def evaluate(
 
     reporter = Reporter(quiet=quiet)
     try:
-        benchmark, items = evaluation.load_items(data, dataset, videos, label_field)
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, split)
     except DatasetError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
@@ -1369,6 +1393,14 @@ def evaluate(
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     _check_output_dir(folder, "--output")
+    missing, videos_read = evaluation.missing_videos(items, folder)
+    if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
+        where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
+        if len(missing) == videos_read:
+            reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
+            raise typer.Exit(EXIT_USAGE)
+        reporter.warn(f"{len(missing)} of the {videos_read} videos do not exist (the first: {missing[0]}): their "
+                      f"examples are left out of the metrics and the run ends with status 1 ({where})")  # fmt: skip
     settings = evaluation.EvalSettings(
         data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
         model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
