@@ -14,11 +14,15 @@ with different extensions in one folder keep their extension: `clip.mp4.caption.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +31,7 @@ from urllib.parse import quote
 import torch
 
 from malmm_cli.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
+from malmm_cli.names import shown
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
@@ -202,6 +207,7 @@ class Resume:
     skipped: list[Outcome]
     redone: dict[str, list[str]]  # by input name
     saved: dict[str, Path] = field(default_factory=dict)  # by input name
+    failed: list[Outcome] = field(default_factory=list)  # results that cannot be named there (a path too long)
 
 
 def plan_resume(
@@ -212,10 +218,15 @@ def plan_resume(
     with other settings), and those files are there."""
     if output_dir is None:
         return Resume(list(inputs), [], {})
-    pending, skipped, redone, saved = [], [], {}, {}
+    pending, skipped, redone, saved, failed = [], [], {}, {}, []
     for item in inputs:
         outputs = output_paths(output_dir, item.stem, settings.task, formats)
-        existing = [path for path in outputs if path.is_file()]
+        try:  # names fit (writers.output_stem), but a whole path may still pass the system's limit
+            existing = [path for path in outputs if path.is_file()]
+        except OSError as error:
+            failed.append(Outcome(item.name, "failed", f"cannot name its results in {output_dir}: "
+                                  f"{error.strerror or error}"))  # fmt: skip
+            continue
         if overwrite:
             pending.append(item)
             continue
@@ -229,21 +240,30 @@ def plan_resume(
         pending.append(item)
         if existing:
             redone[item.name] = changed or [f"{', '.join(missing)} made with other settings"]
-    return Resume(pending, skipped, redone, saved)
+    return Resume(pending, skipped, redone, saved, failed)
 
 
 def write_results(result: VideoResult, output_dir: Path, item: Input, settings: Settings, formats: list[str]) -> None:
     """Every format, atomically, then the record that vouches for them (removed first, so that a
-    run killed half-way leaves no record for a mix of old and new files)."""
+    run killed half-way leaves no record for a mix of old and new files). When one cannot be
+    written (a full disk), those written are removed too: a video said to have failed leaves no
+    result that looks like a finished one."""
     record_file = record_path(output_dir, item.stem, settings.task)
     record_file.unlink(missing_ok=True)
-    for fmt, path in zip(formats, output_paths(output_dir, item.stem, settings.task, formats), strict=True):
-        text = to_html(result, report_context(settings, item.path, path.parent)) if fmt == "html" else None
-        write_atomic(path, text if text is not None else FORMATTERS[fmt](result))
-    content = record(settings, item.path, formats)
-    if "html" in formats:  # what the folder's index shows of it, also when a rerun skips it
-        content["summary"] = summary(result)
-    write_atomic(record_file, json.dumps(content, indent=2) + "\n")
+    written: list[Path] = []
+    try:
+        for fmt, path in zip(formats, output_paths(output_dir, item.stem, settings.task, formats), strict=True):
+            text = to_html(result, report_context(settings, item.path, path.parent)) if fmt == "html" else None
+            write_atomic(path, text if text is not None else FORMATTERS[fmt](result))
+            written.append(path)
+        content = record(settings, item.path, formats)
+        if "html" in formats:  # what the folder's index shows of it, also when a rerun skips it
+            content["summary"] = summary(result)
+        write_atomic(record_file, json.dumps(content, indent=2) + "\n")
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def report_context(settings: Settings | None, video: Path, folder: Path) -> ReportContext:
@@ -266,11 +286,32 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
         href = report.relative_to(output_dir).as_posix() if report.is_file() else None
         status = data.get("status", outcome.status) if outcome.status == "skipped" and data else outcome.status
         detail = "done before, same settings" if outcome.status == "skipped" else outcome.detail
-        rows.append(index_row(str(item.stem), status, detail, href and quote(href), data))
+        rows.append(index_row(str(item.stem), status, detail, href and quote(os.fsencode(href)), data))
     rows += [index_row(o.path, o.status, o.detail, None, None) for o in by_path.values() if o.status == "failed"]
     path = output_dir / INDEX_PAGE
     write_atomic(path, to_index(rows, f"malmm {task}: {counted(len(rows), 'video')}"))
     return path
+
+
+class StdoutClosed(Exception):
+    """stdout stopped taking results: its reader went away (`| head`), or it cannot be written
+    (`> file` on a full disk). Raised once, by the write that found it; later writes do nothing."""
+
+    def __init__(self, reason: str, reader_gone: bool):
+        super().__init__(reason)
+        self.reader_gone = reader_gone
+
+
+def _silence(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null, so that what its buffer still holds does not fail
+    again (and print a traceback) when the interpreter flushes it on exit."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # not a file (a StringIO in tests): nothing is flushed on exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 class StdoutWriter:
@@ -289,6 +330,7 @@ class StdoutWriter:
         self._json: list[dict] = []
         self._count = 0
         self._closed = False
+        self.closed: StdoutClosed | None = None  # why stdout stopped taking results, once it has
 
     def add(self, result: VideoResult) -> None:
         if self.fmt == "json":
@@ -315,13 +357,26 @@ class StdoutWriter:
         if self.fmt != "txt":
             return text
         if not self.single:
-            text = f"# {video}\n{text}"
+            text = f"# {shown(video)}\n{text}"
         return "\n" + text if self._count else text
 
     def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
+        self._emit(text)
         self._count += 1
+
+    def _emit(self, text: str) -> None:
+        """Write and flush; the first failure raises StdoutClosed, and later writes do nothing."""
+        if self.closed is not None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError as error:
+            gone = isinstance(error, BrokenPipeError)
+            reason = "stdout was closed by its reader" if gone else f"cannot write to stdout: {error.strerror or error}"
+            self.closed = StdoutClosed(reason, reader_gone=gone)
+            _silence(self.stream)
+            raise self.closed from None
 
     def close(self) -> None:
         """Finish the document (json, an empty csv); safe to call twice."""
@@ -330,11 +385,9 @@ class StdoutWriter:
         self._closed = True
         if self.fmt == "json" and (self._json or not self.single):
             document = self._json[0] if self.single and len(self._json) == 1 else self._json
-            self.stream.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
-            self.stream.flush()
+            self._emit(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
         elif self.fmt == "csv" and self._count == 0 and not self.single:
-            self.stream.write(",".join(CSV_HEADER) + "\n")
-            self.stream.flush()
+            self._emit(",".join(CSV_HEADER) + "\n")
 
 
 # read(items, progress, done) -> a result or exception per item (see run_batch)
@@ -382,8 +435,23 @@ def run_batch(
             outcomes += _run_group(group, read, reporter, formats, output_dir, stdout, settings, redone or {},
                                    saved, skips)  # fmt: skip
     if stdout is not None:
-        stdout.close()
+        try:
+            stdout.close()
+        except StdoutClosed as closed:
+            _stdout_closed(closed, output_dir, reporter)
     return outcomes
+
+
+def _stdout_closed(closed: StdoutClosed, output_dir: Path | None, reporter: Reporter) -> None:
+    """stdout stopped taking results. Without --output-dir nothing else receives them: the run stops
+    (StdoutClosed goes up). With it, the run goes on: every result still reaches the folder."""
+    if output_dir is None:
+        raise closed
+    message = f"{closed}: results go on to {output_dir} only"
+    if closed.reader_gone:
+        reporter.info(message)
+    else:
+        reporter.error(message)
 
 
 def _run_group(
@@ -413,10 +481,13 @@ def _run_group(
         result = printable.pop(place)
         if stdout is None:
             return
-        if isinstance(result, Path):
-            stdout.add_saved(group[place].name, result)
-        else:
-            stdout.add(result)
+        try:
+            if isinstance(result, Path):
+                stdout.add_saved(group[place].name, result)
+            else:
+                stdout.add(result)
+        except StdoutClosed as closed:
+            _stdout_closed(closed, output_dir, reporter)
 
     def print_in_order() -> None:
         nonlocal printed
@@ -426,6 +497,10 @@ def _run_group(
             printed += 1
 
     def done(number: int, result: VideoResult | Exception) -> None:
+        with _signals_held():  # Ctrl-C now would lose a finished video's results
+            conclude(number, result)
+
+    def conclude(number: int, result: VideoResult | Exception) -> None:
         place = places[number]
         if place in outcomes:
             return
@@ -443,14 +518,37 @@ def _run_group(
     try:
         results = read(reading, progress, done) if reading else []
     except KeyboardInterrupt:
-        for place in sorted(printable):  # finished (and skipped) videos are not lost to stdout either
-            show(place)
+        with contextlib.suppress(StdoutClosed):  # the interruption is what the user is told of
+            for place in sorted(printable):  # finished (and skipped) videos are not lost to stdout either
+                show(place)
+        raise
+    except StdoutClosed:  # from `done`: nothing receives the results any more
         raise
     except Exception as error:  # the batch as a whole failed (out of memory, say)
         results = [error] * len(reading)
     for number, result in enumerate(results):
         done(number, result)
     return [outcomes[place] for place in range(len(group))]
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a finished video's results are written and printed, and are
+    raised again after: one arriving in between lost them (its result was neither printed nor kept).
+    Only the main thread sets handlers; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, _frame: held.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])  # to the handler that was there: KeyboardInterrupt, say
 
 
 def failure_reason(error: Exception) -> str:
@@ -486,6 +584,8 @@ def _finish(
         except OSError as error:  # disk full, permissions
             where = f" to {error.filename}" if getattr(error, "filename", None) else ""
             return _failed(reporter, name, f"cannot write results{where}: {error.strerror or error}", started)
+        except Exception as error:  # this video's results only: never the others read with it
+            return _failed(reporter, name, f"cannot write results: {failure_reason(error)}", started)
     progress.finish()
     for note in result.notes:
         reporter.note(name, note)

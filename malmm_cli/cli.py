@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -24,6 +24,7 @@ import typer.core
 from malmm_cli import __version__
 from malmm_cli.dataset import TASK_TARGETS
 from malmm_cli.events import EVENT_FORMATS
+from malmm_cli.names import shown
 from malmm_cli.timefmt import parse_duration
 from malmm_cli.wording import counted, plural
 from models.presets import (
@@ -51,7 +52,19 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from models.malmm import Malmm
     from models.memory_plan import TrainingShape
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a service manager stopping malmm), raised by `main()`'s handler: it takes
+    Ctrl-C's way out (finished results kept, stdout's document closed), with its own word and status."""
+
+
+def _stopped(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """How a run stopped by a signal is named to the user, and its exit status."""
+    if isinstance(interrupt, Terminated):
+        return "Terminated", EXIT_TERMINATED
+    return "Interrupted", EXIT_INTERRUPTED
 
 
 class PlainUsage(typer.core.TyperCommand):
@@ -392,17 +405,17 @@ def _read_lines(path: Path, what: str, option: str) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise typer.BadParameter(f"cannot read {path}: {error.strerror or error}", param_hint=option) from error
+        raise typer.BadParameter(f"cannot read {shown(path)}: {error.strerror or error}", param_hint=option) from error
     try:
         lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
     except UnicodeDecodeError as error:  # Python's words ('utf-8' codec, position 1234) help nobody find it
         number = data[: error.start].count(b"\n") + 1
         raise typer.BadParameter(
-            f"{path} is not UTF-8 text (line {number}): save it as UTF-8 and run again", param_hint=option
+            f"{shown(path)} is not UTF-8 text (line {number}): save it as UTF-8 and run again", param_hint=option
         ) from error
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
-        raise typer.BadParameter(f"{path} has no {what} (one per line)", param_hint=option)
+        raise typer.BadParameter(f"{shown(path)} has no {what} (one per line)", param_hint=option)
     return lines
 
 
@@ -470,8 +483,10 @@ def _check_checkpoint(options: RunOptions) -> None:
     if path.name == TRAINED_WEIGHTS and path.parent.is_dir():
         unfinished = (path.parent / "resume").is_dir()
         why = ": its run has not finished an epoch yet (go on with `malmm train ... --resume`)" if unfinished else ""
-        raise typer.BadParameter(f"{path.parent} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint")
-    raise typer.BadParameter(f"{path}: no such file or folder", param_hint="--checkpoint")
+        raise typer.BadParameter(
+            f"{shown(path.parent)} is a folder without {TRAINED_WEIGHTS}{why}", param_hint="--checkpoint"
+        )
+    raise typer.BadParameter(f"{shown(path)}: no such file or folder", param_hint="--checkpoint")
 
 
 def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
@@ -481,7 +496,7 @@ def _check_clip_rate(options: RunOptions, inputs: list[Input]) -> None:
     if options.fps is not None and clips:
         raise typer.BadParameter(
             f"{len(clips)} of {len(inputs)} inputs are clips (start/end in the manifest), which are sampled by "
-            f"--frames, not --fps: give --frames N instead (first: {clips[0].name})",
+            f"--frames, not --fps: give --frames N instead (first: {shown(clips[0].name)})",
             param_hint="--fps",
         )
 
@@ -534,14 +549,14 @@ def _check_output_dir(folder: Path, option: str = "--output-dir") -> None:
     """The output folder exists or can be made, and a file can be written in it: a usage error
     now rather than every video failing after the model has loaded."""
     if folder.exists() and not folder.is_dir():
-        raise typer.BadParameter(f"{folder} exists and is not a folder", param_hint=option)
+        raise typer.BadParameter(f"{shown(folder)} exists and is not a folder", param_hint=option)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".malmm-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        reason = f"cannot write in {folder}: {error.strerror or error}"
+        reason = f"cannot write in {shown(folder)}: {error.strerror or error}"
         raise typer.BadParameter(reason, param_hint=option) from None
 
 
@@ -572,13 +587,22 @@ def _run(
     """Read the videos with these readers (the task's description, see pipeline.py): check
     everything that can be checked without the model (inputs, output folder, what is already
     done), load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.batch import StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_index
+    from malmm_cli.batch import (
+        StdoutClosed,
+        StdoutWriter,
+        expand_inputs,
+        name_outputs,
+        plan_resume,
+        run_batch,
+        write_index,
+    )
     from malmm_cli.progress import Outcome, Reporter, summary_table
     from malmm_cli.video import VideoError, check_readable
 
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
     outcomes: list[Outcome] = []
+    problems: list[str] = []  # failures of the run's own files (the index), beside the videos'
     _check_not_stdin(paths, request[0])
     _check_engine_options(options)
     _check_checkpoint(options)
@@ -591,7 +615,7 @@ def _run(
         if options.output_dir is not None:
             if clashes:
                 raise typer.BadParameter(
-                    f"these inputs would write the same results: {'; '.join(clashes)} (give their folder "
+                    f"these inputs would write the same results: {shown('; '.join(clashes))} (give their folder "
                     "instead, or run them with different --output-dir)",
                     param_hint="PATH",
                 )
@@ -599,7 +623,7 @@ def _run(
         printing = _check_stdout_format(options, len(inputs))
         settings = options.settings(task, *request)
         resume = plan_resume(inputs, options.output_dir, settings, options.formats, options.overwrite)
-        outcomes += resume.skipped
+        outcomes += resume.skipped + resume.failed
         pending = []
         for item in resume.pending:  # the cheap part of reading each video, before the model loads
             try:
@@ -623,8 +647,8 @@ def _run(
                 if len(resume.skipped) == len(inputs)
                 else f"{len(resume.skipped)} of {counted(len(inputs), 'video')}: "
             )
-            shown = " (printed from there)" if printing else ""
-            reporter.info(f"{some}results made with the same settings are in {options.output_dir}{shown}; "
+            printed = " (printed from there)" if printing else ""
+            reporter.info(f"{some}results made with the same settings are in {options.output_dir}{printed}; "
                           "--overwrite makes them again")  # fmt: skip
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
@@ -654,17 +678,29 @@ def _run(
         elif stdout is not None:
             stdout.close()
         if "html" in options.formats and options.output_dir is not None and not single:
-            index = write_index(options.output_dir, inputs, outcomes, request[0])
-            reporter.info(f"Index of the reports: {index}")
-    except KeyboardInterrupt:
-        if stdout is not None:
-            stdout.close()  # the finished videos' json list, or the csv header
-        reporter.console.print("Interrupted: results of finished videos are kept.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+            try:
+                index = write_index(options.output_dir, inputs, outcomes, request[0])
+                reporter.info(f"Index of the reports: {index}")
+            except OSError as error:  # a full disk: the videos' own reports are written, the summary follows
+                problems.append(f"cannot write the index of the reports: {error.strerror or error}")
+                reporter.error(f"{options.output_dir}: {problems[-1]}")
+    except KeyboardInterrupt as interrupt:
+        with suppress(StdoutClosed):
+            if stdout is not None:
+                stdout.close()  # the finished videos' json list, or the csv header
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}: results of finished videos are kept.")
+        raise typer.Exit(status) from None
+    except StdoutClosed as closed:  # no --output-dir: nothing else receives the results, so the run stops
+        if closed.reader_gone:  # `| head`: the reader has what it wanted
+            raise typer.Exit(EXIT_OK) from None
+        reporter.error(str(closed))
+        raise typer.Exit(EXIT_FAILED) from None
     bad = [o for o in outcomes if o.status in ("failed", "partial")]
     if len(outcomes) > 1 and (bad or not options.quiet):
         reporter.table(summary_table(outcomes))
-    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+    stdout_failed = stdout is not None and stdout.closed is not None and not stdout.closed.reader_gone
+    raise typer.Exit(EXIT_FAILED if bad or problems or stdout_failed else EXIT_OK)
 
 
 def _reader(
@@ -1053,21 +1089,23 @@ def watch(
     try:
         writer = EventWriter(fmt, stdout=True, path=output)
     except OSError as error:
-        raise typer.BadParameter(f"cannot write {output}: {error.strerror or error}", param_hint="--output") from None
+        reason = f"cannot write {shown(output)}: {error.strerror or error}"
+        raise typer.BadParameter(reason, param_hint="--output") from None
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--output") from None
+        raise typer.BadParameter(shown(str(error)), param_hint="--output") from None
     stopped, closed, problems, streams = [], [], [], []
     name = parsed.display  # no password in messages
 
     def stop_on_ctrl_c(stream: LiveStream) -> None:
         def handler(signum: int, frame: object) -> None:
-            stopped.append(True)
+            stopped.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
             stream.stop()
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits at once
             reporter.info("Stopping: the interval in progress is written (Ctrl-C again to quit now)")
 
         streams.append(stream)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)  # a service manager stopping watch: the same way out
         status.describe = stream.status
 
     def write(event: WatchEvent) -> None:
@@ -1081,7 +1119,7 @@ def watch(
             problems.append(f"cannot write {output}: {error.strerror or error}")
             streams[0].stop()
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     status = LiveStatus(reporter, lambda: f"opening {name}")
     try:
         malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
@@ -1095,23 +1133,27 @@ def watch(
                 reconnect=reconnect, batch_size=vision_batch_size(malmm, batch_size), notify=reporter.warn,
                 on_start=stop_on_ctrl_c,
             )  # fmt: skip
-    except KeyboardInterrupt:
-        reporter.console.print("Interrupted.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}.")
+        raise typer.Exit(status) from None
     except (VideoError, ValueError) as error:
         if stopped:  # Ctrl-C before the first frame
-            reporter.console.print("Interrupted before a frame was read.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            word, status = _stopped(stopped[0])
+            reporter.console.print(f"{word} before a frame was read.")
+            raise typer.Exit(status) from None
         hint = f" (standard input is read in order, as {STDIN_ADVICE})" if parsed.kind == "stdin" else ""
         reporter.error(f"{name}: {error}{hint}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         writer.close()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     counts = f"{counted(summary.read, 'frame')} read, {summary.dropped} dropped to keep up"
     if stopped:  # Ctrl-C, also when it closed the pipe stdout went to
-        reporter.console.print(f"Interrupted: {counts}.")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        word, status = _stopped(stopped[0])
+        reporter.console.print(f"{word}: {counts}.")
+        raise typer.Exit(status)
     if problems or summary.failed:
         reporter.error(f"{name}: {problems[0] if problems else summary.ended} ({counts})")
         raise typer.Exit(EXIT_FAILED)
@@ -1297,6 +1339,15 @@ def train(
             "--label-field", metavar="FIELD", help="Annotation field of classify labels (LVU: director, genre...)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to train on (default: "
+            "train; --val reads val).",
+        ),
+    ] = None,
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: Annotated[
@@ -1329,14 +1380,16 @@ def train(
     if val is not None and val_split is not None:
         raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
     try:
-        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field)
+        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field, split)
         training.check_videos(examples)
-        data_read = training.TrainData.of(data, val, val_split, videos, label_field)
+        data_read = training.TrainData.of(data, val, val_split, videos, label_field, split)
         training.check_output(output, resume)
     except (DatasetError, training.TrainingError) as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
     defaults = training.TASK_DEFAULTS[task]
+    if resume and epochs is None:  # the run's own length; a larger --epochs extends it
+        epochs = training.saved_epochs(output)
     settings = training.TrainSettings(
         task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
         memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
@@ -1365,9 +1418,10 @@ def train(
         with TrainingProgress(reporter, trainer.total_steps, settings.epochs) as progress:
             progress.start(trainer.position.step)
             summary = trainer.run(progress)
-    except KeyboardInterrupt:
-        reporter.warn(f"interrupted: the run is saved in {output}; the same command with --resume goes on")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.warn(f"{word.lower()}: the run is saved in {output}; the same command with --resume goes on")
+        raise typer.Exit(status) from None
     except training.NothingReadable as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_FAILED) from error
@@ -1375,11 +1429,14 @@ def train(
         reporter.error(f"{error} (the last saved state is in {output})")
         raise typer.Exit(EXIT_FAILED) from error
     reporter.info(training.conclusion(summary, output, settings))
-    if trainer.features.unreadable:
-        unread = len(trainer.features.unreadable)
-        reporter.warn(
-            f"{counted(unread, 'example')} could not be read and {plural(unread, 'was')} left out (see above)"
-        )
+    if trainer.features.unreadable:  # the checkpoint is saved, trained on the rest: status 1, as eval ends
+        named = [e for e in examples + held_out if e.id in trainer.features.unreadable]  # in file order
+        listed = ", ".join(f"{example.id} ({example.video})" for example in named[:10])
+        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+        reporter.error(f"{counted(len(named), 'example')} could not be read and {plural(len(named), 'was')} left "
+                       f"out: {listed}{more}; the checkpoint in {output} is trained on the rest: fix them and train "
+                       "again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("eval", cls=PlainUsage, short_help="Score the model on labelled videos, as MA-LMM's paper scores it.")
@@ -1415,6 +1472,14 @@ def evaluate(
         str | None,
         typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to score (default: val).",
+        ),
+    ] = None,
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
@@ -1444,7 +1509,7 @@ def evaluate(
     reporter = Reporter(quiet=quiet)
     output = _one_output(output, output_dir)
     try:
-        benchmark, items = evaluation.load_items(data, dataset, videos, label_field)
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, split)
     except DatasetError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
@@ -1460,6 +1525,14 @@ def evaluate(
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
     _check_output_dir(folder, "--output")
+    missing, videos_read = evaluation.missing_videos(items, folder)
+    if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
+        where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
+        if len(missing) == videos_read:
+            reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
+            raise typer.Exit(EXIT_USAGE)
+        reporter.warn(f"{len(missing)} of the {videos_read} videos do not exist (the first: {missing[0]}): their "
+                      f"examples are left out of the metrics and the run ends with status 1 ({where})")  # fmt: skip
     settings = evaluation.EvalSettings(
         data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
         model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
@@ -1485,9 +1558,10 @@ def evaluate(
     try:
         with EvalProgress(reporter, len(items), resumed) as progress:
             metrics = run.run(progress.advance, done)
-    except KeyboardInterrupt:
-        reporter.warn(f"interrupted: the predictions so far are in {folder}; the same command goes on")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.warn(f"{word.lower()}: the predictions so far are in {folder}; the same command goes on")
+        raise typer.Exit(status) from None
     if not quiet:
         reporter.table(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
@@ -1595,9 +1669,10 @@ def models_download(
     except ModelUnavailable as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_FAILED) from error
-    except KeyboardInterrupt:
-        reporter.console.print("Interrupted: run the same command again to resume the download.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as interrupt:
+        word, status = _stopped(interrupt)
+        reporter.console.print(f"{word}: run the same command again to resume the download.")
+        raise typer.Exit(status) from None
     reporter.info(f"{repo} is ready: {folder}")
 
 
@@ -1611,10 +1686,10 @@ def cache_info() -> None:
     """Where the cache is, what it holds, and its size limit."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     entries = cache.entries()
     total = sum(entry.size for entry in entries)
-    typer.echo(f"location: {cache.folder}")
+    typer.echo(f"location: {shown(cache.folder)}")
     typer.echo(
         f"entries: {counted(len(entries), 'video')}, {total / 1024**3:.2f} GiB of {cache.limit / 1024**3:.0f} GiB"
     )
@@ -1634,9 +1709,9 @@ def cache_clear() -> None:
     """Remove every cached video (and what stopped runs left); nothing else in the folder."""
     from malmm_cli.feature_cache import FeatureCache
 
-    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {message}", err=True))
+    cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     freed = cache.clear()
-    typer.echo(f"removed {freed / 1024**3:.2f} GiB from {cache.folder}")
+    typer.echo(f"removed {freed / 1024**3:.2f} GiB from {shown(cache.folder)}")
 
 
 @app.command(short_help="Check what this machine can run.")
@@ -1694,14 +1769,21 @@ def _root(
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """The `malmm` command. An error malmm did not foresee is one line, not a traceback
-    (MALMM_DEBUG=1 shows it); its exit status is 1."""
+    (MALMM_DEBUG=1 shows it); its exit status is 1. SIGTERM stops a run as Ctrl-C does (status 143)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except Exception as error:
         if os.environ.get("MALMM_DEBUG"):
             raise
         message = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        print(f"error: unexpected: {message} (MALMM_DEBUG=1 shows where)", file=sys.stderr)
+        print(f"error: unexpected: {shown(message)} (MALMM_DEBUG=1 shows where)", file=sys.stderr)
         sys.exit(EXIT_FAILED)

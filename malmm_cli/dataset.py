@@ -7,8 +7,10 @@ it (`start`, `end` in seconds), and the target: `caption`, or `question` and `an
 split keyed by id, each value a dict with `video` (or the key itself is the video) and
 `caption`, `question`/`answer`, `class_name` (Breakfast), `target` (COIN) or, for LVU, the
 field named by `label_field` (its `duration` is kept too); YouCook2's `start_time`/`end_time`
-make clips. Its videos are looked up in `videos`, by name with any extension. Without a task,
-the task follows from the fields of the first example.
+make clips, named by its `segment`. A file that holds several splits (COIN.json: each entry's
+`subset`) is read one split at a time, as MA-LMM's loaders read it. Its videos are looked up in
+`videos`, by name or ActivityNet's `v_` + name, with any extension. Without a task, the task
+follows from the fields of the first example.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Example:
     answer: str | None = None
     label: str | None = None
     duration: float | None = None  # of the whole video, where an annotation file gives it (LVU)
+    segment: str | None = None  # the annotation's name of the clip (YouCook2: `xHr8X2Wpmno_0047_0060`)
 
     def target(self, task: str) -> str:
         """The text the model learns to produce for `task`."""
@@ -48,7 +51,12 @@ class Example:
 
 
 def read_examples(
-    path: Path, task: str | None, videos: Path | None = None, label_field: str | None = None
+    path: Path,
+    task: str | None,
+    videos: Path | None = None,
+    label_field: str | None = None,
+    split: str | None = None,
+    default_split: str | None = None,
 ) -> list[Example]:
     """Every example of a JSONL, CSV or MA-LMM annotation JSON file, checked for `task`'s fields
     (None: the task the first example's fields make, see `task_of`).
@@ -56,6 +64,10 @@ def read_examples(
     videos: where MA-LMM annotations' videos are (default: the file's folder); JSONL/CSV paths
     are relative to the file's folder. label_field: the annotation field holding classify labels
     (default `class_name`, else `target`; LVU names its tasks: director, genre, ...).
+    split: the `subset` to read of an annotation file that holds several (COIN.json), as the
+    user asked (refused for a file of one split); default_split: the one read when none is asked
+    (training reads `train`, evaluation `val`, as MA-LMM does). Reading every split at once
+    would evaluate on the training set, so a file of several splits needs one of the two.
     """
     if task is not None and task not in TASK_TARGETS:
         raise DatasetError(f"unknown task {task!r}: one of {', '.join(TASK_TARGETS)}")
@@ -69,13 +81,15 @@ def read_examples(
             with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel starts with a byte-order mark
                 rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
         elif suffix == ".json":
-            return _annotation_examples(path, task, videos or path.parent, label_field)
+            return _annotation_examples(path, task, videos or path.parent, label_field, split, default_split)
         else:
             raise DatasetError(f"{path.name}: give a .jsonl, .csv or MA-LMM annotation .json file")
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
     if not rows:
         raise DatasetError(f"{path.name} has no examples")
+    if split is not None:
+        raise DatasetError(f"--split {split}: {path.name} holds one split (only MA-LMM annotation files have several)")
     try:  # errors name the file: with --val there are two
         task = task or task_of(rows[0][1], rows[0][0])
         return [_example(where, row, path.parent, task) for where, row in rows]
@@ -151,17 +165,24 @@ def _example(where: str, row: dict, folder: Path, task: str, id_: str | None = N
     return example
 
 
-def _annotation_examples(path: Path, task: str | None, videos: Path, label_field: str | None) -> list[Example]:
-    """MA-LMM's annotation JSON: {id: {...}} (or a list of dicts)."""
+def _annotation_examples(
+    path: Path,
+    task: str | None,
+    videos: Path,
+    label_field: str | None,
+    split: str | None = None,
+    default_split: str | None = None,
+) -> list[Example]:
+    """MA-LMM's annotation JSON: {id: {...}} (or a list of dicts); of a file with `subset`s, the
+    entries of one split (see `read_examples`)."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path.name}: not JSON ({error.msg}, line {error.lineno})") from error
     items = content.items() if isinstance(content, dict) else enumerate(content if isinstance(content, list) else [])
+    items = _one_split(path, list(items), split, default_split)
     examples, found = [], {}
     for key, entry in items:
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{path.name}: entry {key!r} is not an object: is this an MA-LMM annotation file?")
         name = str(entry.get("video") or key)
         if name not in found:
             found[name] = _find_video(videos, name)
@@ -184,21 +205,47 @@ def _annotation_examples(path: Path, task: str | None, videos: Path, label_field
             raise DatasetError(f"{where}: no class_name or target; name the label field ({fields})")
         example = _example(where, row, Path(), task, str(entry.get("question_id", key)))
         duration = _seconds(entry, "duration", where)
-        examples.append(dataclasses.replace(example, duration=duration) if duration is not None else example)
+        segment = _text(entry, "segment")
+        if duration is not None or segment is not None:
+            example = dataclasses.replace(example, duration=duration, segment=segment)
+        examples.append(example)
     if not examples:
         because = f" with a {label_field!r} field" if label_field is not None else ""
         raise DatasetError(f"{path.name} has no examples{because}")
     return examples
 
 
+def _one_split(
+    path: Path, items: list[tuple[object, object]], split: str | None, default_split: str | None
+) -> list[tuple[object, dict]]:
+    """The entries of the split asked for (else `default_split`) of a file whose entries name
+    several `subset`s (COIN.json); every entry of a file of one split (LVU's test.json says
+    `"subset": "test"` throughout; asking it for another is refused)."""
+    for key, entry in items:
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path.name}: entry {key!r} is not an object: is this an MA-LMM annotation file?")
+    subsets = sorted({str(entry["subset"]) for _, entry in items if entry.get("subset") is not None})
+    if not subsets:
+        if split is not None:
+            raise DatasetError(f"--split {split}: {path.name} holds one split (its entries have no subset)")
+        return items
+    if len(subsets) == 1 and split in (None, subsets[0]):
+        return items
+    chosen = split or default_split
+    if chosen is None:
+        raise DatasetError(f"{path.name} holds several splits ({', '.join(subsets)}): choose one with --split")
+    if chosen not in subsets:
+        raise DatasetError(f"{path.name} has no {chosen!r} split: its subsets are {', '.join(subsets)} (--split)")
+    return [(key, entry) for key, entry in items if str(entry.get("subset")) == chosen]
+
+
 def _find_video(folder: Path, name: str) -> Path:
-    """folder/name if it exists, else folder/name.<a video extension>; else folder/name, which is
-    then reported as missing when it is read."""
-    direct = folder / name
-    if direct.is_file():
-        return direct
-    for extension in VIDEO_EXTENSIONS:
-        candidate = folder / f"{name}{extension}"
-        if candidate.is_file():
-            return candidate
-    return direct
+    """folder/name if it exists, else folder/name.<a video extension>, else the same with
+    ActivityNet's `v_` prefix (its annotations say `1QIUV7WYKXg`, its files are
+    `v_1QIUV7WYKXg.mp4`); else folder/name, which is then reported as missing."""
+    for stem in (name, f"v_{name}"):
+        for extension in ("", *VIDEO_EXTENSIONS):
+            candidate = folder / f"{stem}{extension}"
+            if candidate.is_file():
+                return candidate
+    return folder / name

@@ -11,6 +11,7 @@ file (scoring.py), so a resumed run ends with the same figures as one never stop
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -35,6 +36,7 @@ PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 SETTINGS = "eval.json"
 BEAMS = 5  # MA-LMM's beams, all returned: top-5 comes from them
+EVAL_SPLIT = "val"  # of a file that holds several splits: the one MA-LMM evaluates (COIN)
 LVU_TASKS = ("director", "genre", "relationship", "scene", "way_speaking", "writer", "year")
 
 
@@ -128,9 +130,10 @@ def eval_items(examples: list[Example], benchmark: Benchmark) -> list[Item]:
         grouped: dict[tuple, list[Example]] = {}
         for example in examples:
             grouped.setdefault((str(example.video), example.start, example.end), []).append(example)
-        names = [_clip_id(group[0], short=True) for group in grouped.values()]
-        return [  # a clip is named by its video's name, or its path where two videos share a name
-            Item(name if names.count(name) == 1 else _clip_id(group[0], short=False), group[0].video,
+        names = [_clip_id(group, short=True) for group in grouped.values()]
+        return [  # a clip is named by its annotation (YouCook2's segment), else by its video's name
+            # and seconds, or its path where two videos share a name
+            Item(name if names.count(name) == 1 else _clip_id(group, short=False), group[0].video,
                  group[0].start, group[0].end, tuple(e.caption for e in group))
             for name, group in zip(names, grouped.values(), strict=True)
         ]  # fmt: skip
@@ -156,7 +159,12 @@ def windows(duration: float | None, length: float, stride: float) -> list[tuple[
     return [(start, min(start + length - 1, duration)) for start in starts]
 
 
-def _clip_id(example: Example, short: bool) -> str:
+def _clip_id(group: list[Example], short: bool) -> str:
+    """A clip's id: the annotation's name of it where all its captions give the same one (MA-LMM
+    scores YouCook2 by `segment`, `xHr8X2Wpmno_0047_0060`), else its video and seconds."""
+    example = group[0]
+    if short and example.segment is not None and all(e.segment == example.segment for e in group):
+        return example.segment
     video = example.video.stem if short else str(example.video)
     if example.start is None and example.end is None:
         return video
@@ -353,16 +361,29 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def load_items(
-    data: Path, benchmark: str | None, videos: Path | None, label_field: str | None
+    data: Path, benchmark: str | None, videos: Path | None, label_field: str | None, split: str | None = None
 ) -> tuple[Benchmark, list[Item]]:
     """The benchmark (named, or the task of DATA's columns) and its items; two items of one id
-    (which resuming and scoring could not tell apart) are refused."""
+    (which resuming and scoring could not tell apart) are refused. split: of an annotation file
+    that holds several (COIN.json), which to score (default: `val`, the split MA-LMM evaluates).
+
+    An MA-LMM annotation file without its benchmark is refused: each benchmark scores answers
+    its own way (MSVD-QA by the first word, ActivityNet-QA by the whole string), and scoring it
+    by the own-data rule would give another figure under the same file's name."""
     if benchmark is not None and benchmark not in BENCHMARKS:
         raise DatasetError(f"unknown dataset {benchmark!r}: one of {', '.join(BENCHMARKS)}")
     chosen = BENCHMARKS.get(benchmark or "")
     examples = read_examples(data, chosen.task if chosen else None, videos,
-                             label_field or (chosen.label_field if chosen else None))  # fmt: skip
-    chosen = chosen or own_benchmark(task_of(dataclasses.asdict(examples[0]), str(data)))
+                             label_field or (chosen.label_field if chosen else None), split, EVAL_SPLIT)  # fmt: skip
+    task = chosen.task if chosen else task_of(dataclasses.asdict(examples[0]), str(data))
+    if chosen is None and data.suffix.lower() == ".json":
+        fitting = [name for name, b in BENCHMARKS.items() if b.task == task and not name.startswith("lvu-")]
+        fitting += ["lvu-director ... lvu-year"] if task == "classify" else []
+        raise DatasetError(
+            f"{data.name} is an MA-LMM annotation file, scored by its benchmark's rule: name it with --dataset "
+            f"({', '.join(fitting)}); to score it as your own data (whole answers, any case), make it JSONL or CSV"
+        )
+    chosen = chosen or own_benchmark(task)
     items = eval_items(examples, chosen)
     seen: set[str] = set()
     for item in items:
@@ -370,6 +391,18 @@ def load_items(
             raise DatasetError(f"{data.name}: two examples have the id {item.id!r}: give each its own")
         seen.add(item.id)
     return chosen, items
+
+
+def missing_videos(items: list[Item], output: Path | None = None) -> tuple[list[Path], int]:
+    """(the videos still to read that do not exist, each once, in order; how many videos are
+    still to read), said before the model loads. output: an earlier run's folder, whose
+    predicted items need no video (a finished run is scored again without its videos)."""
+    done: set[str] = set()
+    if output is not None:
+        with contextlib.suppress(EvaluationError, KeyError, TypeError):  # reported as it is when the run starts
+            done = {row["id"] for row in read_predictions(output / PREDICTIONS) if "error" not in row}
+    videos = dict.fromkeys(item.video for item in items if item.id not in done)
+    return [video for video in videos if not video.is_file()], len(videos)
 
 
 def label_set(benchmark: Benchmark, items: list[Item]) -> tuple[str, ...]:

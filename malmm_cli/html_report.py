@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from malmm_cli.names import shown
 from malmm_cli.results import Thumbnail, TimedText, VideoResult
 from malmm_cli.wording import counted
 
@@ -111,6 +113,11 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _name(name: str) -> str:
+    """A file name in the page: as names.shown shows it (a byte that is not UTF-8 as \\xff), escaped."""
+    return _esc(shown(name))
+
+
 def _time_link(seconds: float, context: ReportContext) -> str:
     """The time, linking to the video at that moment (a media fragment) when the video is beside the page."""
     label = _esc(clock(seconds))
@@ -121,8 +128,9 @@ def _time_link(seconds: float, context: ReportContext) -> str:
 
 
 def video_href(video_name: str) -> str:
-    """A relative URL for a file in the page's own folder."""
-    return quote(video_name)
+    """A relative URL for a file in the page's own folder: its bytes percent-encoded, so a name
+    that is not UTF-8 still links to its file."""
+    return quote(os.fsencode(video_name))
 
 
 def data_url(thumbnail: Thumbnail) -> str:
@@ -269,7 +277,7 @@ def _problems(result: VideoResult, context: ReportContext) -> list[str]:
 
 
 def _settings(result: VideoResult, context: ReportContext) -> list[str]:
-    rows = [("file", result.path), ("frames read", f"{result.frames} ({clock(result.first_frame)} to "
+    rows = [("file", shown(result.path)), ("frames read", f"{result.frames} ({clock(result.first_frame)} to "
                                                     f"{clock(result.last_frame)})")]  # fmt: skip
     for name, value in context.settings.items():
         if isinstance(value, dict):
@@ -285,7 +293,7 @@ def _settings(result: VideoResult, context: ReportContext) -> list[str]:
 
 
 def _video(path: str, name: str, context: ReportContext) -> str:
-    return f'<a href="{_esc(context.video_href)}">{_esc(name)}</a>' if context.video_href else _esc(path)
+    return f'<a href="{_esc(context.video_href)}">{_name(name)}</a>' if context.video_href else _name(path)
 
 
 def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
@@ -298,7 +306,7 @@ def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
     if model:
         facts.append(f"model {model}")
     body = [
-        f"<header><h1>{_esc(name)}</h1>",
+        f"<header><h1>{_name(name)}</h1>",
         f'<p class="meta">{" · ".join(_esc(fact) for fact in facts)}</p>',
         f'<p class="meta">Video: {_video(result.path, name, context)}</p></header>',
         "<main>",
@@ -308,7 +316,7 @@ def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
         *_settings(result, context),
         "</main>",
     ]
-    return _page(f"{name}: malmm {result.task}", "\n".join(body))
+    return _page(f"{shown(name)}: malmm {result.task}", "\n".join(body))
 
 
 @dataclass(frozen=True)
@@ -378,10 +386,10 @@ def to_index(rows: Sequence[IndexRow], title: str) -> str:
             '<thead><tr><th scope="col">Picture</th><th scope="col">Video</th><th scope="col">Duration</th>'
             '<th scope="col">Result</th><th scope="col">Status</th></tr></thead><tbody>']  # fmt: skip
     for row in rows:
-        picture = _img(row.thumbnail, f"{row.name}: {row.text}") if row.thumbnail is not None else ""
-        name = f'<a href="{_esc(row.report)}">{_esc(row.name)}</a>' if row.report else _esc(row.name)
+        picture = _img(row.thumbnail, f"{shown(row.name)}: {row.text}") if row.thumbnail is not None else ""
+        name = f'<a href="{_esc(row.report)}">{_name(row.name)}</a>' if row.report else _name(row.name)
         duration = clock(row.duration) if row.duration is not None else ""
-        detail = f'<br><span class="muted">{_esc(row.detail)}</span>' if row.detail else ""
+        detail = f'<br><span class="muted">{_name(row.detail)}</span>' if row.detail else ""
         body.append(
             f'<tr class="video"><td>{picture}</td><th scope="row">{name}</th><td>{_esc(duration)}</td>'
             f'<td><p>{_esc(row.text)}</p></td><td><span class="status-{_esc(row.status)}">{_esc(row.status)}</span>'

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, av, probe
+from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, av, open_input, probe
 
 KEYFRAME_CODECS = frozenset({"h264"})
 
@@ -64,7 +64,7 @@ class KeyframeReader:
         previous: tuple[float, np.ndarray] | None = None  # (time, image) of the keyframe before
         last_sent: float | None = None  # nearest keyframes never move backwards: compare with the last one
         try:
-            container = av.open(str(self.path))
+            container = open_input(self.path)
         except av.error.FFmpegError as error:
             raise VideoError(f"cannot read the file ({error.strerror})") from None
         with container:

@@ -32,7 +32,7 @@ import torch
 
 from malmm_cli.stream import Sample, preprocess
 from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import VideoError
+from malmm_cli.video import VideoError, open_input
 from malmm_cli.wording import counted
 from models import Malmm
 
@@ -339,7 +339,7 @@ class _Connection:
         if source.location.lower().startswith("udp://"):
             options["overrun_nonfatal"] = "1"
         try:
-            self.container = av.open(location, options=options, timeout=(timeout, read_timeout))
+            self.container = open_input(location, options=options, timeout=(timeout, read_timeout))
         except av.error.ExitError:
             raise SourceError(f"no answer within {timeout:g} s") from None
         except (av.error.FFmpegError, OSError) as error:

@@ -3,6 +3,10 @@
 stdout carries results only, so `malmm caption clip.mp4 > caption.txt` and pipes stay clean.
 Nothing is animated when stderr is not a terminal or with --quiet; --quiet also drops the
 informational lines, leaving errors, warnings and the failure summary.
+
+Messages name files, and a file's name is data (names.py): every message, bar and summary cell
+goes through `names.shown` (no control character reaches the terminal, a message stays one line)
+and Rich's `escape` (a `[bold]` in a name is text, not markup).
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from rich.table import Column, Table
 from rich.text import Text
 from tqdm import tqdm
 
+from malmm_cli.names import shown
 from malmm_cli.wording import counted
+
+
+def _plain(message: str) -> str:
+    """A message (or a name) as Rich markup that prints it as it is shown to a person: escaped
+    control characters and undecodable bytes, one line, brackets as text."""
+    return escape(shown(message))
 
 
 class _RateColumn(ProgressColumn):
@@ -104,7 +115,7 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(escape(message))
+            self.console.print(_plain(message))
 
     def note(self, name: str, note: str) -> None:
         """How a video was read, where it differs from what was asked. A note repeated word for word
@@ -123,16 +134,16 @@ class Reporter:
             Console(file=self.console.file, width=UNFOLDED_WIDTH, highlight=False).print(table)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}")
+        self.console.print(f"[yellow]warning:[/] {_plain(message)}")
 
     def error(self, message: str) -> None:
-        self.console.print(f"[red]error:[/] {escape(message)}")
+        self.console.print(f"[red]error:[/] {_plain(message)}")
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:
         """A spinner on a terminal (model download and load), one line elsewhere."""
         if self.animated:
-            with self.console.status(escape(message)):
+            with self.console.status(_plain(message)):
                 yield
         else:
             self.info(message)
@@ -191,7 +202,7 @@ class VideoProgress:
         self.started = time.monotonic()
         progress = self.reporter._progress
         if progress is not None:
-            self.task = progress.add_task(escape(self.name), total=total_frames)
+            self.task = progress.add_task(_plain(self.name), total=total_frames)
 
     def advance(self, frames: int = 1) -> None:
         self.frames += frames
@@ -265,9 +276,9 @@ def summary_table(outcomes: list[Outcome]) -> Table:
     styles = {"done": "green", "partial": "yellow", "skipped": "dim", "failed": "red"}
     for outcome in outcomes:
         table.add_row(
-            escape(outcome.path),
-            f"[{styles.get(outcome.status, '')}]{outcome.status}[/]",
-            escape(outcome.detail),
+            _plain(outcome.path),
+            f"[{styles.get(outcome.status, '')}]{_plain(outcome.status)}[/]",
+            _plain(outcome.detail),
             f"{outcome.seconds:.1f} s" if outcome.seconds else "",
         )
     return table
@@ -342,7 +353,7 @@ class TrainingProgress(_LongJob):
         parts.append(f"{counted(record['examples'], 'example')} in {record['seconds']:.1f} s")
         message = ", ".join(parts)
         if self._progress is not None:
-            self._progress.console.print(escape(message))
+            self._progress.console.print(_plain(message))
         else:
             self.reporter.info(message)
 
@@ -379,7 +390,7 @@ class LiveStatus:
         self._live: Live | None = None
 
     def __rich__(self) -> Text:
-        return Text(self.describe(), style="dim")
+        return Text(shown(self.describe()), style="dim")
 
     def __enter__(self) -> LiveStatus:
         if self.reporter.animated:

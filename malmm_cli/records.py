@@ -89,7 +89,11 @@ def _video_identity(video: Path) -> dict[str, int]:
 
 
 def record_path(output_dir: Path, stem: Path, task: str) -> Path:
-    return output_dir / RECORDS / stem.parent / f"{stem.name}.{task}.json"
+    """The record of one input's results, named as they are (shortened alike: writers.output_stem)."""
+    from malmm_cli.writers import output_stem
+
+    fitted = output_stem(output_dir, stem, task)
+    return output_dir / RECORDS / fitted.parent / f"{fitted.name}.{task}.json"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

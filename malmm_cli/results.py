@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from malmm_cli.names import lossless
+
 
 @dataclass(frozen=True)
 class TimedText:
@@ -82,9 +84,10 @@ class VideoResult:
         return max(self.start + self.duration, self.last_frame)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: times rounded to milliseconds, fields a task does not use left out."""
+        """JSON-ready: times rounded to milliseconds, fields a task does not use left out. The file
+        is named exactly, or, when its name is not UTF-8, shown escaped with `file_base64` beside it."""
         data: dict[str, Any] = {
-            "file": self.path,
+            **lossless(self.path),
             "task": self.task,
             "duration": round(self.duration, 3),
             "frames": self.frames,

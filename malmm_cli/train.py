@@ -47,7 +47,7 @@ from malmm_cli.video import VideoError
 from malmm_cli.wording import counted
 from malmm_cli.writers import write_json
 from models import Malmm
-from models.checkpoint import CheckpointError, describe_temporal, save_trained
+from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora
 from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
@@ -134,14 +134,21 @@ class TrainData:
     val_split: float | None = None
     videos: str | None = None
     label_field: str | None = None
+    split: str | None = None  # --split, of an annotation file that holds several (None: train)
 
     @classmethod
     def of(
-        cls, data: Path, val: Path | None, val_split: float | None, videos: Path | None, label_field: str | None
+        cls,
+        data: Path,
+        val: Path | None,
+        val_split: float | None,
+        videos: Path | None,
+        label_field: str | None,
+        split: str | None = None,
     ) -> TrainData:
         return cls(data=file_identity(data), val=file_identity(val) if val is not None else None,
                    val_split=val_split, videos=str(videos.resolve()) if videos is not None else None,
-                   label_field=label_field)  # fmt: skip
+                   label_field=label_field, split=split)  # fmt: skip
 
 
 def prompt_for(task: str, example: Example) -> str:
@@ -258,6 +265,7 @@ class Trainer:
         self.data = data
         self.settings, self.output, self.base_model = settings, output, base_model
         self.labels = labels
+        self.warn = warn
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
         model = malmm.model
         torch.manual_seed(settings.seed)  # the adapters' initialisation too
@@ -492,6 +500,7 @@ class Trainer:
         tensors.update({f"rng.{k}": v for k, v in boundary["rng"].items()})
         tensors.update({f"trained.{n}": p.detach().cpu().contiguous() for n, p in self.trained})
         save_file(tensors, str(partial / "state.safetensors"))
+        respect_umask(partial / "state.safetensors")
         write_json(partial / "state.json", {
             "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -517,9 +526,12 @@ class Trainer:
         current = dataclasses.asdict(self.settings)
         defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.name not in plain["settings"]}
         stored = {**defaults, **plain["settings"]}  # a run saved before a setting existed had its default
-        if stored != current:
+        if {**stored, "epochs": 0} != {**current, "epochs": 0}:
             changed = changed_values(stored, current)
             raise TrainingError(f"{self.output} was trained with other settings ({changed}); resume with the same ones")
+        if current["epochs"] < stored["epochs"]:
+            raise TrainingError(f"{self.output} was planned for {stored['epochs']} epochs: --resume can raise "
+                                "--epochs, not lower it (its schedule is the longer run's)")  # fmt: skip
         self._check_data(plain.get("data"))
         if model_name(plain["base_model"]) != model_name(self.base_model):
             raise CheckpointError(f"{self.output} was trained on {plain['base_model']}, not {self.base_model}")
@@ -528,6 +540,8 @@ class Trainer:
                 parameter.copy_(tensors[f"trained.{name}"])
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, plain["optimizer"]))
         self.scheduler.load_state_dict(plain["scheduler"])
+        if current["epochs"] != stored["epochs"]:
+            self._extend_schedule(stored["epochs"])
         self.scaler.load_state_dict(plain["scaler"])
         torch.set_rng_state(tensors["rng.cpu"])
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
@@ -537,10 +551,29 @@ class Trainer:
         self.history, self.best, self.epoch_figures = plain["history"], plain["best"], plain["epoch_figures"]
         self.features.unreadable = set(plain["unreadable"])
 
+    def _extend_schedule(self, planned: int) -> None:
+        """A run resumed with more epochs than it was planned for: its schedule becomes the one a
+        run planned for the new length from the start would have (the warm-up, then the cosine
+        over every step of the longer run) and goes on from the step reached. So the learning
+        rate rises at the resume point, to where the longer cosine stands (about half the peak
+        for a finished run doubled), instead of staying at the end of the shorter one."""
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas, strict=True):  # fmt: skip
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        lr = self.scheduler.get_last_lr()[0]
+        self.warn(
+            f"going on to {self.settings.epochs} epochs (planned: {planned}): the learning-rate schedule is "
+            f"stretched to the longer run, lr {lr:.3g} at step {step} of {self.total_steps}"
+        )
+
     def _check_data(self, stored: dict[str, Any] | None) -> None:
         """Refuse other data, another validation set or split (a state saved before the data were
         recorded has nothing to compare: it goes on)."""
         current = self._data()
+        if stored is not None:  # a state saved before a field existed had its default
+            stored = {**dataclasses.asdict(TrainData(data=stored.get("data", ""))), **stored}
         if stored is None or current is None or stored == current:
             return
         changed = changed_values(stored, current)
@@ -609,12 +642,16 @@ def read_data(
     seed: int,
     videos: Path | None = None,
     label_field: str | None = None,
+    split: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
-    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA."""
-    examples = _named(read_examples(data, task, videos, label_field), data.name)
+    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA.
+    Of an annotation file that holds several splits (COIN.json), DATA's `split` (default: train)
+    and --val's `val`, as MA-LMM trains and validates: `--val COIN.json` with DATA COIN.json
+    validates on the val split."""
+    examples = _named(read_examples(data, task, videos, label_field, split, "train"), data.name)
     if val is not None:
         source = val.name if val.name != data.name else str(val)
-        return examples, _named(read_examples(val, task, videos, label_field), source)
+        return examples, _named(read_examples(val, task, videos, label_field, None, "val"), source)
     if not val_split:
         return examples, []
     order = epoch_order(len(examples), seed, -1)
@@ -652,6 +689,15 @@ def check_videos(examples: list[Example]) -> None:
             f"none of the {len(examples)} training videos exists (the first: {examples[0].video}): paths are "
             "relative to the data file's folder, or to --videos for MA-LMM annotations"
         )
+
+
+def saved_epochs(output: Path) -> int | None:
+    """The epochs a saved run was planned for (None: no readable saved state), so that `--resume`
+    without `--epochs` goes on to the run's own end rather than to the task's default."""
+    try:
+        return int(json.loads((output / RESUME / "state.json").read_text())["settings"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def check_output(output: Path, resume: bool) -> None:

@@ -19,6 +19,7 @@ import math
 import os
 import queue
 import random
+import re
 import stat
 import struct
 import threading
@@ -161,9 +162,60 @@ def _unreadable_container_reason(path: Path, head: bytes) -> str:
     return "not a video file (unrecognised format)"
 
 
+def _pyav_major(version: str) -> int:
+    """The major version of a PyAV version string ("18.1.0", "19.0.0rc1" -> 18, 19)."""
+    match = re.match(r"\d+", version)
+    if match is None:
+        raise ValueError(f"not a PyAV version: {version!r}")
+    return int(match.group())
+
+
+def _tag_decoding(version: str) -> dict[str, str]:
+    """What `av.open` needs, in PyAV `version`, so that tags that are not UTF-8 never stop a video.
+
+    Before PyAV 19, tags were decoded strictly unless `metadata_errors="ignore"` was passed (a
+    Latin-1 title raised UnicodeDecodeError on opening); PyAV 19 removed that argument (passing it
+    raises TypeError) and always decodes them with surrogateescape, which never raises.
+    """
+    return {"metadata_errors": "ignore"} if _pyav_major(version) < 19 else {}
+
+
+_TAG_DECODING = _tag_decoding(av.__version__) if av is not None else {}
+
+
+def open_input(location: str | Path, **options: object) -> av.container.InputContainer:
+    """`av.open(location, **options)` for reading, on any PyAV malmm supports: a file or stream
+    whose tags (title, handler name...) are not UTF-8 is read like any other, never refused.
+    Every opening of an input goes through here (probing, keyframes, live streams)."""
+    return av.open(str(location), **_TAG_DECODING, **options)
+
+
+def _capture(path: Path) -> cv2.VideoCapture:
+    """An OpenCV capture of the file. OpenCV takes a name as UTF-8 text and crashes the process
+    on one that is not (a byte os.fsdecode could not decode): such a file is opened here and
+    handed over by its descriptor's name, /proc/self/fd/N (/dev/fd/N elsewhere), which FFmpeg
+    opens anew, so the descriptor is closed right after."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return cv2.VideoCapture(name, cv2.CAP_FFMPEG)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise VideoError(f"cannot open the file: {error.strerror}") from None
+    try:
+        folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+        return cv2.VideoCapture(f"{folder}/{descriptor}", cv2.CAP_FFMPEG)
+    finally:
+        os.close(descriptor)
+
+
 def _open_container(path: Path, head: bytes) -> av.container.InputContainer:
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return open_input(path)
     except av.error.InvalidDataError:
         raise VideoError(_unreadable_container_reason(path, head)) from None
     except av.error.PermissionError:
@@ -256,7 +308,7 @@ def probe(path: Path) -> VideoInfo:
             raise VideoError("unsupported video codec (unknown to FFmpeg)")
         codec = stream.codec_context.codec.canonical_name
 
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        capture = _capture(path)
         try:
             if not capture.isOpened() or not capture.grab():
                 if _pyav_decodes_a_frame(container, stream):
@@ -317,7 +369,7 @@ _FOURCC_CODECS = {  # OpenCV's codec tags, as FFmpeg names the codecs
 
 def _probe_with_opencv(path: Path, head: bytes) -> VideoInfo:
     """`probe` without PyAV: OpenCV's figures (frame count over rate for the duration)."""
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    capture = _capture(path)
     try:
         if not capture.isOpened():
             raise VideoError(_unreadable_container_reason(path, head))
@@ -437,7 +489,7 @@ class _Cursor:
     def reopen(self) -> None:
         """A fresh capture at the start of the stream (also the cure for one that hit bad data)."""
         self.close()
-        self.capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)  # no params: an unknown one fails open
+        self.capture = _capture(self.path)  # no params: an unknown one fails open
         if not self.capture.isOpened():
             raise VideoError("the file can no longer be opened")
         self.fps = self.capture.get(cv2.CAP_PROP_FPS)  # OpenCV maps frame numbers to times with this

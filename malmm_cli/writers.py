@@ -16,11 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from malmm_cli.html_report import to_html
+from malmm_cli.names import fit_path, lossless, temporary_name
 from malmm_cli.results import TimedText, VideoResult
 from malmm_cli.timefmt import format_timestamp
 
 FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
-CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score")
+# file_base64: the name's bytes when it is not UTF-8 (file then shows it escaped), else empty (names.py)
+CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score", "file_base64")
 
 
 def _span(span: TimedText) -> str:
@@ -100,7 +102,8 @@ def to_vtt(result: VideoResult) -> str:
 def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
     """One row per piece of the result, with CSV_HEADER's columns."""
     whole = (f"{result.start:.3f}", f"{result.end:.3f}")
-    base = (result.path, result.task)
+    name = lossless(result.path)
+    base = (name["file"], result.task)
     rows: list[tuple[str, ...]] = []
     if result.caption is not None:
         rows.append((*base, *whole, "caption", result.caption, ""))
@@ -110,7 +113,7 @@ def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
     if result.next_action is not None:
         rows.append((*base, f"{result.last_frame:.3f}", whole[1], "next_action", result.next_action, ""))
     rows += [(*base, *whole, "label", r.label, f"{r.probability:.4f}") for r in result.labels]
-    return rows
+    return [(*row, name.get("file_base64", "")) for row in rows]
 
 
 def to_csv(result: VideoResult, header: bool = True) -> str:
@@ -133,21 +136,36 @@ FORMATTERS: dict[str, Callable[[VideoResult], str]] = {
 }
 
 
+def output_stem(output_dir: Path, stem: Path, task: str) -> Path:
+    """The stem the files of one input are named with: `stem`, or, where a name would pass the
+    file system's limit with the longest suffix of any format, shortened with a hash of it
+    (names.fit_stem), the same for every format and on every rerun."""
+    return fit_path(output_dir, stem, len(f".{task}.") + max(map(len, FORMATS)))
+
+
 def output_paths(output_dir: Path, stem: Path, task: str, formats: list[str]) -> list[Path]:
     """Where one input's results go: output_dir/<stem>.<task>.<format> for each format, so the
     results of different tasks for one video never overwrite each other."""
-    return [output_dir / stem.parent / f"{stem.name}.{task}.{fmt}" for fmt in formats]
+    fitted = output_stem(output_dir, stem, task)
+    return [output_dir / fitted.parent / f"{fitted.name}.{task}.{fmt}" for fmt in formats]
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`.
+    """Write to a temporary file beside `path`, then rename it over `path`. The temporary name
+    is never longer than `path`'s (names.temporary_name), so it fits wherever the result fits.
 
     The file is created with mode 0666 less the umask, as any other program's output would be
     (a temporary file's usual 0600 would otherwise stay on the result).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    for attempt in range(16):  # a short name keeps little of the random token: another try on a clash
+        temporary = path.with_name(temporary_name(path.name, secrets.token_hex(4)))
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            if attempt == 15:
+                raise
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)

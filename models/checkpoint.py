@@ -261,7 +261,28 @@ def save_trained(model: nn.Module, path: Path, base_model: str) -> None:
                 "temporal": json.dumps(getattr(model.config, "temporal", None), sort_keys=True)}  # fmt: skip
     partial = path.with_name(f".{path.name}.partial")
     save_file(trained_tensors(model), str(partial), metadata=metadata)
+    respect_umask(partial)
     os.replace(partial, path)
+
+
+def respect_umask(path: Path) -> None:
+    """Give a file the mode a plain open() gives (0666 less the umask, 0644 under umask 022):
+    safetensors writes its files 0600, so a checkpoint would be unreadable by the group or the
+    service meant to load it, unlike every other file of the run."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read where Linux shows it (setting it to read it back is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _trained_metadata(path: Path) -> dict[str, str] | None:

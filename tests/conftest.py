@@ -1,17 +1,23 @@
-"""Shared fixtures: tiny random-weight models saved in Hugging Face format, and the golden file."""
+"""Shared fixtures: tiny random-weight models saved in Hugging Face format, and the golden file.
+
+Nothing here imports torch, transformers or the CLI at module level: the media tests (video
+probing and decoding) run in a venv without them (scripts/test_media.sh), and every fixture that
+needs them imports them when it is used.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from malmm_cli.cli import app
-from models import Malmm
-from tests.tiny_models import build_tiny_model
+if TYPE_CHECKING:
+    import torch
+
+    from models import Malmm
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--num-beams", "1", "--max-new-tokens", "5"]  # CLI options for quick tests
@@ -26,6 +32,10 @@ def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_and_deterministic() -> None:
+    if importlib.util.find_spec("torch") is None:  # the media tests' venv: no model runs there
+        return
+    import torch
+
     torch.manual_seed(0)
     torch.set_num_threads(1)
     from transformers.utils import logging
@@ -39,6 +49,8 @@ def golden() -> dict:
     path = Path(os.environ.get("MALMM_GOLDEN_FIXTURE", DEFAULT_GOLDEN))
     if not path.is_file():
         pytest.fail(f"golden fixture not found: {path} (tests/fixtures/README.md says where it comes from)")
+    import torch
+
     data = torch.load(path, map_location="cpu", weights_only=True)
     assert data["format"] == "malmm-lavis-golden-v1", data.get("format")
     return data
@@ -46,27 +58,39 @@ def golden() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", llm="llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-t5", llm="t5")
 
 
 @pytest.fixture(scope="session")
 def tiny_malmm(tiny_llama_dir: Path) -> Malmm:
+    from models import Malmm
+
     return Malmm.from_pretrained(tiny_llama_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_malmm_t5(tiny_t5_dir: Path) -> Malmm:
+    from models import Malmm
+
     return Malmm.from_pretrained(tiny_t5_dir)
 
 
 @pytest.fixture
 def run(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """Invoke malmm in-process; stdout and stderr come back separately."""
+    from typer.testing import CliRunner
+
+    from malmm_cli.cli import app
+
     monkeypatch.setenv("COLUMNS", "200")
 
     def invoke(*args: str | Path, model: bool = True):

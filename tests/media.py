@@ -259,6 +259,33 @@ def remux_with_offset(src: Path, dst: Path, offset: float) -> Path:
     return Path(dst)
 
 
+_TAG = "malmm-cafe-tag"  # written as ASCII, then "cafe" becomes Latin-1 "café"
+
+
+def with_tags_not_utf8(src: Path, dst: Path) -> Path:
+    """`src`'s video stream in `dst` (.mp4, .mkv...) with a title and a handler name in Latin-1, not
+    UTF-8 (b"caf\\xe9"), as old cameras and editors write them. Written as ASCII and the bytes then
+    changed in place, since PyAV before 19 writes tags strictly as UTF-8 and PyAV 19 takes no
+    encoding argument."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        target.metadata["title"] = _TAG
+        stream_in = source.streams.video[0]
+        stream_out = target.add_stream_from_template(stream_in)
+        stream_out.metadata["handler_name"] = _TAG
+        for packet in source.demux(stream_in):
+            if packet.dts is None:
+                continue
+            packet.stream = stream_out
+            target.mux(packet)
+    data = Path(dst).read_bytes()
+    if data.count(_TAG.encode()) != 2:
+        raise RuntimeError(
+            f"{dst}: expected the title and the handler name in the file, found {data.count(_TAG.encode())}"
+        )
+    Path(dst).write_bytes(data.replace(b"cafe-tag", b"caf\xe9-tag"))  # same length: no box or element resized
+    return Path(dst)
+
+
 def mux_two_videos(first: Path, second: Path, dst: Path) -> Path:
     """One container holding the video streams of `first` and `second` (a longer second stream
     makes the container's duration that of the second)."""

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from malmm_cli import cli
 from malmm_cli import evaluate as evaluation
 from malmm_cli.cli import app
-from malmm_cli.dataset import DatasetError
+from malmm_cli.dataset import DatasetError, read_examples
 from malmm_cli.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
 from tests.media import SCENE_COLOURS, make_scene
 
@@ -89,6 +89,83 @@ def test_each_annotation_format(tmp_path: Path) -> None:
     own.write_text('{"video": "a.mp4", "question": "what colour?", "answer": "red"}\n' * 3)
     benchmark, items = evaluation.load_items(own, None, None, None)
     assert benchmark.task == "ask" and not benchmark.first_word and benchmark.ignore_case and len(items) == 3
+
+
+def test_coin_is_scored_on_its_val_split(tmp_path: Path) -> None:
+    """COIN.json holds every split, each entry naming its `subset`: eval reads the val split (as
+    MA-LMM evaluates), or the one --split names; train reads train and --val the val split."""
+    from malmm_cli import train as training
+
+    coin = _write(tmp_path / "COIN.json", {
+        "a": {"subset": "train", "target": "make french fries", "duration": 9},
+        "b": {"subset": "val", "target": "change a tire", "duration": 9},
+        "c": {"subset": "train", "target": "paint a wall", "duration": 9},
+    })  # fmt: skip
+    _, items = evaluation.load_items(coin, "coin", tmp_path, None)
+    assert [(i.id, i.references) for i in items] == [("b", ("change a tire",))]
+    _, items = evaluation.load_items(coin, "coin", tmp_path, None, split="train")
+    assert [i.id for i in items] == ["a", "c"]
+    with pytest.raises(DatasetError, match=r"COIN\.json has no 'test' split: its subsets are train, val"):
+        evaluation.load_items(coin, "coin", tmp_path, None, split="test")
+    train, val = training.read_data(coin, "classify", coin, None, 0, tmp_path)
+    assert [e.label for e in train] == ["make french fries", "paint a wall"] and [e.label for e in val] == [
+        "change a tire"]  # fmt: skip
+    with pytest.raises(DatasetError, match="holds several splits \\(train, val\\): choose one with --split"):
+        read_examples(coin, "classify")
+    lvu = _write(tmp_path / "lvu.json", {"0Ij2veeSsE4": {"subset": "test", "duration": 162, "director": "steven"}})
+    _, items = evaluation.load_items(lvu, "lvu-director", tmp_path, None)  # one split ("test"): read whole
+    assert [i.id for i in items] == ["0Ij2veeSsE4_0", "0Ij2veeSsE4_20", "0Ij2veeSsE4_40", "0Ij2veeSsE4_60"]
+    breakfast = _write(tmp_path / "bf.json", {"P03_cereals": {"class_name": "cereal"}})
+    with pytest.raises(DatasetError, match=r"--split val: bf\.json holds one split"):
+        evaluation.load_items(breakfast, "breakfast", tmp_path, None, split="val")
+
+
+def test_annotation_names_and_videos_as_the_datasets_name_them(tmp_path: Path) -> None:
+    """YouCook2 clips are named by the annotation's segment (its ground truth's ids), and
+    ActivityNet's videos are found under their usual `v_<id>` file names."""
+    youcook = {"xHr8X2Wpmno_0047_0060": {"video": "xHr8X2Wpmno", "segment": "xHr8X2Wpmno_0047_0060",
+                                         "start_time": 47, "end_time": 60, "caption": "pick the ends off"}}  # fmt: skip
+    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", tmp_path, None)
+    assert (item.id, item.start, item.end) == ("xHr8X2Wpmno_0047_0060", 47.0, 60.0)
+    (tmp_path / "v_1QIUV7WYKXg.mp4").touch()
+    activitynet = {"v_1QIUV7WYKXg_3": {"answer": "no", "question": "is the athlete wearing trousers",
+                                       "question_id": "v_1QIUV7WYKXg_3", "video": "1QIUV7WYKXg"}}  # fmt: skip
+    _, (item,) = evaluation.load_items(_write(tmp_path / "qa.json", activitynet), "activitynet-qa", tmp_path, None)
+    assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and evaluation.missing_videos([item]) == ([], 1)
+
+
+def test_an_annotation_file_needs_its_benchmark(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """Without --dataset an MA-LMM annotation file would be scored by the own-data rule (whole
+    answers) instead of its benchmark's (MSVD-QA: first words): refused before the model loads,
+    naming the benchmarks that fit."""
+    qa = _write(tmp_path / "qa_test.json", {"0": {"question": "who?", "answer": "man", "video": "v1"}})
+    result = _eval(qa, "--model", tiny_llama_dir, *SMALL, "--videos", tmp_path, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and "Loading" not in result.output
+    assert "qa_test.json is an MA-LMM annotation file" in result.output
+    assert "--dataset (msrvtt-qa, msvd-qa, activitynet-qa)" in result.output
+
+
+def test_missing_videos_are_said_before_the_model_loads(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """None there: a usage error before loading. Some missing: a warning before loading, then
+    the run scores the rest and ends with status 1."""
+    gone = _write_rows(tmp_path / "gone.jsonl", [{"video": "a.mp4", "label": "red"}, {"video": "b.mp4", "label": "x"}])
+    result = _eval(gone, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and "none of the 2 videos exists" in result.output, result.output
+    assert "Loading" not in result.output and not (tmp_path / "out" / "predictions.jsonl").exists()
+    make_scene(tmp_path / "good.mp4", "red", seed=0)
+    some = _write_rows(tmp_path / "some.jsonl", [{"video": "good.mp4", "label": "red"},
+                                                 {"video": "b.mp4", "label": "blue"}])  # fmt: skip
+    result = _eval(some, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out2")
+    assert result.exit_code == 1, result.output
+    warning = result.output.index("1 of the 2 videos do not exist")
+    assert warning < result.output.index("Loading")
+    (tmp_path / "good.mp4").unlink()  # a run's predicted clips need no video: scored again all the same
+    predictions = tmp_path / "out2" / "predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if "error" not in line]
+    predicted = {"prediction": "blue", "beams": ["blue"], "ranked": ["blue", "red"]}
+    _write_rows(predictions, [*rows, {"id": "line 2", "video": "b.mp4", "references": ["blue"], **predicted}])
+    again = _eval(some, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "out2")
+    assert again.exit_code == 0 and "exist" not in again.output, again.output
 
 
 def test_scoring_rules() -> None:

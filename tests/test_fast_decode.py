@@ -1,4 +1,8 @@
-"""The two faster ways to read frames: nearest keyframes (approximate) and parallel exact decoding."""
+"""The two faster ways to read frames: nearest keyframes (approximate) and parallel exact decoding.
+
+Media only (no torch): these run in the media tests' venv too (scripts/test_media.sh). How the
+model's stream and the CLI use the readers is in test_fast_decode_stream.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from malmm_cli.feature_cache import FeatureCache
 from malmm_cli.keyframes import KeyframeReader
 from malmm_cli.parallel import ParallelReader
-from malmm_cli.pipeline import Sampling, VideoStream
 from malmm_cli.video import VideoError, VideoReader, probe, sample_times
 from tests import media
 
@@ -46,15 +48,13 @@ def test_keyframes_are_the_nearest_each_delivered_once(clips) -> None:
     assert reader.report.requested == 20 and reader.report.delivered == len(frames) == 8
 
 
-def test_times_that_share_a_keyframe_are_said(clips, tiny_malmm, tmp_path: Path) -> None:
-    cache = FeatureCache(tmp_path / "cache")
-    for replay in (False, True):  # read, then from the feature cache: the note is kept with the features
-        with VideoStream(tiny_malmm, clips["gop25"], Sampling(frames=20, seek="keyframe"), cache=cache) as stream:
-            assert len(list(stream)) == 8 and stream.from_cache == replay  # 20 times, 8 keyframes
-            assert stream.notes() == [
-                "--seek keyframe read 8 distinct frames of the 20 asked for: the video has too few keyframes, so "
-                "several times share their nearest one (--seek exact reads them all)"
-            ]
+def test_keyframes_of_a_video_whose_tags_are_not_utf8(clips, tmp_path: Path) -> None:
+    """The keyframe reader opened the file itself without ignoring such tags: with PyAV before 19 a
+    Latin-1 title that probing let through stopped it with UnicodeDecodeError."""
+    path = media.with_tags_not_utf8(clips["gop25"], tmp_path / "latin1.mp4")
+    info = probe(path)
+    frames = list(KeyframeReader(path, info).frames([0.0, 5.0, 10.0]))
+    assert [(frame.time, media.read_barcode(frame.image)) for frame in frames] == [(0.0, 0), (5.0, 50), (10.0, 100)]
 
 
 def test_keyframe_pictures_are_rotated_like_opencv(clips) -> None:
@@ -67,13 +67,9 @@ def test_keyframe_pictures_are_rotated_like_opencv(clips) -> None:
     assert np.abs(keyframe.image.astype(int) - exact.image.astype(int)).mean() < 8  # same picture, other converter
 
 
-def test_keyframes_only_for_h264(clips, tiny_malmm) -> None:
+def test_keyframe_reader_is_for_h264_only(clips) -> None:
     with pytest.raises(VideoError, match=r"H\.264 only"):
         KeyframeReader(clips["vp9"])
-    with VideoStream(tiny_malmm, clips["vp9"], Sampling(frames=4, seek="keyframe")) as stream:
-        assert len(list(stream)) == 4  # read exactly instead
-        assert stream.notes() == ["keyframe sampling supports H.264 only: exact frames read from this vp9"]
-        assert stream.warnings() == []
 
 
 @pytest.mark.parametrize("name", ["gop25", "vfr", "cut"])
@@ -99,13 +95,3 @@ def test_stopping_early_ends_the_workers(clips) -> None:
         next(frames)
         frames.close()
     assert multiprocessing.active_children() == []
-
-
-def test_cli_options_reach_the_reader(run, clips) -> None:
-    keyframe = run("caption", clips["gop25"], "--fps", "1", "--seek", "keyframe", "--format", "json", "--no-cache")
-    assert keyframe.exit_code == 0, keyframe.stderr
-    assert '"frames": 8' in keyframe.stdout
-    exact = run("caption", clips["gop25"], "--fps", "1", "--format", "json", "--no-cache")
-    parallel = run("caption", clips["gop25"], "--fps", "1", "--decode-workers", "2", "--format", "json", "--no-cache")
-    assert exact.exit_code == parallel.exit_code == 0
-    assert exact.stdout == parallel.stdout and '"frames": 20' in exact.stdout

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import stat
 import warnings
 from pathlib import Path
 
@@ -514,6 +516,41 @@ def test_refuses_what_would_lose_or_mix_work(tiny_llama_dir: Path, scenes: Path,
     assert fresh.exit_code == 2 and "no saved run to resume" in fresh.output
 
 
+def test_resume_can_raise_epochs(tiny_llama_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    """A finished run goes on with more epochs (its schedule stretched to the new length, as a
+    run planned that long would have it); fewer epochs are refused, and --resume without
+    --epochs goes on to the run's own length, not the task's default."""
+    run = tmp_path / "run"
+    args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--batch-size", "8", "--warmup-steps", "1"]
+    assert malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--epochs", "1", "-q").exit_code == 0
+    more = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--epochs", "3", "--resume")
+    assert more.exit_code == 0, more.output
+    steps = json.loads((run / "resume" / "state.json").read_text())["position"]["step"]
+    assert "going on to 3 epochs (planned: 1): the learning-rate schedule is stretched" in more.output
+    planned = warmup_cosine(torch.optim.SGD([torch.zeros(1)], lr=2e-3), steps, 1).lr_lambdas[0]
+    assert f"lr {2e-3 * planned(steps // 3):.3g} at step {steps // 3} of {steps}" in more.output  # a 3-epoch run's
+    info = json.loads((run / "training.json").read_text())
+    assert len(info["epochs"]) == 3 and info["settings"]["epochs"] == 3
+    fewer = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--epochs", "2", "--resume")
+    assert fewer.exit_code == 2 and "can raise --epochs, not lower it" in fewer.output
+    same = malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args, "--resume", "-q")
+    assert same.exit_code == 0, same.output
+    assert len(json.loads((run / "training.json").read_text())["epochs"]) == 3
+
+
+def test_checkpoints_respect_the_umask(tiny_llama_dir: Path, scenes: Path, tmp_path: Path) -> None:
+    """The weights and the resumable state get the mode any other file gets (safetensors alone
+    would write them 0600, unreadable to a group that shares the run)."""
+    previous = os.umask(0o027)
+    try:
+        args = ["--task", "classify", "--model", tiny_llama_dir, *TRAIN, "--epochs", "1", "-q"]
+        assert malmm_cli("train", scenes / "labels.jsonl", "--output", tmp_path / "run", *args).exit_code == 0
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "resume/state.safetensors", "training.json", "resume/state.json"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o640, name
+
+
 def test_resume_refuses_other_data(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the run reads is compared as its settings are: another split, or DATA edited in place
     (same path, rows reordered), would give the saved position and best epoch other meanings. The
@@ -566,9 +603,12 @@ def test_bad_examples_are_reported_once_and_skipped(tiny_llama_dir: Path, scenes
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = malmm_cli("train", data, "--task", "classify", "--output", tmp_path / "run", "--model", tiny_llama_dir,
                        *TRAIN, "--epochs", "3")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert result.output.count("missing.mp4") == 1 and result.output.count("notes.mp4") == 1
-    assert "2 examples could not be read and were left out" in result.output
+    assert result.exit_code == 1, result.output  # as eval ends when some videos could not be read
+    assert (tmp_path / "run" / "model.safetensors").is_file()  # saved first, trained on the rest
+    (summary,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "2 examples could not be read and were left out: with-bad.jsonl line 7 (" in summary
+    assert "missing.mp4), with-bad.jsonl line 8 (" in summary and "notes.mp4)" in summary
+    assert result.output.count("missing.mp4") == 2 and result.output.count("notes.mp4") == 2  # once each above
     assert all(e["examples"] == 6 for e in json.loads((tmp_path / "run" / "training.json").read_text())["epochs"])
 
 
@@ -583,7 +623,7 @@ def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_pat
     val = _write(tmp_path / "val.jsonl", rows("2.mp4", "gone-too.mp4", "3.mp4"))
     result = malmm_cli("train", data, "--val", val, "--task", "classify", "--output", tmp_path / "run",
                        "--model", tiny_llama_dir, *TRAIN, "--batch-size", "1", "--epochs", "2")  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if "no such file" in line]
     assert len(lines) == 2 and lines[0].startswith("warning: train.jsonl line 1 (") and "gone.mp4" in lines[0]
     assert lines[0].endswith("left out of training"), lines

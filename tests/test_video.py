@@ -181,6 +181,40 @@ def test_probe_reports_displayed_size_and_rotation(clips: dict[str, Path], name:
     assert (info.width, info.height, info.rotation) == (64, 96, rotation)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_tags_that_are_not_utf8_do_not_stop_a_video(clips: dict[str, Path], tmp_path: Path, suffix: str) -> None:
+    """A Latin-1 title and handler name: PyAV before 19 refused the file unless told to ignore
+    them, and PyAV 19 refuses that instruction (TypeError on every video)."""
+    path = media.with_tags_not_utf8(clips["gop1s"], tmp_path / f"latin1{suffix}")
+    assert b"caf\xe9-tag" in path.read_bytes()
+    check_readable(path)
+    info = probe(path)
+    assert (info.duration, info.fps, info.codec) == (pytest.approx(20.0, abs=0.05), 25.0, "h264")
+    frames, report = read_all(path, sample_times(info.duration, frames=4))
+    assert report.missing == [] and [media.read_barcode(f.image) for f in frames] == [62, 187, 312, 437]
+    with video.open_input(path) as container:  # tags still readable; the bytes that are not UTF-8 never raise
+        assert container.metadata["title"].startswith("malmm-caf")
+
+
+@pytest.mark.parametrize(
+    ("version", "arguments"),
+    [
+        ("14.0.1", {"metadata_errors": "ignore"}),
+        ("18.1.0", {"metadata_errors": "ignore"}),
+        ("19.0.0", {}),  # removed: tags are always decoded with surrogateescape
+        ("19.1.0rc1", {}),
+        ("20.0.0.dev3", {}),
+    ],
+)
+def test_tag_decoding_follows_the_pyav_version(version: str, arguments: dict) -> None:
+    assert video._tag_decoding(version) == arguments
+
+
+def test_an_unknown_pyav_version_is_said() -> None:
+    with pytest.raises(ValueError, match="not a PyAV version: 'main'"):
+        video._tag_decoding("main")
+
+
 # --- sample_times -----------------------------------------------------------------------------------
 
 

@@ -139,6 +139,22 @@ def test_sources_are_told_apart(tmp_path: Path) -> None:
     assert parse_source(str(fragmented)).follow
 
 
+def test_a_file_whose_tags_are_not_utf8_is_read(tmp_path: Path) -> None:
+    """Opening a source ignored no tags: with PyAV before 19 a Latin-1 title stopped the reader
+    ("reading stopped: 'utf-8' codec can't decode..."), with PyAV 19 the argument that ignores
+    them is gone; both go through video.open_input now."""
+    clip = media.make_video(tmp_path / "clip.mp4", seconds=2, fps=10, size=(64, 48))
+    tagged = media.with_tags_not_utf8(clip, tmp_path / "latin1.mp4")
+    reader = LiveReader(parse_source(str(tagged)), 10, lambda image: image, timeout=5, buffered=100)
+    reader.start()
+    pictures = []
+    while taken := reader.take(100):
+        pictures.extend(frame.pixels for frame in taken)
+    reader.close()
+    assert (reader.ended, reader.failed) == ("end", False)
+    assert [media.read_barcode(picture) for picture in pictures] == list(range(20))
+
+
 def test_event_formats_append_and_escape(tmp_path: Path) -> None:
     first = WatchEvent(0.0, 10.0, "2026-12-02T10:00:00.000+00:00", "a <b>dog</b> --> runs", 10, 0, 0.25)
     second = WatchEvent(10.0, 20.0, "2026-12-02T10:00:10.000+00:00", "a cat", 7, 3, 1.5, "who?", "nobody", 1)

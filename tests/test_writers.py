@@ -120,7 +120,7 @@ def test_csv_quotes_and_columns() -> None:
     rows = list(csv.reader(io.StringIO(writers.to_csv(caption_result()))))
     assert tuple(rows[0]) == writers.CSV_HEADER
     assert rows[1][4:6] == ["caption", "a man cooks eggs, then serves them"]
-    assert rows[-1] == ["clips/cook.mp4", "caption", "120.000", "130.500", "segment", 'he says "done", smiling', ""]
+    assert rows[-1] == ["clips/cook.mp4", "caption", "120.000", "130.500", "segment", 'he says "done", smiling', "", ""]
     labelled = VideoResult("v.mp4", "predict", 5.0, 3, 0.0, 4.0)
     labelled.labels = [RankedLabel("cooking", -1.2, 0.7), RankedLabel("eating", -2.0, 0.3)]
     rows = list(csv.reader(io.StringIO(writers.to_csv(labelled, header=False))))
