@@ -33,8 +33,6 @@ from torch import nn
 from transformers import DynamicCache, MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from models.compat import cache_argument
-
 TEMPORAL_KINDS = ("none", "mamba")
 # The default module: one layer, no expansion (a state of E x (S + K) = D x 20 floats per query).
 DEFAULT_SIZES = {"layers": 1, "state_size": 16, "conv_kernel": 4, "expand": 1}
@@ -72,8 +70,6 @@ class TemporalMamba(nn.Module):
         eps = self.mamba_config.layer_norm_epsilon
         self.norms = nn.ModuleList(MambaRMSNorm(settings["width"], eps=eps) for _ in layers)
         self.mixers = nn.ModuleList(MambaMixer(self.mamba_config, layer_idx=i) for i in layers)
-        # `cache_params` before transformers 5.24, `cache` since: MambaMixer takes the other name silently
-        self.cache_argument = cache_argument(MambaMixer.forward)
         self.out_norm = MambaRMSNorm(settings["width"], eps=eps)
         self.gate = nn.Parameter(torch.zeros(()))  # a: tanh(0) = 0, the module starts closed
         if self.gate.device.type != "meta":  # transformers builds on meta, then loads or calls _init_weights
@@ -104,8 +100,9 @@ class TemporalMamba(nn.Module):
         """mamba(z): [L, T, D] -> [L, T, D], L independent sequences (blocks as in MambaModel)."""
         hidden = sequences
         for norm, mixer in zip(self.norms, self.mixers, strict=True):
-            # residual in float32 (the memory path)
-            hidden = hidden + mixer(norm(hidden), **{self.cache_argument: cache})
+            # The cache goes second, by position: `cache_params` before transformers 5.24, `cache` since (a
+            # wrong name vanishes into **kwargs), and some versions wrap forward and hide its signature.
+            hidden = hidden + mixer(norm(hidden), cache)  # residual in float32 (the memory path)
         return self.out_norm(hidden)
 
     def _gated(self, z: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:

@@ -11,7 +11,6 @@ import torch
 
 from models import Malmm
 from models.checkpoint import CheckpointError, load_checkpoint, save_trained
-from models.compat import cache_argument
 from models.temporal import TemporalMamba, state_tensors, temporal_settings
 from models.training import read_clip, trainable_parameters
 
@@ -110,7 +109,7 @@ def test_state_size_after_5000_frames_equals_after_2(malmm: Malmm) -> None:
 
 def test_a_step_fills_the_state_of_every_layer(malmm: Malmm) -> None:
     """After one frame each layer holds a convolution state [R*NQ, E, K] and an SSM state [R*NQ, E, S]:
-    the mixers got the cache under the name this transformers version reads (a wrong name goes to
+    the mixers got the cache (given by a name this transformers version does not read, it goes to
     **kwargs and the module steps every frame as if it were the first)."""
     model = malmm.model
     opened(model.add_temporal("mamba", layers=2))
@@ -118,17 +117,6 @@ def test_a_step_fills_the_state_of_every_layer(malmm: Malmm) -> None:
     sequences, width = 2 * model.config.num_query_tokens, model.temporal.settings["width"]
     shapes = sorted(tuple(t.shape) for t in state_tensors(state.temporal))
     assert shapes == sorted([(sequences, width, 4), (sequences, width, 16)] * 2)
-
-
-def test_the_cache_argument_is_read_from_the_signature() -> None:
-    def old(hidden_states, cache_params=None, **kwargs): ...
-    def new(hidden_states, cache=None, past_key_values=None, **kwargs): ...
-    def none(hidden_states, **kwargs): ...
-
-    assert cache_argument(old) == "cache_params"
-    assert cache_argument(new) == "cache"
-    with pytest.raises(TypeError, match="not one malmm supports"):
-        cache_argument(none)
 
 
 def test_select_and_copy_carry_the_temporal_state(malmm: Malmm) -> None:
