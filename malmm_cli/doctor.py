@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,28 @@ def check_python() -> list[Check]:
     return [Check("Python", "ok" if ok else "fail", f"{platform.python_version()} ({sys.executable})")]
 
 
+def declared_floors() -> dict[str, str]:
+    """The lowest versions malmm's installed metadata allows (pyproject.toml's `>=`), by package: read
+    there rather than written here, so doctor cannot drift from the floors CI checks."""
+    floors = {}
+    for requirement in requires("malmm") or []:
+        floor = re.match(r"^([A-Za-z0-9_.-]+)[^;]*?>=\s*([0-9][^,;)\s]*)", requirement)
+        if floor and "extra ==" not in requirement:
+            floors[floor[1].lower().replace("_", "-")] = floor[2]
+    return floors
+
+
 def check_packages() -> list[Check]:
+    from packaging.version import Version  # transformers' own dependency
+
     rows = []
-    for package, minimum in (("torch", "2.5"), ("transformers", "5.0"), ("huggingface-hub", "1.0")):
-        found = _version(package)
+    floors = declared_floors()
+    for package in ("torch", "transformers", "huggingface-hub"):
+        found, minimum = _version(package), floors.get(package)
         if found is None:
             rows.append(Check(package, "fail", "not installed"))
             continue
-        old = tuple(int(p) for p in found.split("+")[0].split(".")[:2]) < tuple(int(p) for p in minimum.split("."))
+        old = minimum is not None and Version(found) < Version(minimum)
         rows.append(Check(package, "fail" if old else "ok", found + (f" (malmm needs >= {minimum})" if old else "")))
     pyav = _version("av")
     missing = "not installed: files are probed by OpenCV alone (plainer reasons), no --seek keyframe"

@@ -10,9 +10,10 @@ import copy
 import warnings
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
+from models.compat import cache_keyword
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import GenerationSettings
 
@@ -160,10 +161,14 @@ class _DecoderPrefix:
         self.embed = model.get_input_embeddings()
         self.mask = prefix_mask
         positions = (prefix_mask.cumsum(dim=1) - 1).clamp(min=0)  # padding takes no position, as in generate
-        out = self.language_model.get_decoder()(
-            inputs_embeds=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True
-        )
-        self.cache = out.cache
+        decoder = self.language_model.get_decoder()
+        # The cache is ours, filled in place: its name in the call and in the output changed in 5.24
+        self.cache_keyword = cache_keyword()
+        self.cache = DynamicCache(config=decoder.config)
+        out = decoder(
+            inputs_embeds=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+            **{self.cache_keyword: self.cache},
+        )  # fmt: skip
         self.last = out.last_hidden_state[:, -1:]  # [B, 1, H]: predicts the first label token
 
     def label_logits(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -176,7 +181,7 @@ class _DecoderPrefix:
         positions = start + torch.arange(ids.shape[1], device=ids.device)
         hidden = self.language_model.get_decoder()(
             inputs_embeds=self.embed(ids).repeat(batch, 1, 1), attention_mask=mask, position_ids=positions,
-            cache=cache, use_cache=True,
+            use_cache=True, **{self.cache_keyword: cache},
         ).last_hidden_state  # fmt: skip
         predicting = torch.cat([self.last.repeat_interleave(count, 0), hidden[:, :-1]], dim=1)  # [B*K, L, H]
         return self.language_model.get_output_embeddings()(predicting).float()

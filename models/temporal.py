@@ -100,7 +100,9 @@ class TemporalMamba(nn.Module):
         """mamba(z): [L, T, D] -> [L, T, D], L independent sequences (blocks as in MambaModel)."""
         hidden = sequences
         for norm, mixer in zip(self.norms, self.mixers, strict=True):
-            hidden = hidden + mixer(norm(hidden), cache=cache)  # residual in float32 (the memory path)
+            # The cache goes second, by position: `cache_params` before transformers 5.24, `cache` since (a
+            # wrong name vanishes into **kwargs), and some versions wrap forward and hide its signature.
+            hidden = hidden + mixer(norm(hidden), cache)  # residual in float32 (the memory path)
         return self.out_norm(hidden)
 
     def _gated(self, z: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -38,6 +40,19 @@ def test_exit_status(monkeypatch) -> None:
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1
     assert "missing or broken: decode H.264" in result.stdout
+
+
+def test_package_floors_are_the_declared_ones(monkeypatch) -> None:
+    """doctor's minimum versions are pyproject's floors (it said transformers 5.0 when 5.14 was needed)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = doctor.declared_floors()  # from the installed metadata: reinstall after editing pyproject.toml
+    assert {f"{name}>={floor}" for name, floor in floors.items()} == {d.split(",")[0].split()[0] for d in declared}
+    assert "pytest" not in floors  # extras are not requirements of malmm
+    monkeypatch.setattr(doctor, "_version", lambda package: {"transformers": "0.1"}.get(package, "99.0"))
+    rows = {check.name: check for check in doctor.check_packages()}
+    assert rows["transformers"].status == "fail" and f"needs >= {floors['transformers']}" in rows["transformers"].detail
+    assert rows["torch"].status == "ok" and rows["huggingface-hub"].status == "ok"
 
 
 def test_cpu_recommendation_follows_the_memory_plan(monkeypatch) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from models import Malmm
 from models.checkpoint import CheckpointError, load_checkpoint, save_trained
-from models.temporal import TemporalMamba, temporal_settings
+from models.temporal import TemporalMamba, state_tensors, temporal_settings
 from models.training import read_clip, trainable_parameters
 
 PROMPTS = ["what does the video describe?", "what is it?"]
@@ -105,6 +105,18 @@ def test_state_size_after_5000_frames_equals_after_2(malmm: Malmm) -> None:
                 sizes[t + 1] = ([tuple(x.shape) for x in state.tensors()], state.nbytes())
     assert sizes[2] == sizes[5000]
     assert torch.isfinite(output).all()
+
+
+def test_a_step_fills_the_state_of_every_layer(malmm: Malmm) -> None:
+    """After one frame each layer holds a convolution state [R*NQ, E, K] and an SSM state [R*NQ, E, S]:
+    the mixers got the cache (given by a name this transformers version does not read, it goes to
+    **kwargs and the module steps every frame as if it were the first)."""
+    model = malmm.model
+    opened(model.add_temporal("mamba", layers=2))
+    _, state = read(model, features(1))
+    sequences, width = 2 * model.config.num_query_tokens, model.temporal.settings["width"]
+    shapes = sorted(tuple(t.shape) for t in state_tensors(state.temporal))
+    assert shapes == sorted([(sequences, width, 4), (sequences, width, 16)] * 2)
 
 
 def test_select_and_copy_carry_the_temporal_state(malmm: Malmm) -> None:
