@@ -1,12 +1,13 @@
 """The `malmm` command: a thin Typer layer over pipeline.py.
 
 Exit status: 0 every input succeeded (or was already done), 1 some input failed or was only
-partly readable, 2 usage error (bad option, or a model/checkpoint that cannot be loaded),
-130 interrupted (Ctrl-C).
+partly readable, 2 usage error (bad option, a model/checkpoint that cannot be loaded, or a Ray
+cluster that cannot be joined), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -654,26 +655,30 @@ def _run(
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
         stdout = StdoutWriter(options.formats[0], single=single, settings=settings) if printing else None
-        read, videos_at_once = None, 1
+        read, videos_at_once, on_ray = None, 1, contextlib.nullcontext()
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
             read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
+            from malmm_cli.ray_engine import session
+
+            on_ray = session()  # stdout (held by `stdout` already) gets results only, none of Ray's lines
         elif pending:
             malmm = load_model(options, task, reporter, readers=len(readers), frames=options.most_frames(task))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
         if pending or (resume.skipped and stdout is not None):
             skipped = {outcome.path for outcome in resume.skipped}
-            ran = run_batch(
-                [item for item in inputs if item in pending or item.name in skipped],  # in input order
-                read,
-                videos_at_once=videos_at_once,
-                reporter=reporter,
-                formats=options.formats,
-                output_dir=options.output_dir,
-                stdout=stdout,
-                settings=settings,
-                redone=resume.redone,
-                skipped=resume,
-            )
+            with on_ray:
+                ran = run_batch(
+                    [item for item in inputs if item in pending or item.name in skipped],  # in input order
+                    read,
+                    videos_at_once=videos_at_once,
+                    reporter=reporter,
+                    formats=options.formats,
+                    output_dir=options.output_dir,
+                    stdout=stdout,
+                    settings=settings,
+                    redone=resume.redone,
+                    skipped=resume,
+                )
             outcomes += [outcome for outcome in ran if outcome.status != "skipped"]  # those are in already
         elif stdout is not None:
             stdout.close()
@@ -764,7 +769,7 @@ def _ray_reader(
         reporter.error("--engine ray needs Ray: pip install 'malmm[ray]'")
         raise typer.Exit(EXIT_USAGE)
     from malmm_cli.pipeline import Memory
-    from malmm_cli.ray_engine import RayOptions, ReadJob, ray_reader
+    from malmm_cli.ray_engine import ClusterError, RayOptions, ReadJob, connect, ray_reader
 
     job = ReadJob(
         load=_load_options(options, task, len(readers), frames=options.most_frames(task)), readers=tuple(readers),
@@ -774,6 +779,11 @@ def _ray_reader(
         thumbnails="html" in options.formats,
     )  # fmt: skip
     where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
+    try:
+        connect(where)  # once, before any video: a cluster that refuses is one line, not a failure per video
+    except ClusterError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from None
     return ray_reader(job, where, show_progress=not options.quiet)
 
 

@@ -347,16 +347,34 @@ class _Connection:
         if not self.container.streams.video:
             self.container.close()
             raise SourceError("it has no video stream")
-        self.follow = source.follow
+        self.follow, self.timeout = source.follow, timeout
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
 
     def frames(self) -> Iterator[tuple[float | None, Callable[[], np.ndarray]]]:
+        """Decoded frames as they arrive. A packet the decoder refuses is skipped, as ffmpeg does:
+        a stream joined while it plays starts mid-GOP (often with no picture size known yet, the
+        probe being short), and its packets cannot be decoded until the next keyframe. Only when
+        nothing decodes for `timeout` s is the stream failed, with the decoder's reason."""
         import av
 
+        refused_since: float | None = None  # when the decoder began refusing every packet
         try:
-            for frame in self.container.decode(self.stream):
-                yield frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24")
+            for packet in self.container.demux(self.stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError as error:
+                    now = time.monotonic()
+                    refused_since = now if refused_since is None else refused_since
+                    if now - refused_since > self.timeout:
+                        raise SourceError(
+                            f"nothing could be decoded for {self.timeout:g} s ({_reason(error)})"
+                        ) from None
+                    continue
+                if decoded:
+                    refused_since = None
+                for frame in decoded:
+                    yield frame.time, lambda frame=frame: frame.to_ndarray(format="rgb24")
         except av.error.ExitError:
             if self.follow:  # a followed file that stopped growing has ended
                 return

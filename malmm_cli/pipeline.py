@@ -123,6 +123,8 @@ class _Run:
         self.last = frame.time
 
     def result(self, stream: VideoStream, path: str | Path, task: str) -> VideoResult:
+        thumbnails = stream.thumbnails  # replayed frames' pictures: decoded now, those few frames alone
+        preview = None if thumbnails is None else thumbnails.preview(stream.missing(), stream.ended_at, stream.pictures)
         return VideoResult(
             path=str(path),
             task=task,
@@ -132,7 +134,7 @@ class _Run:
             last_frame=self.last,
             warnings=stream.warnings(),
             notes=stream.notes() + self.notes,
-            preview=None if stream.thumbnails is None else stream.thumbnails.preview(stream.missing(), stream.ended_at),
+            preview=preview,
             clip=stream.clip,
         )
 

@@ -10,13 +10,19 @@ actor that dies while reading is restarted and its video tried once more; a vide
 its actor twice is reported failed, the others go on.
 
 Paths must be visible to every node (shared storage). Needs the `ray` extra: pip install 'malmm[ray]'.
+
+stdout carries results only: Ray's driver prints the raylet's messages (a worker that died, a task
+retried) to `sys.stdout` whatever `log_to_driver` says (that setting covers the workers' own
+output), so while Ray works here `sys.stdout` is stderr; the results' writer keeps the real one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,14 @@ from malmm_cli.video import VideoError
 from models import GenerationSettings
 
 DIED_TWICE = "the Ray worker reading it died twice (out of memory on its node, or killed)"
+TOKEN_HINT = "give this machine the cluster's token: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+
+
+class ClusterError(Exception):
+    """The Ray cluster cannot be joined; str(error) is one line saying why."""
+
+
+_started_here = False  # whether connect() started the Ray connection (and so may end it)
 
 
 @dataclass(frozen=True)
@@ -115,11 +129,67 @@ def _nan(value: float | None) -> float:
 
 
 def connect(options: RayOptions) -> None:
-    """Join the cluster at `address`, or start a local one (once per process)."""
+    """Join the cluster at `address`, or start a local one (once per process). ClusterError if it
+    cannot be joined: a wrong address, or a token its authentication refuses (Ray itself tries
+    for about 20 s), so the command says so once, before any video."""
+    global _started_here
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized():
+        return
+    try:
+        with ray_prints_to_stderr():
+            ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    except Exception as error:  # ConnectionError (the cause says why), ValueError, RuntimeError...
+        where = f"at {options.address}" if options.address else "(RAY_ADDRESS, or a local one)"
+        raise ClusterError(f"cannot join the Ray cluster {where}: {_join_failure(error)}") from None
+    _started_here = True
+
+
+def _join_failure(error: Exception) -> str:
+    """Why ray.init failed, in one line: the cause it wraps (the first sentence of it)."""
+    import ray.exceptions
+
+    chain, cause = [], error
+    while cause is not None and cause not in chain:  # ConnectionError <- RuntimeError <- AuthenticationError
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    refused = (ray.exceptions.AuthenticationError, "AuthenticationError", "InvalidAuthToken")  # the last two: as text
+    if any(isinstance(cause, refused[0]) or any(word in str(cause) for word in refused[1:]) for cause in chain):
+        return f"its token authentication refused this machine's token ({TOKEN_HINT})"
+    deepest = chain[1] if len(chain) > 1 else chain[0]  # what ray.init's "Failed to connect" wraps
+    text = str(deepest).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(deepest).__name__
+
+
+def disconnect() -> None:
+    """End the Ray connection connect() made (its listener is joined: nothing more of Ray's is
+    printed after this), leaving one the caller made alone."""
+    global _started_here
+    import ray
+
+    if _started_here and ray.is_initialized():
+        with ray_prints_to_stderr():
+            ray.shutdown()
+    _started_here = False
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """A command's run on Ray: Ray's prints go to stderr throughout (a worker's death is told
+    while results are still being written), and the connection connect() made ends with it."""
+    try:
+        with ray_prints_to_stderr():
+            yield
+    finally:
+        disconnect()
+
+
+@contextlib.contextmanager
+def ray_prints_to_stderr() -> Iterator[None]:
+    """While Ray works, what it prints to sys.stdout (the raylet's messages) goes to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def pool_size(options: RayOptions) -> tuple[int, float]:
@@ -139,10 +209,14 @@ def ray_reader(
     calling `done(i, result)` as each video comes back (in the order they finish)."""
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
+        connect(options)
+        with ray_prints_to_stderr():  # `done` writes results to the writer's own stdout
+            return _read(items, progress, done)
+
+    def _read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
         import ray.data
         from ray.util.annotations import RayDeprecationWarning
 
-        connect(options)
         context = ray.data.DataContext.get_current()
         context.max_errored_blocks = -1  # a video whose actor died twice fails alone, not the job
         context.enable_progress_bars = show_progress

@@ -291,7 +291,7 @@ class VideoStream:
                 for index, target, time_s, feature in zip(indices.tolist(), targets.tolist(), times.tolist(),
                                                           features, strict=True):  # fmt: skip
                     if self.thumbnails is not None:
-                        self.thumbnails.replayed_frame()
+                        self.thumbnails.replayed_frame(target, time_s)
                     yield Sample(index, target, time_s), feature.unsqueeze(0)
                     resume = index + 1
         except CacheReadError as error:
@@ -303,6 +303,16 @@ class VideoStream:
         self._replayed_missing = missing
         self._replayed_end = cached.meta["ended_at"]
         return None
+
+    def pictures(self, targets: list[float]) -> Iterator[tuple[float, float, np.ndarray]]:
+        """(target, time, RGB image) of these planned times only: the few thumbnails of frames
+        replayed from the feature cache, which were not decoded in this run."""
+        reader = VideoReader(self.path, probe(self.path))
+        try:
+            for frame in reader.frames(targets):
+                yield frame.target, frame.time, frame.image
+        finally:
+            reader.close()
 
     def notes(self) -> list[str]:
         """How the frames were read, where it differs from what was asked (not a failure)."""

@@ -4,14 +4,15 @@
 keeps, for every span of each grid it was given (segments, timeline intervals, and a few spans
 over the whole video), the frame planned nearest the span's middle, shrunk to a small JPEG. So
 an hour's report holds one picture per band, never one per sampled frame, and no frame is
-decoded twice. Frames replayed from the feature cache were not decoded in this run: they are
-counted, and the report says why their pictures are missing.
+decoded twice. Frames replayed from the feature cache were not decoded in this run: the same
+choice is made among them by time alone, and only the few frames chosen are decoded at the end
+(`preview(decode=...)`), so a report from cached features has its pictures too.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import cv2
@@ -19,10 +20,15 @@ import numpy as np
 from PIL import Image
 
 from malmm_cli.results import Preview, Thumbnail
+from malmm_cli.video import VideoError
 
 THUMBNAIL_WIDTH = 192  # pixels: sharp enough on a phone, ~5 KB as JPEG
 JPEG_QUALITY = 70
 OVERVIEW_SPANS = 8  # pictures across the whole video, for videos without segments and the folder index
+
+
+Decode = Callable[[list[float]], Iterable[tuple[float, float, np.ndarray]]]
+"""Planned times -> (target, time, RGB image) of each that decodes (VideoStream.pictures)."""
 
 
 class Spans(Protocol):
@@ -55,14 +61,24 @@ class ThumbnailCollector:
         self.grids = list(grids)
         self.planned = list(planned)
         self.duration = duration
-        self._best: list[tuple[int, float, float, float, np.ndarray] | None] = [None] * len(self.grids)
+        self._best: list[tuple[int, float, float, float, np.ndarray | None] | None] = [None] * len(self.grids)
         self._kept: dict[float, Thumbnail] = {}  # by target: grids that pick the same frame share it
+        self._wanted: set[float] = set()  # targets chosen among replayed frames: decoded in preview()
         self.decoded = 0
         self.replayed = 0
 
     def offer(self, target: float, time: float, image: np.ndarray) -> None:
         """A frame just decoded (RGB, as stored in the file, before any training transform)."""
         self.decoded += 1
+        self._consider(target, time, image)
+
+    def replayed_frame(self, target: float, time: float) -> None:
+        """A frame whose features came from the feature cache: not decoded in this run. If it is
+        the one a span keeps, preview() decodes it (that frame alone)."""
+        self.replayed += 1
+        self._consider(target, time, None)
+
+    def _consider(self, target: float, time: float, image: np.ndarray | None) -> None:
         for number, grid in enumerate(self.grids):
             span = grid.index(target)
             start, end = grid.span(span)
@@ -74,29 +90,39 @@ class ThumbnailCollector:
             if best is None or distance < best[1]:
                 self._best[number] = (span, distance, target, time, image)
 
-    def replayed_frame(self) -> None:
-        """A frame whose features came from the feature cache: not decoded, so no picture."""
-        self.replayed += 1
-
-    def _keep(self, best: tuple[int, float, float, float, np.ndarray]) -> None:
+    def _keep(self, best: tuple[int, float, float, float, np.ndarray | None]) -> None:
         _, _, target, time, image = best
-        if target not in self._kept:
+        if image is None:
+            self._wanted.add(target)
+        elif target not in self._kept:
             picture = shrink(image)
             self._kept[target] = Thumbnail(target, time, picture.jpeg, picture.width, picture.height)
 
-    def preview(self, missing: Sequence[float] = (), ended_at: float | None = None) -> Preview:
+    def preview(
+        self, missing: Sequence[float] = (), ended_at: float | None = None, decode: Decode | None = None
+    ) -> Preview:
         """The pictures kept, in time order, with the damaged spans: `missing` are the planned
         times whose frame could not be decoded, `ended_at` where decoding stopped before the end
-        (if it did). Call once the stream has ended."""
+        (if it did). decode: reads the frames chosen among those replayed from the feature cache
+        (without it, or where it fails, the report says why those pictures are missing). Call once
+        the stream has ended."""
         for number, best in enumerate(self._best):
             if best is not None:
                 self._keep(best)
                 self._best[number] = None
+        wanted = sorted(self._wanted.difference(self._kept))
+        if wanted and decode is not None:
+            try:
+                for target, time, image in decode(wanted):
+                    self._keep((0, 0.0, target, time, image))
+            except (VideoError, OSError):  # not worth failing a video for: the report says they are missing
+                pass
+        unmade = len(self._wanted.difference(self._kept))
         reason = None
-        if self.replayed:
+        if unmade:
             reason = (
-                f"{self.replayed} of {self.replayed + self.decoded} frames were not decoded in this run: their vision "
-                "features came from the feature cache, so there is no picture of them (--no-cache decodes every frame)"
+                f"{unmade} pictures are missing: their frames' vision features came from the feature cache and the "
+                "frames could not be decoded again (--no-cache decodes every frame)"
             )
         thumbnails = sorted(self._kept.values(), key=lambda t: t.target)
         return Preview(thumbnails, damaged_spans(self.planned, missing, self.duration, ended_at), reason)

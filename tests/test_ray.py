@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -82,10 +84,11 @@ def test_ray_engine_writes_what_the_local_engine_writes(
 
 
 def test_a_killed_worker_loses_only_its_video(
-    cluster: None, tiny_llama_dir: Path, videos: Path, tmp_path: Path
+    cluster: None, tiny_llama_dir: Path, videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A video whose actor dies is read again by a restarted actor; one that kills it twice
-    fails alone with that reason; a video failing inside an actor is an error row."""
+    fails alone with that reason; a video failing inside an actor is an error row. Ray's
+    `(raylet)` lines about the deaths go to stderr: stdout carries results only (JSONL for jq)."""
     once, always, failing = videos / "clip0.mp4", videos / "clip1.mp4", videos / "clip2.mp4"
     marker = tmp_path / "killed-once"
 
@@ -108,10 +111,45 @@ def test_a_killed_worker_loses_only_its_video(
     finished = []
     read = ray_reader(job, RayOptions(workers=2, gpus_per_worker=0), show_progress=False)
     results = read(items, [_NoProgress() for _ in items], lambda number, result: finished.append(number))
+    printed = capsys.readouterr()
+    assert "(raylet)" not in printed.out and "worker died" not in printed.out, printed.out
     assert isinstance(results[0], VideoResult) and results[0].frames == 4
     assert isinstance(results[1], VideoError) and str(results[1]) == DIED_TWICE
     assert isinstance(results[2], VideoError) and str(results[2]) == "made to fail"
     assert sorted(finished) == [0, 1, 2] and marker.exists()
+
+
+def test_a_cluster_that_refuses_the_token_is_one_line_before_any_video(tiny_llama_dir: Path, videos: Path,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """--address of a cluster whose token authentication refuses this machine's token: one line
+    saying so and exit status 2, before any video (it failed each video after ~20 s before)."""
+    home = tmp_path / "home"  # no ~/.ray/auth_token of the user's is read or written
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False); "
+         "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**env, "RAY_AUTH_TOKEN": "the-cluster-s-token-0123456789abcdef"},
+    )  # fmt: skip
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the token-authenticated cluster did not start"
+        command = [str(Path(sys.executable).parent / "malmm"), "caption", str(videos / "clip0.mp4"), str(videos /
+                   "clip1.mp4"), "--model", str(tiny_llama_dir), *SMALL, "--engine", "ray", "--address", address,
+                   "-f", "jsonl", "-o", str(tmp_path / "out")]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                              env={**env, "RAY_AUTH_TOKEN": "another-token-0123456789abcdef0123"})  # fmt: skip
+    finally:
+        head.stdin.close()
+        head.wait(60)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert len(errors) == 1 and f"cannot join the Ray cluster at {address}" in errors[0], done.stderr
+    assert "token authentication refused" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "out").glob("*.json*"))  # no video was read
 
 
 class _NoProgress:

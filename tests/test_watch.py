@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from malmm_cli.events import EventWriter, WatchEvent, to_jsonl, to_txt
 from malmm_cli.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
@@ -271,6 +272,50 @@ def test_udp_stream_is_captioned_as_it_plays(tiny_malmm: Malmm) -> None:
     assert all(event.dropped == 0 and 3 <= event.frames <= 5 for event in events[:-1]), events
     assert all(event.lag < 3.0 for event in events), [event.lag for event in events]  # on time
     assert _no_reader_thread_left()
+
+
+def test_a_stream_already_playing_is_joined_every_time() -> None:
+    """Joining H.264 over UDP mid-GOP, as from a camera: the short probe (31 packets, 1.2 s here)
+    often ends before a keyframe, with no picture size known, and the decoder refuses packets until
+    one comes. Those are skipped, as ffmpeg does, not taken for a failed stream. A keyframe every
+    2.4 s: about half the joins land where the probe misses it (each failed at once before)."""
+    port = free_port()
+    url = f"udp://127.0.0.1:{port}"
+    sender = Sender(url, seconds=120, fps=25, codec="h264", gop=60)
+    sender.start()
+    outcomes = []
+    try:
+        time.sleep(1.0)  # playing
+        for _ in range(10):
+            reader = LiveReader(parse_source(url), 10.0, lambda image: torch.zeros(1), timeout=5.0, reconnect=0,
+                                duration=0.3)  # fmt: skip
+            reader.start()
+            reader._thread.join(30)
+            outcomes.append((reader.ended, reader.stats.sampled))
+    finally:
+        sender.stop()
+    assert outcomes == [("duration", 3)] * 10, outcomes  # 0.3 s at 10 frames/s, every time
+    assert _no_reader_thread_left()
+
+
+def test_a_stream_that_cannot_be_decoded_fails_after_the_timeout() -> None:
+    """Skipping refused packets has a limit: joined 2 s after its only keyframe, a stream is
+    failed once nothing decodes for --timeout, with the decoder's reason."""
+    port = free_port()
+    url = f"udp://127.0.0.1:{port}"
+    sender = Sender(url, seconds=30, fps=25, codec="h264", gop=1000)
+    sender.start()
+    try:
+        time.sleep(2.0)
+        reader = LiveReader(parse_source(url), 10.0, lambda image: torch.zeros(1), timeout=1.0, reconnect=3)
+        started = time.monotonic()
+        reader.start()
+        reader._thread.join(30)
+    finally:
+        sender.stop()
+    assert reader.failed
+    assert reader.ended == "nothing could be decoded for 1 s (Invalid data found when processing input)"
+    assert reader.stats.reconnects == 0 and time.monotonic() - started < 10  # a first opening: said at once
 
 
 def test_mpegts_over_tcp_ends_when_its_sender_closes(tiny_malmm: Malmm) -> None:
