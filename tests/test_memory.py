@@ -111,14 +111,26 @@ def test_state_validates_its_settings() -> None:
         MemoryState(ids, ids, memory_bank_length=2, total_frames=0)
 
 
-def test_merging_large_slots_stays_finite_in_float16() -> None:
-    """An hour of video at 1 frame/s into 10 slots: slots of ~1000 frames, features of magnitude 50."""
-    slots = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
-    slots[:, 2] = -50.0
-    sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
+def test_merging_float16_slots_weighs_sizes_in_float32() -> None:
+    """A frame merged into a slot of 3,000 frames moves it by 1/3001 of the gap. In float16 the
+    weight 3000/3001 rounds to 1.0 (3001 is not a float16) and the frame would vanish; slots of
+    unequal values and sizes show it. Float16 sums of 3,500 frames stay finite too."""
+    slots = torch.tensor([[0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.float16).view(1, 3, 1, 2)
+    sizes = torch.tensor([3000.0, 1.0, 1.0]).view(1, 3, 1)  # slots 0 and 1 are the most alike
     merged, merged_sizes = compress_slots(slots, sizes)
-    assert torch.isfinite(merged).all()
-    torch.testing.assert_close(merged[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
+    assert merged.dtype == torch.float16
+    expected = torch.tensor([[1 / 3001, 1.0], [-1.0, 0.0]], dtype=torch.float64).to(torch.float16)
+    assert torch.equal(merged[0, :, 0], expected)
+    assert merged_sizes.flatten().tolist() == [3001.0, 1.0]
+
+    large = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
+    large[:, 1] = 30.0
+    large[:, 2] = -50.0
+    sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
+    merged, merged_sizes = compress_slots(large, sizes)
+    expected_value = (50.0 * 2000 + 30.0 * 1500) / 3500  # 41.428..., float16 rounds to 41.4375
+    assert torch.equal(merged[0, 0], torch.full((2, 4), expected_value, dtype=torch.float64).to(torch.float16))
+    assert torch.equal(merged[0, 1], large[0, 2])
     assert merged_sizes[0, 0].tolist() == [3500.0, 3500.0]
 
 
