@@ -112,17 +112,39 @@ def test_frame_positions_clamp_when_length_is_unknown() -> None:
         frame_position(TABLE, -1, None)
 
 
-def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm) -> None:
-    rows = tiny_malmm.model.frame_position_embedding.num_embeddings
+def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video longer than the table stretches it: frame t gets row t * (R - 1) / (T - 1),
+    interpolated between its neighbours, not the last row again and again (clamping)."""
+    from models import modeling
+
+    embedding = tiny_malmm.model.frame_position_embedding
+    rows, total = embedding.num_embeddings, embedding.num_embeddings + 8
+    added = []  # the position each step added to its frame's features
+    original = modeling.qformer_step
+
+    def spy(qformer, query_tokens, state, frame: torch.Tensor) -> torch.Tensor:
+        added.append(frame[0, 0].clone())
+        return original(qformer, query_tokens, state, frame)
+
+    monkeypatch.setattr(modeling, "qformer_step", spy)
     with torch.no_grad():
-        tiny_malmm.model.frame_position_embedding.weight.normal_()
+        embedding.weight.normal_()
     try:
-        clip = video(rows + 8, seed=8)
-        output, state = tiny_malmm.read(clip, tiny_malmm.new_memory(CAPTION.prompt(), 3, total_frames=rows + 8))
-        assert state.frames_seen == rows + 8 and torch.isfinite(output).all()
+        clip = video(total, seed=8)
+        output, state = tiny_malmm.read(clip, tiny_malmm.new_memory(CAPTION.prompt(), 3, total_frames=total))
+        assert state.frames_seen == total and torch.isfinite(output).all()
+        table = embedding.weight.detach().double()
+        features = tiny_malmm.encode_frames(clip)[:, 0].double()
+        for t, position in enumerate(added):
+            where = t * (rows - 1) / (total - 1)  # fractional row, by hand
+            low = int(where)
+            high, weight = min(low + 1, rows - 1), where - low
+            expected = table[low] * (1 - weight) + table[high] * weight
+            torch.testing.assert_close(position.double() - features[t], expected, atol=1e-5, rtol=0, msg=f"frame {t}")
+        assert len(added) == total
     finally:
         with torch.no_grad():
-            tiny_malmm.model.frame_position_embedding.weight.zero_()
+            embedding.weight.zero_()
 
 
 def test_tiny_model_sees_different_frames_differently(tiny_malmm: Malmm) -> None:
