@@ -40,7 +40,7 @@ def test_ties_merge_the_earliest_pair() -> None:
     assert most_similar_adjacent(torch.ones(1, 4, 1, 3)).item() == 0  # all pairs equally similar
 
 
-@pytest.mark.parametrize("length", [1, 3, 6])
+@pytest.mark.parametrize("length", [1, 2, 3, 6])
 def test_bank_in_place_equals_the_definition(length: int) -> None:
     """The in-place bank (any physical order) and compress_slots (time order) agree exactly."""
     torch.manual_seed(length)
@@ -92,23 +92,36 @@ def test_bank_never_exceeds_its_length_and_counts_every_frame() -> None:
         bank.compress()
         assert len(bank) == min(frames, 4)
         assert torch.all(bank.in_time_order()[1].sum(1) == frames)
+    # fixed buffers of length + 1 slots (the current step, until compressed): a frame costs no memory
+    assert bank.slots.shape[1] == bank.sizes.shape[1] == bank.order.shape[1] == 5
+    assert bank.pair_similarity.shape[1] == 4
 
 
 def test_bank_refuses_a_second_step_before_compressing() -> None:
     bank = MemoryBank(1, torch.zeros(1, 2, 3))
     bank.append(torch.ones(1, 2, 3))
-    with pytest.raises(RuntimeError, match="compress"):
+    with pytest.raises(RuntimeError, match=r"^compress the bank before adding another step$"):
         bank.append(torch.ones(1, 2, 3))
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match=r"^memory bank length must be at least 1, got 0$"):
         MemoryBank(0, torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match=r"^evict must be 'merge' or 'oldest', got 'lru'$"):
+        MemoryBank(2, torch.zeros(1, 2, 3), evict="lru")
+    with pytest.raises(ValueError, match=r"^bank keeps 0 projections, got 1$"):
+        MemoryBank(2, torch.zeros(1, 2, 3)).append(torch.ones(1, 2, 3), (torch.ones(1, 2, 2, 1),))
 
 
 def test_state_validates_its_settings() -> None:
     ids = torch.ones(1, 3, dtype=torch.long)
-    with pytest.raises(ValueError, match="memory_bank_length"):
+    with pytest.raises(ValueError, match=r"^memory_bank_length must be at least 1, got 0$"):
         MemoryState(ids, ids, memory_bank_length=0)
-    with pytest.raises(ValueError, match="total_frames"):
+    with pytest.raises(ValueError, match=r"^total_frames must be at least 1, got 0$"):
         MemoryState(ids, ids, memory_bank_length=2, total_frames=0)
+    MemoryState(ids, ids, memory_bank_length=1, total_frames=1)  # the smallest bank and video are fine
+    three = torch.ones(3, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^3 instructions do not split into videos of 2$"):
+        MemoryState(three, three, memory_bank_length=2, readers_per_video=2)
+    with pytest.raises(ValueError, match=r"^2 frame totals for 3 videos$"):
+        MemoryState(three, three, memory_bank_length=2, total_frames=[4, 5])
 
 
 def test_merging_float16_slots_weighs_sizes_in_float32() -> None:
