@@ -108,8 +108,41 @@ def test_frame_positions_stretch_over_longer_videos() -> None:
 def test_frame_positions_clamp_when_length_is_unknown() -> None:
     assert torch.equal(frame_position(TABLE, 10, None), TABLE[9])
     assert torch.equal(frame_position(TABLE, 4999, None), TABLE[9])
-    with pytest.raises(ValueError):
+    assert torch.equal(frame_position(TABLE, 6000, 5000), TABLE[9])  # read past its plan: the last row
+    with pytest.raises(ValueError, match=r"^frame index must be >= 0, got -1$"):
         frame_position(TABLE, -1, None)
+
+
+def test_model_defaults_a_caller_relies_on(tiny_malmm: Malmm) -> None:
+    """The frame table has the config's rows (120 when it names none), a memory without a mask
+    reads every instruction token with MA-LMM's bank of 10, and vision features are normalised."""
+    from transformers import InstructBlipConfig
+
+    from models.modeling import max_num_frames
+
+    model = tiny_malmm.model
+    assert max_num_frames(model.config) == model.frame_position_embedding.num_embeddings == 32
+    assert max_num_frames(InstructBlipConfig()) == 120
+    state = model.new_memory(torch.tensor([[2, 5, 3]]))
+    assert state.memory_bank_length == 10 and state.instruction_mask.tolist() == [[1, 1, 1]] and not state.padded
+    pixels = video(2, seed=20)
+    with torch.no_grad():
+        raw = model.vision_features(pixels, normalize=False)
+        torch.testing.assert_close(model.vision_features(pixels), model.vision_model.post_layernorm(raw))
+    features = tiny_malmm.encode_frames(pixels)
+    with pytest.raises(ValueError, match=r"^2 frames for a state of 1 videos$"):
+        model.step(model.new_memory(torch.tensor([[2, 5, 3]])), features, 0)
+    with pytest.raises(ValueError, match=r"^2 frame indices for a batch of 1 videos$"):
+        model.step(model.new_memory(torch.tensor([[2, 5, 3]])), features[:1], [0, 1])
+
+
+def test_qformer_step_refuses_frames_of_other_videos(tiny_malmm: Malmm) -> None:
+    from models.qformer import qformer_step
+
+    model = tiny_malmm.model
+    features = tiny_malmm.encode_frames(video(2, seed=21))
+    with pytest.raises(ValueError, match=r"^2 frames for a state of 1 videos$"):
+        qformer_step(model.qformer, model.query_tokens, model.new_memory(torch.tensor([[2, 5, 3]])), features)
 
 
 def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> None:

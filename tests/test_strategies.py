@@ -69,6 +69,7 @@ def test_strategies_without_banks_read_each_frame_alone(tiny_malmm: Malmm, strat
     }[strategy]
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
     assert state.visual is not None and len(state.visual) == 1  # nothing of the past is attended to
+    assert state.visual.slots.shape[1] == state.queries[0].slots.shape[1] == 2  # room for one frame, not a bank
 
 
 def test_concat_refuses_more_frames_than_its_cap(tiny_malmm: Malmm) -> None:
