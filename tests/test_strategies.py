@@ -154,3 +154,17 @@ def test_selecting_videos_goes_on_as_if_the_others_never_were(tiny_malmm: Malmm,
     finally:
         with torch.no_grad():
             table.zero_()
+
+
+@pytest.mark.parametrize("strategy", ["malmm", "avgpool", "concat"])
+def test_state_size_counts_every_buffer(tiny_malmm: Malmm, strategy: str) -> None:
+    """`nbytes` (the benchmarks' state_mib) is the instructions, every bank buffer and the pooled
+    outputs, counted here from the state's parts."""
+    state = tiny_malmm.new_memory(QUESTIONS[:2], 3, total_frames=3, strategy=strategy, readers_per_video=2)
+    read(tiny_malmm, state, features(tiny_malmm, 3, seed=9).unsqueeze(1))
+    parts = [state.instruction_ids, state.instruction_mask]
+    for bank in [state.visual, *state.queries]:
+        parts += [bank.slots, *bank.projections, bank.sizes, bank.order, bank.pair_similarity, bank.free]
+    if strategy != "malmm":
+        parts.append(state.pooled)
+    assert state.nbytes() == sum(t.numel() * t.element_size() for t in parts)

@@ -11,7 +11,7 @@ import torch
 
 from models import Malmm
 from models.checkpoint import CheckpointError, load_checkpoint, save_trained
-from models.temporal import TemporalMamba, temporal_settings
+from models.temporal import TemporalMamba, state_tensors, temporal_settings
 from models.training import read_clip, trainable_parameters
 
 PROMPTS = ["what does the video describe?", "what is it?"]
@@ -106,6 +106,8 @@ def test_state_size_after_5000_frames_equals_after_2(malmm: Malmm) -> None:
     assert sizes[2] == sizes[5000]
     # bounded, yet nothing forgotten: the two slots of every bank stand for all 5000 frames
     assert state.frames_seen == 5000 and torch.isfinite(output).all()
+    temporal = state_tensors(state.temporal)  # counted in the state's size too
+    assert temporal and all(any(t is held for held in state.tensors()) for t in temporal)
     for bank in (state.visual, *state.queries):
         slots, counts = bank.in_time_order()
         assert slots.shape[1] == 2 and counts.sum(1).unique().tolist() == [5000.0]
