@@ -118,7 +118,7 @@ def test_model_defaults_a_caller_relies_on(tiny_malmm: Malmm) -> None:
     reads every instruction token with MA-LMM's bank of 10, and vision features are normalised."""
     from transformers import InstructBlipConfig
 
-    from models.modeling import max_num_frames
+    from models.modeling import encode_vision, max_num_frames
 
     model = tiny_malmm.model
     assert max_num_frames(model.config) == model.frame_position_embedding.num_embeddings == 32
@@ -129,6 +129,7 @@ def test_model_defaults_a_caller_relies_on(tiny_malmm: Malmm) -> None:
     with torch.no_grad():
         raw = model.vision_features(pixels, normalize=False)
         torch.testing.assert_close(model.vision_features(pixels), model.vision_model.post_layernorm(raw))
+        torch.testing.assert_close(encode_vision(model.vision_model, pixels), model.vision_features(pixels))
     features = tiny_malmm.encode_frames(pixels)
     with pytest.raises(ValueError, match=r"^2 frames for a state of 1 videos$"):
         model.step(model.new_memory(torch.tensor([[2, 5, 3]])), features, 0)
