@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,22 +26,33 @@ DEFAULT_GOLDEN = REPO / "tests" / "fixtures" / "malmm_lavis_golden.pt"  # see te
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never read or fill the user's feature cache."""
-    os.environ["MALMM_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+def _private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or fill the user's feature cache; the variable is put back afterwards
+    (pytest run in-process, by an IDE or a plugin, keeps its environment)."""
+    with pytest.MonkeyPatch.context() as patch:  # undone on leaving, failures included
+        patch.setenv("MALMM_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _quiet_and_deterministic() -> None:
+def _quiet_and_deterministic() -> Iterator[None]:
+    """One thread and no progress bars for the session; both put back after it, failures included."""
     if importlib.util.find_spec("torch") is None:  # the media tests' venv: no model runs there
+        yield
         return
     import torch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
     from transformers.utils import logging
 
+    threads, bars = torch.get_num_threads(), logging.is_progress_bar_enabled()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
     logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            logging.enable_progress_bar()
 
 
 @pytest.fixture(scope="session")

@@ -108,21 +108,77 @@ def test_frame_positions_stretch_over_longer_videos() -> None:
 def test_frame_positions_clamp_when_length_is_unknown() -> None:
     assert torch.equal(frame_position(TABLE, 10, None), TABLE[9])
     assert torch.equal(frame_position(TABLE, 4999, None), TABLE[9])
-    with pytest.raises(ValueError):
+    assert torch.equal(frame_position(TABLE, 6000, 5000), TABLE[9])  # read past its plan: the last row
+    with pytest.raises(ValueError, match=r"^frame index must be >= 0, got -1$"):
         frame_position(TABLE, -1, None)
 
 
-def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm) -> None:
-    rows = tiny_malmm.model.frame_position_embedding.num_embeddings
+def test_model_defaults_a_caller_relies_on(tiny_malmm: Malmm) -> None:
+    """The frame table has the config's rows (120 when it names none), a memory without a mask
+    reads every instruction token with MA-LMM's bank of 10, and vision features are normalised."""
+    from transformers import InstructBlipConfig
+
+    from models.modeling import encode_vision, max_num_frames
+
+    model = tiny_malmm.model
+    assert max_num_frames(model.config) == model.frame_position_embedding.num_embeddings == 32
+    assert max_num_frames(InstructBlipConfig()) == 120
+    state = model.new_memory(torch.tensor([[2, 5, 3]]))
+    assert state.memory_bank_length == 10 and state.instruction_mask.tolist() == [[1, 1, 1]] and not state.padded
+    pixels = video(2, seed=20)
     with torch.no_grad():
-        tiny_malmm.model.frame_position_embedding.weight.normal_()
+        raw = model.vision_features(pixels, normalize=False)
+        torch.testing.assert_close(model.vision_features(pixels), model.vision_model.post_layernorm(raw))
+        torch.testing.assert_close(encode_vision(model.vision_model, pixels), model.vision_features(pixels))
+    features = tiny_malmm.encode_frames(pixels)
+    with pytest.raises(ValueError, match=r"^2 frames for a state of 1 videos$"):
+        model.step(model.new_memory(torch.tensor([[2, 5, 3]])), features, 0)
+    with pytest.raises(ValueError, match=r"^2 frame indices for a batch of 1 videos$"):
+        model.step(model.new_memory(torch.tensor([[2, 5, 3]])), features[:1], [0, 1])
+
+
+def test_qformer_step_refuses_frames_of_other_videos(tiny_malmm: Malmm) -> None:
+    from models.qformer import qformer_step
+
+    model = tiny_malmm.model
+    features = tiny_malmm.encode_frames(video(2, seed=21))
+    with pytest.raises(ValueError, match=r"^2 frames for a state of 1 videos$"):
+        qformer_step(model.qformer, model.query_tokens, model.new_memory(torch.tensor([[2, 5, 3]])), features)
+
+
+def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A video longer than the table stretches it: frame t gets row t * (R - 1) / (T - 1),
+    interpolated between its neighbours, not the last row again and again (clamping)."""
+    from models import modeling
+
+    embedding = tiny_malmm.model.frame_position_embedding
+    rows, total = embedding.num_embeddings, embedding.num_embeddings + 8
+    added = []  # the position each step added to its frame's features
+    original = modeling.qformer_step
+
+    def spy(qformer, query_tokens, state, frame: torch.Tensor) -> torch.Tensor:
+        added.append(frame[0, 0].clone())
+        return original(qformer, query_tokens, state, frame)
+
+    monkeypatch.setattr(modeling, "qformer_step", spy)
+    with torch.no_grad():
+        embedding.weight.normal_()
     try:
-        clip = video(rows + 8, seed=8)
-        output, state = tiny_malmm.read(clip, tiny_malmm.new_memory(CAPTION.prompt(), 3, total_frames=rows + 8))
-        assert state.frames_seen == rows + 8 and torch.isfinite(output).all()
+        clip = video(total, seed=8)
+        output, state = tiny_malmm.read(clip, tiny_malmm.new_memory(CAPTION.prompt(), 3, total_frames=total))
+        assert state.frames_seen == total and torch.isfinite(output).all()
+        table = embedding.weight.detach().double()
+        features = tiny_malmm.encode_frames(clip)[:, 0].double()
+        for t, position in enumerate(added):
+            where = t * (rows - 1) / (total - 1)  # fractional row, by hand
+            low = int(where)
+            high, weight = min(low + 1, rows - 1), where - low
+            expected = table[low] * (1 - weight) + table[high] * weight
+            torch.testing.assert_close(position.double() - features[t], expected, atol=1e-5, rtol=0, msg=f"frame {t}")
+        assert len(added) == total
     finally:
         with torch.no_grad():
-            tiny_malmm.model.frame_position_embedding.weight.zero_()
+            embedding.weight.zero_()
 
 
 def test_tiny_model_sees_different_frames_differently(tiny_malmm: Malmm) -> None:

@@ -54,11 +54,24 @@ def test_caption_json_with_segments_and_real_timestamps(run, videos: Path) -> No
     assert [(s["start"], s["end"]) for s in data["segments"]] == [(0.0, 2.0), (2.0, 4.0), (4.0, 5.0)]
 
 
-@pytest.mark.parametrize("segment", ["90", "00:00:02", "1m", "1s500ms"])
-def test_duration_syntaxes(run, videos: Path, segment: str) -> None:
+@pytest.mark.parametrize(
+    ("segment", "spans"),
+    [
+        ("90", [(0.0, 3.0)]),  # longer than the 3 s clip: one segment
+        ("1m", [(0.0, 3.0)]),
+        ("2", [(0.0, 2.0), (2.0, 3.0)]),  # bare seconds
+        ("00:00:02", [(0.0, 2.0), (2.0, 3.0)]),
+        ("0:01", [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]),
+        ("1s500ms", [(0.0, 1.5), (1.5, 3.0)]),
+        ("1.5", [(0.0, 1.5), (1.5, 3.0)]),
+    ],
+)
+def test_duration_syntaxes(run, videos: Path, segment: str, spans: list[tuple[float, float]]) -> None:
+    """Each syntax gives segments of its length, not merely some segments."""
     result = run("caption", videos / "short.mp4", "--fps", "2", "--segment", segment, "--format", "jsonl")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["segments"]
+    got = [(s["start"], s["end"]) for s in json.loads(result.stdout)["segments"]]
+    assert got == [(pytest.approx(a, abs=0.01), pytest.approx(b, abs=0.01)) for a, b in spans]
 
 
 def test_every_format_is_written_and_parses_back(run, videos: Path, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_ties_merge_the_earliest_pair() -> None:
     assert most_similar_adjacent(torch.ones(1, 4, 1, 3)).item() == 0  # all pairs equally similar
 
 
-@pytest.mark.parametrize("length", [1, 3, 6])
+@pytest.mark.parametrize("length", [1, 2, 3, 6])
 def test_bank_in_place_equals_the_definition(length: int) -> None:
     """The in-place bank (any physical order) and compress_slots (time order) agree exactly."""
     torch.manual_seed(length)
@@ -92,33 +92,58 @@ def test_bank_never_exceeds_its_length_and_counts_every_frame() -> None:
         bank.compress()
         assert len(bank) == min(frames, 4)
         assert torch.all(bank.in_time_order()[1].sum(1) == frames)
+    # fixed buffers of length + 1 slots (the current step, until compressed): a frame costs no memory
+    assert bank.slots.shape[1] == bank.sizes.shape[1] == bank.order.shape[1] == 5
+    assert bank.pair_similarity.shape[1] == 4
 
 
 def test_bank_refuses_a_second_step_before_compressing() -> None:
     bank = MemoryBank(1, torch.zeros(1, 2, 3))
     bank.append(torch.ones(1, 2, 3))
-    with pytest.raises(RuntimeError, match="compress"):
+    with pytest.raises(RuntimeError, match=r"^compress the bank before adding another step$"):
         bank.append(torch.ones(1, 2, 3))
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match=r"^memory bank length must be at least 1, got 0$"):
         MemoryBank(0, torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match=r"^evict must be 'merge' or 'oldest', got 'lru'$"):
+        MemoryBank(2, torch.zeros(1, 2, 3), evict="lru")
+    with pytest.raises(ValueError, match=r"^bank keeps 0 projections, got 1$"):
+        MemoryBank(2, torch.zeros(1, 2, 3)).append(torch.ones(1, 2, 3), (torch.ones(1, 2, 2, 1),))
 
 
 def test_state_validates_its_settings() -> None:
     ids = torch.ones(1, 3, dtype=torch.long)
-    with pytest.raises(ValueError, match="memory_bank_length"):
+    with pytest.raises(ValueError, match=r"^memory_bank_length must be at least 1, got 0$"):
         MemoryState(ids, ids, memory_bank_length=0)
-    with pytest.raises(ValueError, match="total_frames"):
+    with pytest.raises(ValueError, match=r"^total_frames must be at least 1, got 0$"):
         MemoryState(ids, ids, memory_bank_length=2, total_frames=0)
+    MemoryState(ids, ids, memory_bank_length=1, total_frames=1)  # the smallest bank and video are fine
+    three = torch.ones(3, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^3 instructions do not split into videos of 2$"):
+        MemoryState(three, three, memory_bank_length=2, readers_per_video=2)
+    with pytest.raises(ValueError, match=r"^2 frame totals for 3 videos$"):
+        MemoryState(three, three, memory_bank_length=2, total_frames=[4, 5])
 
 
-def test_merging_large_slots_stays_finite_in_float16() -> None:
-    """An hour of video at 1 frame/s into 10 slots: slots of ~1000 frames, features of magnitude 50."""
-    slots = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
-    slots[:, 2] = -50.0
-    sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
+def test_merging_float16_slots_weighs_sizes_in_float32() -> None:
+    """A frame merged into a slot of 3,000 frames moves it by 1/3001 of the gap. In float16 the
+    weight 3000/3001 rounds to 1.0 (3001 is not a float16) and the frame would vanish; slots of
+    unequal values and sizes show it. Float16 sums of 3,500 frames stay finite too."""
+    slots = torch.tensor([[0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.float16).view(1, 3, 1, 2)
+    sizes = torch.tensor([3000.0, 1.0, 1.0]).view(1, 3, 1)  # slots 0 and 1 are the most alike
     merged, merged_sizes = compress_slots(slots, sizes)
-    assert torch.isfinite(merged).all()
-    torch.testing.assert_close(merged[0, 0], torch.full((2, 4), 50.0, dtype=torch.float16))
+    assert merged.dtype == torch.float16
+    expected = torch.tensor([[1 / 3001, 1.0], [-1.0, 0.0]], dtype=torch.float64).to(torch.float16)
+    assert torch.equal(merged[0, :, 0], expected)
+    assert merged_sizes.flatten().tolist() == [3001.0, 1.0]
+
+    large = torch.full((1, 3, 2, 4), 50.0, dtype=torch.float16)
+    large[:, 1] = 30.0
+    large[:, 2] = -50.0
+    sizes = torch.tensor([[[2000.0, 2000.0], [1500.0, 1500.0], [1.0, 1.0]]])
+    merged, merged_sizes = compress_slots(large, sizes)
+    expected_value = (50.0 * 2000 + 30.0 * 1500) / 3500  # 41.428..., float16 rounds to 41.4375
+    assert torch.equal(merged[0, 0], torch.full((2, 4), expected_value, dtype=torch.float64).to(torch.float16))
+    assert torch.equal(merged[0, 1], large[0, 2])
     assert merged_sizes[0, 0].tolist() == [3500.0, 3500.0]
 
 

@@ -121,8 +121,13 @@ def test_layers_the_cpu_4bit_kernel_cannot_take_stay_full_precision(tmp_path: Pa
     linears = [m for n, m in malmm.model.language_model.named_modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is nn.Linear for m in linears)  # every layer is 40 or 80 wide: none fits
     assert len(malmm.notes) == 1 and "kept in full precision" in malmm.notes[0]
-    output, _ = next_token_logits(malmm)
-    assert malmm.generate(output, CAPTION.prompt(), GenerationSettings(max_new_tokens=3, num_beams=1))
+    output, logits = next_token_logits(malmm)
+    full = Malmm.from_pretrained(folder)  # asked for no quantization
+    full_output, full_logits = next_token_logits(full)
+    torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)  # kept layers compute as full precision
+    settings = GenerationSettings(max_new_tokens=3, num_beams=1)
+    text = malmm.generate(output, CAPTION.prompt(), settings)
+    assert text == full.generate(full_output, CAPTION.prompt(), settings) and text[0]
 
 
 def test_no_kernels_community_line_on_stderr(tiny_llama_dir: Path) -> None:

@@ -136,16 +136,36 @@ def test_readers_of_one_instruction_share_one_memory(
         (r.label, round(r.log_likelihood, 4)) for r in ranked.labels]  # fmt: skip
 
 
-def test_every_strategy_reads_through_the_loop(tiny_malmm: Malmm, clips: list[Path]) -> None:
-    captions = {}
+def test_every_strategy_reads_through_the_loop(
+    tiny_malmm: Malmm, clips: list[Path], readouts: dict[tuple, torch.Tensor]
+) -> None:
+    """The loop gives the LLM what stepping the model by hand with that strategy gives, and the
+    caption is generated from it: not merely some caption for every strategy."""
+    sampling = Sampling(frames=6)
+    with VideoStream(tiny_malmm, clips[1], sampling) as stream:
+        frames = [(sample.index, features) for sample, features in stream]
+    assert len(frames) == 6
+    by_hand = {}
     for strategy in ("malmm", "fifo", "avgpool", "concat", "none"):
+        bank = 4 if strategy != "concat" else 6
+        readouts.clear()
         (result,) = read_videos(
-            tiny_malmm, [clips[1]], caption_readers(), "caption", sampling=Sampling(frames=6),
-            memory=Memory(4 if strategy != "concat" else 6, strategy), settings=SETTINGS,
+            tiny_malmm, [clips[1]], caption_readers(), "caption", sampling=sampling,
+            memory=Memory(bank, strategy), settings=SETTINGS,
         )  # fmt: skip
         assert not isinstance(result, Exception), result
-        captions[strategy] = result.caption
-    assert all(captions.values())
+        state = tiny_malmm.new_memory(CAPTION.prompt(), bank, total_frames=6, strategy=strategy)
+        for index, features in frames:
+            expected, state = tiny_malmm.step(state, features, index)
+        by_hand[strategy] = expected
+        ((_, tokens),) = readouts.items()  # one read-out: the whole video's caption
+        torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=0, msg=strategy)
+        assert result.caption == tiny_malmm.generate(expected, CAPTION.prompt(), SETTINGS)[0]
+    assert by_hand["concat"].shape[1] == 6 * by_hand["none"].shape[1]  # every frame's tokens
+    for strategy in ("fifo", "avgpool", "concat", "none"):  # each strategy reads something else
+        assert by_hand[strategy].shape != by_hand["malmm"].shape or not torch.allclose(
+            by_hand[strategy], by_hand["malmm"], atol=1e-4
+        ), strategy
 
 
 def test_concat_refuses_a_video_with_more_frames_than_it_keeps(tiny_malmm: Malmm, clips: list[Path]) -> None:

@@ -69,10 +69,11 @@ def test_strategies_without_banks_read_each_frame_alone(tiny_malmm: Malmm, strat
     }[strategy]
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
     assert state.visual is not None and len(state.visual) == 1  # nothing of the past is attended to
+    assert state.visual.slots.shape[1] == state.queries[0].slots.shape[1] == 2  # room for one frame, not a bank
 
 
 def test_concat_refuses_more_frames_than_its_cap(tiny_malmm: Malmm) -> None:
-    with pytest.raises(ValueError, match="keeps every frame, at most 4"):
+    with pytest.raises(ValueError, match=r"keeps every frame, at most 4 .*; 5 frames are more"):
         tiny_malmm.new_memory(CAPTION.prompt(), 4, total_frames=5, strategy="concat")
     state = tiny_malmm.new_memory(CAPTION.prompt(), 2, strategy="concat")  # total unknown: refused at frame 3
     clip = features(tiny_malmm, 3, seed=2)
@@ -124,12 +125,46 @@ def test_videos_of_a_batch_with_their_questions_equal_each_alone(tiny_malmm: Mal
         torch.testing.assert_close(outputs[-1][2 * video : 2 * video + 2], expected, atol=1e-5, rtol=0)
 
 
-def test_selecting_videos_goes_on_as_if_the_others_never_were(tiny_malmm: Malmm) -> None:
+@pytest.mark.parametrize("strategy", ["malmm", "avgpool", "concat"])
+def test_selecting_videos_goes_on_as_if_the_others_never_were(tiny_malmm: Malmm, strategy: str) -> None:
+    """Two readers per video, the longest question in the video that ends (so the one left has
+    padding to mask), its own planned total past the position table, and what avgpool and concat
+    have pooled so far: all of it follows the video that goes on."""
     clip_a, clip_b = features(tiny_malmm, 5, seed=7), features(tiny_malmm, 5, seed=8)
-    state = tiny_malmm.new_memory([CAPTION.prompt()] * 2, 2, total_frames=5)
-    for frame_a, frame_b in zip(clip_a[:3], clip_b[:3], strict=True):
-        _, state = tiny_malmm.step(state, torch.stack([frame_a, frame_b]))
-    state = state.select([1])  # video a ended
-    output = read(tiny_malmm, state, clip_b[3:].unsqueeze(1))
-    alone = read(tiny_malmm, tiny_malmm.new_memory(CAPTION.prompt(), 2, total_frames=5), clip_b.unsqueeze(1))
-    torch.testing.assert_close(output, alone, atol=1e-5, rtol=0)
+    table = tiny_malmm.model.frame_position_embedding.weight
+    bank, total_b = (5, 5) if strategy == "concat" else (2, table.shape[0] + 30)
+    questions = [QUESTIONS[1], QUESTIONS[0], QUESTIONS[0], QUESTIONS[2]]  # [1] is the longest
+    with torch.no_grad():
+        table.normal_()
+    try:
+        state = tiny_malmm.new_memory(questions, bank, total_frames=[5, total_b], strategy=strategy,
+                                      readers_per_video=2)  # fmt: skip
+        assert state.select([1]).visual is None  # nothing read yet: nothing to select
+        for index, (frame_a, frame_b) in enumerate(zip(clip_a[:3], clip_b[:3], strict=True)):
+            _, state = tiny_malmm.step(state, torch.stack([frame_a, frame_b]), [index, index * 7])
+        state = state.select([1])  # video a ended
+        assert state.frame_totals() == [total_b] and state.padded
+        for index, frame in enumerate(clip_b[3:], start=3):
+            output, state = tiny_malmm.step(state, frame.unsqueeze(0), index * 7)
+        alone = tiny_malmm.new_memory(questions[2:], bank, total_frames=total_b, strategy=strategy,
+                                      readers_per_video=2)  # fmt: skip
+        for index, frame in enumerate(clip_b):
+            expected, alone = tiny_malmm.step(alone, frame.unsqueeze(0), index * 7)
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
+    finally:
+        with torch.no_grad():
+            table.zero_()
+
+
+@pytest.mark.parametrize("strategy", ["malmm", "avgpool", "concat"])
+def test_state_size_counts_every_buffer(tiny_malmm: Malmm, strategy: str) -> None:
+    """`nbytes` (the benchmarks' state_mib) is the instructions, every bank buffer and the pooled
+    outputs, counted here from the state's parts."""
+    state = tiny_malmm.new_memory(QUESTIONS[:2], 3, total_frames=3, strategy=strategy, readers_per_video=2)
+    read(tiny_malmm, state, features(tiny_malmm, 3, seed=9).unsqueeze(1))
+    parts = [state.instruction_ids, state.instruction_mask]
+    for bank in [state.visual, *state.queries]:
+        parts += [bank.slots, *bank.projections, bank.sizes, bank.order, bank.pair_similarity, bank.free]
+    if strategy != "malmm":
+        parts.append(state.pooled)
+    assert state.nbytes() == sum(t.numel() * t.element_size() for t in parts)

@@ -104,7 +104,13 @@ def test_state_size_after_5000_frames_equals_after_2(malmm: Malmm) -> None:
             if t + 1 in (2, 5000):
                 sizes[t + 1] = ([tuple(x.shape) for x in state.tensors()], state.nbytes())
     assert sizes[2] == sizes[5000]
-    assert torch.isfinite(output).all()
+    # bounded, yet nothing forgotten: the two slots of every bank stand for all 5000 frames
+    assert state.frames_seen == 5000 and torch.isfinite(output).all()
+    temporal = state_tensors(state.temporal)  # counted in the state's size too
+    assert temporal and all(any(t is held for held in state.tensors()) for t in temporal)
+    for bank in (state.visual, *state.queries):
+        slots, counts = bank.in_time_order()
+        assert slots.shape[1] == 2 and counts.sum(1).unique().tolist() == [5000.0]
 
 
 def test_a_step_fills_the_state_of_every_layer(malmm: Malmm) -> None:

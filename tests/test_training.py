@@ -175,6 +175,27 @@ def test_loss_counts_target_tokens_only(llm: str, tiny_malmm: Malmm, tiny_malmm_
     assert batch.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_qformer_attention_drops_out_in_training_only(tiny_malmm: Malmm) -> None:
+    """MA-LMM trains the Q-Former with BERT's attention dropout (0.1); reading never drops."""
+    import copy
+
+    from models.qformer import attend, project
+
+    attention = copy.deepcopy(tiny_malmm.model.qformer.encoder.layer[0].attention)  # the shared model stays as is
+    assert attention.attention.attention_dropout == pytest.approx(0.1)
+    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        keys_values = project(attention, hidden)
+        reading = attend(attention, hidden, keys_values)
+        torch.manual_seed(0)
+        training = attend(attention.train(), hidden, keys_values)
+        attention.attention.attention_dropout = 0.0  # the output block's own dropout stays, same seed
+        torch.manual_seed(0)
+        without = attend(attention, hidden, keys_values)
+        torch.testing.assert_close(attend(attention.eval(), hidden, keys_values), reading, atol=0, rtol=0)
+    assert not torch.allclose(training, without, atol=1e-4)  # the attention weights were dropped out
+
+
 def test_weight_decay_groups_and_schedule(tiny_malmm: Malmm) -> None:
     named = [(n, p) for n, p in tiny_malmm.model.named_parameters() if n.startswith("qformer.encoder.layer.0.")]
     decay, plain = parameter_groups(named)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -249,6 +250,68 @@ def test_sample_times_rate_starts_at_zero_and_stays_before_the_end() -> None:
 def test_sample_times_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         sample_times(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"duration": 0.0, "frames": 4}, "duration must be a positive number of seconds, got 0.0"),
+        ({"duration": 10.0}, "give exactly one of frames or fps"),
+        ({"duration": 10.0, "frames": 0}, "frames must be a positive integer, got 0"),
+        ({"duration": 10.0, "fps": -2.0}, "fps must be a positive number, got -2.0"),
+    ],
+)
+def test_sample_times_says_what_is_wrong(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        sample_times(**kwargs)
+
+
+# --- plans ------------------------------------------------------------------------------------------
+
+
+def info_of(duration: float, fps: float, frames: int | None = None) -> VideoInfo:
+    """A video's facts, without a file: plans only read duration, rate and frame count."""
+    return VideoInfo(Path("v.mp4"), duration, fps, frames, 64, 48, "h264", 0)
+
+
+def test_plan_times_reads_each_frame_once_only_past_what_the_video_has() -> None:
+    info = info_of(10.0, 10.0, 100)
+    assert plan_times(info, frames=100) == video.Plan(sample_times(10.0, frames=100))  # exactly all: centres
+    assert plan_times(info, frames=101) == video.Plan(
+        sample_times(10.0, fps=10.0), "101 frames asked for, but the video has 100: reading each once"
+    )
+    assert plan_times(info, fps=10.0) == video.Plan(sample_times(10.0, fps=10.0))  # the video's own rate
+    assert plan_times(info, fps=10.02) == video.Plan(
+        sample_times(10.0, fps=10.0), "10.02 frames/s asked for, but the video has 10: reading at 10"
+    )
+
+
+def test_clip_bounds_default_to_the_whole_video() -> None:
+    assert video.clip_bounds(10.0, None, None) == (0.0, 10.0)
+    assert video.clip_bounds(10.0, -2.0, 30.0) == (0.0, 10.0)
+    assert video.clip_bounds(10.0, 0.5, 4.0) == (0.5, 4.0)
+
+
+def test_plan_clip_centres_notes_and_refusals() -> None:
+    info = info_of(10.0, 10.0, 100)
+    assert video.plan_clip(info, 4, 2.0, 6.0) == video.Plan([2.5, 3.5, 4.5, 5.5])
+    assert video.plan_clip(info, 50, 2.0, 6.0) == video.Plan(
+        [2.0 + (i + 0.5) * 0.1 for i in range(40)], "50 frames asked for, but the clip has 40: reading each once"
+    )
+    assert video.plan_clip(info, 3, 2.0, 2.04).times == [2.02]  # under one frame long: still one frame
+    with pytest.raises(VideoError, match=r"^the clip 5-5 s is empty or past the video's end \(10 s\)$"):
+        video.plan_clip(info, 4, 5.0, 5.0)
+
+
+def test_plan_clip_jitter_is_seeded_and_stays_clear_of_the_next_segment() -> None:
+    info = info_of(10.0, 10.0, 100)
+    drawn = video.plan_clip(info, 40, 2.0, 6.0, jitter=3).times
+    assert drawn == video.plan_clip(info, 40, 2.0, 6.0, jitter=3).times  # the seed decides
+    assert drawn != video.plan_clip(info, 40, 2.0, 6.0, jitter=4).times
+    offsets = [(t - 2.0) / 0.1 - i for i, t in enumerate(drawn)]
+    latest = 1 - 2 * video.SLACK / 0.1  # the next segment's frame is within SLACK of its start
+    assert all(0 <= o <= latest + 1e-9 for o in offsets)
+    assert max(offsets) == pytest.approx(latest) and min(offsets) < 0.5  # drawn, and capped where it must be
 
 
 # --- exact frames -----------------------------------------------------------------------------------
