@@ -29,8 +29,8 @@ def _prefix(
         raise ValueError(f"{len(prompts)} prompts for a batch of {query_output.shape[0]} videos")
     embed = model.get_input_embeddings()
     device = embed.weight.device
-    tokenizer.padding_side = "left"  # pads sit between queries and prompt, masked out (as MA-LMM)
-    tokens = tokenizer(prompts, padding="longest", return_tensors="pt").to(device)
+    # pads sit between queries and prompt, masked out (as MA-LMM); asked per call: the tokenizer is shared
+    tokens = tokenizer(prompts, padding="longest", padding_side="left", return_tensors="pt").to(device)
     queries = model.language_inputs(query_output).to(device, embed.weight.dtype)
     embeds = torch.cat([queries, embed(tokens.input_ids)], dim=1)
     query_mask = torch.ones(queries.shape[:2], dtype=tokens.attention_mask.dtype, device=device)

@@ -58,3 +58,25 @@ def test_scoring_rejects_empty_input(tiny_malmm: Malmm) -> None:
         tiny_malmm.score_labels(output, PROMPT, [])
     with pytest.raises(ValueError, match="empty"):
         tiny_malmm.score_labels(output, PROMPT, ["cooking", "  "])
+
+
+def test_prompts_of_different_lengths_leave_the_shared_tokenizer_as_it_was(tiny_malmm: Malmm) -> None:
+    """The prompt is padded on the left (pads between queries and prompt, masked) for this call only:
+    setting the shared tokenizer's padding_side changed it for everyone else who tokenizes with it."""
+    from models.generation import score_labels
+
+    tokenizer = tiny_malmm.tokenizer
+    before = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        torch.manual_seed(3)
+        output = torch.randn(2, tiny_malmm.model.config.num_query_tokens, 64)
+        prompts = ["dog ?", PROMPT]  # the first is padded
+        with torch.inference_mode():
+            together = score_labels(tiny_malmm.model, tokenizer, output, prompts, LABELS)
+            alone = [score_labels(tiny_malmm.model, tokenizer, output[i : i + 1], prompts[i : i + 1], LABELS)
+                     for i in range(2)]  # fmt: skip
+        assert tokenizer.padding_side == "right"
+        torch.testing.assert_close(together, torch.cat(alone), atol=1e-4, rtol=0)
+    finally:
+        tokenizer.padding_side = before
