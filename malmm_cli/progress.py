@@ -181,14 +181,18 @@ class Reporter:
             self._progress.advance(self._overall)
 
     def video(self, name: str) -> VideoProgress:
-        return VideoProgress(self, name)
+        """The bar of one video, drawn among the batch's bars (`batch`) when there are any."""
+        return VideoProgress(name, self._progress, self.info)
 
 
 class VideoProgress:
-    """The bar of one video (frames read of frames planned); a summary line when not animated."""
+    """The bar of one video (frames read of frames planned); a summary line when not animated.
 
-    def __init__(self, reporter: Reporter, name: str):
-        self.reporter = reporter
+    bars: where the bar is drawn (None: no bar); say: where its closing line goes."""
+
+    def __init__(self, name: str, bars: Progress | None, say: Callable[[str], None]):
+        self.bars = bars
+        self.say = say
         self.name = name
         self.task = None
         self.frames = 0
@@ -200,24 +204,21 @@ class VideoProgress:
         self.total = total_frames
         self.from_cache = from_cache
         self.started = time.monotonic()
-        progress = self.reporter._progress
-        if progress is not None:
-            self.task = progress.add_task(_plain(self.name), total=total_frames)
+        if self.bars is not None:
+            self.task = self.bars.add_task(_plain(self.name), total=total_frames)
 
     def advance(self, frames: int = 1) -> None:
         self.frames += frames
-        progress = self.reporter._progress
-        if progress is not None and self.task is not None:
-            progress.advance(self.task, frames)
+        if self.bars is not None and self.task is not None:
+            self.bars.advance(self.task, frames)
 
     def finish(self) -> None:
-        progress = self.reporter._progress
-        if progress is not None and self.task is not None:
-            progress.update(self.task, total=self.frames, completed=self.frames)
-            progress.remove_task(self.task)
+        if self.bars is not None and self.task is not None:
+            self.bars.update(self.task, total=self.frames, completed=self.frames)
+            self.bars.remove_task(self.task)
         elapsed = time.monotonic() - self.started
         source = " (vision features from the cache)" if self.from_cache else ""
-        self.reporter.info(f"{self.name}: {counted(self.frames, 'frame')} in {elapsed:.1f} s{source}")
+        self.say(f"{self.name}: {counted(self.frames, 'frame')} in {elapsed:.1f} s{source}")
 
 
 class _Discard:

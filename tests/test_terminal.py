@@ -125,3 +125,17 @@ def test_the_summary_is_whole_lines_off_a_terminal() -> None:
                                            progress.Outcome("b.mp4", "done", "80 frames", 1.5)]))  # fmt: skip
     text = reporter.console.file.getvalue()
     assert any(path in line and "no video stream in it" in line for line in text.splitlines()), text
+
+
+def test_each_video_has_its_bar_among_the_batch_bars() -> None:
+    """A video's bar is drawn among the batch's bars, advances by its frames and goes once it ends."""
+    reporter = Reporter(console=Console(file=io.StringIO(), force_terminal=True, width=120))
+    with reporter.batch(2):
+        bar = reporter.video("a.mp4")
+        bar.start(10)
+        bar.advance(4)
+        (task,) = [t for t in bar.bars.tasks if t.description == "a.mp4"]
+        assert (task.completed, task.total) == (4, 10)
+        bar.finish()
+        assert all(t.description != "a.mp4" for t in bar.bars.tasks)
+    assert reporter.video("b.mp4").bars is None  # outside a batch: a closing line only
