@@ -14,7 +14,6 @@ with different extensions in one folder keep their extension: `clip.mp4.caption.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
@@ -329,7 +328,7 @@ class StdoutWriter:
         self.stream = stream or sys.stdout
         self._json: list[dict] = []
         self._count = 0
-        self._closed = False
+        self._finished = False  # close() has run
         self.closed: StdoutClosed | None = None  # why stdout stopped taking results, once it has
 
     def add(self, result: VideoResult) -> None:
@@ -380,9 +379,9 @@ class StdoutWriter:
 
     def close(self) -> None:
         """Finish the document (json, an empty csv); safe to call twice."""
-        if self._closed:
+        if self._finished:
             return
-        self._closed = True
+        self._finished = True
         if self.fmt == "json" and (self._json or not self.single):
             document = self._json[0] if self.single and len(self._json) == 1 else self._json
             self._emit(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
@@ -518,7 +517,7 @@ def _run_group(
     try:
         results = read(reading, progress, done) if reading else []
     except KeyboardInterrupt:
-        with contextlib.suppress(StdoutClosed):  # the interruption is what the user is told of
+        with suppress(StdoutClosed):  # the interruption is what the user is told of
             for place in sorted(printable):  # finished (and skipped) videos are not lost to stdout either
                 show(place)
         raise
