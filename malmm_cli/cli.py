@@ -7,14 +7,13 @@ cluster that cannot be joined), 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -655,12 +654,11 @@ def _run(
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
         stdout = StdoutWriter(options.formats[0], single=single, settings=settings) if printing else None
-        read, videos_at_once, on_ray = None, 1, contextlib.nullcontext()
+        read, videos_at_once, on_ray = None, 1, nullcontext()
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
-            read, videos_at_once = _ray_reader(options, task, request[0], readers, reporter), len(pending)
-            from malmm_cli.ray_engine import session
-
-            on_ray = session()  # stdout (held by `stdout` already) gets results only, none of Ray's lines
+            # on_ray: stdout (held by `stdout` already) gets results only, none of Ray's lines
+            read, on_ray = _ray_reader(options, task, request[0], readers, reporter)
+            videos_at_once = len(pending)
         elif pending:
             malmm = load_model(options, task, reporter, readers=len(readers), frames=options.most_frames(task))
             read, videos_at_once = _reader(malmm, options, task, request[0], readers, reporter)
@@ -761,15 +759,16 @@ def _reader(
 
 def _ray_reader(
     options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
-) -> Callable[..., list[VideoResult | Exception]]:
-    """The function that reads a batch of inputs on a Ray cluster (malmm_cli/ray_engine.py)."""
+) -> tuple[Callable[..., list[VideoResult | Exception]], AbstractContextManager]:
+    """The function that reads a batch of inputs on a Ray cluster (malmm_cli/ray_engine.py), and
+    the session to read within (it ends the connection made here)."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         reporter.error("--engine ray needs Ray: pip install 'malmm[ray]'")
         raise typer.Exit(EXIT_USAGE)
     from malmm_cli.pipeline import Memory
-    from malmm_cli.ray_engine import ClusterError, RayOptions, ReadJob, connect, ray_reader
+    from malmm_cli.ray_engine import ClusterError, RayOptions, ReadJob, connect, ray_reader, session
 
     job = ReadJob(
         load=_load_options(options, task, len(readers), frames=options.most_frames(task)), readers=tuple(readers),
@@ -780,11 +779,11 @@ def _ray_reader(
     )  # fmt: skip
     where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
     try:
-        connect(where)  # once, before any video: a cluster that refuses is one line, not a failure per video
+        connected_here = connect(where)  # once, before any video: a cluster that refuses is one line
     except ClusterError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from None
-    return ray_reader(job, where, show_progress=not options.quiet)
+    return ray_reader(job, where, show_progress=not options.quiet), session(connected_here)
 
 
 def _check_concat(options: RunOptions, task: Task) -> None:

@@ -46,9 +46,6 @@ class ClusterError(Exception):
     """The Ray cluster cannot be joined; str(error) is one line saying why."""
 
 
-_started_here = False  # whether connect() started the Ray connection (and so may end it)
-
-
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how wide: the cluster (None: start one on this machine), actors, GPUs each."""
@@ -128,22 +125,22 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def connect(options: RayOptions) -> None:
-    """Join the cluster at `address`, or start a local one (once per process). ClusterError if it
-    cannot be joined: a wrong address, or a token its authentication refuses (Ray itself tries
-    for about 20 s), so the command says so once, before any video."""
-    global _started_here
+def connect(options: RayOptions) -> bool:
+    """Join the cluster at `address`, or start a local one (once per process). True when this call
+    made the connection (`session` then ends it). ClusterError if it cannot be joined: a wrong
+    address, or a token its authentication refuses (Ray itself tries for about 20 s), so the
+    command says so once, before any video."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     try:
         with ray_prints_to_stderr():
             ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
     except Exception as error:  # ConnectionError (the cause says why), ValueError, RuntimeError...
         where = f"at {options.address}" if options.address else "(RAY_ADDRESS, or a local one)"
         raise ClusterError(f"cannot join the Ray cluster {where}: {_join_failure(error)}") from None
-    _started_here = True
+    return True
 
 
 def _join_failure(error: Exception) -> str:
@@ -162,27 +159,21 @@ def _join_failure(error: Exception) -> str:
     return text.splitlines()[0].split(". ")[0] if text else type(deepest).__name__
 
 
-def disconnect() -> None:
-    """End the Ray connection connect() made (its listener is joined: nothing more of Ray's is
-    printed after this), leaving one the caller made alone."""
-    global _started_here
+@contextlib.contextmanager
+def session(connected_here: bool) -> Iterator[None]:
+    """A command's run on Ray: Ray's prints go to stderr throughout (a worker's death is told
+    while results are still being written). A connection this command made (`connect` returned
+    True) ends with it, its listener joined: nothing more of Ray's is printed after; one the
+    caller made is left alone."""
     import ray
 
-    if _started_here and ray.is_initialized():
-        with ray_prints_to_stderr():
-            ray.shutdown()
-    _started_here = False
-
-
-@contextlib.contextmanager
-def session() -> Iterator[None]:
-    """A command's run on Ray: Ray's prints go to stderr throughout (a worker's death is told
-    while results are still being written), and the connection connect() made ends with it."""
     try:
         with ray_prints_to_stderr():
             yield
     finally:
-        disconnect()
+        if connected_here and ray.is_initialized():
+            with ray_prints_to_stderr():
+                ray.shutdown()
 
 
 @contextlib.contextmanager
