@@ -21,6 +21,7 @@ from PIL import Image
 
 from malmm_cli.results import Preview, Thumbnail
 from malmm_cli.video import VideoError
+from malmm_cli.wording import counted, plural
 
 THUMBNAIL_WIDTH = 192  # pixels: sharp enough on a phone, ~5 KB as JPEG
 JPEG_QUALITY = 70
@@ -121,8 +122,8 @@ class ThumbnailCollector:
         reason = None
         if unmade:
             reason = (
-                f"{unmade} pictures are missing: their frames' vision features came from the feature cache and the "
-                "frames could not be decoded again (--no-cache decodes every frame)"
+                f"{counted(unmade, 'picture')} {plural(unmade, 'is')} missing: their frames' vision features came "
+                "from the feature cache and the frames could not be decoded again (--no-cache decodes every frame)"
             )
         thumbnails = sorted(self._kept.values(), key=lambda t: t.target)
         return Preview(thumbnails, damaged_spans(self.planned, missing, self.duration, ended_at), reason)

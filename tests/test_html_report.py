@@ -86,6 +86,26 @@ def test_collector_keeps_the_frame_planned_nearest_each_span_middle() -> None:
     assert preview.missing_reason is None and preview.damaged == []
 
 
+def test_pictures_of_cached_frames_that_cannot_be_decoded_are_counted_in_words() -> None:
+    """Frames chosen among those replayed from the feature cache are decoded at the end; those that
+    cannot be are said, with a count that agrees with its words."""
+    from malmm_cli.pipeline import Grid
+    from malmm_cli.video import VideoError
+
+    def fails(_targets: list[float]):
+        raise VideoError("the file is gone")
+
+    def reason(frames: int) -> str | None:
+        planned = [float(i) for i in range(frames)]
+        collector = ThumbnailCollector([Grid(1.0, float(frames))], planned, float(frames))
+        for target in planned:
+            collector.replayed_frame(target, target)
+        return collector.preview(missing=[], decode=fails).missing_reason
+
+    assert reason(1).startswith("1 picture is missing: ")
+    assert reason(2).startswith("2 pictures are missing: ")
+
+
 def test_damaged_spans_run_from_the_first_missing_frame_to_the_next_read() -> None:
     planned = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert damaged_spans(planned, [1.0, 2.0, 5.0], 6.0) == [(1.0, 3.0), (5.0, 6.0)]
