@@ -72,22 +72,22 @@ def _video_columns(width: int) -> list[ProgressColumn]:
         "elapsed": 8,
     }
     room = width - 2 - 12 - NAME_WIDTH[0]  # the spinner, frames done of planned, the shortest name
-    shown = set()
+    kept = set()
     for field, takes in optional.items():
         if takes > room:
             break
-        shown.add(field)
+        kept.add(field)
         room -= takes
     name = Column(width=min(NAME_WIDTH[0] + max(room, 0), NAME_WIDTH[1]), no_wrap=True, overflow="ellipsis")
     columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}", table_column=name)]
-    if "bar" in shown:
+    if "bar" in kept:
         columns.append(BarColumn(bar_width=20))
     columns.append(MofNCompleteColumn(table_column=Column(min_width=11, no_wrap=True)))
-    if "rate" in shown:
+    if "rate" in kept:
         columns.append(_RateColumn(table_column=Column(width=15, no_wrap=True)))
-    if "elapsed" in shown:
+    if "elapsed" in kept:
         columns.append(TimeElapsedColumn())
-    if "eta" in shown:
+    if "eta" in kept:
         columns += [TextColumn("eta"), TimeRemainingColumn()]
     return columns
 
