@@ -10,9 +10,9 @@ frames spread evenly, each run in a fresh process so its peak RSS is its own:
     cv_read   read() every frame, keep the one on screen at each target (the last at or before it)
     cv_grab   grab() every frame, retrieve() only the kept ones
     cv_seek   set(CAP_PROP_POS_FRAMES) then read() for every target
-    reader    malmm_cli.video.VideoReader: grab forward when near, checked seek when far (the default)
-    parallel  malmm_cli.parallel.ParallelReader: the same frames, decoded by one process per core
-    keyframe  malmm_cli.keyframes.KeyframeReader: the nearest keyframes only (--seek keyframe), approximate
+    reader    malmm_cli.media.video.VideoReader: grab forward when near, checked seek when far (the default)
+    parallel  malmm_cli.media.parallel.ParallelReader: the same frames, decoded by one process per core
+    keyframe  malmm_cli.media.keyframes.KeyframeReader: the nearest keyframes only (--seek keyframe), approximate
 
 Every strategy returns full-size RGB images, as VideoReader does. Runs shorter than --short (30 s)
 are repeated and the median is kept (shared machines are noisy). The table and the machine are
@@ -43,7 +43,7 @@ from benchmarks.common import machine, update_section  # noqa: E402
 SHORT_RUN = 30.0  # s: runs shorter than this are repeated (default of --short)
 STRATEGIES = ("cv_read", "cv_grab", "cv_seek", "reader", "parallel", "keyframe")
 MODES = ("1fps", "N64")
-SLACK = 1e-3  # s, as in malmm_cli.video
+SLACK = 1e-3  # s, as in malmm_cli.media.video
 
 
 # --- the clip ---------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def clip_facts(path: Path) -> dict:
 
 
 def targets_for(mode: str, duration: float) -> list[float]:
-    from malmm_cli.video import sample_times
+    from malmm_cli.media.video import sample_times
 
     return sample_times(duration, fps=1.0) if mode == "1fps" else sample_times(duration, frames=64)
 
@@ -149,7 +149,7 @@ def cv_seek(path: Path, targets: list[float]) -> Iterator[tuple[float, float, ob
 
 
 def reader(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
-    from malmm_cli.video import VideoReader
+    from malmm_cli.media.video import VideoReader
 
     with VideoReader(path) as video:
         for frame in video.frames(targets):
@@ -157,7 +157,7 @@ def reader(path: Path, targets: list[float]) -> Iterator[tuple[float, float, obj
 
 
 def parallel(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
-    from malmm_cli.parallel import ParallelReader
+    from malmm_cli.media.parallel import ParallelReader
 
     with ParallelReader(path, workers=os.cpu_count() or 2) as video:
         for frame in video.frames(targets):
@@ -165,7 +165,7 @@ def parallel(path: Path, targets: list[float]) -> Iterator[tuple[float, float, o
 
 
 def keyframe(path: Path, targets: list[float]) -> Iterator[tuple[float, float, object]]:
-    from malmm_cli.keyframes import KeyframeReader
+    from malmm_cli.media.keyframes import KeyframeReader
 
     with KeyframeReader(path) as video:
         for frame in video.frames(targets):
@@ -188,7 +188,7 @@ def child(strategy: str, mode: str, path: Path) -> None:
     import cv2  # noqa: F401  (every strategy pays the same imports, outside the timed region)
     import numpy  # noqa: F401
 
-    import malmm_cli.video  # noqa: F401
+    import malmm_cli.media.video  # noqa: F401
     from tests import media
 
     frame_times = json.loads(path.with_suffix(".times.json").read_text())

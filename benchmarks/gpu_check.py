@@ -282,7 +282,7 @@ def section_training(check: Check) -> dict:
     the CPU the tiny model unquantized: its 4-bit layers there are not what a GPU trains)."""
     import torch
 
-    from malmm_cli.train import make_optimizer
+    from malmm_cli.jobs.train import make_optimizer
     from models.memory_plan import TrainingShape, plan_training
     from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters
 
@@ -558,9 +558,9 @@ def _make_clip(path: Path, seconds: int, size: tuple[int, int], fps: int = 30) -
 
 
 def section_end_to_end(check: Check) -> dict:
-    from malmm_cli.parallel import ParallelReader
-    from malmm_cli.pipeline import Sampling, caption_video
-    from malmm_cli.video import plan_times, probe
+    from malmm_cli.media.parallel import ParallelReader
+    from malmm_cli.media.video import plan_times, probe
+    from malmm_cli.reading.pipeline import Sampling, caption_video
 
     video = check.shared["video"]
     writer = check.shared.get("video_writer")
@@ -609,8 +609,8 @@ def section_watch(check: Check) -> dict:
     """How fast `malmm watch` reads on this model: the clip given to it as a stream, read as fast as
     it decodes, with a buffer that never drops, at 2 frames/s and a caption every 10 s: the
     frames/s it reads is the densest --fps it could follow in real time."""
-    from malmm_cli.live import parse_source
-    from malmm_cli.watch import watch
+    from malmm_cli.jobs.watch import watch
+    from malmm_cli.reading.live import parse_source
 
     video = check.shared["video"]
     writer = check.shared.get("video_writer")

@@ -38,8 +38,8 @@ def main() -> None:
 
     import torch
 
-    from malmm_cli.feature_cache import FeatureCache
-    from malmm_cli.pipeline import Sampling, answer_questions
+    from malmm_cli.reading.feature_cache import FeatureCache
+    from malmm_cli.reading.pipeline import Sampling, answer_questions
     from models import Malmm
 
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def main() -> None:
     import torch
     from transformers import BlipImageProcessorPil
 
-    from malmm_cli.train import make_optimizer
+    from malmm_cli.jobs.train import make_optimizer
     from models.architectures import architecture, reduced_depth
     from models.malmm import Malmm
     from models.memory_plan import TrainingShape, plan_training

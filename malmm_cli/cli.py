@@ -22,10 +22,10 @@ import typer
 import typer.core
 
 from malmm_cli import __version__
-from malmm_cli.dataset import TASK_TARGETS
-from malmm_cli.events import EVENT_FORMATS
-from malmm_cli.names import shown
-from malmm_cli.timefmt import parse_duration
+from malmm_cli.jobs.dataset import TASK_TARGETS
+from malmm_cli.media.names import shown
+from malmm_cli.media.timefmt import parse_duration
+from malmm_cli.output.events import EVENT_FORMATS
 from malmm_cli.wording import counted, plural
 from models.presets import (
     CAPTION,
@@ -42,13 +42,13 @@ if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only w
     from rich.console import Console
     from rich.table import Table
 
-    from malmm_cli.batch import Input
-    from malmm_cli.feature_cache import FeatureCache
-    from malmm_cli.loading import LoadOptions
-    from malmm_cli.pipeline import Reader, Sampling
-    from malmm_cli.progress import Reporter, VideoProgress
-    from malmm_cli.records import Settings
-    from malmm_cli.results import VideoResult
+    from malmm_cli.commands.progress import Reporter, VideoProgress
+    from malmm_cli.jobs.batch import Input
+    from malmm_cli.jobs.loading import LoadOptions
+    from malmm_cli.jobs.records import Settings
+    from malmm_cli.reading.feature_cache import FeatureCache
+    from malmm_cli.reading.pipeline import Reader, Sampling
+    from malmm_cli.reading.results import VideoResult
     from models.malmm import Malmm
     from models.memory_plan import TrainingShape
 
@@ -353,12 +353,12 @@ class RunOptions:
         return list(self.format or ["txt"])
 
     def cache(self, reporter: Reporter) -> FeatureCache | None:
-        from malmm_cli.feature_cache import FeatureCache
+        from malmm_cli.reading.feature_cache import FeatureCache
 
         return None if self.no_cache else FeatureCache(on_problem=reporter.warn)
 
     def sampling(self, task: Task) -> Sampling:
-        from malmm_cli.pipeline import Sampling
+        from malmm_cli.reading.pipeline import Sampling
 
         rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
         return Sampling(**rate, seek=self.seek, decode_workers=self.decode_workers)
@@ -376,9 +376,9 @@ class RunOptions:
 
     def settings(self, task: Task, name: str, request: dict[str, object]) -> Settings:
         """What the results of this run depend on, for the records beside them."""
-        from malmm_cli.feature_cache import default_cache_dir
-        from malmm_cli.loading import SetupError, resolve_device
-        from malmm_cli.records import Settings, checkpoint_identity, model_identity
+        from malmm_cli.jobs.loading import SetupError, resolve_device
+        from malmm_cli.jobs.records import Settings, checkpoint_identity, model_identity
+        from malmm_cli.reading.feature_cache import default_cache_dir
 
         try:
             device = resolve_device(self.device).split(":")[0]
@@ -432,7 +432,7 @@ def load_model(
     the most any video reads (None: not known, a stream), which bounds the memory bank planned."""
     from transformers.utils import logging as transformers_logging
 
-    from malmm_cli.loading import SetupError, load, locate
+    from malmm_cli.jobs.loading import SetupError, load, locate
     from models.checkpoint import CheckpointError
 
     transformers_logging.set_verbosity_error()
@@ -461,7 +461,7 @@ def _load_options(
     options: RunOptions, task: Task, readers: int = 1, training: TrainingShape | None = None, frames: int | None = None
 ) -> LoadOptions:
     """What loading the model needs to know, from the command's options."""
-    from malmm_cli.loading import LoadOptions
+    from malmm_cli.jobs.loading import LoadOptions
 
     generation = options.generation(task)
     return LoadOptions(
@@ -587,7 +587,8 @@ def _run(
     """Read the videos with these readers (the task's description, see pipeline.py): check
     everything that can be checked without the model (inputs, output folder, what is already
     done), load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.batch import (
+    from malmm_cli.commands.progress import Outcome, Reporter, summary_table
+    from malmm_cli.jobs.batch import (
         StdoutClosed,
         StdoutWriter,
         expand_inputs,
@@ -596,8 +597,7 @@ def _run(
         run_batch,
         write_index,
     )
-    from malmm_cli.progress import Outcome, Reporter, summary_table
-    from malmm_cli.video import VideoError, check_readable
+    from malmm_cli.media.video import VideoError, check_readable
 
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
@@ -710,10 +710,10 @@ def _reader(
     malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
-    from malmm_cli.batch import clip_sampling
-    from malmm_cli.loading import planned_bank, reading_sizes, vision_batch_size
-    from malmm_cli.pipeline import Memory, check_memory, read_videos
-    from malmm_cli.video import VideoError
+    from malmm_cli.jobs.batch import clip_sampling
+    from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
+    from malmm_cli.media.video import VideoError
+    from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
 
     memory = Memory(options.bank(task), options.memory)
     try:
@@ -760,15 +760,15 @@ def _reader(
 def _ray_reader(
     options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
 ) -> tuple[Callable[..., list[VideoResult | Exception]], AbstractContextManager]:
-    """The function that reads a batch of inputs on a Ray cluster (malmm_cli/ray_engine.py), and
+    """The function that reads a batch of inputs on a Ray cluster (malmm_cli/jobs/ray_engine.py), and
     the session to read within (it ends the connection made here)."""
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         reporter.error("--engine ray needs Ray: pip install 'malmm[ray]'")
         raise typer.Exit(EXIT_USAGE)
-    from malmm_cli.pipeline import Memory
-    from malmm_cli.ray_engine import ClusterError, RayOptions, ReadJob, connect, ray_reader, session
+    from malmm_cli.jobs.ray_engine import ClusterError, RayOptions, ReadJob, connect, ray_reader, session
+    from malmm_cli.reading.pipeline import Memory
 
     job = ReadJob(
         load=_load_options(options, task, len(readers), frames=options.most_frames(task)), readers=tuple(readers),
@@ -844,7 +844,7 @@ def caption(
     manifest (one path per line, or JSONL rows with "video" and optional "start"/"end" seconds).
     """
     options = _shared(ctx)
-    from malmm_cli.pipeline import caption_readers
+    from malmm_cli.reading.pipeline import caption_readers
 
     _run(paths, options, CAPTION, ("caption", {"segment": segment}), caption_readers(segment))
 
@@ -896,7 +896,7 @@ def ask(
         questions += _read_lines(question_file, "questions", "--question-file")
     if not questions:
         raise typer.BadParameter("give a QUESTION or --question-file", param_hint="QUESTION")
-    from malmm_cli.pipeline import question_readers
+    from malmm_cli.reading.pipeline import question_readers
 
     _run([path], options, QUESTION, ("ask", {"questions": questions}), question_readers(questions))
 
@@ -956,7 +956,7 @@ def predict(
     manifest (one path per line, or JSONL rows with "video" and optional "start"/"end" seconds).
     """
     options = _shared(ctx)
-    from malmm_cli.progress import Reporter
+    from malmm_cli.commands.progress import Reporter
 
     reporter = Reporter(quiet=options.quiet)
     label_list = _read_lines(labels, "labels", "--labels") if labels is not None else None
@@ -966,7 +966,7 @@ def predict(
         label_list = list(dict.fromkeys(label_list))
     every_seconds = every if every is not None else (None if label_list else 60.0)
     request = {"labels": label_list, "every": every_seconds, "top_k": top_k if label_list else None}
-    from malmm_cli.pipeline import predict_readers
+    from malmm_cli.reading.pipeline import predict_readers
 
     readers = predict_readers(label_list, every_seconds, top_k)
     _run(paths, options, CLASSIFICATION, ("predict", request), readers, reporter)
@@ -1063,14 +1063,14 @@ def watch(
     """
     import signal
 
-    from malmm_cli.events import EventWriter, WatchEvent
-    from malmm_cli.live import STDIN_ADVICE, LiveStream, SourceError, check_source, check_stdin, parse_source
-    from malmm_cli.loading import vision_batch_size
-    from malmm_cli.pipeline import Memory, check_memory
-    from malmm_cli.progress import LiveStatus, Reporter
-    from malmm_cli.video import VideoError
-    from malmm_cli.watch import check_watch
-    from malmm_cli.watch import watch as watch_stream
+    from malmm_cli.commands.progress import LiveStatus, Reporter
+    from malmm_cli.jobs.loading import vision_batch_size
+    from malmm_cli.jobs.watch import check_watch
+    from malmm_cli.jobs.watch import watch as watch_stream
+    from malmm_cli.media.video import VideoError
+    from malmm_cli.output.events import EventWriter, WatchEvent
+    from malmm_cli.reading.live import STDIN_ADVICE, LiveStream, SourceError, check_source, check_stdin, parse_source
+    from malmm_cli.reading.pipeline import Memory, check_memory
 
     reporter = Reporter(quiet=quiet)
     options = RunOptions(
@@ -1195,7 +1195,7 @@ def _fraction(text: str) -> float:
 
 TRAIN_TASKS = tuple(TASK_TARGETS)
 OPTIMIZERS = ("adamw", "adamw8bit")  # models.memory_plan.OPTIMIZER_BYTES (not imported: it loads torch)
-# malmm_cli.evaluate.BENCHMARKS (not imported: it loads torch); a test checks they agree.
+# malmm_cli.jobs.evaluate.BENCHMARKS (not imported: it loads torch); a test checks they agree.
 BENCHMARK_NAMES = ("msrvtt-qa", "msvd-qa", "activitynet-qa", "msrvtt-caption", "msvd-caption", "youcook2",
                    *(f"lvu-{task}" for task in ("director", "genre", "relationship", "scene", "way_speaking",
                                                 "writer", "year")), "breakfast", "coin")  # fmt: skip
@@ -1377,9 +1377,9 @@ def train(
     files work too (with --videos). Progress is saved in RUN; Ctrl-C saves and stops, --resume
     goes on. Use the result with `malmm caption|ask|predict --checkpoint RUN`.
     """
-    from malmm_cli import train as training
-    from malmm_cli.dataset import DatasetError
-    from malmm_cli.progress import Reporter, TrainingProgress
+    from malmm_cli.commands.progress import Reporter, TrainingProgress
+    from malmm_cli.jobs import train as training
+    from malmm_cli.jobs.dataset import DatasetError
     from models.checkpoint import CheckpointError
 
     reporter = Reporter(quiet=quiet)
@@ -1509,11 +1509,11 @@ def evaluate(
     an MA-LMM annotation file with --dataset. Prints the metrics as JSON on stdout, and a table
     beside the paper's figures on stderr.
     """
-    from malmm_cli import evaluate as evaluation
-    from malmm_cli.dataset import DatasetError
-    from malmm_cli.loading import SetupError, resolve_device
-    from malmm_cli.progress import EvalProgress, Reporter
-    from malmm_cli.records import checkpoint_identity, file_identity, model_identity
+    from malmm_cli.commands.progress import EvalProgress, Reporter
+    from malmm_cli.jobs import evaluate as evaluation
+    from malmm_cli.jobs.dataset import DatasetError
+    from malmm_cli.jobs.loading import SetupError, resolve_device
+    from malmm_cli.jobs.records import checkpoint_identity, file_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
     output = _one_output(output, output_dir)
@@ -1586,7 +1586,7 @@ def _metrics_table(metrics: dict) -> Table:
     """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper)."""
     from rich.table import Table
 
-    from malmm_cli.evaluate import PAPER_NOTES
+    from malmm_cli.jobs.evaluate import PAPER_NOTES
 
     caption = "Bleu_4" in metrics["metrics"]
     table = Table(title=f"{metrics['dataset']}: {counted(metrics['examples'], 'example')}", title_justify="left")
@@ -1616,7 +1616,7 @@ def models_list() -> None:
     """The InstructBLIP models malmm knows, their sizes, and which are in the local cache."""
     from rich.table import Table
 
-    from malmm_cli.hub import FINE_TUNED, PRESETS, cache_dir, cached_models
+    from malmm_cli.jobs.hub import FINE_TUNED, PRESETS, cache_dir, cached_models
     from models.architectures import architecture
     from models.memory_plan import count_parameters
 
@@ -1658,8 +1658,8 @@ def models_download(
 
     NAME is a name from `malmm models list`, or any hub id.
     """
-    from malmm_cli.hub import ModelUnavailable, cached_snapshot, check_reachable, download, find_preset
-    from malmm_cli.progress import Reporter
+    from malmm_cli.commands.progress import Reporter
+    from malmm_cli.jobs.hub import ModelUnavailable, cached_snapshot, check_reachable, download, find_preset
 
     reporter = Reporter(quiet=quiet)
     preset = find_preset(name)
@@ -1693,7 +1693,7 @@ app.add_typer(cache_app, name="cache", short_help="Inspect or empty the vision f
 @cache_app.command("info")
 def cache_info() -> None:
     """Where the cache is, what it holds, and its size limit."""
-    from malmm_cli.feature_cache import FeatureCache
+    from malmm_cli.reading.feature_cache import FeatureCache
 
     cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     entries = cache.entries()
@@ -1716,7 +1716,7 @@ def cache_info() -> None:
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Remove every cached video (and what stopped runs left); nothing else in the folder."""
-    from malmm_cli.feature_cache import FeatureCache
+    from malmm_cli.reading.feature_cache import FeatureCache
 
     cache = FeatureCache(on_problem=lambda message: typer.echo(f"warning: {shown(message)}", err=True))
     freed = cache.clear()
@@ -1728,7 +1728,7 @@ def doctor() -> None:
     """Check this machine: versions, GPUs, quantization, video codecs, cached models."""
     from rich.table import Table
 
-    from malmm_cli.doctor import run_checks
+    from malmm_cli.jobs.doctor import run_checks
 
     console = _stdout_console()
     with console.status("Checking", spinner="dots") if console.is_terminal else _nothing():

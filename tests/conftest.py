@@ -117,7 +117,7 @@ def run(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def readouts(monkeypatch: pytest.MonkeyPatch) -> dict[tuple, torch.Tensor]:
     """What the LLM is given at each read-out of the reading loop, by (video, reader, span)."""
-    from malmm_cli import pipeline
+    from malmm_cli.reading import pipeline
 
     seen = {}
     answer = pipeline._answer

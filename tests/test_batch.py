@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_results
-from malmm_cli.progress import Reporter
-from malmm_cli.records import Settings, differences, read_record, record, record_path
-from malmm_cli.results import VideoResult
-from malmm_cli.video import VideoError, check_readable
+from malmm_cli.commands.progress import Reporter
+from malmm_cli.jobs.batch import Input, StdoutWriter, expand_inputs, name_outputs, plan_resume, run_batch, write_results
+from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
+from malmm_cli.media.video import VideoError, check_readable
+from malmm_cli.reading.results import VideoResult
 
 
 def touch(path: Path) -> Path:
@@ -133,7 +133,7 @@ def test_the_record_goes_before_and_comes_back_after_the_results(tmp_path: Path,
     video = touch(tmp_path / "clip.mp4")
     item, out = Input(video, Path("clip")), tmp_path / "out"
     write_results(result(str(video)), out, item, settings(questions=["q"]), ["json", "srt"])
-    from malmm_cli import batch
+    from malmm_cli.jobs import batch
 
     def disk_full_on_srt(path: Path, text: str) -> None:
         if path.suffix == ".srt":

@@ -352,7 +352,7 @@ def test_second_question_uses_the_feature_cache(run, videos: Path, tmp_path: Pat
     assert "entries: 1 video," in info.stdout and str(tmp_path / "cache") in info.stdout
     bypass = run("ask", videos / "short.mp4", "who?", "--frames", "6", "--no-cache")
     assert bypass.exit_code == 0 and "entries: 1 video," in run("cache", "info", model=False).stdout
-    from malmm_cli.feature_cache import _this_host
+    from malmm_cli.reading.feature_cache import _this_host
 
     (tmp_path / "cache" / f".{'a' * 40}.{_this_host()}-999999999-0a1b.partial").mkdir()  # left by a killed run
     assert (

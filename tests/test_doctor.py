@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from malmm_cli import doctor
 from malmm_cli.cli import app
-from malmm_cli.doctor import Check, run_checks
+from malmm_cli.jobs import doctor
+from malmm_cli.jobs.doctor import Check, run_checks
 
 
 def test_checks_on_this_machine() -> None:

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from malmm_cli import cli
-from malmm_cli import evaluate as evaluation
 from malmm_cli.cli import app
-from malmm_cli.dataset import DatasetError, read_examples
-from malmm_cli.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
+from malmm_cli.jobs import evaluate as evaluation
+from malmm_cli.jobs.dataset import DatasetError, read_examples
+from malmm_cli.jobs.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
 from tests.media import SCENE_COLOURS, make_scene
 
 COLOURS = list(SCENE_COLOURS)
@@ -94,7 +94,7 @@ def test_each_annotation_format(tmp_path: Path) -> None:
 def test_coin_is_scored_on_its_val_split(tmp_path: Path) -> None:
     """COIN.json holds every split, each entry naming its `subset`: eval reads the val split (as
     MA-LMM evaluates), or the one --split names; train reads train and --val the val split."""
-    from malmm_cli import train as training
+    from malmm_cli.jobs import train as training
 
     coin = _write(tmp_path / "COIN.json", {
         "a": {"subset": "train", "target": "make french fries", "duration": 9},
@@ -333,7 +333,7 @@ def test_a_run_folder_checkpoint_is_identified_by_content(tiny_llama_dir: Path, 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from malmm_cli.fingerprint import content_hash
+    from malmm_cli.reading.fingerprint import content_hash
     from models.checkpoint import save_trained
 
     data = _scene_labels(tmp_path, 1)

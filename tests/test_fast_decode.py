@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from malmm_cli.keyframes import KeyframeReader
-from malmm_cli.parallel import ParallelReader
-from malmm_cli.video import VideoError, VideoReader, probe, sample_times
+from malmm_cli.media.keyframes import KeyframeReader
+from malmm_cli.media.parallel import ParallelReader
+from malmm_cli.media.video import VideoError, VideoReader, probe, sample_times
 from tests import media
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.pipeline import Sampling, VideoStream
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.pipeline import Sampling, VideoStream
 from tests import media
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli import stream as stream_module
-from malmm_cli.feature_cache import FeatureCache, default_cache_dir
-from malmm_cli.pipeline import Sampling, VideoStream, answer_questions
+from malmm_cli.reading import stream as stream_module
+from malmm_cli.reading.feature_cache import FeatureCache, default_cache_dir
+from malmm_cli.reading.pipeline import Sampling, VideoStream, answer_questions
 from tests import media
 
 
@@ -155,7 +155,7 @@ def test_a_broken_cache_folder_costs_one_warning_and_no_video(tiny_malmm, clip, 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("malmm_cli.feature_cache.save_file", disk_full)
+    monkeypatch.setattr("malmm_cli.reading.feature_cache.save_file", disk_full)
     for _ in range(2):
         assert read(tiny_malmm, clip, cache)[0] is False
     assert len(problems) == 1 and "No space left on device" in problems[0]
@@ -178,7 +178,7 @@ def test_concurrent_writers_of_one_entry_never_fail(tiny_malmm, clip, tmp_path) 
 
 def test_an_entry_removed_while_replayed_is_decoded_instead(tiny_malmm, clip, tmp_path, monkeypatch) -> None:
     """Another run's `malmm cache clear` (or eviction) while a video is replayed from the cache."""
-    monkeypatch.setattr("malmm_cli.feature_cache.CHUNK_FRAMES", 8)  # 30 frames: 4 chunks
+    monkeypatch.setattr("malmm_cli.reading.feature_cache.CHUNK_FRAMES", 8)  # 30 frames: 4 chunks
     problems: list[str] = []
     cache = FeatureCache(tmp_path / "cache", on_problem=problems.append)
     _, times, features = read(tiny_malmm, clip, cache, frames=30)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli import fingerprint
-from malmm_cli.fingerprint import content_hash, tensor_checksum, weights_checksum
+from malmm_cli.reading import fingerprint
+from malmm_cli.reading.fingerprint import content_hash, tensor_checksum, weights_checksum
 
 
 def test_content_hash_is_remembered_and_follows_any_change(tmp_path: Path, monkeypatch) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from malmm_cli import html_report
-from malmm_cli.results import Preview, RankedLabel, Thumbnail, TimedText, VideoResult
-from malmm_cli.thumbnails import ThumbnailCollector, damaged_spans, shrink
+from malmm_cli.output import html_report
+from malmm_cli.reading.results import Preview, RankedLabel, Thumbnail, TimedText, VideoResult
+from malmm_cli.reading.thumbnails import ThumbnailCollector, damaged_spans, shrink
 from tests import media
 from tests.browser import Browser, find_chromium
 
@@ -72,7 +72,7 @@ def _write(tmp_path: Path, text: str, name: str = "clip.caption.html") -> Path:
 
 
 def test_collector_keeps_the_frame_planned_nearest_each_span_middle() -> None:
-    from malmm_cli.pipeline import Grid
+    from malmm_cli.reading.pipeline import Grid
 
     planned = [0.5 * i for i in range(20)]  # 0 .. 9.5 s
     collector = ThumbnailCollector([Grid(4.0, 10.0)], planned, 10.0)
@@ -89,8 +89,8 @@ def test_collector_keeps_the_frame_planned_nearest_each_span_middle() -> None:
 def test_pictures_of_cached_frames_that_cannot_be_decoded_are_counted_in_words() -> None:
     """Frames chosen among those replayed from the feature cache are decoded at the end; those that
     cannot be are said, with a count that agrees with its words."""
-    from malmm_cli.pipeline import Grid
-    from malmm_cli.video import VideoError
+    from malmm_cli.media.video import VideoError
+    from malmm_cli.reading.pipeline import Grid
 
     def fails(_targets: list[float]):
         raise VideoError("the file is gone")

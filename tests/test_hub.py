@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli import hub
+from malmm_cli.jobs import hub
 from tests.fake_hub import FakeHub, fill_cache
 
 REPO = "Salesforce/instructblip-vicuna-7b"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli import names
-from malmm_cli.writers import write_atomic
+from malmm_cli.media import names
+from malmm_cli.output.writers import write_atomic
 from tests import media
 from tests.conftest import FAST
 

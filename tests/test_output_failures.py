@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli import batch
-from malmm_cli.batch import Input, StdoutClosed, StdoutWriter, run_batch
-from malmm_cli.progress import Reporter
-from malmm_cli.records import Settings
-from malmm_cli.results import VideoResult
+from malmm_cli.commands.progress import Reporter
+from malmm_cli.jobs import batch
+from malmm_cli.jobs.batch import Input, StdoutClosed, StdoutWriter, run_batch
+from malmm_cli.jobs.records import Settings
+from malmm_cli.reading.results import VideoResult
 from tests import media
 from tests.conftest import FAST
 

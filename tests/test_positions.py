@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.pipeline import Sampling, VideoStream, answer_questions, caption_video, predict_actions
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.pipeline import Sampling, VideoStream, answer_questions, caption_video, predict_actions
 from models import CAPTION, Malmm, frame_position
 from tests import media
 

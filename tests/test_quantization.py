@@ -154,7 +154,7 @@ def test_questions_share_the_visual_bank_in_the_memory_plan() -> None:
 
 
 def test_reading_sizes_fit_what_is_free(tiny_malmm) -> None:
-    from malmm_cli.loading import MAX_VIDEO_BATCH, reading_sizes
+    from malmm_cli.jobs.loading import MAX_VIDEO_BATCH, reading_sizes
 
     common = {"memory_bank_length": 40, "readers": 1, "num_beams": 5, "max_new_tokens": 50}
     roomy = reading_sizes(tiny_malmm, **common, free=64 * GIB)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli import pipeline
-from malmm_cli.pipeline import (
+from malmm_cli.media.video import VideoError
+from malmm_cli.reading import pipeline
+from malmm_cli.reading.pipeline import (
     Memory,
     Sampling,
     VideoStream,
@@ -18,7 +19,6 @@ from malmm_cli.pipeline import (
     question_readers,
     read_videos,
 )
-from malmm_cli.video import VideoError
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
 from tests import media
 

@@ -12,11 +12,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from malmm_cli import progress
-from malmm_cli.batch import Input, StdoutWriter, run_batch
-from malmm_cli.progress import Reporter
-from malmm_cli.records import Settings
-from malmm_cli.results import VideoResult
+from malmm_cli.commands import progress
+from malmm_cli.commands.progress import Reporter
+from malmm_cli.jobs.batch import Input, StdoutWriter, run_batch
+from malmm_cli.jobs.records import Settings
+from malmm_cli.reading.results import VideoResult
 from tests import media
 from tests.fake_hub import FakeHub, fill_cache
 
@@ -40,7 +40,7 @@ def test_bars_in_a_terminal(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_download_bar_counts_the_bytes(tiny_llama_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    from malmm_cli import hub
+    from malmm_cli.jobs import hub
 
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     reporter = Reporter(console=console)

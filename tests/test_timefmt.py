@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from malmm_cli.timefmt import format_timestamp, parse_duration
+from malmm_cli.media.timefmt import format_timestamp, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from transformers import InstructBlipConfig
 from typer.testing import CliRunner
 
-from malmm_cli import train as training
-from malmm_cli.augment import ClipAugment, draw_crop
 from malmm_cli.cli import app
-from malmm_cli.dataset import DatasetError, read_examples
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.stream import Sampling, VideoStream
+from malmm_cli.jobs import train as training
+from malmm_cli.jobs.dataset import DatasetError, read_examples
+from malmm_cli.media.augment import ClipAugment, draw_crop
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.stream import Sampling, VideoStream
 from models import Malmm
 from models.checkpoint import save_trained
 from models.lora import add_lora
@@ -490,7 +490,7 @@ def test_train_refuses_settings_that_do_not_fit(
 ) -> None:
     """Before loading, the plan is checked against free memory; what does not fit is refused in
     one line with the settings that would (a smaller batch, as many more accumulation steps)."""
-    from malmm_cli import loading
+    from malmm_cli.jobs import loading
 
     config = InstructBlipConfig.from_pretrained(tiny_llama_dir)
     examples = read_examples(scenes / "labels.jsonl", "classify")

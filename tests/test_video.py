@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from malmm_cli import video
-from malmm_cli.video import (
+from malmm_cli.media import video
+from malmm_cli.media.video import (
     Frame,
     VideoError,
     VideoInfo,
@@ -712,7 +712,7 @@ def test_prefetch_delivers_the_same_frames(clips: dict[str, Path]) -> None:
 
 def test_without_pyav_opencv_probes_alone(clips: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     """Where PyAV cannot be installed (the project's GPU machine), malmm still reads videos."""
-    from malmm_cli import keyframes
+    from malmm_cli.media import keyframes
 
     with_pyav = probe(clips["cfr"])
     monkeypatch.setattr(video, "av", None)

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from malmm_cli.events import EventWriter, WatchEvent, to_jsonl, to_txt
-from malmm_cli.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
-from malmm_cli.pipeline import Memory, Reader, Sampling, VideoStream, read_streams
-from malmm_cli.stream import Sample
-from malmm_cli.watch import watch
+from malmm_cli.jobs.watch import watch
+from malmm_cli.output.events import EventWriter, WatchEvent, to_jsonl, to_txt
+from malmm_cli.reading.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
+from malmm_cli.reading.pipeline import Memory, Reader, Sampling, VideoStream, read_streams
+from malmm_cli.reading.stream import Sample
 from models import CLASSIFICATION, GenerationSettings, Malmm
 from tests import media
 from tests.conftest import FAST, REPO
@@ -464,7 +464,7 @@ def test_the_last_interval_ends_where_its_last_frame_s_slot_does(tiny_malmm: Mal
 def test_the_status_line_shows_on_a_terminal_only() -> None:
     from rich.console import Console
 
-    from malmm_cli.progress import LiveStatus, Reporter
+    from malmm_cli.commands.progress import LiveStatus, Reporter
 
     screen = io.StringIO()
     terminal = Reporter(console=Console(file=screen, force_terminal=True, width=100))
@@ -480,7 +480,7 @@ def test_the_status_line_shows_on_a_terminal_only() -> None:
 def test_events_go_to_stdout_while_the_status_line_shows(capsys: pytest.CaptureFixture) -> None:
     from rich.console import Console
 
-    from malmm_cli.progress import LiveStatus, Reporter
+    from malmm_cli.commands.progress import LiveStatus, Reporter
 
     screen = io.StringIO()
     event = WatchEvent(0.0, 10.0, "2026-12-02T10:00:00.000+00:00", "a dog runs", 10, 0, 0.25)
@@ -679,7 +679,7 @@ def test_an_mp4_on_standard_input_is_refused_before_the_model_loads(tiny_llama_d
 
 
 def test_the_first_bytes_of_standard_input_tell_what_it_holds(tmp_path: Path) -> None:
-    from malmm_cli.live import _mp4_verdict
+    from malmm_cli.reading.live import _mp4_verdict
 
     first = media.make_video(tmp_path / "first.mp4", seconds=1, fps=5, faststart=True).read_bytes()
     last = media.make_video(tmp_path / "last.mp4", seconds=1, fps=5, faststart=False).read_bytes()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from malmm_cli import writers
-from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
+from malmm_cli.output import writers
+from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
 
 SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d)"
 VTT_TIME = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"

@@ -201,7 +201,7 @@ def check_video() -> list[Check]:
 
 
 def check_cache() -> list[Check]:
-    from malmm_cli.hub import cache_dir, cached_models
+    from malmm_cli.jobs.hub import cache_dir, cached_models
 
     models = cached_models()
     listed = ", ".join(f"{m.repo} ({m.size_bytes / GIB:.1f} GiB{'' if m.complete else ', incomplete'})" for m in models)

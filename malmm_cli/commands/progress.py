@@ -38,7 +38,7 @@ from rich.table import Column, Table
 from rich.text import Text
 from tqdm import tqdm
 
-from malmm_cli.names import shown
+from malmm_cli.media.names import shown
 from malmm_cli.wording import counted
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from malmm_cli import __version__
-from malmm_cli.fingerprint import content_hash
+from malmm_cli.reading.fingerprint import content_hash
 
 RECORDS = ".malmm"
 
@@ -36,7 +36,7 @@ def model_identity(model: str) -> str:
             if file.suffix == ".json" and status.st_size < 10**6:
                 digest.update(file.read_bytes())
         return f"{folder.resolve()}#{digest.hexdigest()[:16]}"
-    from malmm_cli.hub import cached_snapshot
+    from malmm_cli.jobs.hub import cached_snapshot
 
     snapshot = cached_snapshot(model)
     return f"{model}@{snapshot.name}" if snapshot is not None else f"{model}@not-cached"
@@ -90,7 +90,7 @@ def _video_identity(video: Path) -> dict[str, int]:
 
 def record_path(output_dir: Path, stem: Path, task: str) -> Path:
     """The record of one input's results, named as they are (shortened alike: writers.output_stem)."""
-    from malmm_cli.writers import output_stem
+    from malmm_cli.output.writers import output_stem
 
     fitted = output_stem(output_dir, stem, task)
     return output_dir / RECORDS / fitted.parent / f"{fitted.name}.{task}.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, av, open_input, probe
+from malmm_cli.media.video import Frame, ReadReport, VideoError, VideoInfo, av, open_input, probe
 
 KEYFRAME_CODECS = frozenset({"h264"})
 

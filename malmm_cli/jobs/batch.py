@@ -29,15 +29,15 @@ from urllib.parse import quote
 
 import torch
 
-from malmm_cli.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
-from malmm_cli.names import shown
-from malmm_cli.progress import Outcome, Reporter, VideoProgress
-from malmm_cli.records import Settings, differences, read_record, record, record_path
-from malmm_cli.results import VideoResult
-from malmm_cli.stream import Sampling
-from malmm_cli.video import VideoError
+from malmm_cli.commands.progress import Outcome, Reporter, VideoProgress
+from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
+from malmm_cli.media.names import shown
+from malmm_cli.media.video import VideoError
+from malmm_cli.output.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
+from malmm_cli.output.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
+from malmm_cli.reading.results import VideoResult
+from malmm_cli.reading.stream import Sampling
 from malmm_cli.wording import counted
-from malmm_cli.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from malmm_cli.hub import DownloadProgress, ModelUnavailable, resolve
+from malmm_cli.jobs.hub import DownloadProgress, ModelUnavailable, resolve
 from models.memory_plan import (
     GIB,
     MemoryPlan,

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from malmm_cli.results import Preview, Thumbnail
-from malmm_cli.video import VideoError
+from malmm_cli.media.video import VideoError
+from malmm_cli.reading.results import Preview, Thumbnail
 from malmm_cli.wording import counted, plural
 
 THUMBNAIL_WIDTH = 192  # pixels: sharp enough on a phone, ~5 KB as JPEG

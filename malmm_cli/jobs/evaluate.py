@@ -1,6 +1,6 @@
 """`malmm eval`: read labelled clips, keep every prediction, score them as MA-LMM does.
 
-Where an example goes: `eval_items` turns the examples of a data file (malmm_cli/dataset.py)
+Where an example goes: `eval_items` turns the examples of a data file (malmm_cli/jobs/dataset.py)
 into what is scored: one item per question or clip to classify, one per captioned clip with every
 reference caption of it, and for LVU one per 100 s window. `Evaluation.run` reads each clip once
 through the one reading loop (pipeline.read_video: every question about a clip is a reader of
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.dataset import DatasetError, Example, read_examples, task_of
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.pipeline import Memory, Reader, Sampling, question_readers, read_video
-from malmm_cli.records import changed_values
-from malmm_cli.results import VideoResult
-from malmm_cli.scoring import caption_scores, ranked_accuracy, top_k_accuracy
-from malmm_cli.video import VideoError
-from malmm_cli.writers import write_atomic, write_json
+from malmm_cli.jobs.dataset import DatasetError, Example, read_examples, task_of
+from malmm_cli.jobs.records import changed_values
+from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
+from malmm_cli.media.video import VideoError
+from malmm_cli.output.writers import write_atomic, write_json
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.pipeline import Memory, Reader, Sampling, question_readers, read_video
+from malmm_cli.reading.results import VideoResult
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
 
 PREDICTIONS = "predictions.jsonl"

@@ -1,7 +1,7 @@
 """From video files to answers: the one reading loop that every task describes.
 
     from models import Malmm
-    from malmm_cli.pipeline import caption_video
+    from malmm_cli.reading.pipeline import caption_video
     malmm = Malmm.from_pretrained()
     print(caption_video(malmm, "clip.mp4").caption)
 
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.results import Answer, RankedLabel, TimedText, VideoResult
-from malmm_cli.stream import VISION_BATCH, NoProgress, Progress, Sample, Sampling, VideoStream, preprocess
-from malmm_cli.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
-from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import VideoError
+from malmm_cli.media.timefmt import format_timestamp
+from malmm_cli.media.video import VideoError
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
+from malmm_cli.reading.stream import VISION_BATCH, NoProgress, Progress, Sample, Sampling, VideoStream, preprocess
+from malmm_cli.reading.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 

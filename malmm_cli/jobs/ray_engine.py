@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from malmm_cli.batch import Input, clip_sampling, failure_reason
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.loading import LoadOptions
-from malmm_cli.pipeline import Memory, Reader, Sampling
-from malmm_cli.progress import VideoProgress
-from malmm_cli.results import VideoResult
-from malmm_cli.video import VideoError
+from malmm_cli.commands.progress import VideoProgress
+from malmm_cli.jobs.batch import Input, clip_sampling, failure_reason
+from malmm_cli.jobs.loading import LoadOptions
+from malmm_cli.media.video import VideoError
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.pipeline import Memory, Reader, Sampling
+from malmm_cli.reading.results import VideoResult
 from models import GenerationSettings
 
 DIED_TWICE = "the Ray worker reading it died twice (out of memory on its node, or killed)"
@@ -78,7 +78,7 @@ class VideoWorker:
     """
 
     def __init__(self, job: ReadJob):
-        from malmm_cli.loading import load, locate, vision_batch_size
+        from malmm_cli.jobs.loading import load, locate, vision_batch_size
 
         self.job = job
         self.setup_error: str | None = None
@@ -91,7 +91,7 @@ class VideoWorker:
         self.cache = FeatureCache() if job.cache else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from malmm_cli.pipeline import read_video
+        from malmm_cli.reading.pipeline import read_video
 
         results, errors = [], []
         for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True):

@@ -18,8 +18,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from malmm_cli.names import shown
-from malmm_cli.results import Thumbnail, TimedText, VideoResult
+from malmm_cli.media.names import shown
+from malmm_cli.reading.results import Thumbnail, TimedText, VideoResult
 from malmm_cli.wording import counted
 
 # Nothing may load but the page's own data: images and inline style: no script, font, frame or remote file.

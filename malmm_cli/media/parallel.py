@@ -15,7 +15,7 @@ import queue
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from malmm_cli.video import Frame, ReadReport, VideoError, VideoInfo, VideoReader, probe
+from malmm_cli.media.video import Frame, ReadReport, VideoError, VideoInfo, VideoReader, probe
 
 CHUNKS_PER_WORKER = 4  # enough chunks that no worker idles long while another finishes
 QUEUE_FRAMES = 16

@@ -13,9 +13,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from malmm_cli.timefmt import format_timestamp
+from malmm_cli.media.timefmt import format_timestamp
+from malmm_cli.output.writers import cue_text
 from malmm_cli.wording import counted
-from malmm_cli.writers import cue_text
 
 EVENT_FORMATS = ("jsonl", "txt", "srt", "vtt")
 

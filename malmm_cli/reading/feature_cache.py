@@ -46,7 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from malmm_cli import __version__
-from malmm_cli.fingerprint import MEMO_NAME, content_hash, weights_checksum
+from malmm_cli.reading.fingerprint import MEMO_NAME, content_hash, weights_checksum
 
 FORMAT = 2  # 2: plan index per frame
 CHUNK_FRAMES = 64

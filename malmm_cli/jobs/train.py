@@ -38,14 +38,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from malmm_cli.augment import ClipAugment
-from malmm_cli.dataset import DatasetError, Example, read_examples
-from malmm_cli.feature_cache import FeatureCache
-from malmm_cli.records import changed_values, file_identity
-from malmm_cli.stream import Sampling, VideoStream
-from malmm_cli.video import VideoError
+from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
+from malmm_cli.jobs.records import changed_values, file_identity
+from malmm_cli.media.augment import ClipAugment
+from malmm_cli.media.video import VideoError
+from malmm_cli.output.writers import write_json
+from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.stream import Sampling, VideoStream
 from malmm_cli.wording import counted
-from malmm_cli.writers import write_json
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora

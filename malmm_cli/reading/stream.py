@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from malmm_cli.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
-from malmm_cli.keyframes import KeyframeReader, keyframes_unavailable
-from malmm_cli.parallel import ParallelReader
-from malmm_cli.thumbnails import ThumbnailCollector
-from malmm_cli.timefmt import format_timestamp
-from malmm_cli.video import (
+from malmm_cli.media.keyframes import KeyframeReader, keyframes_unavailable
+from malmm_cli.media.parallel import ParallelReader
+from malmm_cli.media.timefmt import format_timestamp
+from malmm_cli.media.video import (
     FRAME_RULE,
     Plan,
     VideoInfo,
@@ -34,6 +32,8 @@ from malmm_cli.video import (
     prefetch,
     probe,
 )
+from malmm_cli.reading.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
+from malmm_cli.reading.thumbnails import ThumbnailCollector
 from malmm_cli.wording import counted
 from models import Malmm
 

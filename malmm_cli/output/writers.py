@@ -15,10 +15,10 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from malmm_cli.html_report import to_html
-from malmm_cli.names import fit_path, lossless, temporary_name
-from malmm_cli.results import TimedText, VideoResult
-from malmm_cli.timefmt import format_timestamp
+from malmm_cli.media.names import fit_path, lossless, temporary_name
+from malmm_cli.media.timefmt import format_timestamp
+from malmm_cli.output.html_report import to_html
+from malmm_cli.reading.results import TimedText, VideoResult
 
 FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
 # file_base64: the name's bytes when it is not UTF-8 (file then shows it escaped), else empty (names.py)

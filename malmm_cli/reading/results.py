@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from malmm_cli.names import lossless
+from malmm_cli.media.names import lossless
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Watch a live stream: a caption (and an answer) of every interval, read from the live memory.
 
     from models import Malmm
-    from malmm_cli.live import parse_source
-    from malmm_cli.watch import watch
+    from malmm_cli.reading.live import parse_source
+    from malmm_cli.jobs.watch import watch
     malmm = Malmm.from_pretrained()
     watch(malmm, parse_source("rtsp://camera/stream"), every=10, on_event=print)
 
@@ -18,11 +18,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from malmm_cli.events import WatchEvent
-from malmm_cli.live import LiveStream, Source
-from malmm_cli.pipeline import Answered, Memory, Reader, read_streams
-from malmm_cli.stream import VISION_BATCH, Progress
-from malmm_cli.video import VideoError
+from malmm_cli.media.video import VideoError
+from malmm_cli.output.events import WatchEvent
+from malmm_cli.reading.live import LiveStream, Source
+from malmm_cli.reading.pipeline import Answered, Memory, Reader, read_streams
+from malmm_cli.reading.stream import VISION_BATCH, Progress
 from models import CAPTION, QUESTION, GenerationSettings, Malmm
 
 
