@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from malmm_cli import cli
 from malmm_cli.cli import app
+from malmm_cli.commands import evaluate as evaluate_command
 from malmm_cli.jobs import evaluate as evaluation
 from malmm_cli.jobs.dataset import DatasetError, read_examples
 from malmm_cli.jobs.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
@@ -27,7 +27,7 @@ def _write(path: Path, content: object) -> Path:
 
 
 def test_benchmark_names_agree_with_the_command_line() -> None:
-    assert tuple(evaluation.BENCHMARKS) == cli.BENCHMARK_NAMES
+    assert tuple(evaluation.BENCHMARKS) == evaluate_command.BENCHMARK_NAMES
 
 
 def test_each_annotation_format(tmp_path: Path) -> None:

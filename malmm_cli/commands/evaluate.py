@@ -1,0 +1,206 @@
+"""eval: score the model on labelled videos, as MA-LMM's paper scores it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+import typer.core
+
+from malmm_cli.commands.loading import check_checkpoint, check_output_dir, load_model
+from malmm_cli.commands.options import (
+    BankOption,
+    CheckpointOption,
+    DeviceOption,
+    DtypeOption,
+    FramesOption,
+    MemoryOption,
+    ModelOption,
+    NoCacheOption,
+    OutputDirAlias,
+    QuantizeOption,
+    QuantizeVisionOption,
+    QuietOption,
+    RunOptions,
+    choice_of,
+    one_output,
+    parse_count,
+)
+from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, stopped_by
+from malmm_cli.wording import counted, plural
+from models.presets import (
+    CAPTION,
+    CLASSIFICATION,
+    DEFAULT_MODEL,
+    QUESTION,
+)
+
+if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
+    from rich.table import Table
+
+
+# malmm_cli.jobs.evaluate.BENCHMARKS (not imported: it loads torch); a test checks they agree.
+BENCHMARK_NAMES = ("msrvtt-qa", "msvd-qa", "activitynet-qa", "msrvtt-caption", "msvd-caption", "youcook2",
+                   *(f"lvu-{task}" for task in ("director", "genre", "relationship", "scene", "way_speaking",
+                                                "writer", "year")), "breakfast", "coin")  # fmt: skip
+
+
+def evaluate(
+    data: Annotated[Path, typer.Argument(metavar="DATA", hidden=True, show_default=False)],
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            metavar="NAME",
+            parser=choice_of(*BENCHMARK_NAMES),
+            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARK_NAMES) + ".",
+        ),
+    ] = None,
+    videos: Annotated[
+        Path | None, typer.Option("--videos", metavar="DIR", help="Where an MA-LMM annotation file's videos are.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="predictions.jsonl, metrics.json, eval.json (default: ./malmm-eval-DATA); a stopped "
+            "run goes on there.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", parser=parse_count, help="The first N examples only.")
+    ] = None,
+    label_field: Annotated[
+        str | None,
+        typer.Option("--label-field", metavar="FIELD", help="Annotation field of the labels (LVU: director...)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="NAME",
+            help="Of an annotation file that holds several splits (COIN.json), the one to score (default: val).",
+        ),
+    ] = None,
+    output_dir: Annotated[Path | None, OutputDirAlias] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Predict every example of DATA and score the predictions as MA-LMM does (QA and
+    classification top-1/top-5 from 5 beams, captions BLEU-4/METEOR/ROUGE-L/CIDEr).
+
+    DATA is a JSONL or CSV file in `malmm train`'s format (the task follows from its columns), or
+    an MA-LMM annotation file with --dataset. Prints the metrics as JSON on stdout, and a table
+    beside the paper's figures on stderr.
+    """
+    from malmm_cli.commands.progress import EvalProgress, Reporter
+    from malmm_cli.jobs import evaluate as evaluation
+    from malmm_cli.jobs.dataset import DatasetError
+    from malmm_cli.jobs.loading import SetupError, resolve_device
+    from malmm_cli.jobs.records import checkpoint_identity, file_identity, model_identity
+
+    reporter = Reporter(quiet=quiet)
+    output = one_output(output, output_dir)
+    try:
+        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, split)
+    except DatasetError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    labels = evaluation.label_set(benchmark, items)  # of all the examples, whatever --limit
+    items = items[:limit] if limit else items
+    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory,
+                         device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
+                         no_cache=no_cache, quiet=quiet)  # fmt: skip
+    check_checkpoint(options)
+    try:
+        device_type = resolve_device(device).split(":")[0]
+    except SetupError as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from error
+    folder = output or Path(f"malmm-eval-{data.stem}")
+    check_output_dir(folder, "--output")
+    missing, videos_read = evaluation.missing_videos(items, folder)
+    if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
+        where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
+        if len(missing) == videos_read:
+            reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
+            raise typer.Exit(EXIT_USAGE)
+        reporter.warn(f"{len(missing)} of the {videos_read} videos do not exist (the first: {missing[0]}): their "
+                      f"examples are left out of the metrics and the run ends with status 1 ({where})")  # fmt: skip
+    settings = evaluation.EvalSettings(
+        data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
+        model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
+        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
+        memory=memory,
+        precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
+        label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
+    )  # fmt: skip
+    options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
+    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
+    malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
+                       frames=settings.frames)  # fmt: skip
+    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
+                                on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
+    try:
+        done = run.start()
+    except evaluation.EvaluationError as error:
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from error
+    resumed = len(done & {item.id for item in items})
+    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {counted(len(items), 'example')}"
+                  + (f", {resumed} already in {folder / evaluation.PREDICTIONS}" if resumed else ""))  # fmt: skip
+    try:
+        with EvalProgress(reporter, len(items), resumed) as progress:
+            metrics = run.run(progress.advance, done)
+    except KeyboardInterrupt as interrupt:
+        word, status = stopped_by(interrupt)
+        reporter.warn(f"{word.lower()}: the predictions so far are in {folder}; the same command goes on")
+        raise typer.Exit(status) from None
+    if not quiet:
+        reporter.table(_metrics_table(metrics))
+    typer.echo(json.dumps(metrics, indent=2))
+    if metrics["unreadable"]:
+        unread = metrics["unreadable"]
+        reporter.warn(f"{counted(unread, 'example')} could not be read and {plural(unread, 'is')} left out of the "
+                      "metrics (see above): fix their videos and run the same command, which reads only those "
+                      "again")  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _metrics_table(metrics: dict) -> Table:
+    """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper)."""
+    from rich.table import Table
+
+    from malmm_cli.jobs.evaluate import PAPER_NOTES
+
+    caption = "Bleu_4" in metrics["metrics"]
+    table = Table(title=f"{metrics['dataset']}: {counted(metrics['examples'], 'example')}", title_justify="left")
+    for column in ("metric", "malmm", "MA-LMM fine-tuned", "MA-LMM zero-shot"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+
+    def shown(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value * 100:.1f}" if caption else f"{value:.1f}"
+
+    for name, value in metrics["metrics"].items():
+        label = name if value is not None or name != "METEOR" else "METEOR (needs Java)"
+        table.add_row(label, shown(value), shown(metrics["paper"].get(name)), shown(metrics["zero_shot"].get(name)))
+    note = next((text for prefix, text in PAPER_NOTES.items() if metrics["dataset"].startswith(prefix)), None)
+    if note:
+        table.caption = note
+    return table

@@ -1,0 +1,397 @@
+"""The options the commands share: parsers that answer a bad value with a plain sentence, the
+option declarations, and RunOptions, which gathers a task command's shared options."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+import typer.core
+
+from malmm_cli.media.names import shown
+from malmm_cli.media.timefmt import parse_duration
+from models.presets import (
+    DEFAULT_MODEL,
+    MEMORY_STRATEGIES,
+    TRAINED_WEIGHTS,
+    GenerationSettings,
+    Task,
+)
+
+if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
+    from malmm_cli.commands.progress import Reporter
+    from malmm_cli.jobs.records import Settings
+    from malmm_cli.reading.feature_cache import FeatureCache
+    from malmm_cli.reading.pipeline import Sampling
+
+
+class PlainUsage(typer.core.TyperCommand):
+    """A usage line as POSIX writes it (`malmm caption [OPTIONS] PATH...`): Typer braces required
+    arguments (`{PATH}...`), which reads like a set or a template to fill in."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, typer.core.TyperArgument):
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(f"{name}..." if param.nargs != 1 else name)
+        return pieces
+
+
+FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
+QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+# Option values are parsed here, so that a bad value gets a plain sentence rather than a type name.
+def parse_whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise typer.BadParameter(f"must be {least} or more, not {value}")
+    return value
+
+
+def parse_count(text: str) -> int:
+    return parse_whole(text, 1)
+
+
+def parse_attempts(text: str) -> int:
+    return parse_whole(text, 0)
+
+
+def parse_positive(text: str, what: str = "a positive number") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be {what}, not {text}")
+    return value
+
+
+def parse_gpus(text: str) -> float:
+    """GPUs per Ray worker: 0 (a CPU cluster) or more, fractions allowed."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass  # said below
+    return parse_positive(text, "0 or a positive number of GPUs")
+
+
+def parse_rate(text: str) -> float:
+    return parse_positive(text, "a positive number of frames per second")
+
+
+def parse_seconds(text: str | float) -> float:
+    if isinstance(text, float):  # a default, already in seconds
+        return text
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def choice_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise typer.BadParameter(f"{text!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def metavar_of(choices: tuple[str, ...]) -> str:
+    return f"[{'|'.join(choices)}]"
+
+
+# Options every task command shares. Frames and bank length default to the task's MA-LMM setting.
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", metavar="MODEL", help="Hugging Face hub id or local folder of an InstructBLIP model."
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        metavar="FILE",
+        help="MA-LMM fine-tuned checkpoint (LAVIS .pth), or a `malmm train` run folder, loaded on top of --model.",
+    ),
+]
+FramesOption = Annotated[
+    int | None,
+    typer.Option("--frames", "-n", metavar="N", parser=parse_count, help="Frames sampled uniformly over each video."),
+]
+FpsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--fps", metavar="FPS", parser=parse_rate, help="Sample this many frames per second instead of --frames."
+    ),
+]
+BankOption = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-bank-length", "-b", metavar="L", parser=parse_count, help="Memory bank length (frames remembered)."
+    ),
+]
+FormatOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--format", "-f", metavar=metavar_of(FORMATS), parser=choice_of(*FORMATS),
+        help="Output format; repeat for several. stdout gets the first, --output-dir all.",
+    ),
+]  # fmt: skip
+
+
+def output_dir_option(example: str) -> typer.models.OptionInfo:
+    """--output-dir, with an example name of the command's own results (ask's help showed a caption's)."""
+    return typer.Option(
+        "--output-dir", "-o", metavar="DIR", help=f"Write results here, named after each input and task ({example})."
+    )
+
+
+OutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.caption.srt")]
+AskOutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.ask.txt")]
+PredictOutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.predict.json")]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Redo inputs even when their results were made with the same settings.")
+]
+DeviceOption = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype", metavar=metavar_of(DTYPES), parser=choice_of(*DTYPES),
+        help="Of the vision encoder and LLM: auto is float16 on GPU (bfloat16 for T5), float32 on CPU.",
+    ),
+]  # fmt: skip
+QuantizeOption = Annotated[
+    str,
+    typer.Option(
+        "--quantize", metavar=metavar_of(QUANTIZE_CHOICES), parser=choice_of(*QUANTIZE_CHOICES),
+        help="LLM weights: auto picks none, 8bit or 4bit to fit the free memory.",
+    ),
+]  # fmt: skip
+QuantizeVisionOption = Annotated[
+    str,
+    typer.Option(
+        "--quantize-vision", metavar="[none|8bit]", parser=choice_of("none", "8bit"),
+        help="Also shrink the 1B-parameter vision encoder to 8-bit.",
+    ),
+]  # fmt: skip
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option("--max-new-tokens", metavar="N", parser=parse_count, help="Longest answer, in tokens (task default)."),
+]
+BeamsOption = Annotated[
+    int | None, typer.Option("--num-beams", metavar="N", parser=parse_count, help="Beam search width (default 5).")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or info lines on stderr.")]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", metavar="N", parser=parse_count,
+        help="Frames the vision encoder reads at once (default: fit free memory).",
+    ),
+]  # fmt: skip
+SeekOption = Annotated[
+    str,
+    typer.Option(
+        "--seek", metavar="[exact|keyframe]", parser=choice_of("exact", "keyframe"),
+        help="exact: the frame at each time; keyframe: nearest keyframes, much faster (H.264).",
+    ),
+]  # fmt: skip
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--decode-workers",
+        metavar="N",
+        parser=parse_count,
+        help="Decode exact frames in N processes (at most the CPUs available).",
+    ),
+]
+MemoryOption = Annotated[
+    str,
+    typer.Option(
+        "--memory", metavar=metavar_of(MEMORY_STRATEGIES), parser=choice_of(*MEMORY_STRATEGIES),
+        help="How the past is kept: malmm merges similar frames (default); fifo drops the oldest; avgpool, "
+        "concat and none read each frame alone and give the LLM their mean, all of them, or the last.",
+    ),
+]  # fmt: skip
+VideoBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--video-batch", metavar="N", parser=parse_count,
+        help="Videos of a folder read at once, in lockstep (default: what fits, at most 8).",
+    ),
+]  # fmt: skip
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the vision feature cache (see `malmm cache`).")
+]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine", metavar="[local|ray]", parser=choice_of("local", "ray"),
+        help="Where videos are read: this process, or a Ray cluster (pip install 'malmm[ray]').",
+    ),
+]  # fmt: skip
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", metavar="ADDR", help="Ray cluster to join (default: a local one; RAY_ADDRESS too)."),
+]
+RayWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", metavar="N", parser=parse_count, help="Ray actors holding the model (default: one per GPU)."
+    ),
+]
+GpusOption = Annotated[
+    float | None,
+    typer.Option("--gpus-per-worker", metavar="G", parser=parse_gpus,
+                 help="GPUs each Ray actor takes (default: 1 where the cluster has GPUs)."),
+]  # fmt: skip
+# Arguments are described in each command's help text: Typer would print their Python types.
+PathsArgument = Annotated[list[Path], typer.Argument(metavar="PATH", hidden=True, show_default=False)]
+
+
+@dataclass
+class RunOptions:
+    """The options every task command shares: each command declares them (Typer reads a command's
+    options from its signature) and `shared_options` gathers them here."""
+
+    model: ModelOption = DEFAULT_MODEL
+    checkpoint: CheckpointOption = None
+    frames: FramesOption = None
+    fps: FpsOption = None
+    memory_bank_length: BankOption = None
+    memory: MemoryOption = "malmm"
+    format: FormatOption = None
+    output_dir: OutputDirOption = None
+    overwrite: OverwriteOption = False
+    device: DeviceOption = "auto"
+    dtype: DtypeOption = "auto"
+    quantize: QuantizeOption = "auto"
+    quantize_vision: QuantizeVisionOption = "none"
+    max_new_tokens: MaxTokensOption = None
+    num_beams: BeamsOption = None
+    batch_size: BatchOption = None
+    video_batch: VideoBatchOption = None
+    seek: SeekOption = "exact"
+    decode_workers: WorkersOption = 1
+    no_cache: NoCacheOption = False
+    quiet: QuietOption = False
+    engine: EngineOption = "local"
+    address: AddressOption = None
+    workers: RayWorkersOption = None
+    gpus_per_worker: GpusOption = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.fps is not None:
+            raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
+        if len(set(self.formats)) != len(self.formats):
+            raise typer.BadParameter("a format is given twice", param_hint="--format")
+        if self.checkpoint is not None and self.checkpoint.is_dir():  # a `malmm train` run: its weights
+            self.checkpoint = self.checkpoint / TRAINED_WEIGHTS
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.format or ["txt"])
+
+    def cache(self, reporter: Reporter) -> FeatureCache | None:
+        from malmm_cli.reading.feature_cache import FeatureCache
+
+        return None if self.no_cache else FeatureCache(on_problem=reporter.warn)
+
+    def sampling(self, task: Task) -> Sampling:
+        from malmm_cli.reading.pipeline import Sampling
+
+        rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
+        return Sampling(**rate, seek=self.seek, decode_workers=self.decode_workers)
+
+    def bank(self, task: Task) -> int:
+        return self.memory_bank_length or task.memory_bank_length
+
+    def most_frames(self, task: Task) -> int | None:
+        """The most frames a video reads: --frames (clips too), else None: with --fps it follows
+        each video's length, so the memory is planned for the whole bank."""
+        return None if self.fps is not None else self.frames or task.frames
+
+    def generation(self, task: Task) -> GenerationSettings:
+        return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+
+    def settings(self, task: Task, name: str, request: dict[str, object]) -> Settings:
+        """What the results of this run depend on, for the records beside them."""
+        from malmm_cli.jobs.loading import SetupError, resolve_device
+        from malmm_cli.jobs.records import Settings, checkpoint_identity, model_identity
+        from malmm_cli.reading.feature_cache import default_cache_dir
+
+        try:
+            device = resolve_device(self.device).split(":")[0]
+        except SetupError as error:
+            raise typer.BadParameter(str(error), param_hint="--device") from error
+        memo = None if self.no_cache or not default_cache_dir().is_dir() else default_cache_dir()
+        return Settings(
+            task=name, request=request, model=model_identity(self.model),
+            checkpoint=checkpoint_identity(self.checkpoint, memo), sampling=self.sampling(task).describe(),
+            memory_bank_length=self.bank(task),
+            precision={"device": device, "dtype": self.dtype, "quantize": self.quantize,
+                       "quantize_vision": self.quantize_vision},
+            generation=dataclasses.asdict(self.generation(task)), memory=self.memory,
+        )  # fmt: skip
+
+
+def shared_options(ctx: typer.Context) -> RunOptions:
+    """The shared options of a task command (each declares them all) as one RunOptions."""
+    return RunOptions(**{f.name: ctx.params[f.name] for f in dataclasses.fields(RunOptions)})
+
+
+def read_lines(path: Path, what: str, option: str) -> list[str]:
+    """Non-empty stripped lines of a text file (questions, labels)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {shown(path)}: {error.strerror or error}", param_hint=option) from error
+    try:
+        lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
+    except UnicodeDecodeError as error:  # Python's words ('utf-8' codec, position 1234) help nobody find it
+        number = data[: error.start].count(b"\n") + 1
+        raise typer.BadParameter(
+            f"{shown(path)} is not UTF-8 text (line {number}): save it as UTF-8 and run again", param_hint=option
+        ) from error
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise typer.BadParameter(f"{shown(path)} has no {what} (one per line)", param_hint=option)
+    return lines
+
+
+# train and eval write one folder, named by -o/--output as watch's one file is; caption, ask and
+# predict write a file per input into -o/--output-dir. Folders take either long name: --output-dir
+# is accepted, unlisted, by train and eval too.
+OutputDirAlias = typer.Option("--output-dir", metavar="DIR", hidden=True)
+
+
+def one_output(output: Path | None, alias: Path | None) -> Path | None:
+    """The folder given as -o/--output or as its unlisted alias --output-dir, not both."""
+    if output is not None and alias is not None and output != alias:
+        raise typer.BadParameter("give -o/--output or --output-dir, not both", param_hint="--output")
+    return output or alias
+
+
+def parse_fraction(text: str) -> float:
+    value = parse_positive(text)
+    if value >= 1:
+        raise typer.BadParameter(f"must be between 0 and 1, not {text}")
+    return value
