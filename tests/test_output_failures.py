@@ -16,8 +16,10 @@ import pytest
 
 from malmm_cli.commands.progress import Reporter
 from malmm_cli.jobs import batch
-from malmm_cli.jobs.batch import Input, StdoutClosed, StdoutWriter, run_batch
+from malmm_cli.jobs.batch import run_batch
 from malmm_cli.jobs.records import Settings
+from malmm_cli.media.inputs import Input
+from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 from malmm_cli.reading.results import VideoResult
 from tests import media
 from tests.conftest import FAST

@@ -16,9 +16,9 @@ from ray.util.annotations import RayDeprecationWarning
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
-from malmm_cli.jobs.batch import Input
 from malmm_cli.jobs.loading import LoadOptions
 from malmm_cli.jobs.ray_engine import DIED_TWICE, RayOptions, ReadJob, ray_reader
+from malmm_cli.media.inputs import Input
 from malmm_cli.media.video import VideoError
 from malmm_cli.reading.pipeline import Memory, Sampling, caption_readers
 from malmm_cli.reading.results import VideoResult

@@ -14,8 +14,10 @@ from rich.progress import Progress
 
 from malmm_cli.commands import progress
 from malmm_cli.commands.progress import Reporter
-from malmm_cli.jobs.batch import Input, StdoutWriter, run_batch
+from malmm_cli.jobs.batch import run_batch
 from malmm_cli.jobs.records import Settings
+from malmm_cli.media.inputs import Input
+from malmm_cli.output.stdout import StdoutWriter
 from malmm_cli.reading.results import VideoResult
 from tests import media
 from tests.fake_hub import FakeHub, fill_cache

@@ -26,8 +26,8 @@ from models.presets import (
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from malmm_cli.commands.progress import Reporter
     from malmm_cli.jobs.records import Settings
+    from malmm_cli.media.sampling import Sampling
     from malmm_cli.reading.feature_cache import FeatureCache
-    from malmm_cli.reading.pipeline import Sampling
 
 
 class PlainUsage(typer.core.TyperCommand):
@@ -316,7 +316,7 @@ class RunOptions:
         return None if self.no_cache else FeatureCache(on_problem=reporter.warn)
 
     def sampling(self, task: Task) -> Sampling:
-        from malmm_cli.reading.pipeline import Sampling
+        from malmm_cli.media.sampling import Sampling
 
         rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
         return Sampling(**rate, seek=self.seek, decode_workers=self.decode_workers)

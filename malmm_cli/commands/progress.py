@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
 from rich.console import Console
@@ -38,6 +37,7 @@ from rich.table import Column, Table
 from rich.text import Text
 from tqdm import tqdm
 
+from malmm_cli.media.inputs import Outcome
 from malmm_cli.media.names import shown
 from malmm_cli.wording import counted
 
@@ -90,16 +90,6 @@ def _video_columns(width: int) -> list[ProgressColumn]:
     if "eta" in kept:
         columns += [TextColumn("eta"), TimeRemainingColumn()]
     return columns
-
-
-@dataclass
-class Outcome:
-    """How one input ended: done, partial (damaged file, result written), skipped or failed."""
-
-    path: str
-    status: str
-    detail: str = ""
-    seconds: float = 0.0
 
 
 class Reporter:

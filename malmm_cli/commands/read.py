@@ -61,7 +61,7 @@ from models.presets import (
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from malmm_cli.commands.progress import Reporter, VideoProgress
-    from malmm_cli.jobs.batch import Input
+    from malmm_cli.media.inputs import Input
     from malmm_cli.reading.pipeline import Reader
     from malmm_cli.reading.results import VideoResult
     from models.malmm import Malmm
@@ -150,17 +150,11 @@ def _run(
     """Read the videos with these readers (the task's description, see pipeline.py): check
     everything that can be checked without the model (inputs, output folder, what is already
     done), load the model if anything is left, run, summarise, exit."""
-    from malmm_cli.commands.progress import Outcome, Reporter, summary_table
-    from malmm_cli.jobs.batch import (
-        StdoutClosed,
-        StdoutWriter,
-        expand_inputs,
-        name_outputs,
-        plan_resume,
-        run_batch,
-        write_index,
-    )
+    from malmm_cli.commands.progress import Reporter, summary_table
+    from malmm_cli.jobs.batch import plan_resume, run_batch, write_index
+    from malmm_cli.media.inputs import Outcome, expand_inputs, name_outputs
     from malmm_cli.media.video import VideoError, check_readable
+    from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 
     reporter = reporter or Reporter(quiet=options.quiet)
     stdout: StdoutWriter | None = None
@@ -216,7 +210,7 @@ def _run(
         if not printing:
             reporter.info(f"{options.formats[0]} results go to {options.output_dir} only: one file per video")
         single = len(paths) == 1 and not paths[0].is_dir() and not str(paths[0]).startswith("@")  # @: a manifest
-        stdout = StdoutWriter(options.formats[0], single=single, settings=settings) if printing else None
+        stdout = StdoutWriter(options.formats[0], single=single, settings=settings.to_dict()) if printing else None
         read, videos_at_once, on_ray = None, 1, nullcontext()
         if pending and options.engine == "ray":  # the model loads in the cluster's actors, not here
             # on_ray: stdout (held by `stdout` already) gets results only, none of Ray's lines
@@ -273,8 +267,8 @@ def _reader(
     malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
-    from malmm_cli.jobs.batch import clip_sampling
     from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
+    from malmm_cli.media.inputs import clip_sampling
     from malmm_cli.media.video import VideoError
     from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
 

@@ -17,183 +17,27 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
 from urllib.parse import quote
 
 import torch
 
-from malmm_cli.commands.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
-from malmm_cli.media.names import shown
+from malmm_cli.jobs.reporting import Reporter, VideoProgress
+from malmm_cli.media.inputs import Input, Outcome
 from malmm_cli.media.video import VideoError
-from malmm_cli.output.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
-from malmm_cli.output.writers import CSV_HEADER, FORMATTERS, output_paths, to_csv, write_atomic
+from malmm_cli.output.html_report import index_row, report_context, summary, to_html, to_index
+from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
+from malmm_cli.output.writers import FORMATTERS, output_paths, write_atomic
 from malmm_cli.reading.results import VideoResult
-from malmm_cli.reading.stream import Sampling
 from malmm_cli.wording import counted
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts"}
-    | {".3gp", ".ogv", ".mxf", ".vob"}
-)
-ONE_VIDEO_FORMATS = ("srt", "vtt", "html")  # a subtitle file, a report belongs to one video
 INDEX_PAGE = "index.html"
-
-
-@dataclass(frozen=True)
-class Input:
-    """A video to process and the name of its results (relative to --output-dir, no extension);
-    from a manifest, possibly a clip of it (seconds)."""
-
-    path: Path
-    stem: Path
-    start: float | None = None
-    end: float | None = None
-
-    @property
-    def clip(self) -> tuple[float | None, float | None]:
-        return (self.start, self.end)
-
-    @property
-    def name(self) -> str:
-        """How progress, stderr and the summary name it: its path, and a clip's seconds (two clips of
-        one video must be told apart)."""
-        if self.clip == (None, None):
-            return str(self.path)
-        return f"{self.path} [{self.start or 0:g}-{'end' if self.end is None else f'{self.end:g}'} s]"
-
-
-def _videos_in(folder: Path) -> list[Path]:
-    """Video files under `folder`, sorted; hidden entries skipped, linked folders not followed
-    (so a link back up the tree cannot loop). A broken link with a video's name is kept, to fail
-    with its reason rather than vanish from the batch."""
-    found = []
-    for root, folders, files in os.walk(folder, followlinks=False):
-        folders[:] = sorted(f for f in folders if not f.startswith("."))
-        for name in files:
-            path = Path(root) / name
-            if (
-                not name.startswith(".")
-                and path.suffix.lower() in VIDEO_EXTENSIONS
-                and (path.is_file() or path.is_symlink())
-            ):
-                found.append(path)
-    return sorted(found)
-
-
-def read_manifest(manifest: Path) -> tuple[list[Input], list[Outcome]]:
-    """The videos a manifest lists: one path per line (`#` comments), or JSONL rows with a
-    `video` and optionally `start`/`end` (seconds: a clip, named `clip_90-102`); paths relative
-    to the manifest's folder, results named as for a folder of them."""
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        return [], [Outcome(f"@{manifest}", "failed", f"cannot read the manifest: {reason}")]
-    inputs, failures = [], []
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        if manifest.suffix.lower() == ".jsonl":
-            try:
-                row = json.loads(text)
-                video = row["video"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                failures.append(Outcome(f"{manifest}:{number}", "failed", 'not a JSON object with a "video"'))
-                continue
-            try:
-                start, end = _seconds(row.get("start")), _seconds(row.get("end"))
-            except (ValueError, TypeError):
-                failures.append(Outcome(f"{manifest}:{number}", "failed", "start and end must be seconds, >= 0"))
-                continue
-            if start is not None and end is not None and end <= start:
-                failures.append(Outcome(f"{manifest}:{number}", "failed", f"end ({end:g}) must be after start"))
-                continue
-            text = str(video)
-        else:
-            start = end = None
-        path = manifest.parent / text  # an absolute path stays as it is
-        inside = Path(os.path.relpath(path, manifest.parent))
-        stem = Path(path.stem) if inside.parts[0] == ".." else inside.with_suffix("")
-        if start is not None or end is not None:
-            stem = stem.with_name(f"{stem.name}_{start or 0:g}-{'end' if end is None else f'{end:g}'}")
-        inputs.append(Input(path, stem, start, end))
-    if not inputs and not failures:
-        failures.append(Outcome(f"@{manifest}", "failed", "the manifest lists no videos"))
-    return inputs, failures
-
-
-def clip_sampling(sampling: Sampling, item: Input) -> Sampling:
-    """The run's sampling for this input: the whole video, or its clip (which needs --frames)."""
-    if item.clip == (None, None):
-        return sampling
-    if sampling.frames is None:
-        raise VideoError("a clip (start/end in the manifest) is sampled by --frames, not --fps")
-    return replace(sampling, start=item.start, end=item.end)
-
-
-def _seconds(value: object) -> float | None:
-    if value is None or value == "":
-        return None
-    seconds = float(value)  # ValueError / TypeError for what is not a number
-    if not (seconds >= 0 and seconds < float("inf")):
-        raise ValueError(f"not a time: {value!r}")
-    return seconds
-
-
-def expand_inputs(paths: Sequence[Path]) -> tuple[list[Input], list[Outcome]]:
-    """Files as given (whatever their extension), the videos found under folders, recursively, and
-    those a manifest lists (`@FILE`, see `read_manifest`).
-
-    A folder without videos is a failure of its own; a path given twice is read once. A file that
-    cannot be read (missing, a symbolic link loop) is kept, to fail with its reason when checked.
-    """
-    inputs: list[Input] = []
-    failures: list[Outcome] = []
-    seen: set[tuple] = set()
-    for path in paths:
-        if str(path).startswith("@"):
-            candidates, problems = read_manifest(Path(str(path)[1:]))
-            failures += problems
-        elif path.is_dir():
-            found = _videos_in(path)
-            if not found:
-                extensions = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
-                failures.append(Outcome(str(path), "failed", f"folder has no video files ({extensions}, ...)"))
-            candidates = [Input(p, p.relative_to(path).with_suffix("")) for p in found]
-        else:
-            candidates = [Input(path, Path(path.stem))]
-        for candidate in candidates:
-            key = (Path(os.path.realpath(candidate.path)), candidate.clip)  # never raises, link loops included
-            if key not in seen:
-                seen.add(key)
-                inputs.append(candidate)
-    return inputs, failures
-
-
-def name_outputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
-    """Inputs whose result names are unique: clip.mp4 and clip.mkv side by side keep their
-    extension in the name. Returns the inputs and the clashes that remain (the same file name in
-    different folders given separately), as text."""
-
-    def clashes(items: Sequence[Input]) -> dict[Path, list[Input]]:
-        owners: dict[Path, list[Input]] = {}
-        for item in items:
-            owners.setdefault(item.stem, []).append(item)
-        return {stem: group for stem, group in owners.items() if len(group) > 1}
-
-    clashing = {item.path for group in clashes(inputs).values() for item in group}
-    named = [replace(i, stem=i.stem.with_name(i.path.name)) if i.path in clashing else i for i in inputs]
-    remaining = [" and ".join(str(i.path) for i in group) for group in clashes(named).values()]
-    return named, remaining
 
 
 @dataclass(frozen=True)
@@ -252,7 +96,9 @@ def write_results(result: VideoResult, output_dir: Path, item: Input, settings: 
     written: list[Path] = []
     try:
         for fmt, path in zip(formats, output_paths(output_dir, item.stem, settings.task, formats), strict=True):
-            text = to_html(result, report_context(settings, item.path, path.parent)) if fmt == "html" else None
+            text = (
+                to_html(result, report_context(settings.to_dict(), item.path, path.parent)) if fmt == "html" else None
+            )
             write_atomic(path, text if text is not None else FORMATTERS[fmt](result))
             written.append(path)
         content = record(settings, item.path, formats)
@@ -263,13 +109,6 @@ def write_results(result: VideoResult, output_dir: Path, item: Input, settings: 
         for path in written:
             path.unlink(missing_ok=True)
         raise
-
-
-def report_context(settings: Settings | None, video: Path, folder: Path) -> ReportContext:
-    """The HTML report's settings, and a link to the video when it sits in the report's folder."""
-    beside = os.path.realpath(video.parent) == os.path.realpath(folder)
-    shown = {k: v for k, v in settings.to_dict().items() if k != "task"} if settings is not None else {}
-    return ReportContext(shown, video_href(video.name) if beside else None)
 
 
 def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Outcome], task: str) -> Path:
@@ -290,103 +129,6 @@ def write_index(output_dir: Path, inputs: Sequence[Input], outcomes: Sequence[Ou
     path = output_dir / INDEX_PAGE
     write_atomic(path, to_index(rows, f"malmm {task}: {counted(len(rows), 'video')}"))
     return path
-
-
-class StdoutClosed(Exception):
-    """stdout stopped taking results: its reader went away (`| head`), or it cannot be written
-    (`> file` on a full disk). Raised once, by the write that found it; later writes do nothing."""
-
-    def __init__(self, reason: str, reader_gone: bool):
-        super().__init__(reason)
-        self.reader_gone = reader_gone
-
-
-def _silence(stream: TextIO) -> None:
-    """Point the stream's descriptor at /dev/null, so that what its buffer still holds does not fail
-    again (and print a traceback) when the interpreter flushes it on exit."""
-    try:
-        descriptor = stream.fileno()
-    except (OSError, ValueError):  # not a file (a StringIO in tests): nothing is flushed on exit
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, descriptor)
-    os.close(devnull)
-
-
-class StdoutWriter:
-    """Results on stdout, one video after the other, in one format.
-
-    json prints one document at the end (or when interrupted): an object for a single video file,
-    a list otherwise (use jsonl to stream one object per line). csv prints its header once.
-    srt and vtt hold one video's subtitles, so the command line allows them for one input only.
-    """
-
-    def __init__(self, fmt: str, single: bool, stream: TextIO | None = None, settings: Settings | None = None):
-        self.fmt = fmt
-        self.settings = settings  # shown in an HTML report
-        self.single = single
-        self.stream = stream or sys.stdout
-        self._json: list[dict] = []
-        self._count = 0
-        self._finished = False  # close() has run
-        self.closed: StdoutClosed | None = None  # why stdout stopped taking results, once it has
-
-    def add(self, result: VideoResult) -> None:
-        if self.fmt == "json":
-            self._json.append(result.to_dict())
-        elif self.fmt == "csv":
-            self._write(to_csv(result, header=self._count == 0))
-        elif self.fmt == "html":  # times link to the video when it is in the current folder, where `>` puts the page
-            self._write(to_html(result, report_context(self.settings, Path(result.path), Path.cwd())))
-        else:
-            self._write(self._framed(FORMATTERS[self.fmt](result), result.path))
-
-    def add_saved(self, video: str, saved: Path) -> None:
-        """The result an earlier run wrote to `saved`, in this format, for a video skipped now."""
-        text = saved.read_text(encoding="utf-8")
-        if self.fmt == "json":
-            self._json.append(json.loads(text))
-        elif self.fmt == "csv":
-            self._write(text if self._count == 0 else text.partition("\n")[2])  # the header once
-        else:
-            self._write(self._framed(text, video))
-
-    def _framed(self, text: str, video: str) -> str:
-        """Several videos' txt results: each under its name, a blank line between them."""
-        if self.fmt != "txt":
-            return text
-        if not self.single:
-            text = f"# {shown(video)}\n{text}"
-        return "\n" + text if self._count else text
-
-    def _write(self, text: str) -> None:
-        self._emit(text)
-        self._count += 1
-
-    def _emit(self, text: str) -> None:
-        """Write and flush; the first failure raises StdoutClosed, and later writes do nothing."""
-        if self.closed is not None:
-            return
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except OSError as error:
-            gone = isinstance(error, BrokenPipeError)
-            reason = "stdout was closed by its reader" if gone else f"cannot write to stdout: {error.strerror or error}"
-            self.closed = StdoutClosed(reason, reader_gone=gone)
-            _silence(self.stream)
-            raise self.closed from None
-
-    def close(self) -> None:
-        """Finish the document (json, an empty csv); safe to call twice."""
-        if self._finished:
-            return
-        self._finished = True
-        if self.fmt == "json" and (self._json or not self.single):
-            document = self._json[0] if self.single and len(self._json) == 1 else self._json
-            self._emit(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
-        elif self.fmt == "csv" and self._count == 0 and not self.single:
-            self._emit(",".join(CSV_HEADER) + "\n")
 
 
 # read(items, progress, done) -> a result or exception per item (see run_batch)

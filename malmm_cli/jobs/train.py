@@ -41,10 +41,11 @@ from safetensors.torch import load_file, save_file
 from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
 from malmm_cli.jobs.records import changed_values, file_identity
 from malmm_cli.media.augment import ClipAugment
+from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.video import VideoError
 from malmm_cli.output.writers import write_json
 from malmm_cli.reading.feature_cache import FeatureCache
-from malmm_cli.reading.stream import Sampling, VideoStream
+from malmm_cli.reading.stream import VideoStream
 from malmm_cli.wording import counted
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained

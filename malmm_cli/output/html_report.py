@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -99,6 +99,14 @@ class ReportContext:
 
     settings: dict[str, Any] = field(default_factory=dict)
     video_href: str | None = None
+
+
+def report_context(settings: dict[str, Any] | None, video: Path, folder: Path) -> ReportContext:
+    """The page's context: the settings that made the result (its record's, less the task), and a
+    link to the video when it sits in the page's folder."""
+    beside = os.path.realpath(video.parent) == os.path.realpath(folder)
+    shown = {key: value for key, value in (settings or {}).items() if key != "task"}
+    return ReportContext(shown, video_href(video.name) if beside else None)
 
 
 def clock(seconds: float) -> str:
