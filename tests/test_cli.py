@@ -542,7 +542,7 @@ def test_every_task_command_declares_the_shared_options_alike() -> None:
     import typer.main
 
     from malmm_cli.cli import app
-    from malmm_cli.commands.options import RunOptions
+    from malmm_cli.jobs.model import RunOptions
 
     group = typer.main.get_command(app)
     shared = {f.name: f.default for f in dataclasses.fields(RunOptions)}
@@ -682,9 +682,9 @@ def test_the_same_note_for_another_video_is_still_said(run, tmp_path: Path) -> N
 
 def test_more_decode_workers_than_cpus_are_capped_with_a_note(run, videos: Path, monkeypatch) -> None:
     """--decode-workers 64 on 2 CPUs took 60 s instead of 0.5 s, without a word."""
-    from malmm_cli.commands import read
+    from malmm_cli.jobs import videos as video_job
 
-    monkeypatch.setattr(read, "available_cpus", lambda: 2)
+    monkeypatch.setattr(video_job, "available_cpus", lambda: 2)
     result = run("caption", videos / "short.mp4", "--frames", "4", "--decode-workers", "64", "-f", "json")
     assert result.exit_code == 0, result.stderr
     assert "--decode-workers 64: this process may use 2 CPUs, so frames are decoded in 2 processes" in result.stderr

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from malmm_cli.jobs import loading
-from malmm_cli.jobs.loading import LoadOptions, SetupError, choose_dtype, plan, resolve_device
+from malmm_cli.jobs.errors import SetupError
+from malmm_cli.jobs.loading import LoadOptions, choose_dtype, plan, resolve_device
 from models.architectures import architecture
 from models.memory_plan import GIB
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import typer.core
 
-from malmm_cli.commands.loading import check_checkpoint, check_output_dir, load_model
 from malmm_cli.commands.options import (
     BankOption,
     CheckpointOption,
@@ -24,12 +23,12 @@ from malmm_cli.commands.options import (
     QuantizeOption,
     QuantizeVisionOption,
     QuietOption,
-    RunOptions,
     choice_of,
     one_output,
     parse_count,
 )
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, stopped_by
+from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
+from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
 from malmm_cli.wording import counted, plural
 from models.presets import (
     CAPTION,
@@ -111,7 +110,8 @@ def evaluate(
     from malmm_cli.commands.progress import EvalProgress, Reporter
     from malmm_cli.jobs import evaluate as evaluation
     from malmm_cli.jobs.dataset import DatasetError
-    from malmm_cli.jobs.loading import SetupError, resolve_device
+    from malmm_cli.jobs.errors import SetupError
+    from malmm_cli.jobs.loading import resolve_device
     from malmm_cli.jobs.records import checkpoint_identity, file_identity, model_identity
 
     reporter = Reporter(quiet=quiet)
@@ -126,13 +126,15 @@ def evaluate(
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory,
                          device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
                          no_cache=no_cache, quiet=quiet)  # fmt: skip
-    check_checkpoint(options)
+    with refusals(reporter):
+        check_checkpoint(options)
     try:
         device_type = resolve_device(device).split(":")[0]
     except SetupError as error:
         raise typer.BadParameter(str(error), param_hint="--device") from error
     folder = output or Path(f"malmm-eval-{data.stem}")
-    check_output_dir(folder, "--output")
+    with refusals(reporter):
+        check_output_dir(folder, "--output")
     missing, videos_read = evaluation.missing_videos(items, folder)
     if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
         where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
@@ -151,8 +153,9 @@ def evaluate(
     )  # fmt: skip
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
     preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
-    malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
-                       frames=settings.frames)  # fmt: skip
+    with refusals(reporter):
+        malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
+                           frames=settings.frames)  # fmt: skip
     run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
                                 on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
     try:

@@ -6,28 +6,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
 
-from malmm_cli.media.names import shown
+from malmm_cli.commands.terminal import refusals
+from malmm_cli.jobs.model import RunOptions
 from malmm_cli.media.timefmt import parse_duration
 from models.presets import (
-    DEFAULT_MODEL,
     MEMORY_STRATEGIES,
-    TRAINED_WEIGHTS,
-    GenerationSettings,
-    Task,
 )
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
-    from malmm_cli.commands.progress import Reporter
-    from malmm_cli.jobs.records import Settings
-    from malmm_cli.media.sampling import Sampling
-    from malmm_cli.reading.feature_cache import FeatureCache
+    pass
 
 
 class PlainUsage(typer.core.TyperCommand):
@@ -267,114 +260,10 @@ GpusOption = Annotated[
 PathsArgument = Annotated[list[Path], typer.Argument(metavar="PATH", hidden=True, show_default=False)]
 
 
-@dataclass
-class RunOptions:
-    """The options every task command shares: each command declares them (Typer reads a command's
-    options from its signature) and `shared_options` gathers them here."""
-
-    model: ModelOption = DEFAULT_MODEL
-    checkpoint: CheckpointOption = None
-    frames: FramesOption = None
-    fps: FpsOption = None
-    memory_bank_length: BankOption = None
-    memory: MemoryOption = "malmm"
-    format: FormatOption = None
-    output_dir: OutputDirOption = None
-    overwrite: OverwriteOption = False
-    device: DeviceOption = "auto"
-    dtype: DtypeOption = "auto"
-    quantize: QuantizeOption = "auto"
-    quantize_vision: QuantizeVisionOption = "none"
-    max_new_tokens: MaxTokensOption = None
-    num_beams: BeamsOption = None
-    batch_size: BatchOption = None
-    video_batch: VideoBatchOption = None
-    seek: SeekOption = "exact"
-    decode_workers: WorkersOption = 1
-    no_cache: NoCacheOption = False
-    quiet: QuietOption = False
-    engine: EngineOption = "local"
-    address: AddressOption = None
-    workers: RayWorkersOption = None
-    gpus_per_worker: GpusOption = None
-
-    def __post_init__(self) -> None:
-        if self.frames is not None and self.fps is not None:
-            raise typer.BadParameter("give --frames or --fps, not both", param_hint="--frames/--fps")
-        if len(set(self.formats)) != len(self.formats):
-            raise typer.BadParameter("a format is given twice", param_hint="--format")
-        if self.checkpoint is not None and self.checkpoint.is_dir():  # a `malmm train` run: its weights
-            self.checkpoint = self.checkpoint / TRAINED_WEIGHTS
-
-    @property
-    def formats(self) -> list[str]:
-        return list(self.format or ["txt"])
-
-    def cache(self, reporter: Reporter) -> FeatureCache | None:
-        from malmm_cli.reading.feature_cache import FeatureCache
-
-        return None if self.no_cache else FeatureCache(on_problem=reporter.warn)
-
-    def sampling(self, task: Task) -> Sampling:
-        from malmm_cli.media.sampling import Sampling
-
-        rate = {"fps": self.fps} if self.fps is not None else {"frames": self.frames or task.frames}
-        return Sampling(**rate, seek=self.seek, decode_workers=self.decode_workers)
-
-    def bank(self, task: Task) -> int:
-        return self.memory_bank_length or task.memory_bank_length
-
-    def most_frames(self, task: Task) -> int | None:
-        """The most frames a video reads: --frames (clips too), else None: with --fps it follows
-        each video's length, so the memory is planned for the whole bank."""
-        return None if self.fps is not None else self.frames or task.frames
-
-    def generation(self, task: Task) -> GenerationSettings:
-        return task.generation.with_overrides(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
-
-    def settings(self, task: Task, name: str, request: dict[str, object]) -> Settings:
-        """What the results of this run depend on, for the records beside them."""
-        from malmm_cli.jobs.loading import SetupError, resolve_device
-        from malmm_cli.jobs.records import Settings, checkpoint_identity, model_identity
-        from malmm_cli.reading.feature_cache import default_cache_dir
-
-        try:
-            device = resolve_device(self.device).split(":")[0]
-        except SetupError as error:
-            raise typer.BadParameter(str(error), param_hint="--device") from error
-        memo = None if self.no_cache or not default_cache_dir().is_dir() else default_cache_dir()
-        return Settings(
-            task=name, request=request, model=model_identity(self.model),
-            checkpoint=checkpoint_identity(self.checkpoint, memo), sampling=self.sampling(task).describe(),
-            memory_bank_length=self.bank(task),
-            precision={"device": device, "dtype": self.dtype, "quantize": self.quantize,
-                       "quantize_vision": self.quantize_vision},
-            generation=dataclasses.asdict(self.generation(task)), memory=self.memory,
-        )  # fmt: skip
-
-
 def shared_options(ctx: typer.Context) -> RunOptions:
     """The shared options of a task command (each declares them all) as one RunOptions."""
-    return RunOptions(**{f.name: ctx.params[f.name] for f in dataclasses.fields(RunOptions)})
-
-
-def read_lines(path: Path, what: str, option: str) -> list[str]:
-    """Non-empty stripped lines of a text file (questions, labels)."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise typer.BadParameter(f"cannot read {shown(path)}: {error.strerror or error}", param_hint=option) from error
-    try:
-        lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
-    except UnicodeDecodeError as error:  # Python's words ('utf-8' codec, position 1234) help nobody find it
-        number = data[: error.start].count(b"\n") + 1
-        raise typer.BadParameter(
-            f"{shown(path)} is not UTF-8 text (line {number}): save it as UTF-8 and run again", param_hint=option
-        ) from error
-    lines = [line for line in lines if line and not line.startswith("#")]
-    if not lines:
-        raise typer.BadParameter(f"{shown(path)} has no {what} (one per line)", param_hint=option)
-    return lines
+    with refusals():
+        return RunOptions(**{f.name: ctx.params[f.name] for f in dataclasses.fields(RunOptions)})
 
 
 # train and eval write one folder, named by -o/--output as watch's one file is; caption, ask and

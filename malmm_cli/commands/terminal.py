@@ -6,8 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
+import typer
+
+from malmm_cli.jobs.errors import SetupError, UsageError
+
+if TYPE_CHECKING:
     from rich.console import Console
+
+    from malmm_cli.jobs.reporting import Reporter
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -23,6 +29,22 @@ def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:
     if isinstance(interrupt, Terminated):
         return "Terminated", EXIT_TERMINATED
     return "Interrupted", EXIT_INTERRUPTED
+
+
+@contextmanager
+def refusals(reporter: Reporter | None = None) -> Iterator[None]:
+    """A job's refusal to run, as the command line says it: a UsageError is a bad option or
+    argument (Click's usage message, status 2); a SetupError a model that cannot be run as asked
+    (one error line, status 2)."""
+    try:
+        yield
+    except UsageError as error:
+        raise typer.BadParameter(str(error), param_hint=error.option) from None
+    except SetupError as error:
+        if reporter is None:
+            raise
+        reporter.error(str(error))
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @contextmanager

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import typer.core
 
-from malmm_cli.commands.loading import check_checkpoint, load_model
 from malmm_cli.commands.options import (
     DeviceOption,
     DtypeOption,
@@ -18,7 +17,6 @@ from malmm_cli.commands.options import (
     QuantizeOption,
     QuantizeVisionOption,
     QuietOption,
-    RunOptions,
     choice_of,
     metavar_of,
     one_output,
@@ -26,8 +24,9 @@ from malmm_cli.commands.options import (
     parse_fraction,
     parse_positive,
 )
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, stopped_by
+from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
 from malmm_cli.jobs.dataset import TASK_TARGETS
+from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
 from malmm_cli.wording import counted, plural
 from models.presets import (
     DEFAULT_MODEL,
@@ -258,9 +257,11 @@ def train(
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
                          device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
                          no_cache=no_cache, quiet=quiet)  # fmt: skip
-    check_checkpoint(options)
+    with refusals(reporter):
+        check_checkpoint(options)
     shape = training.training_shape(settings, examples + held_out)
-    malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
+    with refusals(reporter):
+        malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
     labels = sorted({e.label for e in examples}) if task == "classify" else None
     try:
         trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=training.model_name(model),

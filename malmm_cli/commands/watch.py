@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import typer.core
 
-from malmm_cli.commands.loading import check_checkpoint, load_model
 from malmm_cli.commands.options import (
     BankOption,
     BatchOption,
@@ -24,14 +23,14 @@ from malmm_cli.commands.options import (
     QuantizeOption,
     QuantizeVisionOption,
     QuietOption,
-    RunOptions,
     choice_of,
     metavar_of,
     parse_attempts,
     parse_rate,
     parse_seconds,
 )
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, Terminated, stopped_by
+from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, Terminated, refusals, stopped_by
+from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
 from malmm_cli.media.names import shown
 from malmm_cli.output.events import EVENT_FORMATS
 from malmm_cli.wording import counted
@@ -157,7 +156,8 @@ def watch(
         check_watch(every, fps, reset_every, Memory(options.bank(CAPTION), memory))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--reset-every/--memory") from None
-    check_checkpoint(options)
+    with refusals(reporter):
+        check_checkpoint(options)
     try:
         if parsed.kind == "stdin":
             check_stdin()  # a terminal, or an MP4 a pipe cannot give, is said before the model loads
@@ -202,7 +202,8 @@ def watch(
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     status = LiveStatus(reporter, lambda: f"opening {name}")
     try:
-        malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
+        with refusals(reporter):
+            malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
         bank = Memory(options.bank(CAPTION), memory)
         check_memory(malmm, bank)
         reporter.info(f"Watching {name}: a caption every {every:g} s of stream, {fps:g} frames/s read")

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
-import torch
-
 from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
 from malmm_cli.jobs.reporting import Reporter, VideoProgress
 from malmm_cli.media.inputs import Input, Outcome
@@ -266,6 +264,7 @@ def _run_group(
     except StdoutClosed:  # from `done`: nothing receives the results any more
         raise
     except Exception as error:  # the batch as a whole failed (out of memory, say)
+        _release_memory(error)
         results = [error] * len(reading)
     for number, result in enumerate(results):
         done(number, result)
@@ -292,12 +291,27 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(held[0])  # to the handler that was there: KeyboardInterrupt, say
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether the GPU ran out of memory (torch is loaded by then: a model raised it)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+def _release_memory(error: BaseException) -> None:
+    """After running out of GPU memory, give the allocator's cached blocks back, so that the next
+    videos start from what is really in use."""
+    if _out_of_memory(error):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def failure_reason(error: Exception) -> str:
     """One line saying why a video failed."""
     if isinstance(error, VideoError):
         return str(error)
-    if isinstance(error, torch.OutOfMemoryError):
-        torch.cuda.empty_cache()
+    if _out_of_memory(error):
         return (
             "out of GPU memory: try --quantize 4bit, --quantize-vision 8bit, a smaller --memory-bank-length "
             "or --video-batch 1 (video length does not matter)"
@@ -318,6 +332,7 @@ def _finish(
     """Write one video's results and say how it went."""
     name = item.name
     if isinstance(result, Exception):
+        _release_memory(result)
         return _failed(reporter, name, failure_reason(result), started)
     if output_dir is not None:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from malmm_cli.jobs.errors import SetupError
 from malmm_cli.jobs.hub import DownloadProgress, ModelUnavailable, resolve
 from models.memory_plan import (
     GIB,
@@ -34,10 +35,6 @@ MAX_VIDEO_BATCH = 8  # videos read at once
 CPU_VISION_BATCH = 8  # larger batches buy nothing on a CPU
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-class SetupError(Exception):
-    """The model cannot be run as asked; the message says why and what would work."""
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # content_hash, which result records use before any model loads, needs no torch
+    import torch
+    from torch import nn
 
 MEMO_PREFIX = ".content-"  # memo files: .content-<40 hex digits>, one per file hashed
 MEMO_NAME = re.compile(r"^\.content-[0-9a-f]{40}$")
@@ -63,6 +65,8 @@ def tensor_checksum(tensor: torch.Tensor) -> tuple[int, int, int]:
     the first half (so that moving values between halves changes it too), plus the last bytes
     that do not fill a word. Runs on the tensor's device at memory speed: about 0.5 s for ViT-g's
     4 GB of float32 weights on one CPU core."""
+    import torch
+
     raw = tensor.detach().contiguous().view(-1).view(torch.uint8)
     whole = raw.numel() // 8 * 8
     words = raw[:whole].view(torch.int64)
