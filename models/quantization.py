@@ -47,8 +47,10 @@ class _DropOptionalKernelNotice(logging.Filter):
         return "kernels-community" not in record.getMessage()
 
 
-def _quiet_bitsandbytes() -> None:
-    """Install the filters above; must run before bitsandbytes is first imported."""
+def quiet_bitsandbytes() -> None:
+    """Install the filters above (once; a second call adds nothing). Called where a quantized model
+    is planned or loaded, before bitsandbytes is first imported, not when this module is imported:
+    importing a module should not change another library's logging."""
     for name, kind in (("bitsandbytes.backends.cpu.ops", _DropOptionalKernelNotice),
                        ("bitsandbytes.autograd._functions", _DropInt8CastNotice)):  # fmt: skip
         logger = logging.getLogger(name)
@@ -56,11 +58,9 @@ def _quiet_bitsandbytes() -> None:
             logger.addFilter(kind())
 
 
-_quiet_bitsandbytes()
-
-
 def cpu_4bit_packs_weights() -> bool:
     """Whether bitsandbytes' 4-bit layers on this CPU use the packed kernel (AVX512-BF16)."""
+    quiet_bitsandbytes()
     from bitsandbytes.functional import has_avx512bf16
 
     return bool(has_avx512bf16())
@@ -93,6 +93,7 @@ def quantization_config(
     skip = [*KEEP_FULL_PRECISION, *(keep or [])]
     if mode == "none":
         return None
+    quiet_bitsandbytes()  # transformers imports bitsandbytes when it loads the model
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if mode == "4bit":

@@ -162,3 +162,17 @@ def test_reading_sizes_fit_what_is_free(tiny_malmm) -> None:
     tight = reading_sizes(tiny_malmm, **common, free=1)
     assert tight.videos == 1 and tight.answers == 1  # never less than one of each
     assert reading_sizes(tiny_malmm, **common, videos=3, free=1).videos == 3  # as asked
+
+
+def test_importing_the_quantization_module_leaves_logging_alone() -> None:
+    """It installed bitsandbytes' log filters when imported (hidden state, issue 26); now loading
+    a quantized model does (test_no_kernels_community_line_on_stderr)."""
+    code = (
+        "import logging, models.quantization as q\n"
+        "names = ('bitsandbytes.backends.cpu.ops', 'bitsandbytes.autograd._functions')\n"
+        "print(sum(len(logging.getLogger(n).filters) for n in names))\n"
+        "q.quiet_bitsandbytes(); q.quiet_bitsandbytes()\n"
+        "print(sum(len(logging.getLogger(n).filters) for n in names))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["0", "2"]

@@ -11,6 +11,8 @@ import errno
 import math
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -403,6 +405,22 @@ def test_rotation_metadata_is_applied(clips: dict[str, Path], name: str) -> None
 
 
 # --- damaged files ----------------------------------------------------------------------------------
+
+
+def test_ffmpeg_complaints_about_a_damaged_file_stay_off_stderr(clips: dict[str, Path], tmp_path: Path) -> None:
+    """OpenCV's FFmpeg prints a line per broken packet; malmm quiets it when it opens a file (it
+    did so as a side effect of importing video.py). The same file opened by plain OpenCV shows the
+    lines, so the file does make FFmpeg complain."""
+    damaged = media.make_garbage_middle(clips["cfr"], tmp_path / "damaged.mp4", at_fraction=0.3, nbytes=20_000)
+    read = "while capture.read()[0]: pass\n"
+    plain = f"import cv2\ncapture = cv2.VideoCapture({str(damaged)!r}, cv2.CAP_FFMPEG)\n{read}"
+    quiet = (f"from pathlib import Path\nfrom malmm_cli.media import video\n"
+             f"capture = video._capture(Path({str(damaged)!r}))\n{read}")  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "OPENCV_FFMPEG_LOGLEVEL"}
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+               for code in (plain, quiet)]  # fmt: skip
+    assert outputs[0].stderr.strip(), "the damaged file should make OpenCV's FFmpeg complain"
+    assert outputs[1].stderr == ""
 
 
 def test_truncated_with_index_gives_frames_up_to_the_cut(clips: dict[str, Path], tmp_path: Path) -> None:

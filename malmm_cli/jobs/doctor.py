@@ -112,7 +112,9 @@ def check_bitsandbytes() -> list[Check]:
     """Runs one 8-bit and one 4-bit layer on the best device: an installed package is not enough."""
     import torch
 
-    import models.quantization  # noqa: F401  (quiets bitsandbytes' import-time notices first)
+    from models.quantization import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # its import-time notices
 
     found = _version("bitsandbytes")
     if found is None:

@@ -212,6 +212,9 @@ def load(options: LoadOptions, folder: Path) -> tuple[Any, str, MemoryPlan]:
     from transformers import InstructBlipConfig
 
     from models.malmm import Malmm
+    from models.quantization import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # before anything imports it: 8-bit vision, 8-bit AdamW, the CPU's 4-bit kernel
 
     device = resolve_device(options.device)
     try:

@@ -28,10 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-# OpenCV's own FFmpeg prints every decoding complaint (hundreds of lines for one damaged file) to
-# stderr; malmm reports what matters itself. Set before cv2 loads FFmpeg; a user's setting wins.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-
 import cv2
 import numpy as np
 
@@ -190,11 +186,19 @@ def open_input(location: str | Path, **options: object) -> av.container.InputCon
     return av.open(str(location), **_TAG_DECODING, **options)
 
 
+def quiet_ffmpeg() -> None:
+    """OpenCV's own FFmpeg prints every decoding complaint (hundreds of lines for one damaged file)
+    to stderr; malmm reports what matters itself. FFmpeg reads this setting when OpenCV opens its
+    first file, so it is made just before each open (a user's own setting wins)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
 def _capture(path: Path) -> cv2.VideoCapture:
     """An OpenCV capture of the file. OpenCV takes a name as UTF-8 text and crashes the process
     on one that is not (a byte os.fsdecode could not decode): such a file is opened here and
     handed over by its descriptor's name, /proc/self/fd/N (/dev/fd/N elsewhere), which FFmpeg
     opens anew, so the descriptor is closed right after."""
+    quiet_ffmpeg()
     name = str(path)
     try:
         name.encode("utf-8")
