@@ -109,3 +109,16 @@ def test_presets_by_any_name() -> None:
     for name in ("instructblip-vicuna-7b", "vicuna-7b", REPO):
         assert hub.find_preset(name).repo == REPO
     assert hub.find_preset("nope") is None
+
+
+def test_the_model_jobs_run_from_python_without_a_terminal(monkeypatch, tmp_path: Path) -> None:
+    """`malmm models list` and `download` are thin: their jobs answer plain values (issue 26)."""
+    from malmm_cli.jobs.errors import SetupError
+    from malmm_cli.jobs.hub import PRESETS, download_model, list_models
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    rows = list_models()
+    assert [row.repo for row in rows] == [preset.repo for preset in PRESETS]
+    assert all(row.cached == "no" and row.parameters > 1e9 and row.size_bytes == 4 * row.parameters for row in rows)
+    with pytest.raises(SetupError, match="unknown model 'nonsense'"):
+        download_model("nonsense")

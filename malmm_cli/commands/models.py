@@ -8,7 +8,7 @@ import typer
 import typer.core
 
 from malmm_cli.commands.options import PlainUsage, QuietOption
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout_console, stopped_by
+from malmm_cli.commands.terminal import EXIT_FAILED, refusals, stdout_console, stopped_by
 from malmm_cli.media.names import shown
 from malmm_cli.wording import counted
 
@@ -24,25 +24,17 @@ def models_list() -> None:
     """The InstructBLIP models malmm knows, their sizes, and which are in the local cache."""
     from rich.table import Table
 
-    from malmm_cli.jobs.hub import FINE_TUNED, PRESETS, cache_dir, cached_models
-    from models.architectures import architecture
-    from models.memory_plan import count_parameters
+    from malmm_cli.jobs.hub import FINE_TUNED, cache_dir, list_models
 
-    cached = {m.repo: m for m in cached_models()}
     table = Table(title="Models (Hugging Face hub)", title_justify="left")
     for column in ("name", "hub id", "parameters", "download", "cached", "note"):
         table.add_column(column)
-    for preset in PRESETS:
-        counts = count_parameters(architecture(preset.architecture))
-        params = counts.vision_linear + counts.vision_other + counts.qformer + counts.llm_linear + counts.llm_other
-        found = cached.get(preset.repo)
-        state = "no" if found is None else ("yes" if found.complete else "incomplete")
-        table.add_row(
-            preset.name, preset.repo, f"{params / 1e9:.1f} B", f"~{params * 4 / 1e9:.0f} GB", state, preset.note
-        )
-    others = [m for repo, m in cached.items() if all(p.repo != repo for p in PRESETS)]
-    for model in others:
-        table.add_row("", model.repo, "", f"{model.size_bytes / 1e9:.1f} GB", "yes", "in cache")
+    for row in list_models():
+        if row.parameters is None:  # another model in the cache: its size on disk
+            table.add_row(row.name, row.repo, "", f"{row.size_bytes / 1e9:.1f} GB", row.cached, row.note)
+        else:
+            table.add_row(row.name, row.repo, f"{row.parameters / 1e9:.1f} B", f"~{row.size_bytes / 1e9:.0f} GB",
+                          row.cached, row.note)  # fmt: skip
     console = stdout_console()
     console.print(table)
     console.print(f"cache: {cache_dir()}  (download: malmm models download NAME)")
@@ -67,22 +59,12 @@ def models_download(
     NAME is a name from `malmm models list`, or any hub id.
     """
     from malmm_cli.commands.progress import Reporter
-    from malmm_cli.jobs.hub import ModelUnavailable, cached_snapshot, check_reachable, download, find_preset
+    from malmm_cli.jobs.hub import ModelUnavailable, download_model
 
     reporter = Reporter(quiet=quiet)
-    preset = find_preset(name)
-    repo = preset.repo if preset else name
-    if preset is None and name.count("/") != 1:
-        reporter.error(f"unknown model {name!r}: use a name from `malmm models list` or a hub id (owner/name)")
-        raise typer.Exit(EXIT_USAGE)
-    cached = cached_snapshot(repo)
-    if cached is not None:
-        reporter.info(f"{repo} is already in the cache: {cached}")
-        raise typer.Exit(EXIT_OK)
     try:
-        check_reachable(repo)
-        with reporter.downloading(repo) as progress_class:
-            folder = download(repo, progress_class)
+        with refusals(reporter):
+            got = download_model(name, reporter.downloading)
     except ModelUnavailable as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_FAILED) from error
@@ -90,7 +72,10 @@ def models_download(
         word, status = stopped_by(interrupt)
         reporter.console.print(f"{word}: run the same command again to resume the download.")
         raise typer.Exit(status) from None
-    reporter.info(f"{repo} is ready: {folder}")
+    if got.already_cached:
+        reporter.info(f"{got.repo} is already in the cache: {got.folder}")
+    else:
+        reporter.info(f"{got.repo} is ready: {got.folder}")
 
 
 cache_app = typer.Typer(help="The vision feature cache that makes a second question about a video fast.",

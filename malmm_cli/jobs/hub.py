@@ -217,3 +217,59 @@ def cached_models() -> list[CachedModel]:
         complete = any(is_complete(Path(revision.snapshot_path)) for revision in repo.revisions)
         found.append(CachedModel(repo.repo_id, repo.size_on_disk, complete))
     return sorted(found, key=lambda m: m.repo)
+
+
+@dataclass(frozen=True)
+class ListedModel:
+    """A row of `malmm models list`: a preset (with its size, from its architecture) or another
+    InstructBLIP model found in the cache (size on disk only)."""
+
+    name: str
+    repo: str
+    parameters: int | None  # None: not a preset, its architecture is unknown here
+    size_bytes: int  # to download (float32 weights), or on disk for a cached non-preset
+    cached: str  # "yes", "no" or "incomplete"
+    note: str
+
+
+def list_models() -> list[ListedModel]:
+    """The presets, then the other InstructBLIP models in the local cache."""
+    from models.architectures import architecture
+    from models.memory_plan import count_parameters
+
+    cached = {model.repo: model for model in cached_models()}
+    rows = []
+    for preset in PRESETS:
+        counts = count_parameters(architecture(preset.architecture))
+        params = counts.vision_linear + counts.vision_other + counts.qformer + counts.llm_linear + counts.llm_other
+        found = cached.get(preset.repo)
+        state = "no" if found is None else ("yes" if found.complete else "incomplete")
+        rows.append(ListedModel(preset.name, preset.repo, params, params * 4, state, preset.note))
+    for repo, model in cached.items():
+        if all(preset.repo != repo for preset in PRESETS):
+            rows.append(ListedModel("", repo, None, model.size_bytes, "yes", "in cache"))
+    return rows
+
+
+@dataclass(frozen=True)
+class Download:
+    repo: str
+    folder: Path
+    already_cached: bool
+
+
+def download_model(name: str, progress: DownloadProgress | None = None) -> Download:
+    """Download a preset (by name) or any hub id into the Hugging Face cache, unless it is there.
+    Raises SetupError for a name that is neither, ModelUnavailable when the hub cannot give it."""
+    from malmm_cli.jobs.errors import SetupError
+
+    preset = find_preset(name)
+    repo = preset.repo if preset else name
+    if preset is None and name.count("/") != 1:
+        raise SetupError(f"unknown model {name!r}: use a name from `malmm models list` or a hub id (owner/name)")
+    cached = cached_snapshot(repo)
+    if cached is not None:
+        return Download(repo, cached, already_cached=True)
+    check_reachable(repo)
+    with (progress or (lambda _: nullcontext(None)))(repo) as progress_class:
+        return Download(repo, download(repo, progress_class), already_cached=False)
