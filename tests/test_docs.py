@@ -12,8 +12,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # A record of past runs names the paths of its time (the commands it ran): not checked for names.
@@ -94,12 +92,6 @@ def unresolved(page: Path) -> list[str]:
     return missing
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("malmm_cli.reading") is None,
-    reason="the docs name the modules where issue 26's move puts them (malmm_cli.reading.pipeline...); "
-    "they exist once the move has landed",
-    strict=True,
-)
 def test_the_code_the_docs_name_exists() -> None:
     missing = [f"{page.name}: {name}" for page in PAGES if page.name not in RECORDS for name in unresolved(page)]
     assert not missing, "\n".join(missing)
