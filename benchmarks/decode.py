@@ -87,7 +87,7 @@ def clip_facts(path: Path) -> dict:
 
 
 def targets_for(mode: str, duration: float) -> list[float]:
-    from malmm_cli.media.video import sample_times
+    from malmm_cli.media.plans import sample_times
 
     return sample_times(duration, fps=1.0) if mode == "1fps" else sample_times(duration, frames=64)
 

@@ -559,7 +559,8 @@ def _make_clip(path: Path, seconds: int, size: tuple[int, int], fps: int = 30) -
 
 def section_end_to_end(check: Check) -> dict:
     from malmm_cli.media.parallel import ParallelReader
-    from malmm_cli.media.video import plan_times, probe
+    from malmm_cli.media.plans import plan_times
+    from malmm_cli.media.probe import probe
     from malmm_cli.reading.pipeline import Sampling, caption_video
 
     video = check.shared["video"]

@@ -14,7 +14,8 @@ from malmm_cli.commands.progress import Reporter
 from malmm_cli.jobs.batch import plan_resume, run_batch, write_results
 from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
 from malmm_cli.media.inputs import Input, expand_inputs, name_outputs
-from malmm_cli.media.video import VideoError, check_readable
+from malmm_cli.media.plans import VideoError
+from malmm_cli.media.probe import check_readable
 from malmm_cli.output.stdout import StdoutWriter
 from malmm_cli.reading.results import VideoResult
 

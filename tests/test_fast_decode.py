@@ -14,7 +14,9 @@ import pytest
 
 from malmm_cli.media.keyframes import KeyframeReader
 from malmm_cli.media.parallel import ParallelReader
-from malmm_cli.media.video import VideoError, VideoReader, probe, sample_times
+from malmm_cli.media.plans import VideoError, sample_times
+from malmm_cli.media.probe import probe
+from malmm_cli.media.video import VideoReader
 from tests import media
 
 

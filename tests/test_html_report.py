@@ -89,7 +89,7 @@ def test_collector_keeps_the_frame_planned_nearest_each_span_middle() -> None:
 def test_pictures_of_cached_frames_that_cannot_be_decoded_are_counted_in_words() -> None:
     """Frames chosen among those replayed from the feature cache are decoded at the end; those that
     cannot be are said, with a count that agrees with its words."""
-    from malmm_cli.media.video import VideoError
+    from malmm_cli.media.plans import VideoError
     from malmm_cli.reading.pipeline import Grid
 
     def fails(_targets: list[float]):

@@ -116,3 +116,28 @@ def test_the_command_line_and_the_media_layer_load_without_torch() -> None:
     commands = [module_name(p) for p in sorted((REPO / "malmm_cli" / "commands").glob("*.py"))]
     loaded = _loaded_after_importing(["malmm_cli.cli", *commands, *media])
     assert not {"torch", "transformers"} & loaded, sorted({"torch", "transformers"} & loaded)
+
+
+def test_benchmarks_and_scripts_import_names_that_exist() -> None:
+    """Benchmarks and scripts are not run by the suite: a module moved or a name renamed would
+    leave them broken until someone measures again. Every name they import from malmm must exist."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for path in sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").split(".")[0]
+                in (
+                    "malmm_cli",
+                    "models",
+                )
+            ):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name)
+                            and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]  # fmt: skip
+    assert not missing, missing

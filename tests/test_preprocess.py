@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from transformers import BlipImageProcessorPil
 
-from malmm_cli.media.video import VideoReader, probe
+from malmm_cli.media.probe import probe
+from malmm_cli.media.video import VideoReader
 from malmm_cli.reading.pipeline import Sampling, VideoStream, preprocess
 from tests import media
 

@@ -19,7 +19,7 @@ from malmm_cli.cli import app
 from malmm_cli.jobs.loading import LoadOptions
 from malmm_cli.jobs.ray_engine import DIED_TWICE, RayOptions, ReadJob, ray_reader
 from malmm_cli.media.inputs import Input
-from malmm_cli.media.video import VideoError
+from malmm_cli.media.plans import VideoError
 from malmm_cli.reading.pipeline import Memory, Sampling, caption_readers
 from malmm_cli.reading.results import VideoResult
 from models import GenerationSettings

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from malmm_cli.media.video import VideoError
+from malmm_cli.media.plans import VideoError
 from malmm_cli.reading import pipeline
 from malmm_cli.reading.pipeline import (
     Memory,

@@ -22,18 +22,12 @@ import cv2
 import numpy as np
 import pytest
 
-from malmm_cli.media import video
-from malmm_cli.media.video import (
-    Frame,
-    VideoError,
-    VideoInfo,
-    VideoReader,
-    check_readable,
-    plan_times,
-    prefetch,
-    probe,
-    sample_times,
-)
+from malmm_cli.media import plans, video
+from malmm_cli.media import probe as probe_module
+from malmm_cli.media.plans import VideoError, VideoInfo, plan_times, sample_times
+from malmm_cli.media.prefetch import prefetch
+from malmm_cli.media.probe import check_readable, probe
+from malmm_cli.media.video import Frame, VideoReader
 from tests import media
 
 
@@ -122,7 +116,7 @@ def test_plans_never_ask_for_more_frames_than_the_video_has(clips: dict[str, Pat
     assert len(plan.times) == 500 and "has 500" in plan.note
     plan = plan_times(info, fps=1000)
     assert len(plan.times) == 500 and "has 25" in plan.note
-    assert plan_times(info, frames=80) == video.Plan(sample_times(20.0, frames=80))
+    assert plan_times(info, frames=80) == plans.Plan(sample_times(20.0, frames=80))
     frames, _ = read_all(info.path, plan_times(info, frames=100_000).times)
     assert [media.read_barcode(f.image) for f in frames] == list(range(500))  # each frame once
 
@@ -142,12 +136,12 @@ def test_a_clip_reads_its_own_frames(clips: dict[str, Path], tmp_path: Path) -> 
     """The clip [5, 12) of a 10 fps video holds frames 50 to 119: the frame at 5.0 s is read, the one
     at 12.0 s (outside the clip) is not. Exact seeking far, and grabbing near, both find them."""
     path = media.make_video(tmp_path / "thirty.mp4", seconds=30, fps=10, keyint=20)
-    plan = video.plan_clip(probe(path), 80, 5.0, 12.0)
+    plan = plans.plan_clip(probe(path), 80, 5.0, 12.0)
     frames, _ = read_all(path, plan.times)
     assert [media.read_barcode(f.image) for f in frames] == list(range(50, 120))
-    frames, _ = read_all(path, video.plan_clip(probe(path), 7, 5.0, 12.0).times)  # targets 1 s apart: seeks
+    frames, _ = read_all(path, plans.plan_clip(probe(path), 7, 5.0, 12.0).times)  # targets 1 s apart: seeks
     assert [media.read_barcode(f.image) for f in frames] == [55, 65, 75, 85, 95, 105, 115]
-    drawn = video.plan_clip(probe(path), 70, 5.0, 12.0, jitter=3)  # one random time per segment
+    drawn = plans.plan_clip(probe(path), 70, 5.0, 12.0, jitter=3)  # one random time per segment
     frames, _ = read_all(path, drawn.times)
     assert [media.read_barcode(f.image) for f in frames] == list(range(50, 120))
 
@@ -195,7 +189,7 @@ def test_tags_that_are_not_utf8_do_not_stop_a_video(clips: dict[str, Path], tmp_
     assert (info.duration, info.fps, info.codec) == (pytest.approx(20.0, abs=0.05), 25.0, "h264")
     frames, report = read_all(path, sample_times(info.duration, frames=4))
     assert report.missing == [] and [media.read_barcode(f.image) for f in frames] == [62, 187, 312, 437]
-    with video.open_input(path) as container:  # tags still readable; the bytes that are not UTF-8 never raise
+    with probe_module.open_input(path) as container:  # tags still readable; the bytes that are not UTF-8 never raise
         assert container.metadata["title"].startswith("malmm-caf")
 
 
@@ -210,12 +204,12 @@ def test_tags_that_are_not_utf8_do_not_stop_a_video(clips: dict[str, Path], tmp_
     ],
 )
 def test_tag_decoding_follows_the_pyav_version(version: str, arguments: dict) -> None:
-    assert video._tag_decoding(version) == arguments
+    assert probe_module._tag_decoding(version) == arguments
 
 
 def test_an_unknown_pyav_version_is_said() -> None:
     with pytest.raises(ValueError, match="not a PyAV version: 'main'"):
-        video._tag_decoding("main")
+        probe_module._tag_decoding("main")
 
 
 # --- sample_times -----------------------------------------------------------------------------------
@@ -278,40 +272,40 @@ def info_of(duration: float, fps: float, frames: int | None = None) -> VideoInfo
 
 def test_plan_times_reads_each_frame_once_only_past_what_the_video_has() -> None:
     info = info_of(10.0, 10.0, 100)
-    assert plan_times(info, frames=100) == video.Plan(sample_times(10.0, frames=100))  # exactly all: centres
-    assert plan_times(info, frames=101) == video.Plan(
+    assert plan_times(info, frames=100) == plans.Plan(sample_times(10.0, frames=100))  # exactly all: centres
+    assert plan_times(info, frames=101) == plans.Plan(
         sample_times(10.0, fps=10.0), "101 frames asked for, but the video has 100: reading each once"
     )
-    assert plan_times(info, fps=10.0) == video.Plan(sample_times(10.0, fps=10.0))  # the video's own rate
-    assert plan_times(info, fps=10.02) == video.Plan(
+    assert plan_times(info, fps=10.0) == plans.Plan(sample_times(10.0, fps=10.0))  # the video's own rate
+    assert plan_times(info, fps=10.02) == plans.Plan(
         sample_times(10.0, fps=10.0), "10.02 frames/s asked for, but the video has 10: reading at 10"
     )
 
 
 def test_clip_bounds_default_to_the_whole_video() -> None:
-    assert video.clip_bounds(10.0, None, None) == (0.0, 10.0)
-    assert video.clip_bounds(10.0, -2.0, 30.0) == (0.0, 10.0)
-    assert video.clip_bounds(10.0, 0.5, 4.0) == (0.5, 4.0)
+    assert plans.clip_bounds(10.0, None, None) == (0.0, 10.0)
+    assert plans.clip_bounds(10.0, -2.0, 30.0) == (0.0, 10.0)
+    assert plans.clip_bounds(10.0, 0.5, 4.0) == (0.5, 4.0)
 
 
 def test_plan_clip_centres_notes_and_refusals() -> None:
     info = info_of(10.0, 10.0, 100)
-    assert video.plan_clip(info, 4, 2.0, 6.0) == video.Plan([2.5, 3.5, 4.5, 5.5])
-    assert video.plan_clip(info, 50, 2.0, 6.0) == video.Plan(
+    assert plans.plan_clip(info, 4, 2.0, 6.0) == plans.Plan([2.5, 3.5, 4.5, 5.5])
+    assert plans.plan_clip(info, 50, 2.0, 6.0) == plans.Plan(
         [2.0 + (i + 0.5) * 0.1 for i in range(40)], "50 frames asked for, but the clip has 40: reading each once"
     )
-    assert video.plan_clip(info, 3, 2.0, 2.04).times == [2.02]  # under one frame long: still one frame
+    assert plans.plan_clip(info, 3, 2.0, 2.04).times == [2.02]  # under one frame long: still one frame
     with pytest.raises(VideoError, match=r"^the clip 5-5 s is empty or past the video's end \(10 s\)$"):
-        video.plan_clip(info, 4, 5.0, 5.0)
+        plans.plan_clip(info, 4, 5.0, 5.0)
 
 
 def test_plan_clip_jitter_is_seeded_and_stays_clear_of_the_next_segment() -> None:
     info = info_of(10.0, 10.0, 100)
-    drawn = video.plan_clip(info, 40, 2.0, 6.0, jitter=3).times
-    assert drawn == video.plan_clip(info, 40, 2.0, 6.0, jitter=3).times  # the seed decides
-    assert drawn != video.plan_clip(info, 40, 2.0, 6.0, jitter=4).times
+    drawn = plans.plan_clip(info, 40, 2.0, 6.0, jitter=3).times
+    assert drawn == plans.plan_clip(info, 40, 2.0, 6.0, jitter=3).times  # the seed decides
+    assert drawn != plans.plan_clip(info, 40, 2.0, 6.0, jitter=4).times
     offsets = [(t - 2.0) / 0.1 - i for i, t in enumerate(drawn)]
-    latest = 1 - 2 * video.SLACK / 0.1  # the next segment's frame is within SLACK of its start
+    latest = 1 - 2 * plans.SLACK / 0.1  # the next segment's frame is within SLACK of its start
     assert all(0 <= o <= latest + 1e-9 for o in offsets)
     assert max(offsets) == pytest.approx(latest) and min(offsets) < 0.5  # drawn, and capped where it must be
 
@@ -414,8 +408,8 @@ def test_ffmpeg_complaints_about_a_damaged_file_stay_off_stderr(clips: dict[str,
     damaged = media.make_garbage_middle(clips["cfr"], tmp_path / "damaged.mp4", at_fraction=0.3, nbytes=20_000)
     read = "while capture.read()[0]: pass\n"
     plain = f"import cv2\ncapture = cv2.VideoCapture({str(damaged)!r}, cv2.CAP_FFMPEG)\n{read}"
-    quiet = (f"from pathlib import Path\nfrom malmm_cli.media import video\n"
-             f"capture = video._capture(Path({str(damaged)!r}))\n{read}")  # fmt: skip
+    quiet = (f"from pathlib import Path\nfrom malmm_cli.media import probe\n"
+             f"capture = probe.open_capture(Path({str(damaged)!r}))\n{read}")  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "OPENCV_FFMPEG_LOGLEVEL"}
     outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
                for code in (plain, quiet)]  # fmt: skip
@@ -617,7 +611,7 @@ def test_permission_denied(clips: dict[str, Path], monkeypatch: pytest.MonkeyPat
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(video, "open", denied, raising=False)
+    monkeypatch.setattr(probe_module, "open", denied, raising=False)
     with pytest.raises(VideoError, match=r"^permission denied$"):
         probe(clips["cfr"])
 
@@ -733,7 +727,7 @@ def test_without_pyav_opencv_probes_alone(clips: dict[str, Path], tmp_path: Path
     from malmm_cli.media import keyframes
 
     with_pyav = probe(clips["cfr"])
-    monkeypatch.setattr(video, "av", None)
+    monkeypatch.setattr(probe_module, "av", None)
     monkeypatch.setattr(keyframes, "av", None)
     info = probe(clips["cfr"])
     assert (info.duration, info.fps, info.frame_count, info.codec) == (20.0, 25.0, 500, "h264")

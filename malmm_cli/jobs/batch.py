@@ -28,7 +28,7 @@ from urllib.parse import quote
 from malmm_cli.jobs.records import Settings, differences, read_record, record, record_path
 from malmm_cli.jobs.reporting import Reporter, VideoProgress
 from malmm_cli.media.inputs import Input, Outcome
-from malmm_cli.media.video import VideoError
+from malmm_cli.media.plans import VideoError
 from malmm_cli.output.html_report import index_row, report_context, summary, to_html, to_index
 from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 from malmm_cli.output.writers import FORMATTERS, output_paths, write_atomic

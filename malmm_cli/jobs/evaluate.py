@@ -25,8 +25,8 @@ from typing import Any
 from malmm_cli.jobs.dataset import DatasetError, Example, read_examples, task_of
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
+from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
-from malmm_cli.media.video import VideoError
 from malmm_cli.output.writers import write_atomic, write_json
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.pipeline import Memory, Reader, question_readers, read_video

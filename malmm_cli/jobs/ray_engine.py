@@ -33,8 +33,8 @@ from malmm_cli.jobs.batch import failure_reason
 from malmm_cli.jobs.loading import LoadOptions
 from malmm_cli.jobs.reporting import VideoProgress
 from malmm_cli.media.inputs import Input, clip_sampling
+from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
-from malmm_cli.media.video import VideoError
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.pipeline import Memory, Reader
 from malmm_cli.reading.results import VideoResult

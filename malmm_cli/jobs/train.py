@@ -41,8 +41,8 @@ from safetensors.torch import load_file, save_file
 from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
 from malmm_cli.jobs.records import changed_values, file_identity
 from malmm_cli.media.augment import ClipAugment
+from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
-from malmm_cli.media.video import VideoError
 from malmm_cli.output.writers import write_json
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.stream import VideoStream

@@ -20,7 +20,7 @@ from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model, load_options
 from malmm_cli.media.inputs import Input, Outcome, expand_inputs, name_outputs
 from malmm_cli.media.names import shown
-from malmm_cli.media.video import VideoError, check_readable
+from malmm_cli.media.plans import VideoError
 from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 from malmm_cli.wording import counted, plural
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, Task
@@ -201,7 +201,7 @@ def _reader(
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
     from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
     from malmm_cli.media.inputs import clip_sampling
-    from malmm_cli.media.video import VideoError
+    from malmm_cli.media.plans import VideoError
     from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
 
     memory = Memory(options.bank(task), options.memory)
@@ -275,6 +275,8 @@ def _ray_reader(
 def check_inputs(inputs: list[Input]) -> tuple[list[Input], list[Outcome]]:
     """The cheap part of reading each video, before the model loads: the inputs that can be read,
     and the failure of each one that cannot (missing, not a video)."""
+    from malmm_cli.media.probe import check_readable  # OpenCV and PyAV: not for `--help` or a bad option
+
     readable, failed = [], []
     for item in inputs:
         try:

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from malmm_cli.media.video import VideoError
+from malmm_cli.media.plans import VideoError
 from malmm_cli.output.events import WatchEvent
 from malmm_cli.reading.live import LiveStream, Source
 from malmm_cli.reading.pipeline import Answered, Memory, Reader, read_streams

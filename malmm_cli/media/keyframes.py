@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from malmm_cli.media.video import Frame, ReadReport, VideoError, VideoInfo, av, open_input, probe
+from malmm_cli.media.plans import VideoError, VideoInfo
+from malmm_cli.media.probe import open_input, probe
+from malmm_cli.media.video import Frame, ReadReport
+
+try:
+    import av
+except ImportError:  # keyframe sampling needs PyAV: exact frames are read without it
+    av = None
 
 KEYFRAME_CODECS = frozenset({"h264"})
 

@@ -15,7 +15,9 @@ import queue
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from malmm_cli.media.video import Frame, ReadReport, VideoError, VideoInfo, VideoReader, probe
+from malmm_cli.media.plans import VideoError, VideoInfo
+from malmm_cli.media.probe import probe
+from malmm_cli.media.video import Frame, ReadReport, VideoReader
 
 CHUNKS_PER_WORKER = 4  # enough chunks that no worker idles long while another finishes
 QUEUE_FRAMES = 16

@@ -1,12 +1,12 @@
 """Which frames of a video are read: `Sampling`, the one description every task, the feature cache
-and the result records share (the times themselves are planned in video.py)."""
+and the result records share (the times themselves are planned in plans.py)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from malmm_cli.media.video import FRAME_RULE, Plan, VideoInfo, clip_bounds, plan_clip, plan_times
+from malmm_cli.media.plans import FRAME_RULE, Plan, VideoInfo, clip_bounds, plan_clip, plan_times
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
+from malmm_cli.media.plans import VideoError
+from malmm_cli.media.probe import open_input
 from malmm_cli.media.timefmt import format_timestamp
-from malmm_cli.media.video import VideoError, open_input
 from malmm_cli.reading.stream import Sample, preprocess
 from malmm_cli.wording import counted
 from models import Malmm

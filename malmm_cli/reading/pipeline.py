@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.timefmt import format_timestamp
-from malmm_cli.media.video import VideoError
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
 from malmm_cli.reading.stream import VISION_BATCH, NoProgress, Progress, Sample, VideoStream, preprocess

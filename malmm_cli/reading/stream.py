@@ -1,7 +1,7 @@
 """The sampled frames of one video and their vision features, in time order: `VideoStream`.
 
 A frame's way to the memory: `VideoStream` probes the file and plans sample times (`Sampling`,
-video.py), decodes them ahead in a thread, preprocesses them with the model's image processor and
+media/plans.py), decodes them ahead in a thread, preprocesses them with the model's image processor and
 encodes them with the vision model in small batches, or replays the features of an earlier read
 from the feature cache. pipeline.py steps the memories with what comes out.
 """
@@ -20,14 +20,12 @@ from PIL import Image
 
 from malmm_cli.media.keyframes import KeyframeReader, keyframes_unavailable
 from malmm_cli.media.parallel import ParallelReader
+from malmm_cli.media.plans import VideoInfo
+from malmm_cli.media.prefetch import prefetch
+from malmm_cli.media.probe import probe
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.timefmt import format_timestamp
-from malmm_cli.media.video import (
-    VideoInfo,
-    VideoReader,
-    prefetch,
-    probe,
-)
+from malmm_cli.media.video import VideoReader
 from malmm_cli.reading.feature_cache import CachedVideo, CacheReadError, CacheWriter, FeatureCache
 from malmm_cli.reading.thumbnails import ThumbnailCollector
 from malmm_cli.wording import counted

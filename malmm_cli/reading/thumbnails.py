@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from malmm_cli.media.video import VideoError
+from malmm_cli.media.plans import VideoError
 from malmm_cli.reading.results import Preview, Thumbnail
 from malmm_cli.wording import counted, plural
 
