@@ -16,7 +16,6 @@ _EXPORTS = {
     "CLASSIFICATION": "models.presets",
     "DEFAULT_MODEL": "models.presets",
     "QUESTION": "models.presets",
-    "TASKS": "models.presets",
     "GenerationSettings": "models.presets",
     "Task": "models.presets",
     "CheckpointError": "models.checkpoint",

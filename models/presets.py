@@ -57,4 +57,3 @@ QUESTION = Task(
 CLASSIFICATION = Task(
     "classification", "what is the activity in the video?", 100, 20, GenerationSettings(max_new_tokens=20)
 )
-TASKS = {task.name: task for task in (CAPTION, QUESTION, CLASSIFICATION)}

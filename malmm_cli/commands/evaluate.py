@@ -28,14 +28,10 @@ from malmm_cli.commands.options import (
     parse_count,
 )
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
+from malmm_cli.jobs.dataset import TASK_PRESETS
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
 from malmm_cli.wording import counted, plural
-from models.presets import (
-    CAPTION,
-    CLASSIFICATION,
-    DEFAULT_MODEL,
-    QUESTION,
-)
+from models.presets import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from rich.table import Table
@@ -152,7 +148,7 @@ def evaluate(
         label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
     )  # fmt: skip
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
-    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[benchmark.task]
+    preset = TASK_PRESETS[benchmark.task]
     with refusals(reporter):
         malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
                            frames=settings.frames)  # fmt: skip

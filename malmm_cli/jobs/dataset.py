@@ -22,7 +22,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.presets import CAPTION, CLASSIFICATION, QUESTION
+
 TASK_TARGETS = {"caption": ("caption",), "ask": ("question", "answer"), "classify": ("label",)}
+# The MA-LMM preset each task of a data file is read with (instruction, frames, memory bank length),
+# by training and by evaluation alike.
+TASK_PRESETS = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.jobs.dataset import DatasetError, Example, read_examples, task_of
+from malmm_cli.jobs.dataset import TASK_PRESETS, DatasetError, Example, read_examples, task_of
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.media.plans import VideoError
@@ -104,7 +104,7 @@ PAPER_NOTES = {"lvu": "the paper's 63.0 and 32.8 are the average over LVU's task
 
 def own_benchmark(task: str) -> Benchmark:
     """Your own labelled clips: the task's presets, whole-string answers."""
-    preset = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}[task]
+    preset = TASK_PRESETS[task]
     return Benchmark(f"own-{task}", task, preset.frames, preset.memory_bank_length, ignore_case=True)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
+from malmm_cli.jobs.dataset import TASK_PRESETS, DatasetError, Example, read_examples
 from malmm_cli.jobs.records import changed_values, file_identity
 from malmm_cli.media.augment import ClipAugment
 from malmm_cli.media.plans import VideoError
@@ -51,7 +51,7 @@ from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora
 from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
-from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
+from models.presets import QUESTION, TRAINED_WEIGHTS
 from models.temporal import TEMPORAL_KINDS, temporal_settings
 from models.training import (
     MAX_PROMPT_TOKENS,
@@ -64,8 +64,6 @@ from models.training import (
     warmup_cosine,
 )
 
-# The preset each training task learns (its instruction and prompt, frames, memory bank length).
-TASK_PRESETS = {"caption": CAPTION, "ask": QUESTION, "classify": CLASSIFICATION}
 # MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs.
 TASK_DEFAULTS = {
     task: {"lr": lr, "frames": TASK_PRESETS[task].frames,
