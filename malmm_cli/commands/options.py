@@ -15,6 +15,7 @@ import typer.core
 from malmm_cli.commands.terminal import refusals
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.media.timefmt import parse_duration
+from malmm_cli.output.writers import FORMATS
 from models.presets import (
     MEMORY_STRATEGIES,
 )
@@ -39,7 +40,6 @@ class PlainUsage(typer.core.TyperCommand):
         return pieces
 
 
-FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
 QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 

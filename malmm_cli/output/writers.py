@@ -20,7 +20,6 @@ from malmm_cli.media.timefmt import format_timestamp
 from malmm_cli.output.html_report import to_html
 from malmm_cli.reading.results import TimedText, VideoResult
 
-FORMATS = ("txt", "json", "jsonl", "srt", "vtt", "csv", "html")
 # file_base64: the name's bytes when it is not UTF-8 (file then shows it escaped), else empty (names.py)
 CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score", "file_base64")
 
@@ -134,6 +133,7 @@ FORMATTERS: dict[str, Callable[[VideoResult], str]] = {
     "csv": to_csv,
     "html": to_html,  # html_report.py; batch.write_results also gives it the settings and the video's place
 }
+FORMATS = tuple(FORMATTERS)  # what --format accepts, in the order --help lists them
 
 
 def output_stem(output_dir: Path, stem: Path, task: str) -> Path:
