@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
-from malmm_cli.commands import evaluate as evaluate_command
+from malmm_cli.jobs import benchmarks
 from malmm_cli.jobs import evaluate as evaluation
 from malmm_cli.jobs.dataset import DatasetError, read_examples
 from malmm_cli.jobs.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
@@ -26,15 +26,18 @@ def _write(path: Path, content: object) -> Path:
     return path
 
 
-def test_benchmark_names_agree_with_the_command_line() -> None:
-    assert tuple(evaluation.BENCHMARKS) == evaluate_command.BENCHMARK_NAMES
+def test_the_command_line_offers_the_benchmark_table() -> None:
+    """--dataset takes exactly the benchmarks the job knows, in the table's order."""
+    result = CliRunner().invoke(app, ["eval", "data.jsonl", "--dataset", "nope"])
+    assert result.exit_code == 2
+    assert f"'nope' is not one of: {', '.join(benchmarks.BENCHMARKS)}" in " ".join(result.output.split())
 
 
 def test_each_annotation_format(tmp_path: Path) -> None:
     """MA-LMM's annotation files, as in its repository's data/*/annotation, become scored items."""
     qa = {"0": {"question": "what is the man doing?", "answer": "cooking", "question_id": "q0", "video": "v1"},
           "1": {"question": "who is talking?", "answer": "woman", "question_id": "q1", "video": "v1"}}  # fmt: skip
-    benchmark, items = evaluation.load_items(_write(tmp_path / "qa.json", qa), "msvd-qa", tmp_path, None)
+    benchmark, items = benchmarks.load_items(_write(tmp_path / "qa.json", qa), "msvd-qa", tmp_path, None)
     assert benchmark.first_word and [i.id for i in items] == ["q0", "q1"] and items[1].references == ("woman",)
     assert len(evaluation.Evaluation(None, benchmark, items, None, tmp_path).clips(set())) == 1  # one read, 2 questions
 
@@ -45,49 +48,49 @@ def test_each_annotation_format(tmp_path: Path) -> None:
         )
     }
     annotation = _write(tmp_path / "cap.json", captions)
-    benchmark, items = evaluation.load_items(annotation, "msrvtt-caption", None, None)
+    benchmark, items = benchmarks.load_items(annotation, "msrvtt-caption", None, None)
     assert benchmark.task == "caption" and [(i.id, i.references) for i in items] == [
         ("video7010", ("a man is cooking", "someone cooks")), ("video7011", ("a dog runs",))]  # fmt: skip
 
     youcook = {"GLd3aX16zBg_0": {"video": "GLd3aX16zBg", "start_time": 90, "end_time": 102, "caption": "add oil"}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", None, None)
+    _, (item,) = benchmarks.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", None, None)
     assert (item.start, item.end, item.references) == (90.0, 102.0, ("add oil",))
 
     lvu = {
         "0xWMqsZOYWg": {"duration": 150, "num_frames": 1500, "director": "steven", "director_answer": "(a)"},
         "ZZZ": {"duration": 120, "num_frames": 1200, "scene": "office", "scene_answer": "(b)"},
     }  # no director
-    benchmark, items = evaluation.load_items(_write(tmp_path / "lvu.json", lvu), "lvu-director", None, None)
+    benchmark, items = benchmarks.load_items(_write(tmp_path / "lvu.json", lvu), "lvu-director", None, None)
     assert benchmark.prompt == "what is the director of the movie?" and benchmark.generation().max_new_tokens == 5
     assert [(i.id, i.start, i.end) for i in items] == [("0xWMqsZOYWg_0", 0, 99), ("0xWMqsZOYWg_20", 20, 119),
                                                        ("0xWMqsZOYWg_40", 40, 139)]  # fmt: skip
 
     with pytest.raises(DatasetError, match="no examples with a 'year' field"):
-        evaluation.load_items(tmp_path / "lvu.json", "lvu-year", None, None)
+        benchmarks.load_items(tmp_path / "lvu.json", "lvu-year", None, None)
 
     breakfast = {"P03_cereals": {"duration": 56, "class_name": "cereal", "class_label": 0}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "bf.json", breakfast), "breakfast", None, None)
+    _, (item,) = benchmarks.load_items(_write(tmp_path / "bf.json", breakfast), "breakfast", None, None)
     assert item.references == ("cereal",)
     coin = {"-0og5HDGGMc": {"video": "-0og5HDGGMc", "target": "make french fries"}}
-    _, (item,) = evaluation.load_items(_write(tmp_path / "coin.json", coin), "coin", None, None)
+    _, (item,) = benchmarks.load_items(_write(tmp_path / "coin.json", coin), "coin", None, None)
     assert item.references == ("make french fries",)
 
     twice = tmp_path / "twice.jsonl"
     twice.write_text('{"id": "q1", "video": "a.mp4", "label": "x"}\n{"id": "q1", "video": "b.mp4", "label": "y"}\n')
     with pytest.raises(DatasetError, match="two examples have the id 'q1'"):
-        evaluation.load_items(twice, None, None, None)
+        benchmarks.load_items(twice, None, None, None)
     same_name = tmp_path / "same-name.jsonl"
     same_name.write_text('{"video": "x/clip.mp4", "caption": "a"}\n{"video": "y/clip.mp4", "caption": "b"}\n')
-    _, items = evaluation.load_items(same_name, None, None, None)
+    _, items = benchmarks.load_items(same_name, None, None, None)
     assert [item.id for item in items] == [str(tmp_path / "x" / "clip.mp4"), str(tmp_path / "y" / "clip.mp4")]
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(f'{{"video": "{n}.mp4", "label": "{label}"}}\n' for n, label in enumerate("bab")))
-    benchmark, items = evaluation.load_items(labels, None, None, None)
-    assert evaluation.label_set(benchmark, items) == ("a", "b")
+    benchmark, items = benchmarks.load_items(labels, None, None, None)
+    assert benchmarks.label_set(benchmark, items) == ("a", "b")
 
     own = tmp_path / "own.jsonl"  # malmm train's format: the task follows from the columns
     own.write_text('{"video": "a.mp4", "question": "what colour?", "answer": "red"}\n' * 3)
-    benchmark, items = evaluation.load_items(own, None, None, None)
+    benchmark, items = benchmarks.load_items(own, None, None, None)
     assert benchmark.task == "ask" and not benchmark.first_word and benchmark.ignore_case and len(items) == 3
 
 
@@ -101,23 +104,23 @@ def test_coin_is_scored_on_its_val_split(tmp_path: Path) -> None:
         "b": {"subset": "val", "target": "change a tire", "duration": 9},
         "c": {"subset": "train", "target": "paint a wall", "duration": 9},
     })  # fmt: skip
-    _, items = evaluation.load_items(coin, "coin", tmp_path, None)
+    _, items = benchmarks.load_items(coin, "coin", tmp_path, None)
     assert [(i.id, i.references) for i in items] == [("b", ("change a tire",))]
-    _, items = evaluation.load_items(coin, "coin", tmp_path, None, split="train")
+    _, items = benchmarks.load_items(coin, "coin", tmp_path, None, split="train")
     assert [i.id for i in items] == ["a", "c"]
     with pytest.raises(DatasetError, match=r"COIN\.json has no 'test' split: its subsets are train, val"):
-        evaluation.load_items(coin, "coin", tmp_path, None, split="test")
+        benchmarks.load_items(coin, "coin", tmp_path, None, split="test")
     train, val = training.read_data(coin, "classify", coin, None, 0, tmp_path)
     assert [e.label for e in train] == ["make french fries", "paint a wall"] and [e.label for e in val] == [
         "change a tire"]  # fmt: skip
     with pytest.raises(DatasetError, match="holds several splits \\(train, val\\): choose one with --split"):
         read_examples(coin, "classify")
     lvu = _write(tmp_path / "lvu.json", {"0Ij2veeSsE4": {"subset": "test", "duration": 162, "director": "steven"}})
-    _, items = evaluation.load_items(lvu, "lvu-director", tmp_path, None)  # one split ("test"): read whole
+    _, items = benchmarks.load_items(lvu, "lvu-director", tmp_path, None)  # one split ("test"): read whole
     assert [i.id for i in items] == ["0Ij2veeSsE4_0", "0Ij2veeSsE4_20", "0Ij2veeSsE4_40", "0Ij2veeSsE4_60"]
     breakfast = _write(tmp_path / "bf.json", {"P03_cereals": {"class_name": "cereal"}})
     with pytest.raises(DatasetError, match=r"--split val: bf\.json holds one split"):
-        evaluation.load_items(breakfast, "breakfast", tmp_path, None, split="val")
+        benchmarks.load_items(breakfast, "breakfast", tmp_path, None, split="val")
 
 
 def test_annotation_names_and_videos_as_the_datasets_name_them(tmp_path: Path) -> None:
@@ -125,12 +128,12 @@ def test_annotation_names_and_videos_as_the_datasets_name_them(tmp_path: Path) -
     ActivityNet's videos are found under their usual `v_<id>` file names."""
     youcook = {"xHr8X2Wpmno_0047_0060": {"video": "xHr8X2Wpmno", "segment": "xHr8X2Wpmno_0047_0060",
                                          "start_time": 47, "end_time": 60, "caption": "pick the ends off"}}  # fmt: skip
-    _, (item,) = evaluation.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", tmp_path, None)
+    _, (item,) = benchmarks.load_items(_write(tmp_path / "yc.json", youcook), "youcook2", tmp_path, None)
     assert (item.id, item.start, item.end) == ("xHr8X2Wpmno_0047_0060", 47.0, 60.0)
     (tmp_path / "v_1QIUV7WYKXg.mp4").touch()
     activitynet = {"v_1QIUV7WYKXg_3": {"answer": "no", "question": "is the athlete wearing trousers",
                                        "question_id": "v_1QIUV7WYKXg_3", "video": "1QIUV7WYKXg"}}  # fmt: skip
-    _, (item,) = evaluation.load_items(_write(tmp_path / "qa.json", activitynet), "activitynet-qa", tmp_path, None)
+    _, (item,) = benchmarks.load_items(_write(tmp_path / "qa.json", activitynet), "activitynet-qa", tmp_path, None)
     assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and evaluation.missing_videos([item]) == ([], 1)
 
 
@@ -178,8 +181,8 @@ def test_scoring_rules() -> None:
     assert top_k_accuracy([[" Dog"]], ["dog"]) == {"top1": 0.0, "top5": 0.0}  # MA-LMM's: exact
     assert top_k_accuracy([[" Dog"]], ["dog"], ignore_case=True) == {"top1": 100.0, "top5": 100.0}  # your own data
     assert ranked_accuracy([["b", "a"], ["a", "b"]], ["a", "a"]) == {"ranked_top1": 50.0, "ranked_top5": 100.0}
-    assert evaluation.windows(99, 100, 20) == [(0.0, 99)]  # shorter than a window: the whole video
-    assert evaluation.windows(None, 100, 20) == [(0.0, 99)]  # no duration given: the first window
+    assert benchmarks.windows(99, 100, 20) == [(0.0, 99)]  # shorter than a window: the whole video
+    assert benchmarks.windows(None, 100, 20) == [(0.0, 99)]  # no duration given: the first window
 
 
 REFERENCES = {

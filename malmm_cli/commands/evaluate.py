@@ -28,6 +28,7 @@ from malmm_cli.commands.options import (
     parse_count,
 )
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
+from malmm_cli.jobs.benchmarks import BENCHMARKS, PAPER_NOTES, label_set, load_items
 from malmm_cli.jobs.dataset import TASK_PRESETS
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
 from malmm_cli.wording import counted, plural
@@ -35,12 +36,6 @@ from models.presets import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     from rich.table import Table
-
-
-# malmm_cli.jobs.evaluate.BENCHMARKS (not imported: it loads torch); a test checks they agree.
-BENCHMARK_NAMES = ("msrvtt-qa", "msvd-qa", "activitynet-qa", "msrvtt-caption", "msvd-caption", "youcook2",
-                   *(f"lvu-{task}" for task in ("director", "genre", "relationship", "scene", "way_speaking",
-                                                "writer", "year")), "breakfast", "coin")  # fmt: skip
 
 
 def evaluate(
@@ -51,8 +46,8 @@ def evaluate(
             "--dataset",
             "-d",
             metavar="NAME",
-            parser=choice_of(*BENCHMARK_NAMES),
-            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARK_NAMES) + ".",
+            parser=choice_of(*BENCHMARKS),
+            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARKS) + ".",
         ),
     ] = None,
     videos: Annotated[
@@ -113,11 +108,11 @@ def evaluate(
     reporter = Reporter(quiet=quiet)
     output = one_output(output, output_dir)
     try:
-        benchmark, items = evaluation.load_items(data, dataset, videos, label_field, split)
+        benchmark, items = load_items(data, dataset, videos, label_field, split)
     except DatasetError as error:
         reporter.error(str(error))
         raise typer.Exit(EXIT_USAGE) from error
-    labels = evaluation.label_set(benchmark, items)  # of all the examples, whatever --limit
+    labels = label_set(benchmark, items)  # of all the examples, whatever --limit
     items = items[:limit] if limit else items
     options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory,
                          device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
@@ -183,8 +178,6 @@ def evaluate(
 def _metrics_table(metrics: dict) -> Table:
     """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper)."""
     from rich.table import Table
-
-    from malmm_cli.jobs.evaluate import PAPER_NOTES
 
     caption = "Bleu_4" in metrics["metrics"]
     table = Table(title=f"{metrics['dataset']}: {counted(metrics['examples'], 'example')}", title_justify="left")

@@ -1,12 +1,10 @@
 """`malmm eval`: read labelled clips, keep every prediction, score them as MA-LMM does.
 
-Where an example goes: `eval_items` turns the examples of a data file (malmm_cli/jobs/dataset.py)
-into what is scored: one item per question or clip to classify, one per captioned clip with every
-reference caption of it, and for LVU one per 100 s window. `Evaluation.run` reads each clip once
-through the one reading loop (pipeline.read_video: every question about a clip is a reader of
-the same read), appends each clip's predictions to predictions.jsonl as soon as they are made,
-so that a stopped run goes on where it stopped, and `score` computes the metrics from that
-file (scoring.py), so a resumed run ends with the same figures as one never stopped.
+What is scored comes from benchmarks.py (the items of a data file). `Evaluation.run` reads each
+clip once through the one reading loop (pipeline.read_video: every question about a clip is a
+reader of the same read), appends each clip's predictions to predictions.jsonl as soon as they
+are made, so that a stopped run goes on where it stopped, and `score` computes the metrics from
+that file (scoring.py), so a resumed run ends with the same figures as one never stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.jobs.dataset import TASK_PRESETS, DatasetError, Example, read_examples, task_of
+from malmm_cli.jobs.benchmarks import BEAMS, Benchmark, Item
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.media.plans import VideoError
@@ -31,145 +29,15 @@ from malmm_cli.output.writers import write_atomic, write_json
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.pipeline import Memory, Reader, question_readers, read_video
 from malmm_cli.reading.results import VideoResult
-from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm
+from models import CAPTION, Malmm
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 SETTINGS = "eval.json"
-BEAMS = 5  # MA-LMM's beams, all returned: top-5 comes from them
-EVAL_SPLIT = "val"  # of a file that holds several splits: the one MA-LMM evaluates (COIN)
-LVU_TASKS = ("director", "genre", "relationship", "scene", "way_speaking", "writer", "year")
 
 
 class EvaluationError(Exception):
     """An evaluation that cannot start or go on, with what to do about it."""
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """How one dataset is read and scored (MA-LMM's evaluation scripts), and the paper's figures."""
-
-    name: str
-    task: str  # caption, ask or classify
-    frames: int
-    memory_bank_length: int
-    first_word: bool = False  # QA: compare the first word of each beam (MSVD-QA, MSRVTT-QA)
-    label_field: str | None = None  # of the annotation file (LVU's task)
-    prompt: str | None = None  # the classification question
-    max_new_tokens: int | None = None
-    window: tuple[float, float] | None = None  # (length, stride) in seconds: scored per window (LVU)
-    paper: dict[str, float] = field(default_factory=dict)  # MA-LMM fine-tuned, the paper's tables
-    zero_shot: dict[str, float] = field(default_factory=dict)
-    ignore_case: bool = False  # answers compared lower-cased and stripped (your own data)
-
-    def generation(self) -> GenerationSettings:
-        if self.task == "caption":
-            return CAPTION.generation
-        base = QUESTION.generation if self.task == "ask" else CLASSIFICATION.generation
-        return base.with_overrides(num_beams=BEAMS, beams_returned=BEAMS, max_new_tokens=self.max_new_tokens)
-
-    def classification_prompt(self) -> str:
-        return self.prompt or CLASSIFICATION.prompt()
-
-
-def _lvu(task: str) -> Benchmark:
-    question = f"what is the {task} of the movie?"
-    return Benchmark(f"lvu-{task}", "classify", 100, 20, label_field=task, prompt=question, max_new_tokens=5,
-                     window=(100.0, 20.0), paper={"top1": 63.0}, zero_shot={"top1": 32.8})  # fmt: skip
-
-
-BENCHMARKS = {
-    b.name: b
-    for b in [
-        Benchmark("msrvtt-qa", "ask", 20, 10, first_word=True, paper={"top1": 48.5}),
-        Benchmark("msvd-qa", "ask", 20, 10, first_word=True, paper={"top1": 60.6}),
-        Benchmark("activitynet-qa", "ask", 20, 10, paper={"top1": 49.8}, zero_shot={"top1": 37.2}),
-        Benchmark("msrvtt-caption", "caption", 80, 40),
-        Benchmark("msvd-caption", "caption", 80, 40),
-        Benchmark("youcook2", "caption", 80, 40, paper={"CIDEr": 1.312}),
-        *(_lvu(task) for task in LVU_TASKS),
-        Benchmark(
-            "breakfast",
-            "classify",
-            100,
-            20,
-            prompt="what type of breakfast is shown in the video?",
-            paper={"top1": 93.0},
-        ),
-        Benchmark("coin", "classify", 100, 20, prompt="what is the activity in the video?", paper={"top1": 93.2}),
-    ]
-}
-PAPER_NOTES = {"lvu": "the paper's 63.0 and 32.8 are the average over LVU's tasks"}
-
-
-def own_benchmark(task: str) -> Benchmark:
-    """Your own labelled clips: the task's presets, whole-string answers."""
-    preset = TASK_PRESETS[task]
-    return Benchmark(f"own-{task}", task, preset.frames, preset.memory_bank_length, ignore_case=True)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One scored example: a clip of a video, the question asked of it (ask), its references."""
-
-    id: str
-    video: Path
-    start: float | None
-    end: float | None
-    references: tuple[str, ...]
-    question: str | None = None
-
-    @property
-    def clip(self) -> tuple[str, float | None, float | None]:
-        return (str(self.video), self.start, self.end)
-
-
-def eval_items(examples: list[Example], benchmark: Benchmark) -> list[Item]:
-    """What is scored: a caption item per clip with all its references, an LVU item per window,
-    otherwise one item per example."""
-    if benchmark.task == "caption":
-        grouped: dict[tuple, list[Example]] = {}
-        for example in examples:
-            grouped.setdefault((str(example.video), example.start, example.end), []).append(example)
-        names = [_clip_id(group, short=True) for group in grouped.values()]
-        return [  # a clip is named by its annotation (YouCook2's segment), else by its video's name
-            # and seconds, or its path where two videos share a name
-            Item(name if names.count(name) == 1 else _clip_id(group, short=False), group[0].video,
-                 group[0].start, group[0].end, tuple(e.caption for e in group))
-            for name, group in zip(names, grouped.values(), strict=True)
-        ]  # fmt: skip
-    items = []
-    for example in examples:
-        reference = example.answer if benchmark.task == "ask" else example.label
-        if benchmark.window is not None:
-            items += [
-                Item(f"{example.id}_{start:g}", example.video, start, end, (reference,))
-                for start, end in windows(example.duration, *benchmark.window)
-            ]
-        else:
-            items.append(Item(example.id, example.video, example.start, example.end, (reference,), example.question))
-    return items
-
-
-def windows(duration: float | None, length: float, stride: float) -> list[tuple[float, float | None]]:
-    """LVU's windows: `length` seconds from 0, then every `stride` seconds while a whole window
-    fits (MA-LMM's LVUCLSDataset: ends at start + length - 1, within the video)."""
-    if duration is None:  # the annotation does not say: the first window (or the whole shorter video)
-        return [(0.0, length - 1)]
-    starts = [0.0] + [float(s) for s in range(int(stride), int(duration - length) + 1, int(stride))]
-    return [(start, min(start + length - 1, duration)) for start in starts]
-
-
-def _clip_id(group: list[Example], short: bool) -> str:
-    """A clip's id: the annotation's name of it where all its captions give the same one (MA-LMM
-    scores YouCook2 by `segment`, `xHr8X2Wpmno_0047_0060`), else its video and seconds."""
-    example = group[0]
-    if short and example.segment is not None and all(e.segment == example.segment for e in group):
-        return example.segment
-    video = example.video.stem if short else str(example.video)
-    if example.start is None and example.end is None:
-        return video
-    return f"{video}_{example.start or 0:g}_{f'{example.end:g}' if example.end is not None else 'end'}"
 
 
 @dataclass(frozen=True)
@@ -361,39 +229,6 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_items(
-    data: Path, benchmark: str | None, videos: Path | None, label_field: str | None, split: str | None = None
-) -> tuple[Benchmark, list[Item]]:
-    """The benchmark (named, or the task of DATA's columns) and its items; two items of one id
-    (which resuming and scoring could not tell apart) are refused. split: of an annotation file
-    that holds several (COIN.json), which to score (default: `val`, the split MA-LMM evaluates).
-
-    An MA-LMM annotation file without its benchmark is refused: each benchmark scores answers
-    its own way (MSVD-QA by the first word, ActivityNet-QA by the whole string), and scoring it
-    by the own-data rule would give another figure under the same file's name."""
-    if benchmark is not None and benchmark not in BENCHMARKS:
-        raise DatasetError(f"unknown dataset {benchmark!r}: one of {', '.join(BENCHMARKS)}")
-    chosen = BENCHMARKS.get(benchmark or "")
-    examples = read_examples(data, chosen.task if chosen else None, videos,
-                             label_field or (chosen.label_field if chosen else None), split, EVAL_SPLIT)  # fmt: skip
-    task = chosen.task if chosen else task_of(dataclasses.asdict(examples[0]), str(data))
-    if chosen is None and data.suffix.lower() == ".json":
-        fitting = [name for name, b in BENCHMARKS.items() if b.task == task and not name.startswith("lvu-")]
-        fitting += ["lvu-director ... lvu-year"] if task == "classify" else []
-        raise DatasetError(
-            f"{data.name} is an MA-LMM annotation file, scored by its benchmark's rule: name it with --dataset "
-            f"({', '.join(fitting)}); to score it as your own data (whole answers, any case), make it JSONL or CSV"
-        )
-    chosen = chosen or own_benchmark(task)
-    items = eval_items(examples, chosen)
-    seen: set[str] = set()
-    for item in items:
-        if item.id in seen:
-            raise DatasetError(f"{data.name}: two examples have the id {item.id!r}: give each its own")
-        seen.add(item.id)
-    return chosen, items
-
-
 def missing_videos(items: list[Item], output: Path | None = None) -> tuple[list[Path], int]:
     """(the videos still to read that do not exist, each once, in order; how many videos are
     still to read), said before the model loads. output: an earlier run's folder, whose
@@ -404,12 +239,6 @@ def missing_videos(items: list[Item], output: Path | None = None) -> tuple[list[
             done = {row["id"] for row in read_predictions(output / PREDICTIONS) if "error" not in row}
     videos = dict.fromkeys(item.video for item in items if item.id not in done)
     return [video for video in videos if not video.is_file()], len(videos)
-
-
-def label_set(benchmark: Benchmark, items: list[Item]) -> tuple[str, ...]:
-    """What classification answers are ranked over: every label of the data (taken before any
-    --limit, so that a partial run ranks over the same set)."""
-    return tuple(sorted({item.references[0] for item in items})) if benchmark.task == "classify" else ()
 
 
 def readers_per_clip(benchmark: Benchmark, items: list[Item]) -> int:
