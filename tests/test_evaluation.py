@@ -4,6 +4,10 @@ pycocoevalcap's own pipeline, and resuming a stopped evaluation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,9 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
-from malmm_cli.jobs import benchmarks
+from malmm_cli.jobs import benchmarks, eval_run
 from malmm_cli.jobs import evaluate as evaluation
 from malmm_cli.jobs.dataset import DatasetError, read_examples
+from malmm_cli.jobs.errors import SetupError, UsageError
+from malmm_cli.jobs.eval_run import EvalRequest, evaluate_data, missing_videos
+from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.reporting import Silent
 from malmm_cli.jobs.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
 from tests.media import SCENE_COLOURS, make_scene
 
@@ -134,7 +142,7 @@ def test_annotation_names_and_videos_as_the_datasets_name_them(tmp_path: Path) -
     activitynet = {"v_1QIUV7WYKXg_3": {"answer": "no", "question": "is the athlete wearing trousers",
                                        "question_id": "v_1QIUV7WYKXg_3", "video": "1QIUV7WYKXg"}}  # fmt: skip
     _, (item,) = benchmarks.load_items(_write(tmp_path / "qa.json", activitynet), "activitynet-qa", tmp_path, None)
-    assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and evaluation.missing_videos([item]) == ([], 1)
+    assert item.video == tmp_path / "v_1QIUV7WYKXg.mp4" and missing_videos([item]) == ([], 1)
 
 
 def test_an_annotation_file_needs_its_benchmark(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -374,3 +382,88 @@ def test_output_that_is_a_file_is_a_usage_error(tiny_llama_dir: Path, tmp_path: 
     result = _eval(data, "--model", tiny_llama_dir, *SMALL, "--output", tmp_path / "afile")
     assert result.exit_code == 2 and "exists and is not a folder" in result.output
     assert "Loading" not in result.output
+
+
+# Runs `malmm eval` with each argument list given, in a fresh interpreter, and says whether torch got loaded.
+REFUSALS = """
+import json, sys
+from typer.testing import CliRunner
+from malmm_cli.cli import app
+said = [CliRunner().invoke(app, ["eval", *args]) for args in json.loads(sys.argv[1])]
+print(json.dumps({"said": [[r.exit_code, " ".join(r.output.split())] for r in said], "torch": "torch" in sys.modules}))
+"""
+
+
+def test_checks_that_need_no_model_run_before_torch_is_imported(tmp_path: Path) -> None:
+    """A data file that needs --dataset, a --split it does not hold, videos not there, an output
+    that is a file, a checkpoint not there: each is refused, and torch is still not imported."""
+    qa = _write(tmp_path / "qa_test.json", {"0": {"question": "who?", "answer": "man", "video": "v1"}})
+    coin = _write(tmp_path / "COIN.json", {"a": {"subset": "val", "target": "x", "duration": 9}})
+    gone = _write_rows(tmp_path / "gone.jsonl", [{"video": "gone.mp4", "label": "red"}])
+    there = _write_rows(tmp_path / "there.jsonl", [{"video": "there.mp4", "label": "red"}])
+    (tmp_path / "there.mp4").touch()
+    (tmp_path / "afile").touch()
+    out = tmp_path / "out"
+    cases = {
+        "is an MA-LMM annotation file": [qa, "--videos", tmp_path, "--output", out],
+        "COIN.json has no 'test' split": [coin, "--dataset", "coin", "--split", "test", "--output", out],
+        "none of the 1 videos exists": [gone, "--output", out],
+        "afile exists and is not a folder": [there, "--output", tmp_path / "afile"],
+        "nothere: no such file or folder": [there, "--checkpoint", tmp_path / "nothere", "--output", out],
+    }
+    argv = json.dumps([[str(arg) for arg in args] for args in cases.values()])
+    ran = subprocess.run([sys.executable, "-c", REFUSALS, argv], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    told = json.loads(ran.stdout)
+    for expected, (status, output) in zip(cases, told["said"], strict=True):
+        assert status == 2 and expected in output, (expected, output)
+    assert not told["torch"]
+
+
+def test_the_job_runs_from_python(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """evaluate_data needs no terminal: it refuses with the option to blame, tells its progress
+    of each clip, and returns the metrics it wrote; run again, it starts where it ended."""
+    data = _scene_labels(tmp_path, 2)
+    options = RunOptions(model=str(tiny_llama_dir), device="cpu", frames=4, memory_bank_length=2)
+    (tmp_path / "afile").touch()
+    with pytest.raises(UsageError) as refused:
+        evaluate_data(EvalRequest(data, output=tmp_path / "afile"), options, Silent())
+    assert refused.value.option == "--output"
+    with pytest.raises(SetupError, match="none of the 1 videos exists"):
+        evaluate_data(EvalRequest(_write_rows(tmp_path / "gone.jsonl", [{"video": "gone.mp4", "label": "x"}])),
+                      options, Silent())  # fmt: skip
+
+    spans: list[tuple[int, int]] = []
+    clips: list[int] = []
+
+    @contextmanager
+    def progress(total: int, done: int) -> Iterator[SimpleNamespace]:
+        spans.append((total, done))
+        yield SimpleNamespace(advance=lambda items, seconds: clips.append(items))
+
+    request = EvalRequest(data, output=tmp_path / "out")
+    metrics = evaluate_data(request, options, Silent(), progress)
+    assert json.loads(json.dumps(metrics)) == json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["examples"] == 2 and spans == [(2, 0)] and clips == [1, 1]
+    assert evaluate_data(request, options, Silent(), progress) == metrics
+    assert spans == [(2, 0), (2, 2)] and clips == [1, 1]
+
+
+def test_captions_that_could_not_be_scored_are_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without pycocoevalcap the caption metrics cannot be computed: said before the model loads."""
+
+    def not_installed(name: str, *args: object) -> object:
+        return None if name == "pycocoevalcap" else found(name, *args)
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    found = eval_run.importlib.util.find_spec
+    monkeypatch.setattr(eval_run.importlib.util, "find_spec", not_installed)
+    monkeypatch.setattr(eval_run, "load_model", no_loading)
+    (tmp_path / "a.mp4").touch()
+    data = _write_rows(tmp_path / "captions.jsonl", [{"video": "a.mp4", "caption": "a red room"}])
+    with pytest.raises(SetupError, match="caption metrics need pycocoevalcap"):
+        evaluate_data(EvalRequest(data, output=tmp_path / "out"), RunOptions(device="cpu"), Silent())

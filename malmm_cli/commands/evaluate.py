@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,10 +26,11 @@ from malmm_cli.commands.options import (
     one_output,
     parse_count,
 )
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
-from malmm_cli.jobs.benchmarks import BENCHMARKS, PAPER_NOTES, label_set, load_items
-from malmm_cli.jobs.dataset import TASK_PRESETS
-from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
+from malmm_cli.commands.progress import EvalProgress, Reporter
+from malmm_cli.commands.terminal import EXIT_FAILED, refusals, stopped_by
+from malmm_cli.jobs.benchmarks import BENCHMARKS, PAPER_NOTES
+from malmm_cli.jobs.eval_run import EvalRequest, evaluate_data
+from malmm_cli.jobs.model import RunOptions
 from malmm_cli.wording import counted, plural
 from models.presets import DEFAULT_MODEL
 
@@ -98,71 +98,19 @@ def evaluate(
     an MA-LMM annotation file with --dataset. Prints the metrics as JSON on stdout, and a table
     beside the paper's figures on stderr.
     """
-    from malmm_cli.commands.progress import EvalProgress, Reporter
-    from malmm_cli.jobs import evaluate as evaluation
-    from malmm_cli.jobs.dataset import DatasetError
-    from malmm_cli.jobs.errors import SetupError
-    from malmm_cli.jobs.loading import resolve_device
-    from malmm_cli.jobs.records import checkpoint_identity, file_identity, model_identity
-
     reporter = Reporter(quiet=quiet)
-    output = one_output(output, output_dir)
-    try:
-        benchmark, items = load_items(data, dataset, videos, label_field, split)
-    except DatasetError as error:
-        reporter.error(str(error))
-        raise typer.Exit(EXIT_USAGE) from error
-    labels = label_set(benchmark, items)  # of all the examples, whatever --limit
-    items = items[:limit] if limit else items
-    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=memory_bank_length, memory=memory,
-                         device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
+    request = EvalRequest(data=data, dataset=dataset, videos=videos, output=one_output(output, output_dir),
+                          limit=limit, label_field=label_field, split=split)  # fmt: skip
+    options = RunOptions(model=model, checkpoint=checkpoint, frames=frames, memory_bank_length=memory_bank_length,
+                         memory=memory, device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
                          no_cache=no_cache, quiet=quiet)  # fmt: skip
-    with refusals(reporter):
-        check_checkpoint(options)
     try:
-        device_type = resolve_device(device).split(":")[0]
-    except SetupError as error:
-        raise typer.BadParameter(str(error), param_hint="--device") from error
-    folder = output or Path(f"malmm-eval-{data.stem}")
-    with refusals(reporter):
-        check_output_dir(folder, "--output")
-    missing, videos_read = evaluation.missing_videos(items, folder)
-    if missing:  # said before the model loads: the usual mistake is --videos, or the files' names
-        where = "paths are relative to the data file's folder, or to --videos for MA-LMM annotations"
-        if len(missing) == videos_read:
-            reporter.error(f"none of the {videos_read} videos exists (the first: {missing[0]}): {where}")
-            raise typer.Exit(EXIT_USAGE)
-        reporter.warn(f"{len(missing)} of the {videos_read} videos do not exist (the first: {missing[0]}): their "
-                      f"examples are left out of the metrics and the run ends with status 1 ({where})")  # fmt: skip
-    settings = evaluation.EvalSettings(
-        data=str(data.resolve()), data_content=file_identity(data), benchmark=benchmark.name,
-        model=model_identity(model), checkpoint=checkpoint_identity(options.checkpoint),
-        frames=frames or benchmark.frames, memory_bank_length=memory_bank_length or benchmark.memory_bank_length,
-        memory=memory,
-        precision={"device": device_type, "dtype": dtype, "quantize": quantize, "quantize_vision": quantize_vision},
-        label_field=label_field, videos=str(videos.resolve()) if videos else None, labels=labels,
-    )  # fmt: skip
-    options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
-    preset = TASK_PRESETS[benchmark.task]
-    with refusals(reporter):
-        malmm = load_model(options, preset, reporter, readers=evaluation.readers_per_clip(benchmark, items),
-                           frames=settings.frames)  # fmt: skip
-    run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
-                                on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
-    try:
-        done = run.start()
-    except evaluation.EvaluationError as error:
-        reporter.error(str(error))
-        raise typer.Exit(EXIT_USAGE) from error
-    resumed = len(done & {item.id for item in items})
-    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {counted(len(items), 'example')}"
-                  + (f", {resumed} already in {folder / evaluation.PREDICTIONS}" if resumed else ""))  # fmt: skip
-    try:
-        with EvalProgress(reporter, len(items), resumed) as progress:
-            metrics = run.run(progress.advance, done)
+        with refusals(reporter):
+            metrics = evaluate_data(request, options, reporter,
+                                    progress=lambda total, done: EvalProgress(reporter, total, done))  # fmt: skip
     except KeyboardInterrupt as interrupt:
         word, status = stopped_by(interrupt)
-        reporter.warn(f"{word.lower()}: the predictions so far are in {folder}; the same command goes on")
+        reporter.warn(f"{word.lower()}: the predictions so far are in {request.folder}; the same command goes on")
         raise typer.Exit(status) from None
     if not quiet:
         reporter.table(_metrics_table(metrics))

@@ -1,26 +1,34 @@
-"""`malmm eval`: read labelled clips, keep every prediction, score them as MA-LMM does.
+"""`malmm eval`'s run: read labelled clips, keep every prediction, score them as MA-LMM does.
 
-What is scored comes from benchmarks.py (the items of a data file). `Evaluation.run` reads each
-clip once through the one reading loop (pipeline.read_video: every question about a clip is a
-reader of the same read), appends each clip's predictions to predictions.jsonl as soon as they
-are made, so that a stopped run goes on where it stopped, and `score` computes the metrics from
-that file (scoring.py), so a resumed run ends with the same figures as one never stopped.
+What is scored comes from benchmarks.py (the items of a data file); the job that checks, loads
+and calls this is eval_run.py, which also says what the output folder holds. `Evaluation.run`
+reads each clip once through the one reading loop (pipeline.read_video: every question about a
+clip is a reader of the same read), appends each clip's predictions to predictions.jsonl as soon
+as they are made, so that a stopped run goes on where it stopped, and `score` computes the
+metrics from that file (scoring.py), so a resumed run ends with the same figures as one never
+stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from malmm_cli.jobs.benchmarks import BEAMS, Benchmark, Item
+from malmm_cli.jobs.eval_run import (
+    METRICS,
+    PREDICTIONS,
+    SETTINGS,
+    EvalSettings,
+    EvaluationError,
+    check_scorable,
+    read_predictions,
+)
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.media.plans import VideoError
@@ -30,33 +38,6 @@ from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.pipeline import Memory, Reader, question_readers, read_video
 from malmm_cli.reading.results import VideoResult
 from models import CAPTION, Malmm
-
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
-SETTINGS = "eval.json"
-
-
-class EvaluationError(Exception):
-    """An evaluation that cannot start or go on, with what to do about it."""
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What made the predictions (eval.json): a resumed run must keep them (it may score more or
-    fewer of the examples: --limit is not one of them)."""
-
-    data: str
-    benchmark: str
-    model: str  # records.model_identity: hub id and revision, or folder and its files
-    checkpoint: str | None  # records.checkpoint_identity: its content hash
-    frames: int
-    memory_bank_length: int
-    memory: str = "malmm"
-    data_content: str | None = None  # records.file_identity: an edited file (rows, references) is another
-    precision: dict[str, str] = field(default_factory=dict)  # device type, dtype, quantize(-vision) as asked
-    label_field: str | None = None
-    videos: str | None = None
-    labels: tuple[str, ...] = ()  # what classification answers are ranked over
 
 
 class Evaluation:
@@ -83,8 +64,7 @@ class Evaluation:
         """Prepare the folder; returns the ids already predicted by an earlier run of the same
         settings (another run's folder is refused). Refuses before any video is read what could
         not be scored at the end."""
-        if self.benchmark.task == "caption" and importlib.util.find_spec("pycocoevalcap") is None:
-            raise EvaluationError("caption metrics need pycocoevalcap: pip install 'malmm[eval]' (and Java for METEOR)")
+        check_scorable(self.benchmark)
         self.output.mkdir(parents=True, exist_ok=True)
         info = self.output / SETTINGS
         current = json.loads(json.dumps(dataclasses.asdict(self.settings)))  # as stored: lists, not tuples
@@ -208,37 +188,6 @@ def _predicted(benchmark: Benchmark, result: VideoResult, number: int) -> dict[s
     if benchmark.task == "classify":
         row["ranked"] = [ranked.label for ranked in result.labels]
     return row
-
-
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The rows of a predictions file; a last line cut short by a kill is dropped (and the file
-    truncated to its last whole line, so that appending goes on cleanly)."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) < len(data):
-        with open(path, "r+b") as file:
-            file.truncate(len(whole))
-    rows = []
-    for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise EvaluationError(f"{path} line {number} is not JSON ({error.msg}): remove it to go on") from error
-    return rows
-
-
-def missing_videos(items: list[Item], output: Path | None = None) -> tuple[list[Path], int]:
-    """(the videos still to read that do not exist, each once, in order; how many videos are
-    still to read), said before the model loads. output: an earlier run's folder, whose
-    predicted items need no video (a finished run is scored again without its videos)."""
-    done: set[str] = set()
-    if output is not None:
-        with contextlib.suppress(EvaluationError, KeyError, TypeError):  # reported as it is when the run starts
-            done = {row["id"] for row in read_predictions(output / PREDICTIONS) if "error" not in row}
-    videos = dict.fromkeys(item.video for item in items if item.id not in done)
-    return [video for video in videos if not video.is_file()], len(videos)
 
 
 def readers_per_clip(benchmark: Benchmark, items: list[Item]) -> int:
