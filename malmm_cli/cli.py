@@ -1634,7 +1634,8 @@ def models_list() -> None:
         )
     others = [m for repo, m in cached.items() if all(p.repo != repo for p in PRESETS)]
     for model in others:
-        table.add_row("", model.repo, "", f"{model.size_bytes / 1e9:.1f} GB", "yes", "in cache")
+        state = "yes" if model.complete else "incomplete"
+        table.add_row("", model.repo, "", f"{model.size_bytes / 1e9:.1f} GB", state, "in cache")
     console = _stdout_console()
     console.print(table)
     console.print(f"cache: {cache_dir()}  (download: malmm models download NAME)")

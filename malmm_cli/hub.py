@@ -208,7 +208,7 @@ def cached_models() -> list[CachedModel]:
 
     try:
         info = scan_cache_dir(cache_dir())
-    except (CacheNotFound, OSError):
+    except (CacheNotFound, OSError, ValueError):  # ValueError: the cache path is a file
         return []
     found = []
     for repo in info.repos:
