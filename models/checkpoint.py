@@ -7,7 +7,8 @@ A released MA-LMM checkpoint holds only what MA-LMM trained: the Q-Former, its q
 vision LayerNorm, the LLM projection and the frame position table.
 
 Files are read with `torch.load(weights_only=True)`: a file that needs to run pickled code to load
-is refused, never executed.
+is refused, never executed. LLM weights (a recipe that trained the LLM) load into a full-precision
+LLM only: a 4-/8-bit one holds integers, and the file is refused rather than cast into them.
 
 `malmm train` saves the trained tensors alone, under transformers' names, as safetensors
 (`save_trained`), with the base model's shape signature in the file's metadata: loading such a
@@ -192,6 +193,14 @@ def _load_named(
 
     params = dict(model.named_parameters())
     fitting = {name: value for name, value in tensors.items() if name in params}
+    # a 4-/8-bit LLM holds integer weights: copying floats into them would cast them to garbage
+    quantized = [name for name, value in fitting.items()
+                 if value.is_floating_point() and not params[name].is_floating_point()]  # fmt: skip
+    if quantized:
+        raise CheckpointError(
+            f"{path.name} holds LLM weights ({_preview(quantized, 3)}), which cannot be loaded into a 4-/8-bit "
+            "LLM: load the model without quantization (--quantize none)"
+        )
     mismatched = [f"{name}: checkpoint {tuple(value.shape)}, model {tuple(params[name].shape)}"
                   for name, value in fitting.items() if params[name].shape != value.shape]  # fmt: skip
     if mismatched:

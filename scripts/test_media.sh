@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 want=3.13
 # Only these need nothing but numpy, OpenCV, PyAV and pytest (tests/conftest.py imports torch
 # lazily); a torch import in one of them fails the run, as it should.
-tests=(tests/test_video.py tests/test_fast_decode.py tests/test_timefmt.py)
+tests=(tests/test_video.py tests/test_fast_decode.py tests/test_parallel_failures.py tests/test_timefmt.py)
 
 # Each candidate must run and be $want: pyenv's shim for python3.13 is on PATH even where no 3.13
 # is selected, and then fails.

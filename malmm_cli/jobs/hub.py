@@ -208,7 +208,7 @@ def cached_models() -> list[CachedModel]:
 
     try:
         info = scan_cache_dir(cache_dir())
-    except (CacheNotFound, OSError):
+    except (CacheNotFound, OSError, ValueError):  # ValueError: the cache path is a file
         return []
     found = []
     for repo in info.repos:
@@ -247,7 +247,8 @@ def list_models() -> list[ListedModel]:
         rows.append(ListedModel(preset.name, preset.repo, params, params * 4, state, preset.note))
     for repo, model in cached.items():
         if all(preset.repo != repo for preset in PRESETS):
-            rows.append(ListedModel("", repo, None, model.size_bytes, "yes", "in cache"))
+            state = "yes" if model.complete else "incomplete"
+            rows.append(ListedModel("", repo, None, model.size_bytes, state, "in cache"))
     return rows
 
 

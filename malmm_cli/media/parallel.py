@@ -6,13 +6,19 @@ then reading forward) and the frames are handed back chunk by chunk, in time ord
 has its own small queue, so at most N x QUEUE_FRAMES frames wait in memory whatever the video's
 length, and a worker runs ahead of the consumer by at most that much. Frames are identical to a
 single VideoReader's; the price is one extra seek per chunk and copying frames between processes.
+
+Frames travel through a pipe whose sending end only the worker holds, so a worker that dies
+(killed for memory, crashed), even in the middle of sending a frame, ends the consumer's read
+with an error instead of leaving it waiting for the rest of the frame forever.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from malmm_cli.media.plans import VideoError, VideoInfo
@@ -24,19 +30,35 @@ QUEUE_FRAMES = 16
 _DONE, _FAILED = "done", "failed"
 
 
-def _worker(path: str, info: VideoInfo, chunks: list[tuple[int, list[float]]], out: multiprocessing.Queue) -> None:
-    """Decode the chunks given, in order: each frame, then (_DONE, report) or (_FAILED, reason)."""
-    with VideoReader(Path(path), info) as reader:
-        for number, times in chunks:
+def _worker(path: str, info: VideoInfo, chunks: list[tuple[int, list[float]]], out: Connection) -> None:
+    """Send the chunks' frames in order, each chunk followed by (_DONE, report) or (_FAILED, reason).
+    A thread decodes up to QUEUE_FRAMES frames ahead of what the pipe has taken."""
+    decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    threading.Thread(target=_decode, args=(path, info, chunks, decoded.put), daemon=True).start()
+    with out:
+        for item in iter(decoded.get, None):
             try:
-                for frame in reader.frames(times):
-                    out.put((number, frame))
-                out.put((number, (_DONE, reader.report)))
-            except VideoError as error:
-                out.put((number, (_FAILED, str(error))))
-            except BaseException as error:  # report it rather than leave the consumer waiting
-                out.put((number, (_FAILED, f"{type(error).__name__}: {error}")))
+                out.send(item)
+            except OSError:  # the consumer has gone: nothing is left to do
                 return
+
+
+def _decode(path: str, info: VideoInfo, chunks: list[tuple[int, list[float]]], put: Callable[[object], None]) -> None:
+    """Decode the chunks given, in order: each frame, then (_DONE, report) or (_FAILED, reason); None at the end."""
+    try:
+        with VideoReader(Path(path), info) as reader:
+            for number, times in chunks:
+                try:
+                    for frame in reader.frames(times):
+                        put((number, frame))
+                    put((number, (_DONE, reader.report)))
+                except VideoError as error:
+                    put((number, (_FAILED, str(error))))
+                except BaseException as error:  # report it rather than leave the consumer waiting
+                    put((number, (_FAILED, f"{type(error).__name__}: {error}")))
+                    return
+    finally:
+        put(None)
 
 
 class ParallelReader:
@@ -50,13 +72,17 @@ class ParallelReader:
         self.workers = workers
         self.report: ReadReport | None = None
         self._processes: list[multiprocessing.Process] = []
+        self._pipes: list[Connection] = []
 
     def close(self) -> None:
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
             process.join()
-        self._processes = []
+            process.close()  # its sentinel descriptor, not left to the garbage collector
+        for pipe in self._pipes:
+            pipe.close()
+        self._processes, self._pipes = [], []
 
     def __enter__(self) -> ParallelReader:
         return self
@@ -69,18 +95,20 @@ class ParallelReader:
         report = self.report = ReadReport(requested=len(targets))
         chunks = _chunks(targets, self.workers * CHUNKS_PER_WORKER)
         context = multiprocessing.get_context("spawn")  # never fork a process holding torch threads or CUDA
-        queues = [context.Queue(QUEUE_FRAMES) for _ in range(self.workers)]
-        for worker, out in enumerate(queues):
+        for worker in range(self.workers):
             mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % self.workers == worker]
-            process = context.Process(target=_worker, args=(str(self.path), self.info, mine, out), daemon=True)
+            received, sent = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(str(self.path), self.info, mine, sent), daemon=True)
             process.start()
+            sent.close()  # the worker's is the only sending end left: its death ends the pipe
             self._processes.append(process)
+            self._pipes.append(received)
         offset = 0
         try:
             for number, chunk in enumerate(chunks):
-                out = queues[number % self.workers]
+                pipe = self._pipes[number % self.workers]
                 while True:
-                    chunk_number, item = self._next(out, number % self.workers)
+                    chunk_number, item = _receive(pipe)
                     assert chunk_number == number, "each worker hands back its chunks in order"
                     if isinstance(item, Frame):
                         report.delivered += 1
@@ -104,13 +132,12 @@ class ParallelReader:
         if targets and max(targets) not in report.missing:
             report.ended_at = None  # an earlier chunk stopping short is damage, not the end of the data
 
-    def _next(self, out: multiprocessing.Queue, worker: int) -> tuple[int, object]:
-        while True:
-            try:
-                return out.get(timeout=1.0)
-            except queue.Empty:
-                if not self._processes[worker].is_alive():
-                    raise VideoError("a decoding worker stopped unexpectedly") from None
+
+def _receive(pipe: Connection) -> tuple[int, object]:
+    try:
+        return pipe.recv()
+    except (EOFError, OSError):  # OSError: the worker died in the middle of sending a frame
+        raise VideoError("a decoding worker stopped unexpectedly") from None
 
 
 def _chunks(targets: list[float], count: int) -> list[list[float]]:
