@@ -28,16 +28,13 @@ from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopp
 from malmm_cli.jobs.dataset import TASK_TARGETS
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
 from malmm_cli.wording import counted, plural
-from models.presets import (
-    DEFAULT_MODEL,
-)
+from models.presets import DEFAULT_MODEL, OPTIMIZERS, TEMPORAL_KINDS
 
 if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
     pass
 
 
 TRAIN_TASKS = tuple(TASK_TARGETS)
-OPTIMIZERS = ("adamw", "adamw8bit")  # models.memory_plan.OPTIMIZER_BYTES (not imported: it loads torch)
 
 
 def train(
@@ -158,8 +155,8 @@ def train(
         str,
         typer.Option(
             "--temporal",
-            metavar=metavar_of(("none", "mamba")),
-            parser=choice_of("none", "mamba"),
+            metavar=metavar_of(TEMPORAL_KINDS),
+            parser=choice_of(*TEMPORAL_KINDS),
             help="Add a causal Mamba after the Q-Former over each query's per-frame outputs, gated to start "
             "as a no-op, and train it (alone, on cached Q-Former outputs, unless --temporal-with-qformer). "
             "Readers pick it up from the run's checkpoint.",

@@ -50,14 +50,16 @@ from malmm_cli.wording import counted
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora
-from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
-from models.presets import CAPTION, CLASSIFICATION, QUESTION, TRAINED_WEIGHTS
-from models.temporal import TEMPORAL_KINDS, temporal_settings
+from models.memory_plan import TrainingShape
+from models.presets import CAPTION, CLASSIFICATION, OPTIMIZERS, QUESTION, TEMPORAL_KINDS, TRAINED_WEIGHTS
+from models.temporal import temporal_settings
 from models.training import (
     MAX_PROMPT_TOKENS,
     MAX_TARGET_TOKENS,
     answer_loss,
+    make_optimizer,
     parameter_groups,
+    query_outputs,
     read_clip,
     temporal_read,
     trainable_parameters,
@@ -110,8 +112,8 @@ class TrainSettings:
     temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZER_BYTES:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_BYTES)}, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.temporal not in TEMPORAL_KINDS:
             raise ValueError(f"temporal must be one of {', '.join(TEMPORAL_KINDS)}, got {self.temporal!r}")
 
@@ -599,24 +601,6 @@ def add_temporal_module(model: Any, settings: TrainSettings) -> None:
         )
 
 
-def query_outputs(model: Any, state: Any, features: torch.Tensor) -> torch.Tensor:
-    """The Q-Former query outputs of every frame of clips [B, T, N, C] (ViT features before the
-    vision LayerNorm) read into fresh memories: [B, T, NQ, D], before the temporal module."""
-    norm = model.vision_model.post_layernorm
-    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
-               for t in range(features.shape[1])]  # fmt: skip
-    return torch.stack(outputs, dim=1)
-
-
-def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """AdamW (0.9, 0.999) as MA-LMM trains, or bitsandbytes' AdamW with 8-bit moments."""
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.999))
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-
-
 def training_shape(settings: TrainSettings, examples: list[Example]) -> TrainingShape:
     """The shape of this run's training steps, for its memory plan: the longest prompt and target
     counted at three characters a token (an over-estimate for English), before any tokenizer loads.
@@ -719,7 +703,7 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
     return (
         f"Training {s.task} on {counted(train, 'clip')} ({val} for validation): {counted(s.epochs, 'epoch')} of "
         f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
-        f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
+        f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZERS[s.optimizer]}"
         f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
         f"{_temporal_words(s)}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
