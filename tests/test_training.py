@@ -20,8 +20,11 @@ from transformers import InstructBlipConfig
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
-from malmm_cli.jobs import train as training
 from malmm_cli.jobs.dataset import DatasetError, read_examples
+from malmm_cli.jobs.training.data import prompt_for, read_data, target_for
+from malmm_cli.jobs.training.folder import TrainingError, check_output
+from malmm_cli.jobs.training.settings import TrainSettings
+from malmm_cli.jobs.training.trainer import Trainer, training_shape
 from malmm_cli.media.augment import ClipAugment, draw_crop
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.stream import Sampling, VideoStream
@@ -222,10 +225,10 @@ def test_data_files(tmp_path: Path) -> None:
                                       '{"video": "w.mp4", "caption": "two cats"}\n')  # fmt: skip
     first, _ = read_examples(tmp_path / "a.jsonl", "caption")
     assert (first.video, first.start, first.end, first.caption) == (tmp_path / "v.mp4", 2.0, 5.5, "A Dog.")
-    assert training.target_for("caption", first) == "a dog"
+    assert target_for("caption", first) == "a dog"
     (tmp_path / "b.csv").write_text("video,question,answer\nclips/x.mp4,what is he doing?,cooking\n")
     (example,) = read_examples(tmp_path / "b.csv", "ask")
-    assert training.prompt_for("ask", example) == "Question: what is he doing? Short answer:"
+    assert prompt_for("ask", example) == "Question: what is he doing? Short answer:"
     assert example.video == tmp_path / "clips" / "x.mp4" and example.answer == "cooking"
     with pytest.raises(DatasetError, match="line 2: no question"):
         read_examples(_write(tmp_path / "c.csv", "video,answer\nx.mp4,yes\n"), "ask")
@@ -427,10 +430,10 @@ def test_resume_gives_the_same_weights(
     expected = load_file(str(whole / "model.safetensors"))
     moments = {v.dtype for k, v in load_file(str(whole / "resume" / "state.safetensors")).items() if "state1" in k}
     assert moments == ({torch.uint8, torch.float32} if optimizer == "adamw8bit" else set())  # small ones stay 32-bit
-    original = training.Trainer._optimizer_step
+    original = Trainer._optimizer_step
 
     def stop(after: int, how: type[BaseException]):
-        def step(self: training.Trainer, group: list, epoch: int):
+        def step(self: Trainer, group: list, epoch: int):
             if self.position.step == after:
                 if how is KeyboardInterrupt:  # in the middle: one micro-batch's gradients are accumulated
                     examples = [self.train_set[i] for i in group[0]]
@@ -443,7 +446,7 @@ def test_resume_gives_the_same_weights(
     for after, how in ((5, KeyboardInterrupt), (7, Killed)):
         run = tmp_path / f"stopped-{after}"
         with monkeypatch.context() as patch:
-            patch.setattr(training.Trainer, "_optimizer_step", stop(after, how))
+            patch.setattr(Trainer, "_optimizer_step", stop(after, how))
             if how is Killed:
                 with pytest.raises(Killed):
                     malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args)
@@ -494,8 +497,8 @@ def test_train_refuses_settings_that_do_not_fit(
 
     config = InstructBlipConfig.from_pretrained(tiny_llama_dir)
     examples = read_examples(scenes / "labels.jsonl", "classify")
-    settings = training.TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3)
-    shape = training.training_shape(settings, examples)
+    settings = TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3)
+    shape = training_shape(settings, examples)
 
     def total(batch: int) -> int:
         options = loading.LoadOptions(model="tiny", quantize="none", memory_bank_length=2,
@@ -653,15 +656,15 @@ def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_pat
     assert [(e["examples"], e["val_examples"]) for e in epochs] == [(2, 2), (2, 2)]
     twice = _write(tmp_path / "twice.jsonl", '{"id": "a", "video": "0.mp4", "label": "red"}\n' * 2)
     with pytest.raises(DatasetError, match=r"twice.jsonl: two examples have the id 'a': give each its own"):
-        training.read_data(twice, "classify", None, None, 0)
+        read_data(twice, "classify", None, None, 0)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     """Said as it is: not "not empty: pass --resume", which a file cannot take."""
     (tmp_path / "afile").touch()
     for resume in (False, True):
-        with pytest.raises(training.TrainingError, match="afile is a file: give --output a folder"):
-            training.check_output(tmp_path / "afile", resume=resume)
+        with pytest.raises(TrainingError, match="afile is a file: give --output a folder"):
+            check_output(tmp_path / "afile", resume=resume)
 
 
 def test_nothing_readable_fails(tiny_llama_dir: Path, tmp_path: Path) -> None:
