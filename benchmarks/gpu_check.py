@@ -282,9 +282,8 @@ def section_training(check: Check) -> dict:
     the CPU the tiny model unquantized: its 4-bit layers there are not what a GPU trains)."""
     import torch
 
-    from malmm_cli.jobs.train import make_optimizer
     from models.memory_plan import TrainingShape, plan_training
-    from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters
+    from models.training import answer_loss, make_optimizer, parameter_groups, read_clip, trainable_parameters
 
     malmm = _malmm(_random_model(_config(check), "cpu", torch.float32, "none")) if check.cpu else None
     malmm = malmm or check.shared.get("malmm_4bit")

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import update_section
+from models.presets import OPTIMIZERS
 
 GIB = 1024**3
 
@@ -48,20 +49,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed optimiser steps, after one warm-up step")
     parser.add_argument("--quantize", default="none", choices=("none", "8bit", "4bit"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"))
+    parser.add_argument("--optimizer", default="adamw", choices=tuple(OPTIMIZERS))
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
     import torch
     from transformers import BlipImageProcessorPil
 
-    from malmm_cli.jobs.train import make_optimizer
     from models.architectures import architecture, reduced_depth
     from models.malmm import Malmm
     from models.memory_plan import TrainingShape, plan_training
     from models.modeling import MalmmForConditionalGeneration
     from models.quantization import quantization_config
-    from models.training import answer_loss, parameter_groups, read_clip, trainable_parameters
+    from models.training import answer_loss, make_optimizer, parameter_groups, read_clip, trainable_parameters
     from tests.memory_trace import LiveTensorBytes
     from tests.tiny_models import llama_tokenizer, qformer_tokenizer
 

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import InstructBlipConfig
 
 from models.lora import LORA_TARGETS
+from models.presets import OPTIMIZERS
 
 GIB = 1024**3
 # Bytes per quantized weight: nf4 packs 2 weights a byte, plus its double-quantized absmax scales;
@@ -179,8 +180,7 @@ def generation_bytes(
 
 # Optimiser state bytes per trained parameter: AdamW's two float32 moments; bitsandbytes' 8-bit
 # AdamW keeps them in one byte each (plus a float32 scale per block of 256).
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8 / 256}
-OPTIMIZER_NAMES = {"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0 + 8 / 256}  # one entry per models.presets.OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def plan_training(
     return dataclasses.replace(
         inference,
         optimizer=int(trained * (4 + OPTIMIZER_BYTES[shape.optimizer])),  # float32 gradients + moments
-        optimizer_name=OPTIMIZER_NAMES[shape.optimizer],
+        optimizer_name=OPTIMIZERS[shape.optimizer],
         activations=max(vision, step),
     )
 

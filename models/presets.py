@@ -1,5 +1,5 @@
 """MA-LMM's settings as plain data: the default model, per-task instructions, frames, memory bank
-lengths and generation limits.
+lengths and generation limits, and the names of choices the command line offers.
 
 Task values are those of the MA-LMM evaluation scripts (captioning on MSR-VTT, question answering
 on MSR-VTT/MSVD/ActivityNet, classification on LVU/Breakfast/COIN). This module imports nothing
@@ -14,6 +14,10 @@ DEFAULT_MODEL = "Salesforce/instructblip-vicuna-7b"
 # How a memory keeps the past (models/memory.py says what each does); MA-LMM's merging first.
 MEMORY_STRATEGIES = ("malmm", "fifo", "avgpool", "concat", "none")
 TRAINED_WEIGHTS = "model.safetensors"  # the trained tensors in a `malmm train` run folder
+# The optimisers `malmm train` can use, as the user names them and as they are shown
+# (models/memory_plan.py counts their state, models/training.py makes them).
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "8-bit AdamW"}
+TEMPORAL_KINDS = ("none", "mamba")  # the temporal modules after the Q-Former (models/temporal.py)
 
 
 @dataclass(frozen=True)

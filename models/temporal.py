@@ -33,7 +33,8 @@ from torch import nn
 from transformers import DynamicCache, MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-TEMPORAL_KINDS = ("none", "mamba")
+from models.presets import TEMPORAL_KINDS
+
 # The default module: one layer, no expansion (a state of E x (S + K) = D x 20 floats per query).
 DEFAULT_SIZES = {"layers": 1, "state_size": 16, "conv_kernel": 4, "expand": 1}
 

@@ -15,6 +15,8 @@ that last step the keys and values of the banks' entries are projected again by 
 weights, as MA-LMM does (`qformer.remember`).
 `answer_loss` is then the LLM's cross-entropy on the target text and end-of-sequence, after
 [projected queries][prompt], with query, prompt and padding positions ignored.
+With the Q-Former frozen (a temporal module trained alone), `query_outputs` reads a clip's
+per-frame Q-Former outputs once, and `temporal_read` trains the module on them.
 """
 
 from __future__ import annotations
@@ -87,6 +89,16 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW (0.9, 0.999) as MA-LMM trains, or bitsandbytes' AdamW with 8-bit moments (one of
+    models.presets.OPTIMIZERS)."""
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
 def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features: torch.Tensor) -> torch.Tensor:
     """Read clips of T frames into fresh memories: features [B, T, N, C] (ViT output before the
     vision LayerNorm) -> the last step's query output [B, NQ, D], with gradients through it only.
@@ -126,6 +138,16 @@ def temporal_read(model: MalmmForConditionalGeneration, state: MemoryState, outp
         state.frames_seen = t + 1  # avgpool and concat pool by frames read so far
         output = state.language_queries(scanned[:, t])
     return output
+
+
+def query_outputs(model: MalmmForConditionalGeneration, state: MemoryState, features: torch.Tensor) -> torch.Tensor:
+    """The Q-Former query outputs of every frame of clips [B, T, N, C] (ViT features before the
+    vision LayerNorm) read into fresh memories: [B, T, NQ, D], before the temporal module. With the
+    Q-Former frozen they never change, so a trainer may compute them once and keep them."""
+    norm = model.vision_model.post_layernorm
+    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
+               for t in range(features.shape[1])]  # fmt: skip
+    return torch.stack(outputs, dim=1)
 
 
 def answer_loss(

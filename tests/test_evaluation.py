@@ -105,7 +105,7 @@ def test_each_annotation_format(tmp_path: Path) -> None:
 def test_coin_is_scored_on_its_val_split(tmp_path: Path) -> None:
     """COIN.json holds every split, each entry naming its `subset`: eval reads the val split (as
     MA-LMM evaluates), or the one --split names; train reads train and --val the val split."""
-    from malmm_cli.jobs import train as training
+    from malmm_cli.jobs.training.data import read_data
 
     coin = _write(tmp_path / "COIN.json", {
         "a": {"subset": "train", "target": "make french fries", "duration": 9},
@@ -118,7 +118,7 @@ def test_coin_is_scored_on_its_val_split(tmp_path: Path) -> None:
     assert [i.id for i in items] == ["a", "c"]
     with pytest.raises(DatasetError, match=r"COIN\.json has no 'test' split: its subsets are train, val"):
         benchmarks.load_items(coin, "coin", tmp_path, None, split="test")
-    train, val = training.read_data(coin, "classify", coin, None, 0, tmp_path)
+    train, val = read_data(coin, "classify", coin, None, 0, tmp_path)
     assert [e.label for e in train] == ["make french fries", "paint a wall"] and [e.label for e in val] == [
         "change a tire"]  # fmt: skip
     with pytest.raises(DatasetError, match="holds several splits \\(train, val\\): choose one with --split"):

@@ -181,7 +181,9 @@ def test_the_model_config_carries_the_module(malmm: Malmm, tmp_path: Path) -> No
 
 
 def test_a_start_with_another_module_is_refused(malmm: Malmm) -> None:
-    from malmm_cli.jobs.train import TrainingError, TrainSettings, add_temporal_module
+    from malmm_cli.jobs.training.folder import TrainingError
+    from malmm_cli.jobs.training.settings import TrainSettings
+    from malmm_cli.jobs.training.trainer import add_temporal_module
 
     malmm.model.add_temporal("mamba", layers=2)
     settings = TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3, temporal="mamba")
@@ -209,7 +211,7 @@ def test_train_command_trains_the_module_alone_and_readers_pick_it_up(tiny_llama
     from typer.testing import CliRunner
 
     from malmm_cli.cli import app
-    from malmm_cli.jobs import train as training
+    from malmm_cli.jobs.training import trainer as training  # the module whose query_outputs the trainer calls
     from tests.media import make_scene
 
     rows = []

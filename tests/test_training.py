@@ -9,6 +9,8 @@ import math
 import os
 import random
 import stat
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,8 +22,14 @@ from transformers import InstructBlipConfig
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
-from malmm_cli.jobs import train as training
 from malmm_cli.jobs.dataset import DatasetError, read_examples
+from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.reporting import Silent
+from malmm_cli.jobs.training.data import prompt_for, read_data, target_for
+from malmm_cli.jobs.training.folder import TrainingError, check_output
+from malmm_cli.jobs.training.job import TrainingStopped, TrainRequest, run_training
+from malmm_cli.jobs.training.settings import TrainSettings
+from malmm_cli.jobs.training.trainer import Trainer, training_shape
 from malmm_cli.media.augment import ClipAugment, draw_crop
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.stream import Sampling, VideoStream
@@ -222,10 +230,10 @@ def test_data_files(tmp_path: Path) -> None:
                                       '{"video": "w.mp4", "caption": "two cats"}\n')  # fmt: skip
     first, _ = read_examples(tmp_path / "a.jsonl", "caption")
     assert (first.video, first.start, first.end, first.caption) == (tmp_path / "v.mp4", 2.0, 5.5, "A Dog.")
-    assert training.target_for("caption", first) == "a dog"
+    assert target_for("caption", first) == "a dog"
     (tmp_path / "b.csv").write_text("video,question,answer\nclips/x.mp4,what is he doing?,cooking\n")
     (example,) = read_examples(tmp_path / "b.csv", "ask")
-    assert training.prompt_for("ask", example) == "Question: what is he doing? Short answer:"
+    assert prompt_for("ask", example) == "Question: what is he doing? Short answer:"
     assert example.video == tmp_path / "clips" / "x.mp4" and example.answer == "cooking"
     with pytest.raises(DatasetError, match="line 2: no question"):
         read_examples(_write(tmp_path / "c.csv", "video,answer\nx.mp4,yes\n"), "ask")
@@ -427,10 +435,10 @@ def test_resume_gives_the_same_weights(
     expected = load_file(str(whole / "model.safetensors"))
     moments = {v.dtype for k, v in load_file(str(whole / "resume" / "state.safetensors")).items() if "state1" in k}
     assert moments == ({torch.uint8, torch.float32} if optimizer == "adamw8bit" else set())  # small ones stay 32-bit
-    original = training.Trainer._optimizer_step
+    original = Trainer._optimizer_step
 
     def stop(after: int, how: type[BaseException]):
-        def step(self: training.Trainer, group: list, epoch: int):
+        def step(self: Trainer, group: list, epoch: int):
             if self.position.step == after:
                 if how is KeyboardInterrupt:  # in the middle: one micro-batch's gradients are accumulated
                     examples = [self.train_set[i] for i in group[0]]
@@ -443,7 +451,7 @@ def test_resume_gives_the_same_weights(
     for after, how in ((5, KeyboardInterrupt), (7, Killed)):
         run = tmp_path / f"stopped-{after}"
         with monkeypatch.context() as patch:
-            patch.setattr(training.Trainer, "_optimizer_step", stop(after, how))
+            patch.setattr(Trainer, "_optimizer_step", stop(after, how))
             if how is Killed:
                 with pytest.raises(Killed):
                     malmm_cli("train", scenes / "labels.jsonl", "--output", run, *args)
@@ -456,6 +464,17 @@ def test_resume_gives_the_same_weights(
         resumed = load_file(str(run / "model.safetensors"))
         assert all(torch.equal(resumed[k], expected[k]) for k in expected)
         assert figures(run) == figures(whole)
+
+
+def test_every_optimizer_offered_is_planned() -> None:
+    """models.presets.OPTIMIZERS is the one list of names (the command line's choices, torch-free):
+    each has its state counted by the memory plan, and nothing else is accepted."""
+    from models.memory_plan import OPTIMIZER_BYTES
+    from models.presets import OPTIMIZERS
+
+    assert OPTIMIZER_BYTES.keys() == OPTIMIZERS.keys()
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, adamw8bit, got 'sgd'"):
+        TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3, optimizer="sgd")
 
 
 def test_memory_plan_bounds_a_training_step(tiny_llama_dir: Path) -> None:
@@ -494,8 +513,8 @@ def test_train_refuses_settings_that_do_not_fit(
 
     config = InstructBlipConfig.from_pretrained(tiny_llama_dir)
     examples = read_examples(scenes / "labels.jsonl", "classify")
-    settings = training.TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3)
-    shape = training.training_shape(settings, examples)
+    settings = TrainSettings(task="classify", frames=4, memory_bank_length=2, epochs=1, lr=1e-3)
+    shape = training_shape(settings, examples)
 
     def total(batch: int) -> int:
         options = loading.LoadOptions(model="tiny", quantize="none", memory_bank_length=2,
@@ -653,15 +672,133 @@ def test_an_unreadable_clip_leaves_out_itself_only(tiny_llama_dir: Path, tmp_pat
     assert [(e["examples"], e["val_examples"]) for e in epochs] == [(2, 2), (2, 2)]
     twice = _write(tmp_path / "twice.jsonl", '{"id": "a", "video": "0.mp4", "label": "red"}\n' * 2)
     with pytest.raises(DatasetError, match=r"twice.jsonl: two examples have the id 'a': give each its own"):
-        training.read_data(twice, "classify", None, None, 0)
+        read_data(twice, "classify", None, None, 0)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
     """Said as it is: not "not empty: pass --resume", which a file cannot take."""
     (tmp_path / "afile").touch()
     for resume in (False, True):
-        with pytest.raises(training.TrainingError, match="afile is a file: give --output a folder"):
-            training.check_output(tmp_path / "afile", resume=resume)
+        with pytest.raises(TrainingError, match="afile is a file: give --output a folder"):
+            check_output(tmp_path / "afile", resume=resume)
+
+
+# What the job checks before torch loads, in a fresh interpreter: each refusal's words, then whether
+# torch was imported. Paths are relative to the folder it runs in.
+CHECKS_WITHOUT_TORCH = """
+import json, sys
+from pathlib import Path
+from malmm_cli.jobs.errors import SetupError, UsageError
+from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.training.job import TrainRequest, check_run
+
+said = []
+for fields, checkpoint in json.loads(sys.argv[1]):
+    paths = {k: Path(v) for k, v in fields.items() if k in ("data", "output", "val")}
+    try:
+        plan = check_run(TrainRequest(**{**fields, **paths}), RunOptions(checkpoint=checkpoint and Path(checkpoint)))
+        said.append(f"ok: {plan.settings.epochs} epochs, bank {plan.options.memory_bank_length}")
+    except (SetupError, UsageError) as error:
+        said.append(str(error))
+print(json.dumps({"said": said, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_the_job_checks_everything_before_torch_loads(tmp_path: Path) -> None:
+    """The data, --val-split, the run folder (state to --resume, writable) and the checkpoint are
+    checked by the job without importing torch: a mistake costs a fraction of a second."""
+    make_text_file(tmp_path / "a.mp4")  # there (decoding is the run's business)
+    _write(tmp_path / "data.jsonl", '{"video": "a.mp4", "label": "red"}\n{"video": "a.mp4", "label": "blue"}\n')
+    _write(tmp_path / "gone.jsonl", '{"video": "gone.mp4", "label": "red"}\n')
+    (tmp_path / "afile").touch()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").touch()
+    task = {"data": "data.jsonl", "task": "classify"}
+    cases = [
+        ({**task, "output": "run"}, None),
+        ({**task, "output": "run", "resume": True}, None),
+        ({"data": "missing.jsonl", "task": "classify", "output": "run"}, None),
+        ({"data": "gone.jsonl", "task": "classify", "output": "run"}, None),
+        ({**task, "output": "run", "val_split": 0.9}, None),
+        ({**task, "output": "busy"}, None),
+        ({**task, "output": "afile/run"}, None),
+        ({**task, "output": "run"}, "nothing.pth"),
+        ({**task, "output": "run", "val": "data.jsonl", "val_split": 0.5}, None),
+    ]
+    done = subprocess.run([sys.executable, "-c", CHECKS_WITHOUT_TORCH, json.dumps(cases)], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    result = json.loads(done.stdout)
+    assert result["said"] == [
+        "ok: 20 epochs, bank 20",  # classify's MA-LMM recipe, the bank given to the model too
+        "run holds no saved run to resume (no resume/state.json)",
+        "missing.jsonl: no such file",
+        "none of the 1 training videos exists (the first: gone.mp4): paths are relative to the data file's "
+        "folder, or to --videos for MA-LMM annotations",
+        "--val-split 0.9 leaves no training examples of 2",
+        "busy is not empty: pass --resume to go on with its run, or choose a new folder",
+        "cannot make the run folder afile/run: afile is a file",
+        "nothing.pth: no such file or folder",
+        "give --val or --val-split, not both",
+    ]
+    assert not result["torch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "afile", "busy", "data.jsonl", "gone.jsonl"]
+
+
+class RecordedProgress:
+    """A run's progress as a Python caller sees it; Ctrl-C after step `stop_after`."""
+
+    def __init__(self, steps: int, epochs: int, stop_after: int | None = None):
+        self.planned, self.stop_after = (steps, epochs), stop_after
+        self.started: int | None = None
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+
+    def __enter__(self) -> RecordedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start(self, step: int) -> None:
+        self.started = step
+
+    def step(self, position, loss: float | None, lr: float, examples: int) -> None:
+        self.steps.append(position.step)
+        if position.step == self.stop_after:
+            raise KeyboardInterrupt
+
+    def epoch(self, record: dict) -> None:
+        self.epochs.append(record["epoch"])
+
+
+def test_the_job_trains_from_python(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """`run_training` without a terminal: progress is told of every step and epoch; Ctrl-C in the
+    middle raises TrainingStopped (still a KeyboardInterrupt) once the state is saved, and the same
+    request with `resume` goes on from that step to the run's own end."""
+    for i in range(4):
+        make_scene(tmp_path / f"{i}.mp4", COLOURS[i % 2], seed=i)
+    rows = [json.dumps({"video": f"{i}.mp4", "label": COLOURS[i % 2]}) + "\n" for i in range(4)]
+    data = _write(tmp_path / "clips.jsonl", "".join(rows))
+    request = TrainRequest(data=data, task="classify", output=tmp_path / "run", frames=4, memory_bank_length=2,
+                           epochs=2, batch_size=2, warmup_steps=1, lr=2e-3)  # fmt: skip
+    options = RunOptions(model=str(tiny_llama_dir), device="cpu")
+    shown: list[RecordedProgress] = []
+
+    def progress(stop_after: int | None):
+        return lambda steps, epochs: shown.append(RecordedProgress(steps, epochs, stop_after)) or shown[-1]
+
+    with pytest.raises(TrainingStopped) as stopped:
+        run_training(request, options, Silent(), progress(stop_after=3))
+    assert isinstance(stopped.value, KeyboardInterrupt) and type(stopped.value.interrupt) is KeyboardInterrupt
+    first = shown[-1]
+    assert (first.planned, first.started, first.steps, first.epochs) == ((4, 2), 0, [1, 2, 3], [1])
+    assert json.loads((tmp_path / "run" / "resume" / "state.json").read_text())["position"]["step"] == 3
+
+    ran = run_training(dataclasses.replace(request, epochs=None, resume=True), options, Silent(), progress(None))
+    second = shown[-1]
+    assert (second.planned, second.started, second.steps, second.epochs) == ((4, 2), 3, [4], [2])
+    assert not ran.failed and ran.output == tmp_path / "run" and [e["epoch"] for e in ran.summary["epochs"]] == [1, 2]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_nothing_readable_fails(tiny_llama_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from malmm_cli.jobs import train as training
+from malmm_cli.jobs.training.data import read_data
+from malmm_cli.jobs.training.folder import RESUME, RUN_INFO
+from malmm_cli.jobs.training.settings import TrainSettings
+from malmm_cli.jobs.training.trainer import Position, Trainer
 from models import Malmm
 from models.presets import TRAINED_WEIGHTS
 from tests.media import SCENE_COLOURS, make_scene
@@ -36,18 +39,18 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> list:
         make_scene(folder / f"{i}.mp4", colours[i], seed=i)
         rows.append({"video": f"{i}.mp4", "label": colours[i]})
     (folder / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    train, _ = training.read_data(folder / "labels.jsonl", "classify", None, None, 0)
+    train, _ = read_data(folder / "labels.jsonl", "classify", None, None, 0)
     return train
 
 
 class Steps:
     """A progress display that records, after every optimiser step, the scale and the trained weights."""
 
-    def __init__(self, trainer: training.Trainer, after_step: Any = None) -> None:
+    def __init__(self, trainer: Trainer, after_step: Any = None) -> None:
         self.trainer, self.after_step = trainer, after_step
         self.seen: list[dict[str, Any]] = []
 
-    def step(self, position: training.Position, loss: float | None, lr: float, count: int) -> None:
+    def step(self, position: Position, loss: float | None, lr: float, count: int) -> None:
         weights = {name: p.detach().clone() for name, p in self.trainer.trained}
         self.seen.append({"scale": self.trainer.scaler.get_scale(), "weights": weights, "lr": lr, "loss": loss})
         if self.after_step is not None:
@@ -57,18 +60,16 @@ class Steps:
         pass
 
 
-def trainer_for(
-    model_dir: Path, examples: list, output: Path, dtype: torch.dtype, batch_size: int = 2
-) -> training.Trainer:
+def trainer_for(model_dir: Path, examples: list, output: Path, dtype: torch.dtype, batch_size: int = 2) -> Trainer:
     """No warm-up: the first step trains at the full rate (1e-3, then the cosine's 5e-4 for a second)."""
     malmm = Malmm.from_pretrained(model_dir, dtype=dtype)
-    settings = training.TrainSettings(task="classify", frames=3, memory_bank_length=2, epochs=1, lr=1e-3,
+    settings = TrainSettings(task="classify", frames=3, memory_bank_length=2, epochs=1, lr=1e-3,
                                       batch_size=batch_size, warmup_steps=0, samplings=1)  # fmt: skip
-    return training.Trainer(malmm, examples, [], settings, output, base_model=str(model_dir), cache=None,
+    return Trainer(malmm, examples, [], settings, output, base_model=str(model_dir), cache=None,
                             labels=sorted({e.label for e in examples}), warn=print)  # fmt: skip
 
 
-def optimizer_steps(trainer: training.Trainer) -> list[dict[str, torch.Tensor]]:
+def optimizer_steps(trainer: Trainer) -> list[dict[str, torch.Tensor]]:
     """Filled with the gradients the optimiser steps with, each time it really steps."""
     steps: list[dict[str, torch.Tensor]] = []
 
@@ -79,7 +80,7 @@ def optimizer_steps(trainer: training.Trainer) -> list[dict[str, torch.Tensor]]:
     return steps
 
 
-def start_scale(trainer: training.Trainer, scale: float) -> None:
+def start_scale(trainer: Trainer, scale: float) -> None:
     """The trainer's loss scaler, as it makes it but starting at `scale`."""
     enabled = trainer.scaler.is_enabled()
     trainer.scaler = torch.amp.GradScaler(trainer.malmm.device.type, init_scale=scale, enabled=enabled)
@@ -168,7 +169,7 @@ def test_an_overflowing_step_is_skipped_and_the_scale_resumed(
     assert all(torch.isfinite(weight).all() for weight in taken["weights"].values())
     assert lrs == pytest.approx([1e-3, 5e-4, 0.0])  # the schedule counted the skipped step
 
-    state = json.loads((output / training.RESUME / "state.json").read_text())
+    state = json.loads((output / RESUME / "state.json").read_text())
     assert state["scaler"]["scale"] == FITTING_SCALE
     resumed = trainer_for(tiny_llama_dir, examples, output, torch.float16, batch_size=1)
     resumed.resume()
@@ -183,9 +184,9 @@ def test_cli_trains_through_a_float16_llm(run, tiny_llama_dir: Path, examples: l
                  "--dtype", "float16", "--frames", "3", "--memory-bank-length", "2", "--batch-size", "1",
                  "--epochs", "2", "-q", model=False)  # fmt: skip
     assert result.exit_code == 0, result.output
-    scale = json.loads((output / training.RESUME / "state.json").read_text())["scaler"]["scale"]
+    scale = json.loads((output / RESUME / "state.json").read_text())["scaler"]["scale"]
     assert scale <= INITIAL_SCALE and math.log2(scale).is_integer()  # halved at each overflow, if any
     weights = load_file(str(output / TRAINED_WEIGHTS))
     assert weights and all(torch.isfinite(tensor).all() for tensor in weights.values())
-    losses = [epoch["train_loss"] for epoch in json.loads((output / training.RUN_INFO).read_text())["epochs"]]
+    losses = [epoch["train_loss"] for epoch in json.loads((output / RUN_INFO).read_text())["epochs"]]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)

@@ -1,9 +1,10 @@
-"""train: fine-tune the memory model on labelled videos."""
+"""train: fine-tune the memory model on labelled videos (the job is jobs/training/job.py)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 import typer.core
@@ -24,20 +25,13 @@ from malmm_cli.commands.options import (
     parse_fraction,
     parse_positive,
 )
-from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_USAGE, refusals, stopped_by
+from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, refusals, stopped_by
 from malmm_cli.jobs.dataset import TASK_TARGETS
-from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
-from malmm_cli.wording import counted, plural
-from models.presets import (
-    DEFAULT_MODEL,
-)
-
-if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
-    pass
-
+from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.training.job import TrainingFailed, TrainingStopped, TrainRequest, run_training
+from models.presets import DEFAULT_MODEL, OPTIMIZERS, TEMPORAL_KINDS
 
 TRAIN_TASKS = tuple(TASK_TARGETS)
-OPTIMIZERS = ("adamw", "adamw8bit")  # models.memory_plan.OPTIMIZER_BYTES (not imported: it loads torch)
 
 
 def train(
@@ -158,8 +152,8 @@ def train(
         str,
         typer.Option(
             "--temporal",
-            metavar=metavar_of(("none", "mamba")),
-            parser=choice_of("none", "mamba"),
+            metavar=metavar_of(TEMPORAL_KINDS),
+            parser=choice_of(*TEMPORAL_KINDS),
             help="Add a causal Mamba after the Q-Former over each query's per-frame outputs, gated to start "
             "as a no-op, and train it (alone, on cached Q-Former outputs, unless --temporal-with-qformer). "
             "Readers pick it up from the run's checkpoint.",
@@ -226,73 +220,26 @@ def train(
     goes on. Use the result with `malmm caption|ask|predict --checkpoint RUN`.
     """
     from malmm_cli.commands.progress import Reporter, TrainingProgress
-    from malmm_cli.jobs import train as training
-    from malmm_cli.jobs.dataset import DatasetError
-    from models.checkpoint import CheckpointError
 
     reporter = Reporter(quiet=quiet)
-    output = one_output(output, output_dir)
-    if output is None:
-        raise typer.BadParameter("give the run folder: -o RUN (new, or one to --resume)", param_hint="--output")
-    if val is not None and val_split is not None:
-        raise typer.BadParameter("give --val or --val-split, not both", param_hint="--val/--val-split")
+    options = RunOptions(model=model, checkpoint=checkpoint, device=device, dtype=dtype, quantize=quantize,
+                         quantize_vision=quantize_vision, no_cache=no_cache, quiet=quiet)  # fmt: skip
     try:
-        examples, held_out = training.read_data(data, task, val, val_split, seed, videos, label_field, split)
-        training.check_videos(examples)
-        data_read = training.TrainData.of(data, val, val_split, videos, label_field, split)
-        training.check_output(output, resume)
-    except (DatasetError, training.TrainingError) as error:
-        reporter.error(str(error))
-        raise typer.Exit(EXIT_USAGE) from error
-    defaults = training.TASK_DEFAULTS[task]
-    if resume and epochs is None:  # the run's own length; a larger --epochs extends it
-        epochs = training.saved_epochs(output)
-    settings = training.TrainSettings(
-        task=task, frames=frames or defaults["frames"], epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
-        memory_bank_length=memory_bank_length or defaults["memory_bank_length"], batch_size=batch_size,
-        grad_accum=grad_accum, warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
-        optimizer=optimizer, augment=augment, lora_rank=lora or 0, temporal=temporal, temporal_layers=temporal_layers,
-        temporal_with_qformer=temporal_with_qformer,
-    )  # fmt: skip
-    options = RunOptions(model=model, checkpoint=checkpoint, memory_bank_length=settings.memory_bank_length,
-                         device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
-                         no_cache=no_cache, quiet=quiet)  # fmt: skip
-    with refusals(reporter):
-        check_checkpoint(options)
-    shape = training.training_shape(settings, examples + held_out)
-    with refusals(reporter):
-        malmm = load_model(options, training.TASK_PRESETS[task], reporter, training=shape)
-    labels = sorted({e.label for e in examples}) if task == "classify" else None
-    try:
-        trainer = training.Trainer(malmm, examples, held_out, settings, output, base_model=training.model_name(model),
-                                   cache=options.cache(reporter), labels=labels, warn=reporter.warn,
-                                   data=data_read)  # fmt: skip
-        if resume:
-            trainer.resume()
-    except (training.TrainingError, CheckpointError) as error:
-        reporter.error(str(error))
-        raise typer.Exit(EXIT_USAGE) from error
-    reporter.info(training.describe(trainer, len(examples), len(held_out)))
-    try:
-        with TrainingProgress(reporter, trainer.total_steps, settings.epochs) as progress:
-            progress.start(trainer.position.step)
-            summary = trainer.run(progress)
-    except KeyboardInterrupt as interrupt:
-        word, status = stopped_by(interrupt)
-        reporter.warn(f"{word.lower()}: the run is saved in {output}; the same command with --resume goes on")
+        with refusals(reporter):
+            request = TrainRequest(
+                data=data, task=task, output=one_output(output, output_dir), val=val, val_split=val_split,
+                videos=videos, label_field=label_field, split=split, resume=resume, epochs=epochs, lr=lr,
+                frames=frames, memory_bank_length=memory_bank_length, batch_size=batch_size, grad_accum=grad_accum,
+                warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
+                optimizer=optimizer, augment=augment, lora_rank=lora, temporal=temporal,
+                temporal_layers=temporal_layers, temporal_with_qformer=temporal_with_qformer,
+            )  # fmt: skip
+            ran = run_training(request, options, reporter, partial(TrainingProgress, reporter))
+    except TrainingStopped as stopped:
+        word, status = stopped_by(stopped.interrupt)
+        reporter.warn(f"{word.lower()}: {stopped}")
         raise typer.Exit(status) from None
-    except training.NothingReadable as error:
-        reporter.error(str(error))
-        raise typer.Exit(EXIT_FAILED) from error
-    except training.TrainingError as error:
-        reporter.error(f"{error} (the last saved state is in {output})")
-        raise typer.Exit(EXIT_FAILED) from error
-    reporter.info(training.conclusion(summary, output, settings))
-    if trainer.features.unreadable:  # the checkpoint is saved, trained on the rest: status 1, as eval ends
-        named = [e for e in examples + held_out if e.id in trainer.features.unreadable]  # in file order
-        listed = ", ".join(f"{example.id} ({example.video})" for example in named[:10])
-        more = f" and {len(named) - 10} more" if len(named) > 10 else ""
-        reporter.error(f"{counted(len(named), 'example')} could not be read and {plural(len(named), 'was')} left "
-                       f"out: {listed}{more}; the checkpoint in {output} is trained on the rest: fix them and train "
-                       "again")  # fmt: skip
-        raise typer.Exit(EXIT_FAILED)
+    except TrainingFailed as failure:
+        reporter.error(str(failure))
+        raise typer.Exit(EXIT_FAILED) from failure
+    raise typer.Exit(EXIT_FAILED if ran.failed else EXIT_OK)

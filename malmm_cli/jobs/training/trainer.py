@@ -1,226 +1,67 @@
-"""`malmm train`: fine-tune the memory path on labelled clips, and lose nothing to a crash or Ctrl-C.
+"""A run's optimiser loop: steps, validation, the best epoch's checkpoint and the resumable state.
 
-Where an example goes: its clip is sampled as MA-LMM samples training clips (one random time in
-each of `frames` equal segments; `samplings` such draws per clip, used in turn by the epochs),
-read by `VideoStream` with the frozen ViT, stopping before its LayerNorm (which is trained), and
-replayed from the feature cache once computed, so that later epochs cost the Q-Former and the
-LLM only. With `augment` every epoch draws new times and a new crop and flip for the clip
-(augment.py), so the ViT runs on every step. `models.training.read_clip` steps the memory through
-the clip (gradients at the last step only) and `answer_loss` scores the target. Validation clips
-are sampled evenly.
-
-A run folder holds:
-- model.safetensors: the trained tensors of the best epoch (by the validation metric, else the
-  validation loss, else the last epoch): what `--checkpoint RUN` loads;
-- training.json: the settings, the base model and every epoch's figures;
-- resume/: everything needed to go on exactly where the run stopped (trained tensors, optimiser,
-  schedule, loss scaler, random state, position in the data), written every `save_every`
-  optimiser steps, after each epoch and on Ctrl-C. On a CPU a resumed run ends with bitwise the
-  same weights as one that was never stopped.
+`models.training.read_clip` steps the memory through each clip's features (features.py; gradients
+at the last step only) and `answer_loss` scores the target. The folder it writes is folder.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from malmm_cli.jobs.dataset import TASK_PRESETS, DatasetError, Example, read_examples
-from malmm_cli.jobs.records import changed_values, file_identity
-from malmm_cli.media.augment import ClipAugment
-from malmm_cli.media.plans import VideoError
-from malmm_cli.media.sampling import Sampling
+from malmm_cli.jobs.dataset import Example
+from malmm_cli.jobs.records import changed_values
+from malmm_cli.jobs.training.data import epoch_order, prompt_for, target_for
+from malmm_cli.jobs.training.features import ClipFeatures
+from malmm_cli.jobs.training.folder import RESUME, RUN_INFO, STATE, TrainingError
+from malmm_cli.jobs.training.optimizer_state import flatten_optimizer, unflatten_optimizer
+from malmm_cli.jobs.training.settings import TrainData, TrainSettings, model_name
 from malmm_cli.output.writers import write_json
 from malmm_cli.reading.feature_cache import FeatureCache
-from malmm_cli.reading.stream import VideoStream
-from malmm_cli.wording import counted
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora
-from models.memory_plan import OPTIMIZER_BYTES, OPTIMIZER_NAMES, TrainingShape
+from models.memory_plan import TrainingShape
 from models.presets import QUESTION, TRAINED_WEIGHTS
-from models.temporal import TEMPORAL_KINDS, temporal_settings
+from models.temporal import temporal_settings
 from models.training import (
     MAX_PROMPT_TOKENS,
     MAX_TARGET_TOKENS,
     answer_loss,
+    make_optimizer,
     parameter_groups,
+    query_outputs,
     read_clip,
     temporal_read,
     trainable_parameters,
     warmup_cosine,
 )
 
-# MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs.
-TASK_DEFAULTS = {
-    task: {"lr": lr, "frames": TASK_PRESETS[task].frames,
-           "memory_bank_length": TASK_PRESETS[task].memory_bank_length, "epochs": epochs}
-    for task, lr, epochs in (("caption", 1e-5, 10), ("ask", 1e-4, 5), ("classify", 1e-4, 20))
-}  # fmt: skip
-RUN_INFO = "training.json"
-RESUME = "resume"
-_CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
-
-
-class TrainingError(Exception):
-    """A run that cannot start or go on, with what to do about it."""
-
 
 class NothingReadable(TrainingError):
     """No training clip could be read: there is nothing to train on."""
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """How a run trains (stored in training.json; a resumed run must keep them)."""
+class Progress(Protocol):
+    """What a run reports as it goes: the steps an earlier run already took (`start`, once), each
+    optimiser step, and each finished epoch's figures (training.json's record)."""
 
-    task: str
-    frames: int
-    memory_bank_length: int
-    epochs: int
-    lr: float
-    batch_size: int = 4
-    grad_accum: int = 1
-    weight_decay: float = 0.05
-    warmup_steps: int = 1000
-    samplings: int = 4  # random frame draws per clip, each computed by the ViT once
-    seed: int = 0
-    save_every: int = 200  # optimiser steps between resumable states
-    memory: str = "malmm"
-    optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
-    augment: bool = False  # crop and flip each clip anew every epoch (the ViT runs every step)
-    lora_rank: int = 0  # train the Q-Former through LoRA adapters of this rank (models/lora.py); 0: whole
-    temporal: str = "none"  # "mamba": add and train a temporal module after the Q-Former (models/temporal.py)
-    temporal_layers: int = 1
-    temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone
+    def start(self, step: int) -> None: ...
 
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZER_BYTES:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_BYTES)}, got {self.optimizer!r}")
-        if self.temporal not in TEMPORAL_KINDS:
-            raise ValueError(f"temporal must be one of {', '.join(TEMPORAL_KINDS)}, got {self.temporal!r}")
+    def step(self, position: Position, loss: float | None, lr: float, examples: int) -> None: ...
 
-    @property
-    def temporal_only(self) -> bool:
-        """Whether the temporal module is trained alone (everything else frozen)."""
-        return self.temporal != "none" and not self.temporal_with_qformer
-
-    def steps_per_epoch(self, examples: int) -> int:
-        return math.ceil(math.ceil(examples / self.batch_size) / self.grad_accum)
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """What a run reads and how it splits it (stored beside its settings): a resumed run must read
-    the same, or its position in the data, its schedule and its best epoch would mean other things.
-    The data files are named by content, so an edited file is refused whatever its path."""
-
-    data: str
-    val: str | None = None
-    val_split: float | None = None
-    videos: str | None = None
-    label_field: str | None = None
-    split: str | None = None  # --split, of an annotation file that holds several (None: train)
-
-    @classmethod
-    def of(
-        cls,
-        data: Path,
-        val: Path | None,
-        val_split: float | None,
-        videos: Path | None,
-        label_field: str | None,
-        split: str | None = None,
-    ) -> TrainData:
-        return cls(data=file_identity(data), val=file_identity(val) if val is not None else None,
-                   val_split=val_split, videos=str(videos.resolve()) if videos is not None else None,
-                   label_field=label_field, split=split)  # fmt: skip
-
-
-def prompt_for(task: str, example: Example) -> str:
-    """The instruction (Q-Former) and prompt (LLM) of an example, as MA-LMM's presets word them."""
-    return TASK_PRESETS[task].prompt(example.question)  # only the ask instruction has a {question}
-
-
-def target_for(task: str, example: Example) -> str:
-    """The text to learn; captions are cleaned as MA-LMM cleans them (lower case, `.!"()*#:;~` removed)."""
-    text = example.target(task)
-    if task == "caption":
-        text = " ".join(_CAPTION_PUNCTUATION.sub(" ", text.lower()).split())
-    return text
-
-
-class ClipFeatures:
-    """ViT features (before its LayerNorm) of examples' clips, through the feature cache.
-
-    A clip with fewer decodable frames than `frames` repeats its nearest ones, as MA-LMM's loader
-    repeats frames of short clips. A clip that cannot be read at all is reported once and then
-    left out of every epoch.
-    """
-
-    def __init__(
-        self,
-        malmm: Malmm,
-        frames: int,
-        cache: FeatureCache | None,
-        warn: Callable[[str], None],
-        augment: bool = False,
-    ):
-        """augment: random draws are also cropped and flipped (`ClipAugment`), and so encoded by
-        the ViT every time instead of cached; even samplings (validation) stay plain and cached."""
-        self.malmm = malmm
-        self.frames = frames
-        self.cache = cache
-        self.warn = warn
-        self.augment = augment
-        self.unreadable: set[str] = set()
-
-    def get(self, example: Example, draw: int | None, seed: int) -> torch.Tensor | None:
-        """[frames, N, C], or None for an unreadable clip. draw: which random sampling (None: even)."""
-        if example.id in self.unreadable:
-            return None
-        where = f"{example.video}|{example.start}|{example.end}"
-        jitter = None if draw is None else zlib.crc32(f"{seed}|{draw}|{where}".encode())
-        sampling = Sampling(frames=self.frames, start=example.start, end=example.end, jitter=jitter)
-        augmented = self.augment and draw is not None
-        transform = ClipAugment(zlib.crc32(f"{seed}|augment|{draw}|{where}".encode())) if augmented else None
-        cache = None if augmented else self.cache
-        try:
-            with VideoStream(self.malmm, example.video, sampling, cache=cache, normalize=False,
-                             transform=transform) as stream:  # fmt: skip
-                features = [feature[0] for _, feature in stream]
-        except (VideoError, OSError) as error:
-            features, reason = [], str(error) or type(error).__name__
-        else:
-            reason = "no frame could be decoded"
-        if not features:
-            self.unreadable.add(example.id)
-            use = "validation" if draw is None else "training"  # validation clips are sampled evenly
-            self.warn(f"{example.id} ({example.video}): {reason}; left out of {use}")
-            return None
-        nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
-        return torch.stack([features[i] for i in nearest])
-
-    def readable(
-        self, examples: list[Example], draw: int | None, seed: int
-    ) -> tuple[list[Example], list[torch.Tensor]]:
-        """The examples whose clips can be read, with their features (see `get`)."""
-        pairs = [(example, self.get(example, draw, seed)) for example in examples]
-        pairs = [(example, features) for example, features in pairs if features is not None]
-        return [example for example, _ in pairs], [features for _, features in pairs]
+    def epoch(self, record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -230,13 +71,6 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
-
-
-def epoch_order(examples: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled example order of an epoch: a function of (seed, epoch) only, so a resumed
-    run sees the same order without storing it."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(examples, generator=generator).tolist()
 
 
 class Trainer:
@@ -338,7 +172,7 @@ class Trainer:
 
     # --- the run --------------------------------------------------------------------------------
 
-    def run(self, progress: Any) -> dict[str, Any]:
+    def run(self, progress: Progress) -> dict[str, Any]:
         """Train to the end (or from where `resume` left), saving as it goes. Returns the summary."""
         self.output.mkdir(parents=True, exist_ok=True)
         self._train_mode(True)
@@ -364,7 +198,7 @@ class Trainer:
             self._train_mode(False)
         return self.summary()
 
-    def _train_epoch(self, progress: Any) -> None:
+    def _train_epoch(self, progress: Progress) -> None:
         """The optimiser steps left in the current epoch."""
         batches = self._micro_batches(self.position.epoch)
         figures = self.epoch_figures
@@ -495,12 +329,12 @@ class Trainer:
         folder = self.output / RESUME
         partial = self.output / f".{RESUME}.partial"
         partial.mkdir(parents=True, exist_ok=True)
-        tensors, plain = _flatten_optimizer(self.optimizer.state_dict())
+        tensors, plain = flatten_optimizer(self.optimizer.state_dict())
         tensors.update({f"rng.{k}": v for k, v in boundary["rng"].items()})
         tensors.update({f"trained.{n}": p.detach().cpu().contiguous() for n, p in self.trained})
         save_file(tensors, str(partial / "state.safetensors"))
         respect_umask(partial / "state.safetensors")
-        write_json(partial / "state.json", {
+        write_json(partial / STATE, {
             "position": dataclasses.asdict(boundary["position"]), "optimizer": plain,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "history": boundary["history"], "best": boundary["best"], "epoch_figures": boundary["epoch_figures"],
@@ -518,7 +352,7 @@ class Trainer:
         """Go on from resume/: same settings, weights, optimiser, schedule, scaler, random state."""
         folder = self.output / RESUME
         try:
-            plain = json.loads((folder / "state.json").read_text())
+            plain = json.loads((folder / STATE).read_text())
             tensors = load_file(str(folder / "state.safetensors"))
         except (OSError, ValueError) as error:
             raise TrainingError(f"cannot resume from {folder}: {error}") from error
@@ -537,7 +371,7 @@ class Trainer:
         with torch.no_grad():
             for name, parameter in self.trained:
                 parameter.copy_(tensors[f"trained.{name}"])
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, plain["optimizer"]))
+        self.optimizer.load_state_dict(unflatten_optimizer(tensors, plain["optimizer"]))
         self.scheduler.load_state_dict(plain["scheduler"])
         if current["epochs"] != stored["epochs"]:
             self._extend_schedule(stored["epochs"])
@@ -597,24 +431,6 @@ def add_temporal_module(model: Any, settings: TrainSettings) -> None:
         )
 
 
-def query_outputs(model: Any, state: Any, features: torch.Tensor) -> torch.Tensor:
-    """The Q-Former query outputs of every frame of clips [B, T, N, C] (ViT features before the
-    vision LayerNorm) read into fresh memories: [B, T, NQ, D], before the temporal module."""
-    norm = model.vision_model.post_layernorm
-    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
-               for t in range(features.shape[1])]  # fmt: skip
-    return torch.stack(outputs, dim=1)
-
-
-def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """AdamW (0.9, 0.999) as MA-LMM trains, or bitsandbytes' AdamW with 8-bit moments."""
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.999))
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-
-
 def training_shape(settings: TrainSettings, examples: list[Example]) -> TrainingShape:
     """The shape of this run's training steps, for its memory plan: the longest prompt and target
     counted at three characters a token (an over-estimate for English), before any tokenizer loads.
@@ -631,149 +447,3 @@ def training_shape(settings: TrainSettings, examples: list[Example]) -> Training
 
 def _new_epoch() -> dict[str, float]:
     return {"loss_sum": 0.0, "losses": 0, "examples": 0, "seconds": 0.0}
-
-
-def read_data(
-    data: Path,
-    task: str,
-    val: Path | None,
-    val_split: float | None,
-    seed: int,
-    videos: Path | None = None,
-    label_field: str | None = None,
-    split: str | None = None,
-) -> tuple[list[Example], list[Example]]:
-    """(training, validation) examples: validation from its own file, or a seeded fraction of DATA.
-    Of an annotation file that holds several splits (COIN.json), DATA's `split` (default: train)
-    and --val's `val`, as MA-LMM trains and validates: `--val COIN.json` with DATA COIN.json
-    validates on the val split."""
-    examples = _named(read_examples(data, task, videos, label_field, split, "train"), data.name)
-    if val is not None:
-        source = val.name if val.name != data.name else str(val)
-        return examples, _named(read_examples(val, task, videos, label_field, None, "val"), source)
-    if not val_split:
-        return examples, []
-    order = epoch_order(len(examples), seed, -1)
-    held = max(1, round(len(examples) * val_split))
-    if held >= len(examples):
-        raise DatasetError(f"--val-split {val_split} leaves no training examples of {len(examples)}")
-    chosen = set(order[:held])
-    return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])
-
-
-def _named(examples: list[Example], source: str) -> list[Example]:
-    """The examples with ids that name their file (`clips.jsonl line 3`): a clip left out as
-    unreadable, or a cached query output, is keyed by id, so a training and a validation example
-    must never share one. Two examples of one id in a file are refused for the same reason."""
-    seen: set[str] = set()
-    for example in examples:
-        if example.id in seen:
-            raise DatasetError(f"{source}: two examples have the id {example.id!r}: give each its own")
-        seen.add(example.id)
-    return [dataclasses.replace(example, id=f"{source} {example.id}") for example in examples]
-
-
-def model_name(model: str) -> str:
-    """The base model as a run records and compares it: a local folder by its absolute path (so
-    `tiny`, `./tiny/` and `/home/me/tiny` are one model), a hub id as it is."""
-    folder = Path(model).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else model
-
-
-def check_videos(examples: list[Example]) -> None:
-    """Before the model loads: training needs at least one of its videos to exist (the usual
-    mistake: an annotation file without --videos, or paths relative to another folder)."""
-    if examples and not any(example.video.is_file() for example in examples):
-        raise DatasetError(
-            f"none of the {len(examples)} training videos exists (the first: {examples[0].video}): paths are "
-            "relative to the data file's folder, or to --videos for MA-LMM annotations"
-        )
-
-
-def saved_epochs(output: Path) -> int | None:
-    """The epochs a saved run was planned for (None: no readable saved state), so that `--resume`
-    without `--epochs` goes on to the run's own end rather than to the task's default."""
-    try:
-        return int(json.loads((output / RESUME / "state.json").read_text())["settings"]["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def check_output(output: Path, resume: bool) -> None:
-    """A new run needs an empty or new folder (so no earlier run is overwritten); --resume one
-    that holds a saved state."""
-    if output.exists() and not output.is_dir():
-        raise TrainingError(f"{output} is a file: give --output a folder for the run (new, or empty)")
-    if resume:
-        if not (output / RESUME / "state.json").is_file():
-            raise TrainingError(f"{output} holds no saved run to resume (no {RESUME}/state.json)")
-        return
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise TrainingError(f"{output} is not empty: pass --resume to go on with its run, or choose a new folder")
-
-
-def describe(trainer: Trainer, train: int, val: int) -> str:
-    s = trainer.settings
-    return (
-        f"Training {s.task} on {counted(train, 'clip')} ({val} for validation): {counted(s.epochs, 'epoch')} of "
-        f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
-        f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZER_NAMES[s.optimizer]}"
-        f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
-        f"{_temporal_words(s)}; "
-        f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
-    )
-
-
-def _temporal_words(settings: TrainSettings) -> str:
-    if settings.temporal == "none":
-        return ""
-    alone = "alone, on cached Q-Former outputs" if settings.temporal_only else "with the Q-Former"
-    return f", temporal {settings.temporal} ({counted(settings.temporal_layers, 'layer')}) trained {alone}"
-
-
-def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -> str:
-    best = summary["best"] or {}
-    command = {"caption": "caption", "ask": "ask", "classify": "predict"}[settings.task]
-    return (
-        f"Done: {output / TRAINED_WEIGHTS} holds epoch {best.get('epoch')} of {settings.epochs}; "
-        f"use it with `malmm {command} VIDEO --checkpoint {output} --frames {settings.frames} "
-        f"--memory-bank-length {settings.memory_bank_length}`"
-    )
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimiser state dict as safetensors tensors plus JSON (never a pickle). A parameter's
-    state may nest dicts (bitsandbytes keeps its quantization state in one): tensors are named
-    by their path, `optimizer.{index}.{key}/{key}...`."""
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()  # storages already saved: bitsandbytes shares its quantization maps
-
-    def split(values: dict[str, Any], prefix: str) -> dict[str, Any]:
-        plain: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().contiguous()
-                shared = value.untyped_storage().data_ptr() in seen
-                seen.add(value.untyped_storage().data_ptr())
-                tensors[prefix + key] = value.clone() if shared else value
-            elif isinstance(value, dict):
-                plain[key] = split(value, f"{prefix}{key}/")
-            else:
-                plain[key] = value
-        return plain
-
-    plain_state = {str(index): split(values, f"optimizer.{index}.") for index, values in state["state"].items()}
-    return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(i): json.loads(json.dumps(values)) for i, values in plain["state"].items()}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, path = name.split(".", 2)
-            *parents, key = path.split("/")
-            where = state.setdefault(int(index), {})
-            for parent in parents:
-                where = where.setdefault(parent, {})
-            where[key] = value
-    return {"state": state, "param_groups": plain["param_groups"]}
