@@ -70,6 +70,7 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uploads = Path(tempfile.mkdtemp(prefix="malmm-serve-"))  # mode 0700: this user's alone
+        app.state.uploads = uploads
         state["policy"] = VideoPolicy(limits.allowed, uploads)
         try:
             yield
