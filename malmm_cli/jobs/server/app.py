@@ -121,7 +121,7 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     async def chat(request: Request) -> Any:
         body = await read_json(request, limits.max_body)
         asked = parse_chat(body, service.defaults)
-        video = state["policy"].open(asked.video)
+        video = await asyncio.to_thread(state["policy"].open, asked.video)  # an upload is decoded and written
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[str | None] = asyncio.Queue()
         progress = FrameCount(lambda text: loop.call_soon_threadsafe(events.put_nowait, text)) if asked.stream else None
