@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,9 +122,9 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         body = await read_json(request, limits.max_body)
         asked = parse_chat(body, service.defaults)
         video = await asyncio.to_thread(state["policy"].open, asked.video)  # an upload is decoded and written
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[str | None] = asyncio.Queue()
-        progress = FrameCount(lambda text: loop.call_soon_threadsafe(events.put_nowait, text)) if asked.stream else None
+        tell = handed_to(asyncio.get_running_loop(), events.put_nowait)
+        progress = FrameCount(tell) if asked.stream else None
         started = time.monotonic()
         try:
             future = line.submit(lambda: service.answer(asked, video.path, progress))
@@ -138,7 +138,7 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         future.add_done_callback(lambda _: video.remove())  # read, failed, or never started
         ident, created = completion_id(), int(time.time())
         if asked.stream:
-            future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+            future.add_done_callback(lambda _: tell(None))
             return StreamingResponse(
                 stream(asked, video, future, events, ident, created, service.model_id, reporter, started),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -153,6 +153,17 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         return completion(ident, service.model_id, reply.content, result_record(reply, video), reply.usage, created)
 
     return app
+
+
+def handed_to(loop: asyncio.AbstractEventLoop, receive: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`receive`, called on the event loop's thread from any other; nothing once the loop has closed
+    (a request still being read when the server stopped)."""
+
+    def hand(item: Any) -> None:
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(receive, item)
+
+    return hand
 
 
 async def stream(
