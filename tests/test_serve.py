@@ -418,12 +418,21 @@ def test_the_command_line_loads_no_web_framework_nor_torch() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
 
 
-def test_listening_beyond_loopback_needs_a_key_said_before_torch() -> None:
-    done = _fresh("import sys\nfrom malmm_cli.cli import main\nsys.argv = ['malmm', 'serve', '--host', '0.0.0.0']\n"
-                  "try:\n    main()\nexcept SystemExit as end:\n    print(end.code, 'torch' in sys.modules)",
-                  env={"MALMM_API_KEY": ""})  # fmt: skip
-    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
-    assert "--host 0.0.0.0 lets other machines use the model: give --api-key KEY" in " ".join(done.stderr.split())
+def test_what_needs_no_model_is_refused_before_torch(tmp_path: Path) -> None:
+    """Listening beyond loopback without a key, and a missing --allow-dir folder: status 2, said
+    before torch (or FastAPI) is imported."""
+    code = (
+        "import sys\nfrom malmm_cli.cli import main\n"
+        f"for args in (['--host', '0.0.0.0'], ['--allow-dir', {str(tmp_path / 'nowhere')!r}]):\n"
+        "    sys.argv = ['malmm', 'serve', *args]\n"
+        "    try:\n        main()\n    except SystemExit as end:\n"
+        "        print(end.code, 'torch' in sys.modules, 'fastapi' in sys.modules)"
+    )
+    done = _fresh(code, env={"MALMM_API_KEY": ""})
+    assert done.stdout.split() == ["2", "False", "False"] * 2, done.stdout + done.stderr
+    said = " ".join(done.stderr.split())
+    assert "--host 0.0.0.0 lets other machines use the model: give --api-key KEY" in said
+    assert "nowhere: no such folder" in said
 
 
 def test_malmm_serve_answers_then_stops_on_sigterm(tiny_llama_dir: Path, clips: Clips) -> None:
