@@ -15,7 +15,7 @@ import typer
 import typer.core
 
 from malmm_cli import __version__
-from malmm_cli.commands import doctor, evaluate, models, read, train, watch
+from malmm_cli.commands import doctor, evaluate, models, read, serve, train, watch
 from malmm_cli.commands.options import PlainUsage
 from malmm_cli.commands.terminal import EXIT_FAILED, Terminated
 from malmm_cli.media.names import shown
@@ -42,6 +42,7 @@ command("eval", cls=PlainUsage, short_help="Score the model on labelled videos, 
 app.add_typer(models.models_app, name="models", short_help="List and download models.")
 app.add_typer(models.cache_app, name="cache", short_help="Inspect or empty the vision feature cache.")
 command(short_help="Check what this machine can run.")(doctor.doctor)
+command(cls=PlainUsage, short_help="Serve the model over an OpenAI-compatible HTTP API.")(serve.serve)
 
 
 def _print_version(value: bool) -> None:

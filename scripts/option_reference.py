@@ -34,7 +34,8 @@ Every command's `--help`, as `malmm COMMAND --help` prints it (rendered here {wi
 What the options do is explained in the [README](../README.md) and the pages beside this one:
 [output](output.md), [batches](batches.md), [sampling](sampling.md), [speed](speed.md),
 [GPU memory](gpu-memory.md), [precision](precision.md), [memory strategies](memory-strategies.md),
-[training](training.md), [evaluation](evaluation.md), [live streams](live.md), [Ray](ray.md).
+[training](training.md), [evaluation](evaluation.md), [live streams](live.md), [Ray](ray.md),
+[the HTTP server](serve.md).
 
 Durations (`--segment`, `--every`, `--reset-every`, `--duration`, `--timeout`) are written as a
 person would: `90`, `90s`, `1m30s`, `00:01:30`.

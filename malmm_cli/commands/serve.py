@@ -1,0 +1,118 @@
+"""serve: the model behind an OpenAI-compatible HTTP API (the job is jobs/serve.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from malmm_cli.commands.options import (
+    BatchOption,
+    BeamsOption,
+    CheckpointOption,
+    DeviceOption,
+    DtypeOption,
+    MaxTokensOption,
+    MemoryOption,
+    ModelOption,
+    NoCacheOption,
+    QuantizeOption,
+    QuantizeVisionOption,
+    QuietOption,
+    SeekOption,
+    WorkersOption,
+    parse_attempts,
+    parse_count,
+    parse_whole,
+)
+from malmm_cli.commands.progress import Reporter
+from malmm_cli.commands.terminal import refusals, stopped_by
+from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.serve import ServeOptions
+from malmm_cli.jobs.serve import serve as serve_job
+from models.presets import DEFAULT_MODEL
+
+
+def parse_port(text: str) -> int:
+    port = parse_whole(text, 0)
+    if port > 65535:
+        raise typer.BadParameter(f"must be 65535 or less, not {port}")
+    return port
+
+
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDR", help="Address to listen on; any but loopback needs --api-key.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option("--port", "-p", metavar="PORT", parser=parse_port, help="Port to listen on (0: any free one)."),
+    ] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            metavar="KEY",
+            envvar="MALMM_API_KEY",
+            help="Clients must send Authorization: Bearer KEY.",
+        ),
+    ] = None,
+    allow_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-dir",
+            metavar="DIR",
+            help="Requests may name videos under DIR (repeat for several); by default only uploads are read.",
+        ),
+    ] = None,
+    max_body: Annotated[
+        int,
+        typer.Option("--max-body", metavar="MB", parser=parse_count, help="Largest request body (an upload), in MiB."),
+    ] = 256,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue",
+            metavar="N",
+            parser=parse_attempts,
+            help="Requests that may wait while one is read; more are answered 429.",
+        ),
+    ] = 8,
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    memory: MemoryOption = "malmm",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    seek: SeekOption = "exact",
+    decode_workers: WorkersOption = 1,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Serve the model over HTTP, loaded once: OpenAI's POST /v1/chat/completions with a video_url
+    part (a path under --allow-dir, or a data:video/...;base64 upload), GET /v1/models, GET /health.
+
+    A request reads its video as caption, ask or predict would, with their defaults; the text is the
+    question (none: a caption). Requests are read one at a time. docs/serve.md has examples.
+    """
+    reporter = Reporter(quiet=quiet)
+    with refusals():
+        options = RunOptions(
+            model=model, checkpoint=checkpoint, memory=memory, device=device, dtype=dtype, quantize=quantize,
+            quantize_vision=quantize_vision, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            batch_size=batch_size, seek=seek, decode_workers=decode_workers, no_cache=no_cache, quiet=quiet,
+        )  # fmt: skip
+    settings = ServeOptions(host=host, port=port, api_key=api_key, allow_dirs=list(allow_dir or []),
+                            max_body_mb=max_body, queue=queue)  # fmt: skip
+    try:
+        with refusals(reporter):
+            serve_job(settings, options, reporter)
+    except KeyboardInterrupt as interrupt:
+        word, status = stopped_by(interrupt)
+        reporter.console.print(f"{word}: the server stopped.")
+        raise typer.Exit(status) from None

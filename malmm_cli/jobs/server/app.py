@@ -1,0 +1,246 @@
+"""The FastAPI application of `malmm serve`: OpenAI's chat completions with a video, the model list,
+a health check. Every refusal is in OpenAI's error shape; nothing a request does puts a traceback
+in a response (the server's log says what failed)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
+from malmm_cli.jobs.server.service import ModelLine, QueueFull, Reply, Service
+from malmm_cli.jobs.server.sources import Video, VideoPolicy
+
+if TYPE_CHECKING:
+    from malmm_cli.jobs.reporting import Reporter
+
+JSON_TYPES = ("application/json", "text/json")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a client may do: the key it must send (None: any client on the bound address), the
+    folders its paths may name (resolved), the largest request body, and how many requests may wait
+    for the model while one is read."""
+
+    api_key: str | None = None
+    allowed: tuple[Path, ...] = ()
+    max_body: int = 256 * 1024 * 1024
+    queue: int = 8
+
+
+class FrameCount:
+    """A request's reading progress, handed from the model's thread to the response's event loop."""
+
+    def __init__(self, tell: Callable[[str], None]):
+        self.tell, self.total, self.read = tell, None, 0
+
+    def start(self, total_frames: int | None, from_cache: bool = False) -> None:
+        self.total = total_frames
+        self.tell(f"reading {total_frames} frames" + (" (from the feature cache)" if from_cache else ""))
+
+    def advance(self, frames: int = 1) -> None:
+        self.read += frames
+        self.tell(f"read {self.read} of {self.total} frames")
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
+    """The application serving `service`'s model within `limits`. Uploads go to a private folder
+    made when the server starts and removed when it stops."""
+    line = ModelLine(limits.queue)
+    state: dict[str, Any] = {"started": int(time.time())}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        uploads = Path(tempfile.mkdtemp(prefix="malmm-serve-"))  # mode 0700: this user's alone
+        app.state.uploads = uploads
+        state["policy"] = VideoPolicy(limits.allowed, uploads)
+        try:
+            yield
+        finally:
+            shutil.rmtree(uploads, ignore_errors=True)
+
+    app = FastAPI(title="malmm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def not_here(request: Request, error: HTTPException) -> JSONResponse:
+        words = {404: f"no such endpoint: {request.method} {request.url.path}",
+                 405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
+        return error_response(ApiError(words.get(error.status_code, str(error.detail)), status=error.status_code,
+                                       code="not_found" if error.status_code == 404 else None))  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        return error_response(unexpected(error, reporter))
+
+    def authorized(request: Request) -> None:
+        if limits.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError("missing API key: send the header Authorization: Bearer KEY", status=401,
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        if not hmac.compare_digest(token.strip().encode(), limits.api_key.encode()):
+            raise ApiError("wrong API key", status=401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Unguarded, for load balancers: whether the model is loaded, where, and the line for it."""
+        return {"status": "ok", "model": service.model_id, "device": service.device, "queued": line.queued,
+                "reading": line.reading}  # fmt: skip
+
+    @app.get("/v1/models", dependencies=guarded)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": state["started"],
+                                            "owned_by": "malmm"}]}  # fmt: skip
+
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat(request: Request) -> Any:
+        body = await read_json(request, limits.max_body)
+        asked = parse_chat(body, service.defaults)
+        video = await asyncio.to_thread(state["policy"].open, asked.video)  # an upload is decoded and written
+        events: asyncio.Queue[str | None] = asyncio.Queue()
+        tell = handed_to(asyncio.get_running_loop(), events.put_nowait)
+        progress = FrameCount(tell) if asked.stream else None
+        started = time.monotonic()
+        try:
+            future = line.submit(lambda: service.answer(asked, video.path, progress))
+        except QueueFull as full:
+            video.remove()
+            raise ApiError(
+                f"the model is busy: {line.queued} requests are waiting for it; retry after {full.retry_after} s",
+                status=429, kind="rate_limit_error", code="queue_full",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from None  # fmt: skip
+        future.add_done_callback(lambda _: video.remove())  # read, failed, or never started
+        ident, created = completion_id(), int(time.time())
+        if asked.stream:
+            future.add_done_callback(lambda _: tell(None))
+            return StreamingResponse(
+                stream(asked, video, future, events, ident, created, service.model_id, reporter, started),
+                media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )  # fmt: skip
+        try:
+            reply: Reply = await asyncio.wrap_future(future)
+        except ApiError:
+            raise
+        except Exception as error:
+            raise unexpected(error, reporter) from None
+        reporter.info(f"{asked.task.name} {described(video)}: {time.monotonic() - started:.1f} s")
+        return completion(ident, service.model_id, reply.content, result_record(reply, video), reply.usage, created)
+
+    return app
+
+
+def handed_to(loop: asyncio.AbstractEventLoop, receive: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`receive`, called on the event loop's thread from any other; nothing once the loop has closed
+    (a request still being read when the server stopped)."""
+
+    def hand(item: Any) -> None:
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(receive, item)
+
+    return hand
+
+
+async def stream(
+    asked: ChatRequest,
+    video: Video,
+    future: Any,
+    events: asyncio.Queue[str | None],
+    ident: str,
+    created: int,
+    model: str,
+    reporter: Reporter,
+    started: float,
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format: the role first, reading progress as SSE comments
+    (clients skip them), the answer as one content chunk once read, then the end with the `malmm`
+    record (and the usage, if asked for), and [DONE]. A failure after the start is an error event."""
+
+    def event(data: dict[str, Any]) -> str:
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    yield event(chunk(ident, model, created, {"role": "assistant", "content": ""}))
+    while (said := await events.get()) is not None:
+        yield f": {said}\n\n"
+    try:
+        reply: Reply = future.result()
+    except ApiError as error:
+        yield event(error.body())
+    except Exception as error:
+        yield event(unexpected(error, reporter).body())
+    else:
+        reporter.info(f"{asked.task.name} {described(video)} (streamed): {time.monotonic() - started:.1f} s")
+        yield event(chunk(ident, model, created, {"content": reply.content}))
+        yield event(chunk(ident, model, created, {}, "stop", malmm=result_record(reply, video)))
+        if asked.include_usage:
+            yield event(chunk(ident, model, created, None, usage=reply.usage))
+    yield "data: [DONE]\n\n"
+
+
+def result_record(reply: Reply, video: Video) -> dict[str, Any]:
+    """What the command line's JSON has, naming the video as the client did (an upload by its type
+    and size: its file was the server's own, and is gone)."""
+    record = reply.result.to_dict()
+    record.pop("file_base64", None)
+    return {**video.shown, **{key: value for key, value in record.items() if key != "file"}}
+
+
+def described(video: Video) -> str:
+    upload = video.shown.get("upload")
+    return str(video.shown["file"]) if upload is None else f"an upload of {upload['bytes']} bytes"
+
+
+def unexpected(error: BaseException, reporter: Reporter) -> ApiError:
+    """An error nobody foresaw: one line in the server's log, a plain 500 to the client."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    reporter.error(f"a request failed: {type(error).__name__}: {first}")
+    return ApiError("the server failed to answer (its log says why)", status=500, kind="server_error",
+                    code="internal_error")  # fmt: skip
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request's JSON body, refused when it is larger than `limit` bytes (before it is all read
+    when its length is declared), not JSON, or declared as another type."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind not in JSON_TYPES:
+        raise ApiError(f"send the body as application/json, not {kind}", status=415, code="unsupported_media_type")
+    too_large = ApiError(f"the request body is larger than this server takes ({limit} bytes, --max-body)",
+                         status=413, code="body_too_large")  # fmt: skip
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
+    try:
+        return json.loads(b"".join(parts))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(f"the request body is not valid JSON: {error}", code="invalid_json") from None
