@@ -30,7 +30,9 @@ from urllib.parse import quote
 import torch
 
 from malmm_cli.html_report import ReportContext, index_row, summary, to_html, to_index, video_href
+from malmm_cli.lockstep import Clip
 from malmm_cli.names import shown
+from malmm_cli.pipeline import Reader
 from malmm_cli.progress import Outcome, Reporter, VideoProgress
 from malmm_cli.records import Settings, differences, read_record, record, record_path
 from malmm_cli.results import VideoResult
@@ -138,6 +140,15 @@ def clip_sampling(sampling: Sampling, item: Input) -> Sampling:
     if sampling.frames is None:
         raise VideoError("a clip (start/end in the manifest) is sampled by --frames, not --fps")
     return replace(sampling, start=item.start, end=item.end)
+
+
+def input_clip(item: Input, sampling: Sampling, readers: Sequence[Reader]) -> Clip:
+    """What lockstep.read_in_lockstep reads of an input: the video with the run's sampling for it,
+    or the error that fails it alone (`clip_sampling`)."""
+    try:
+        return Clip(item.path, clip_sampling(sampling, item), tuple(readers))
+    except VideoError as error:
+        return Clip(item.path, error, tuple(readers))
 
 
 def _seconds(value: object) -> float | None:
