@@ -758,7 +758,7 @@ def _ray_reader(
         task=name,
         sampling=options.sampling(task), memory=Memory(options.bank(task), options.memory),
         settings=options.generation(task), vision_batch=options.batch_size, cache=not options.no_cache,
-        thumbnails="html" in options.formats,
+        thumbnails="html" in options.formats, video_batch=options.video_batch,
     )  # fmt: skip
     where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
     try:
