@@ -11,7 +11,7 @@ one frame of each video of a batch per step (the videos in lockstep, their memor
 one batch). Memories are read out at the ends of their spans and at the end of the video, and the
 LLM turns each read-out into text or ranks labels (every read-out of a step in one batch). A task
 is only a description of its readers (`Reader`): caption, ask, predict and watch are lists of
-readers, not loops.
+readers, not loops. Which videos and clips are read together is lockstep.py's to say.
 """
 
 from __future__ import annotations
