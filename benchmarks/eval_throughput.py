@@ -112,6 +112,7 @@ def main() -> None:
     trees = {"before": args.base.resolve(), "after": REPO}
     cache = args.workdir / f"eval-feature-cache-{args.size}-{args.frames}"
     shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(args.workdir / "eval-fill-cache", ignore_errors=True)
     timed(REPO, args, data, folder, args.workdir / "eval-fill-cache", cache)  # fills the cache: not timed
     load_before = os.getloadavg()[1]
     seconds: dict[tuple[str, str], list[float]] = {}
