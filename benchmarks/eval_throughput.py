@@ -10,7 +10,8 @@ reading every clip, answering each question with 5 beams, writing predictions.js
 which is what `malmm eval` does once the model is loaded. Two conditions: features not cached
 (every frame decoded and encoded by the ViT) and cached (the feature cache filled beforehand: the
 Q-Former and the LLM alone). Runs of the two trees alternate, medians of `--repeats`; the
-predictions of the two trees are compared byte for byte.
+predictions of the two trees are compared byte for byte. One torch thread by default: on a shared
+machine idle threads spinning for work would count as CPU time.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
 
 def timed(tree: Path, args: argparse.Namespace, data: Path, folder: Path, output: Path, cache: Path | None) -> dict:
     """One evaluation in a fresh interpreter running `tree`'s malmm_cli."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--data", str(data), "--model", str(folder),
                "--frames", str(args.frames), "--bank", str(args.bank), "--output", str(output)]  # fmt: skip
     if cache is not None:
@@ -91,7 +92,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--bank", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (OMP_NUM_THREADS)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/malmm-bench"))
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -154,7 +156,8 @@ def main() -> None:
         f"pair from one clip to the next), --frames {args.frames}, --memory-bank-length {args.bank}; before: "
         f"{base_commit} (one clip per read), after: clips of equal sampling read in lockstep (malmm_cli/lockstep.py, "
         f"as many at once as `loading.reading_sizes` allows, at most 8). Each run a fresh interpreter, the model "
-        f"loaded before timing; runs of the two alternating, medians of {args.repeats}. Predictions of every run: "
+        f"loaded before timing, {args.threads} torch thread(s); runs of the two alternating, medians of "
+        f"{args.repeats}. Predictions of every run: "
         f"{identical}. The machine was shared: load average about {load:.1f} on its {os.cpu_count()} cores "
         "during the runs, so wall times are stretched alike for both; CPU seconds are the process's own.",
         "",
