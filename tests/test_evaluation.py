@@ -257,11 +257,14 @@ def test_eval_resumes_where_it_stopped(tiny_llama_dir: Path, tmp_path: Path, mon
     original = evaluation.Evaluation.predict
     calls = []
 
-    def killed_on_the_third(self, clip):
-        calls.append(clip)
-        if len(calls) == 3:
-            raise Killed()
-        return original(self, clip)
+    def killed_on_the_third(self, clips, on_predicted):
+        def predicted(clip, rows):
+            calls.append(clip)
+            if len(calls) == 3:
+                raise Killed()
+            on_predicted(clip, rows)
+
+        original(self, clips, predicted)
 
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as patch:
@@ -281,7 +284,7 @@ def test_eval_resumes_where_it_stopped(tiny_llama_dir: Path, tmp_path: Path, mon
     other = CliRunner().invoke(app, [str(a) for a in [*args, "--output", stopped, "--memory", "fifo"]])
     assert other.exit_code == 2 and "memory 'malmm' -> 'fifo'" in other.output
 
-    def interrupted(self, clip):
+    def interrupted(self, clips, on_predicted):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:

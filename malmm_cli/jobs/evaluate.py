@@ -2,9 +2,10 @@
 
 What is scored comes from benchmarks.py (the items of a data file); the job that checks, loads
 and calls this is eval_run.py, which also says what the output folder holds. `Evaluation.run`
-reads each clip once through the one reading loop (pipeline.read_video: every question about a
-clip is a reader of the same read), appends each clip's predictions to predictions.jsonl as soon
-as they are made, so that a stopped run goes on where it stopped, and `score` computes the
+reads each clip once (every question about a clip is a reader of the same read), clips of equal
+sampling in lockstep (reading/lockstep.py: whole videos together, windows of the same times
+together), appends each clip's predictions to predictions.jsonl as soon as it and the clips
+before it are read, so that a stopped run goes on where it stopped, and `score` computes the
 metrics from that file (scoring.py), so a resumed run ends with the same figures as one never
 stopped.
 """
@@ -29,14 +30,17 @@ from malmm_cli.jobs.eval_run import (
     check_scorable,
     read_predictions,
 )
+from malmm_cli.jobs.loading import ReadingSizes, planned_bank, reading_sizes
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.output.writers import write_atomic, write_json
 from malmm_cli.reading.feature_cache import FeatureCache
-from malmm_cli.reading.pipeline import Memory, Reader, question_readers, read_video
+from malmm_cli.reading.lockstep import Clip, read_in_lockstep
+from malmm_cli.reading.pipeline import Memory, Reader, VideoFiles, question_readers
 from malmm_cli.reading.results import VideoResult
+from malmm_cli.reading.stream import VISION_BATCH
 from models import CAPTION, Malmm
 
 
@@ -52,12 +56,15 @@ class Evaluation:
         output: Path,
         cache: FeatureCache | None = None,
         on_unreadable: Callable[[Path, str], None] = lambda video, reason: None,
+        video_batch: int | None = None,
     ):
         """Classification answers are ranked over `settings.labels` (`label_set`). on_unreadable(video,
-        reason): a video that could not be read (its items get error rows, read again by a rerun)."""
+        reason): a video that could not be read (its items get error rows, read again by a rerun).
+        video_batch: clips read in lockstep at most (None: as many as half the free memory holds)."""
         self.malmm, self.benchmark, self.items, self.settings, self.output = malmm, benchmark, items, settings, output
         self.cache = cache
         self.on_unreadable = on_unreadable
+        self.video_batch = video_batch
         self.labels = list(settings.labels) if settings is not None else []
 
     def start(self) -> set[str]:
@@ -110,12 +117,18 @@ class Evaluation:
         after each clip; done: what `start` returned, if the caller called it."""
         done = self.start() if done is None else done
         with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
-            for clip in self.clips(done):
-                started = time.monotonic()
-                file.write("".join(json.dumps(row) + "\n" for row in self.predict(clip)))  # a clip at once
+            last = time.monotonic()
+
+            def write(clip: list[Item], rows: list[dict[str, Any]]) -> None:
+                nonlocal last
+                file.write("".join(json.dumps(row) + "\n" for row in rows))  # a clip at once
                 file.flush()
                 os.fsync(file.fileno())
-                on_clip(len(clip), time.monotonic() - started)
+                now = time.monotonic()
+                on_clip(len(clip), now - last)
+                last = now
+
+            self.predict(self.clips(done), write)
         metrics = self.score()
         write_json(self.output / METRICS, metrics)
         return metrics
@@ -129,19 +142,51 @@ class Evaluation:
         return [Reader("question", prompt, at_end=prompt, question=prompt),  # generated, 5 beams
                 Reader("labels", prompt, at_end=prompt, labels=tuple(self.labels), top_k=BEAMS)]  # fmt: skip
 
-    def predict(self, clip: list[Item]) -> list[dict[str, Any]]:
-        """The prediction rows of one clip's items (an unreadable video: rows with its error)."""
-        first = clip[0]
-        sampling = Sampling(frames=self.settings.frames, start=first.start, end=first.end)
-        try:
-            result = read_video(self.malmm, first.video, self.readers(clip), self.benchmark.task, sampling=sampling,
-                                memory=Memory(self.settings.memory_bank_length, self.settings.memory),
-                                settings=self.benchmark.generation(), cache=self.cache)  # fmt: skip
-        except (VideoError, OSError) as error:
-            reason = str(error) or type(error).__name__
-            self.on_unreadable(first.video, reason)
+    def predict(
+        self, clips: list[list[Item]], on_predicted: Callable[[list[Item], list[dict[str, Any]]], None]
+    ) -> None:
+        """Predict the clips' items, those of equal sampling read in lockstep (lockstep.py).
+        on_predicted(clip, rows): each clip's prediction rows (an unreadable video: rows with its
+        error), in the clips' order, as soon as the clip and those before it are read."""
+        if not clips:
+            return
+        frames, sizes = self.settings.frames, self.reading_sizes()
+        reads = [Clip(clip[0].video, Sampling(frames=frames, start=clip[0].start, end=clip[0].end),
+                      tuple(self.readers(clip))) for clip in clips]  # fmt: skip
+        ready: dict[int, list[dict[str, Any]]] = {}
+        given = 0  # clips handed to on_predicted
+
+        def read(number: int, result: VideoResult | Exception) -> None:
+            nonlocal given
+            ready[number] = self._rows(clips[number], result)
+            while given in ready:
+                on_predicted(clips[given], ready.pop(given))
+                given += 1
+
+        read_in_lockstep(self.malmm, reads, VideoFiles(self.malmm, cache=self.cache), self.benchmark.task,
+                         videos_at_once=sizes.videos, memory=Memory(self.settings.memory_bank_length,
+                         self.settings.memory), settings=self.benchmark.generation(), answers_per_batch=sizes.answers,
+                         on_done=read)  # fmt: skip
+
+    def _rows(self, clip: list[Item], result: VideoResult | Exception) -> list[dict[str, Any]]:
+        """The prediction rows of one clip's items; a video that cannot be read: rows with its error."""
+        if isinstance(result, (VideoError, OSError)):
+            reason = str(result) or type(result).__name__
+            self.on_unreadable(clip[0].video, reason)
             return [{**_row(item), "error": reason} for item in clip]
+        if isinstance(result, Exception):  # not the video's fault: the run stops, as it always has
+            raise result
         return [{**_row(item), **_predicted(self.benchmark, result, n)} for n, item in enumerate(clip)]
+
+    def reading_sizes(self) -> ReadingSizes:
+        """Clips read in lockstep and read-outs answered at once, sized as the local engine sizes
+        them (loading.reading_sizes), for the most readers a clip has."""
+        generation = self.benchmark.generation()
+        return reading_sizes(
+            self.malmm, memory_bank_length=planned_bank(self.settings.memory_bank_length, self.settings.frames),
+            readers=readers_per_clip(self.benchmark, self.items), num_beams=generation.num_beams,
+            max_new_tokens=generation.max_new_tokens, vision_batch=VISION_BATCH, videos=self.video_batch,
+        )  # fmt: skip
 
     def score(self) -> dict[str, Any]:
         """The metrics of every prediction in the folder (of this run's items)."""

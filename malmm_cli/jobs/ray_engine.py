@@ -4,10 +4,12 @@ Only where videos are read changes. The command line finds the inputs, skips tho
 and writes every result, record and summary itself, exactly as the local engine does (batch.py),
 so a job can move between a laptop and a cluster. What goes to the cluster is a dataset of paths
 (one row per video, not `ray.data.read_videos`' row per frame, which could not carry a memory),
-mapped by a pool of `VideoWorker` actors: each loads the model once and reads its videos with
-the one reading loop (pipeline.read_video), returning the result or the reason it failed. An
-actor that dies while reading is restarted and its video tried once more; a video that kills
-its actor twice is reported failed, the others go on.
+mapped by a pool of `VideoWorker` actors: each loads the model once and reads each Ray batch of
+videos as the local engine reads a batch (lockstep.py: those of equal sampling in lockstep),
+returning each one's result or the reason it failed. An actor that dies while reading is
+restarted and its batch tried once more; the videos of a batch that kills its actor twice are
+read again one per task, so that a video that kills its actor twice is reported failed and the
+others go on.
 
 Paths must be visible to every node (shared storage). Needs the `ray` extra: pip install 'malmm[ray]'.
 
@@ -30,12 +32,13 @@ from typing import Any
 import numpy as np
 
 from malmm_cli.jobs.batch import failure_reason
-from malmm_cli.jobs.loading import LoadOptions
+from malmm_cli.jobs.loading import MAX_VIDEO_BATCH, LoadOptions
 from malmm_cli.jobs.reporting import VideoProgress
-from malmm_cli.media.inputs import Input, clip_sampling
+from malmm_cli.media.inputs import Input
 from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.lockstep import input_clip
 from malmm_cli.reading.pipeline import Memory, Reader
 from malmm_cli.reading.results import VideoResult
 from models import GenerationSettings
@@ -70,17 +73,20 @@ class ReadJob:
     vision_batch: int | None = None
     cache: bool = True
     thumbnails: bool = False  # pictures for the HTML report (VideoResult.preview)
+    video_batch: int | None = None  # videos read in lockstep at most (None: what the worker's memory holds)
 
 
 class VideoWorker:
-    """A Ray Data actor: the model, loaded once, reading one video per call.
+    """A Ray Data actor: the model, loaded once, reading each batch of videos it is given as the
+    local engine does (lockstep.py), sized by its own free memory (loading.reading_sizes).
 
     A model that cannot be loaded there is not a crash of the actor: each of its videos fails with
     that reason, so the command says what is wrong instead of Ray retrying in vain.
     """
 
     def __init__(self, job: ReadJob):
-        from malmm_cli.jobs.loading import load, locate, vision_batch_size
+        from malmm_cli.jobs.loading import load, locate, planned_bank, reading_sizes, vision_batch_size
+        from malmm_cli.reading.pipeline import VideoFiles
 
         self.job = job
         self.setup_error: str | None = None
@@ -89,27 +95,31 @@ class VideoWorker:
         except Exception as error:  # SetupError, CheckpointError, a missing model on this node
             self.setup_error = f"cannot load {job.load.model} on a Ray worker: {error}"
             return
-        self.vision_batch = vision_batch_size(self.malmm, job.vision_batch)
-        self.cache = FeatureCache() if job.cache else None
+        vision_batch = vision_batch_size(self.malmm, job.vision_batch)
+        self.files = VideoFiles(self.malmm, vision_batch, FeatureCache() if job.cache else None, job.thumbnails)
+        self.sizes = reading_sizes(
+            self.malmm, memory_bank_length=planned_bank(job.memory.bank_length, job.load.frames),
+            readers=len(job.readers), num_beams=job.settings.num_beams, max_new_tokens=job.settings.max_new_tokens,
+            vision_batch=vision_batch, videos=job.video_batch,
+        )  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from malmm_cli.reading.pipeline import read_video
+        from malmm_cli.reading.lockstep import read_in_lockstep
 
-        results, errors = [], []
-        for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True):
-            result, error = None, self.setup_error or ""
-            if not error:
-                try:
-                    job = self.job
-                    sampling = clip_sampling(job.sampling, Input(Path(path), Path(), _time(start), _time(end)))
-                    result = read_video(self.malmm, path, job.readers, job.task, sampling=sampling,
-                                        memory=job.memory, settings=job.settings, batch_size=self.vision_batch,
-                                        cache=self.cache, thumbnails=job.thumbnails)  # fmt: skip
-                except Exception as failure:  # one video's failure is its own
-                    error = failure_reason(failure)
-            results.append(result)
-            errors.append(error)
-        return {"index": batch["index"], "result": _objects(results), "error": _objects(errors)}
+        job = self.job
+        results: list[VideoResult | Exception | None] = [None] * len(batch["index"])
+        if self.setup_error is None:
+            clips = [input_clip(Input(Path(path), Path(), _time(start), _time(end)), job.sampling, job.readers)
+                     for path, start, end in zip(batch["path"], batch["start"], batch["end"], strict=True)]  # fmt: skip
+            try:
+                read_in_lockstep(self.malmm, clips, self.files, job.task, videos_at_once=self.sizes.videos,
+                                 memory=job.memory, settings=job.settings, answers_per_batch=self.sizes.answers,
+                                 on_done=results.__setitem__)  # fmt: skip
+            except Exception as failure:  # not one video's (the batch's answers): those unfinished fail with it
+                results = [failure if result is None else result for result in results]
+        errors = ["" if isinstance(r, VideoResult) else self.setup_error or failure_reason(r) for r in results]
+        read = [result if isinstance(result, VideoResult) else None for result in results]
+        return {"index": batch["index"], "result": _objects(read), "error": _objects(errors)}
 
 
 def _time(value: float) -> float | None:
@@ -195,11 +205,17 @@ def pool_size(options: RayOptions) -> tuple[int, float]:
     return workers, per_worker
 
 
+def ray_batch_size(videos: int, workers: int, video_batch: int | None = None) -> int:
+    """Videos per Ray batch (an actor reads a batch at a time, in lockstep): as many as
+    `video_batch` (default MAX_VIDEO_BATCH), and no more than keeps every actor busy."""
+    return max(1, min(video_batch or MAX_VIDEO_BATCH, math.ceil(videos / max(1, workers))))
+
+
 def ray_reader(
     job: ReadJob, options: RayOptions, show_progress: bool = True
 ) -> Callable[[list[Input], list[VideoProgress], Callable], list[VideoResult | Exception]]:
     """A `read(items, progress, done)` for batch.run_batch that reads the items on the cluster,
-    calling `done(i, result)` as each video comes back (in the order they finish)."""
+    calling `done(i, result)` as each batch of videos comes back (in the order they finish)."""
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
         connect(options)
@@ -214,30 +230,39 @@ def ray_reader(
         context.max_errored_blocks = -1  # a video whose actor died twice fails alone, not the job
         context.enable_progress_bars = show_progress
         workers, gpus = pool_size(options)
-        rows = ray.data.from_items([
-            {"index": number, "path": str(item.path), "start": _nan(item.start), "end": _nan(item.end)}
-            for number, item in enumerate(items)
-        ])  # fmt: skip
-        # Actors are recreated as often as they die, each video is tried twice at most (Ray Data's
-        # default retries a task for ever: a video that kills its actor would never end the job).
-        # These two go through map_batches' remote arguments, deprecated in Ray 2.64 (pyproject pins below).
-        # One video in flight per actor: videos queued behind one that kills the actor would lose
-        # their retry with it.
-        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
-        with warnings.catch_warnings():  # the deprecation said above, known and pinned: not the user's to see
-            warnings.simplefilter("ignore", RayDeprecationWarning)
-            read_back = rows.map_batches(
-                VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=1, num_gpus=gpus, compute=pool,
-                max_restarts=-1, max_task_retries=1,
-            )  # fmt: skip
         results: list[VideoResult | Exception | None] = [None] * len(items)
-        for row in read_back.iter_rows():
-            number = int(row["index"])
-            result = row["result"] if not row["error"] else VideoError(row["error"])
-            if isinstance(result, VideoResult):
-                progress[number].frames = result.frames
-            results[number] = result
-            done(number, result)
+
+        def read_back(numbers: list[int], batch_size: int) -> None:
+            rows = ray.data.from_items([
+                {"index": number, "path": str(items[number].path), "start": _nan(items[number].start),
+                 "end": _nan(items[number].end)}
+                for number in numbers
+            ])  # fmt: skip
+            # Actors are recreated as often as they die, each batch is tried twice at most (Ray Data's
+            # default retries a task for ever: a video that kills its actor would never end the job).
+            # These two go through map_batches' remote arguments, deprecated in Ray 2.64 (pyproject pins
+            # below). One batch in flight per actor: batches queued behind one that kills the actor would
+            # lose their retry with it.
+            pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
+            with warnings.catch_warnings():  # the deprecation said above, known and pinned: not the user's to see
+                warnings.simplefilter("ignore", RayDeprecationWarning)
+                mapped = rows.map_batches(
+                    VideoWorker, fn_constructor_kwargs={"job": job}, batch_size=batch_size, num_gpus=gpus,
+                    compute=pool, max_restarts=-1, max_task_retries=1,
+                )  # fmt: skip
+            for row in mapped.iter_rows():
+                number = int(row["index"])
+                result = row["result"] if not row["error"] else VideoError(row["error"])
+                if isinstance(result, VideoResult):
+                    progress[number].frames = result.frames
+                results[number] = result
+                done(number, result)
+
+        batch_size = ray_batch_size(len(items), workers, job.video_batch)
+        read_back(list(range(len(items))), batch_size)
+        lost = [number for number, result in enumerate(results) if result is None]
+        if lost and batch_size > 1:  # a batch killed its actor twice: its videos alone, only the killer fails
+            read_back(lost, 1)
         for number, result in enumerate(results):
             if result is None:
                 results[number] = VideoError(DIED_TWICE)

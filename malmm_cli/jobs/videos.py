@@ -200,9 +200,8 @@ def _reader(
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
     from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
-    from malmm_cli.media.inputs import clip_sampling
-    from malmm_cli.media.plans import VideoError
-    from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
+    from malmm_cli.reading.lockstep import input_clip, read_in_lockstep
+    from malmm_cli.reading.pipeline import Memory, VideoFiles, check_memory
 
     memory = Memory(options.bank(task), options.memory)
     try:
@@ -216,31 +215,14 @@ def _reader(
         malmm, memory_bank_length=bank, readers=len(readers), num_beams=generation.num_beams,
         max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch, videos=options.video_batch,
     )  # fmt: skip
-    cache = options.cache(reporter)
+    files = VideoFiles(malmm, vision_batch, options.cache(reporter), thumbnails="html" in options.formats)
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
-        """Videos of one sampling in lockstep: clips of a manifest are grouped by their times."""
-        results: list[VideoResult | Exception | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = {}
-        for number, item in enumerate(items):
-            groups.setdefault(item.clip, []).append(number)
-        for numbers in groups.values():
-            try:
-                sampling = clip_sampling(options.sampling(task), items[numbers[0]])
-            except VideoError as error:
-                for number in numbers:
-                    results[number] = error
-                    done(number, error)
-                continue
-            read_back = read_videos(
-                malmm, [items[n].path for n in numbers], readers, name, sampling=sampling, memory=memory,
-                settings=generation, progress=[progress[n] for n in numbers], batch_size=vision_batch, cache=cache,
-                answers_per_batch=sizes.answers, on_done=lambda i, result, numbers=numbers: done(numbers[i], result),
-                thumbnails="html" in options.formats,
-            )  # fmt: skip
-            for number, result in zip(numbers, read_back, strict=True):
-                results[number] = result
-        return results
+        """Inputs of one sampling in lockstep (reading/lockstep.py): clips of a manifest, of the same times."""
+        clips = [input_clip(item, options.sampling(task), readers) for item in items]
+        return read_in_lockstep(malmm, clips, files, name, videos_at_once=sizes.videos, memory=memory,
+                                settings=generation, progress=progress, answers_per_batch=sizes.answers,
+                                on_done=done)  # fmt: skip
 
     return read, sizes.videos
 
@@ -262,7 +244,7 @@ def _ray_reader(
         task=name,
         sampling=options.sampling(task), memory=Memory(options.bank(task), options.memory),
         settings=options.generation(task), vision_batch=options.batch_size, cache=not options.no_cache,
-        thumbnails="html" in options.formats,
+        thumbnails="html" in options.formats, video_batch=options.video_batch,
     )  # fmt: skip
     where = RayOptions(address=options.address, workers=options.workers, gpus_per_worker=options.gpus_per_worker)
     try:

@@ -11,7 +11,7 @@ one frame of each video of a batch per step (the videos in lockstep, their memor
 one batch). Memories are read out at the ends of their spans and at the end of the video, and the
 LLM turns each read-out into text or ranks labels (every read-out of a step in one batch). A task
 is only a description of its readers (`Reader`): caption, ask, predict and watch are lists of
-readers, not loops.
+readers, not loops. Which videos and clips are read together is lockstep.py's to say.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 
 __all__ = [  # what the command line and library callers use; stream.py's names are re-exported
-    "Answered", "Memory", "Reader", "Sampling", "VideoStream", "answer_questions", "caption_readers", "caption_video",
-    "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers", "read_streams",
-    "read_videos",
+    "Answered", "Memory", "Reader", "Sampling", "VideoFiles", "VideoStream", "answer_questions", "caption_readers",
+    "caption_video", "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers",
+    "read_streams", "read_videos", "shared_memories",
 ]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
@@ -268,6 +268,8 @@ class _Video:
     ):
         self.malmm, self.number, self.path, self.stream = malmm, number, path, stream
         self.readers, self.memory = readers, memory
+        self.memories = shared_memories(readers)  # the instructions of its rows in the batch's shared state
+        self.row_of = {i: self.memories.index(r.instruction) for i, r in enumerate(readers) if not r.restart}
         self.frames = iter(stream)
         self.run = _Run()
         self.live = stream.times is None  # a live stream: no plan of its frames
@@ -391,23 +393,36 @@ def read_videos(
     one result per path, or the exception that video failed with. thumbnails: keep pictures of
     decoded frames for the HTML report (`VideoResult.preview`, see thumbnails.py)."""
 
-    def open_file(path: str | Path) -> VideoStream:
-        stream = VideoStream(malmm, path, sampling, batch_size, cache)
-        if thumbnails:
+    files = VideoFiles(malmm, batch_size, cache, thumbnails)
+    return read_streams(
+        malmm, paths, lambda path: files(path, sampling, readers), readers, task, memory=memory, settings=settings,
+        progress=progress, answers_per_batch=answers_per_batch, on_done=on_done,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VideoFiles:
+    """Opens a video file (or URL) as a stream of its sampled frames' vision features, `batch_size`
+    frames encoded at once; thumbnails: with pictures of decoded frames for the HTML report
+    (`VideoResult.preview`, see thumbnails.py) along the spans of its readers."""
+
+    malmm: Malmm
+    batch_size: int = VISION_BATCH
+    cache: FeatureCache | None = None
+    thumbnails: bool = False
+
+    def __call__(self, path: str | Path, sampling: Sampling, readers: Sequence[Reader]) -> VideoStream:
+        stream = VideoStream(self.malmm, path, sampling, self.batch_size, self.cache)
+        if self.thumbnails:
             stream.thumbnails = thumbnail_collector(stream, readers)
         return stream
-
-    return read_streams(
-        malmm, paths, open_file, readers, task, memory=memory, settings=settings, progress=progress,
-        answers_per_batch=answers_per_batch, on_done=on_done,
-    )  # fmt: skip
 
 
 def read_streams(
     malmm: Malmm,
     sources: Sequence[str | Path],
     open_stream: Callable[[str | Path], VideoStream],
-    readers: Sequence[Reader],
+    readers: Sequence[Reader] | Sequence[Sequence[Reader]],
     task: str,
     *,
     memory: Memory,
@@ -417,9 +432,10 @@ def read_streams(
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
     on_answer: Callable[[Answered], None] | None = None,
 ) -> list[VideoResult | Exception]:
-    """The one reading loop: read the streams `open_stream` opens for each source in lockstep and
-    answer what their readers ask; one result per source, or the exception it failed with (the
-    others go on without it).
+    """The one reading loop: read the streams `open_stream` opens for each source (once each, in
+    order) in lockstep and answer what their readers ask; one result per source, or the exception
+    it failed with (the others go on without it). readers: every source's, or a list per source
+    (a clip's own questions), with as many `shared_memories` each.
 
     A stream yields (Sample, features [1, N, C]) in time order and has `times` (its planned sample
     times, or None for a live stream), `duration`, `clip` (the part read, or None), `span` (what
@@ -432,12 +448,9 @@ def read_streams(
     or fails. on_answer: receives every read-out as soon as it is answered (a live stream's
     events), instead of its being collected into the result.
     """
-    readers = list(readers)
-    if not readers:
-        raise ValueError("nothing to read: no readers")
+    each = _readers_of(readers, len(sources))
     check_memory(malmm, memory)
     progress = list(progress) if progress is not None else [NoProgress() for _ in sources]
-    shared = [i for i, reader in enumerate(readers) if not reader.restart]
     results: list[VideoResult | Exception | None] = [None] * len(sources)
 
     def conclude(number: int, result: VideoResult | Exception) -> None:
@@ -461,13 +474,13 @@ def read_streams(
                 stream = streams.enter_context(open_stream(source))
                 planned = None if stream.times is None else len(stream.times)
                 _check_frames(memory, planned)
-                video = _Video(malmm, number, source, stream, readers, memory)
+                video = _Video(malmm, number, source, stream, each[number], memory)
             except Exception as error:  # one video's failure is its own
                 conclude(number, error)
                 continue
             videos.append(video)
             progress[number].start(planned, stream.from_cache)
-        batch = _Lockstep(malmm, videos, shared, memory)
+        batch = _Lockstep(malmm, videos, memory)
         while batch.videos:
             frames, pending, ended = [], [], []
             for video in batch.videos:
@@ -496,22 +509,18 @@ def read_streams(
 
 
 class _Lockstep:
-    """The videos of a batch still being read, and the one state their shared readers step in.
+    """The videos of a batch still being read, and the one state their shared readers step in:
+    each video's `memories` rows, video-major (as many rows for every video)."""
 
-    Readers with the same instruction remember the same (a memory depends on the instruction and
-    the frames only), so they share one memory: one row of the state per distinct instruction.
-    """
-
-    def __init__(self, malmm: Malmm, videos: list[_Video], shared: list[int], memory: Memory):
-        self.malmm, self.videos, self.shared = malmm, videos, shared
+    def __init__(self, malmm: Malmm, videos: list[_Video], memory: Memory):
+        self.malmm, self.videos = malmm, videos
         self.state: MemoryState | None = None
-        distinct = list(dict.fromkeys(videos[0].readers[i].instruction for i in shared)) if videos else []
-        self.memory_of = {i: distinct.index(videos[0].readers[i].instruction) for i in shared} if videos else {}
-        self.width = len(distinct)  # state rows per video
-        if videos and shared:
+        self.width = len(videos[0].memories) if videos else 0  # state rows per video
+        if self.width:
             totals = [None if video.live else len(video.stream.times) for video in videos]
-            self.state = malmm.new_memory(distinct * len(videos), memory.bank_length, totals,  # video-major rows
-                                          strategy=memory.strategy, readers_per_video=self.width)  # fmt: skip
+            rows = [instruction for video in videos for instruction in video.memories]
+            self.state = malmm.new_memory(rows, memory.bank_length, totals, strategy=memory.strategy,
+                                          readers_per_video=self.width)  # fmt: skip
 
     def keep(self, videos: list[_Video]) -> None:
         """Go on with these videos only (a subset, in the same order)."""
@@ -529,12 +538,31 @@ class _Lockstep:
         width = self.width
         for row, (video, sample, features) in enumerate(frames):
             rows = {} if outputs is None else {
-                reader: outputs[row * width + j : row * width + j + 1] for reader, j in self.memory_of.items()
+                reader: outputs[row * width + j : row * width + j + 1] for reader, j in video.row_of.items()
             }  # fmt: skip
             try:
                 video.step(sample, features, rows)
             except Exception as error:
                 video.error = error
+
+
+def shared_memories(readers: Sequence[Reader]) -> list[str]:
+    """The memories a video's readers that never restart step in: one per distinct instruction.
+
+    Readers with the same instruction remember the same (a memory depends on the instruction and
+    the frames only), so they share one. Videos read in lockstep need as many each (the rows of
+    their shared state)."""
+    return list(dict.fromkeys(reader.instruction for reader in readers if not reader.restart))
+
+
+def _readers_of(readers: Sequence[Reader] | Sequence[Sequence[Reader]], sources: int) -> list[list[Reader]]:
+    """Each source's readers: the same for all (a list of readers), or a list per source."""
+    each = [list(readers)] * sources if all(isinstance(r, Reader) for r in readers) else [list(r) for r in readers]
+    if not readers or not all(each):
+        raise ValueError("nothing to read: no readers")
+    if len(each) != sources or len({len(shared_memories(r)) for r in each}) > 1:
+        raise ValueError("videos read in lockstep need readers for each, with as many memories each")
+    return each
 
 
 def thumbnail_collector(stream: VideoStream, readers: Sequence[Reader]) -> ThumbnailCollector:
