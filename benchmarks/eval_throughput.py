@@ -51,20 +51,27 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import malmm_cli
-    from malmm_cli.jobs import evaluate as evaluation
-    from malmm_cli.reading.feature_cache import FeatureCache
     from models import Malmm
 
-    benchmark, items = evaluation.load_items(args.data, None, None, None)
-    settings = evaluation.EvalSettings(data=str(args.data), benchmark=benchmark.name, model="bench", checkpoint=None,
+    try:  # this tree's layers
+        from malmm_cli.jobs.benchmarks import load_items
+        from malmm_cli.jobs.eval_run import EvalSettings
+        from malmm_cli.jobs.evaluate import Evaluation
+        from malmm_cli.reading.feature_cache import FeatureCache
+    except ImportError:  # a tree from before issue 26's layers (the "before" of the comparison)
+        from malmm_cli.evaluate import EvalSettings, Evaluation, load_items
+        from malmm_cli.feature_cache import FeatureCache
+
+    benchmark, items = load_items(args.data, None, None, None)
+    settings = EvalSettings(data=str(args.data), benchmark=benchmark.name, model="bench", checkpoint=None,
                                        frames=args.frames, memory_bank_length=args.bank)  # fmt: skip
     malmm = Malmm.from_pretrained(args.model, device="cpu", dtype=torch.float32)
     cache = FeatureCache(args.cache) if args.cache else None
-    run = evaluation.Evaluation(malmm, benchmark, items, settings, args.output, cache=cache)
+    run = Evaluation(malmm, benchmark, items, settings, args.output, cache=cache)
     started, cpu = time.perf_counter(), time.process_time()
     metrics = run.run()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    clips = len(evaluation.Evaluation._by_clip(items))
+    clips = len(Evaluation._by_clip(items))
     print(json.dumps({"seconds": seconds, "cpu": cpu, "clips": clips, "examples": metrics["examples"],
                       "code": malmm_cli.__file__}))  # fmt: skip
 

@@ -126,7 +126,16 @@ def test_benchmarks_and_scripts_import_names_that_exist() -> None:
 
     missing = []
     for path in sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "scripts").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        fallbacks = {
+            id(inner)
+            for handler in ast.walk(tree)
+            if isinstance(handler, ast.ExceptHandler)
+            for inner in ast.walk(handler)
+        }  # fmt: skip  (an older tree's names, measured side by side)
+        for node in ast.walk(tree):
+            if id(node) in fallbacks:
+                continue
             if (
                 isinstance(node, ast.ImportFrom)
                 and node.level == 0

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from malmm_cli.jobs.evaluate import PREDICTIONS, EvalSettings, Evaluation, Item, own_benchmark
+from malmm_cli.jobs.benchmarks import Item, own_benchmark
+from malmm_cli.jobs.eval_run import PREDICTIONS, EvalSettings
+from malmm_cli.jobs.evaluate import Evaluation
 from malmm_cli.jobs.loading import LoadOptions
 from malmm_cli.jobs.ray_engine import ReadJob, VideoWorker, ray_batch_size
 from malmm_cli.media.plans import VideoError
