@@ -137,9 +137,10 @@ def watch(
     from malmm_cli.jobs.loading import vision_batch_size
     from malmm_cli.jobs.watch import check_watch
     from malmm_cli.jobs.watch import watch as watch_stream
+    from malmm_cli.media.live import STDIN_ADVICE, SourceError, check_source, check_stdin, parse_source
     from malmm_cli.media.plans import VideoError
     from malmm_cli.output.events import EventWriter, WatchEvent
-    from malmm_cli.reading.live import STDIN_ADVICE, LiveStream, SourceError, check_source, check_stdin, parse_source
+    from malmm_cli.reading.live import LiveStream
     from malmm_cli.reading.pipeline import Memory, check_memory
 
     reporter = Reporter(quiet=quiet)

@@ -1,7 +1,7 @@
 """Watch a live stream: a caption (and an answer) of every interval, read from the live memory.
 
     from models import Malmm
-    from malmm_cli.reading.live import parse_source
+    from malmm_cli.media.live import parse_source
     from malmm_cli.jobs.watch import watch
     malmm = Malmm.from_pretrained()
     watch(malmm, parse_source("rtsp://camera/stream"), every=10, on_event=print)
@@ -18,9 +18,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from malmm_cli.media.live import Source
 from malmm_cli.media.plans import VideoError
 from malmm_cli.output.events import WatchEvent
-from malmm_cli.reading.live import LiveStream, Source
+from malmm_cli.reading.live import LiveStream
 from malmm_cli.reading.pipeline import Answered, Memory, Reader, read_streams
 from malmm_cli.reading.stream import VISION_BATCH, Progress
 from models import CAPTION, QUESTION, GenerationSettings, Malmm
