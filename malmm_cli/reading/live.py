@@ -13,22 +13,18 @@ import torch
 
 from malmm_cli.media.live import LiveReader, Source
 from malmm_cli.media.timefmt import format_timestamp
-from malmm_cli.reading.stream import Sample, preprocess
+from malmm_cli.reading.stream import FrameSource, Sample, preprocess
 from malmm_cli.wording import counted
 from models import Malmm
 
 
-class LiveStream:
+class LiveStream(FrameSource):
     """A live source as the reading loop reads it: (Sample, features [1, N, C]) as frames arrive.
 
-    Like VideoStream, but nothing is planned: `times` is None, `duration` is the stream time read
-    so far. Use it in a `with` block: leaving it stops the reader thread.
+    A FrameSource with its defaults: nothing planned (`times` is None), cached, clipped or pictured
+    (a stream's report is its events). `duration` is the stream time read so far. Use it in a
+    `with` block: leaving it stops the reader thread.
     """
-
-    times = None
-    from_cache = False
-    thumbnails = None  # a stream's report is its events: no pictures kept
-    clip = None  # a stream is read whole
 
     def __init__(self, malmm: Malmm, source: Source, fps: float, batch_size: int = 8, **reading: object):
         self.malmm, self.source, self.batch_size = malmm, source, batch_size
