@@ -125,3 +125,11 @@ def test_a_reader_of_stdout_that_goes_away_ends_the_watch_quietly(
     request = WatchRequest(str(mpegts_bytes(tmp_path / "in.ts", seconds=10)), every=1.0, fps=2.0)
     outcome = WatchSession(request, _options(tiny_llama_dir), Silent()).run()
     assert outcome.ended == "closed" and outcome.summary.read < 20  # stopped after the first event
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to fill")
+def test_an_output_that_cannot_be_written_fails_the_watch_and_says_why(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    request = WatchRequest(str(mpegts_bytes(tmp_path / "in.ts", seconds=3)), output=Path("/dev/full"), stdout=False)
+    outcome = WatchSession(request, _options(tiny_llama_dir), Silent()).run()
+    assert outcome.ended == "failed" and outcome.reason == "cannot write /dev/full: No space left on device"
+    assert outcome.summary is not None
