@@ -51,12 +51,19 @@ def main() -> None:
         manifest.write_text(json.dumps({"video": "match.mp4", "start": 10, "end": 20}) + "\n")
         labels = Path(folder) / "labels.jsonl"
         labels.write_text(json.dumps({"video": "missing.mp4", "label": "cooking"}) + "\n")
+        recording = Path(folder) / "recording.ts"
+        recording.write_bytes(b"")  # a recording that has not started yet
         cases = {  # the command, and the exit status it must end with
             "malmm --help": (["--help"], 0),
             "malmm caption missing.mp4": (["caption", str(Path(folder) / "missing.mp4")], 1),
             "malmm caption @clips.jsonl --fps 1 (clips need --frames)": (["caption", f"@{manifest}", "--fps", "1"], 2),
             "malmm ask missing.mp4 (no question)": (["ask", str(Path(folder) / "missing.mp4")], 2),
             "malmm eval labels.jsonl (its video is missing)": (["eval", str(labels), "-o", f"{folder}/out"], 2),
+            "malmm watch missing.ts": (["watch", str(Path(folder) / "missing.ts")], 2),
+            "malmm watch recording.ts --memory concat (needs --reset-every)": (
+                ["watch", str(recording), "--memory", "concat"],
+                2,
+            ),
         }
         trees = [REPO, *[tree.resolve() for tree in args.tree]]
         times: dict[tuple[Path, str], list[float]] = {(tree, case): [] for tree in trees for case in cases}

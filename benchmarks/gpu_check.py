@@ -610,7 +610,7 @@ def section_watch(check: Check) -> dict:
     it decodes, with a buffer that never drops, at 2 frames/s and a caption every 10 s: the
     frames/s it reads is the densest --fps it could follow in real time."""
     from malmm_cli.jobs.watch import watch
-    from malmm_cli.reading.live import parse_source
+    from malmm_cli.media.live import parse_source
 
     video = check.shared["video"]
     writer = check.shared.get("video_writer")

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from malmm_cli.jobs.watch import watch
+from malmm_cli.media.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
 from malmm_cli.output.events import EventWriter, WatchEvent, to_jsonl, to_txt
-from malmm_cli.reading.live import FpsSampler, LiveReader, SourceError, StreamClock, parse_source
 from malmm_cli.reading.pipeline import Memory, Reader, Sampling, VideoStream, read_streams
 from malmm_cli.reading.stream import Sample
 from models import CLASSIFICATION, GenerationSettings, Malmm
@@ -679,7 +679,7 @@ def test_an_mp4_on_standard_input_is_refused_before_the_model_loads(tiny_llama_d
 
 
 def test_the_first_bytes_of_standard_input_tell_what_it_holds(tmp_path: Path) -> None:
-    from malmm_cli.reading.live import _mp4_verdict
+    from malmm_cli.media.live import _mp4_verdict
 
     first = media.make_video(tmp_path / "first.mp4", seconds=1, fps=5, faststart=True).read_bytes()
     last = media.make_video(tmp_path / "last.mp4", seconds=1, fps=5, faststart=False).read_bytes()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,17 +29,14 @@ from malmm_cli.commands.options import (
     parse_seconds,
 )
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, Terminated, refusals, stopped_by
-from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
-from malmm_cli.media.names import shown
+from malmm_cli.jobs.model import RunOptions
 from malmm_cli.output.events import EVENT_FORMATS
 from malmm_cli.wording import counted
-from models.presets import (
-    CAPTION,
-    DEFAULT_MODEL,
-)
+from models.presets import DEFAULT_MODEL
 
-if TYPE_CHECKING:  # the heavy modules (torch, transformers, OpenCV) load only when a command runs
-    pass
+if TYPE_CHECKING:  # the job's module loads when the command runs
+    from malmm_cli.commands.progress import Reporter
+    from malmm_cli.jobs.watch import WatchOutcome
 
 
 def watch(
@@ -134,13 +130,7 @@ def watch(
     import signal
 
     from malmm_cli.commands.progress import LiveStatus, Reporter
-    from malmm_cli.jobs.loading import vision_batch_size
-    from malmm_cli.jobs.watch import check_watch
-    from malmm_cli.jobs.watch import watch as watch_stream
-    from malmm_cli.media.plans import VideoError
-    from malmm_cli.output.events import EventWriter, WatchEvent
-    from malmm_cli.reading.live import STDIN_ADVICE, LiveStream, SourceError, check_source, check_stdin, parse_source
-    from malmm_cli.reading.pipeline import Memory, check_memory
+    from malmm_cli.jobs.watch import WatchRequest, WatchSession
 
     reporter = Reporter(quiet=quiet)
     options = RunOptions(
@@ -148,98 +138,51 @@ def watch(
         dtype=dtype, quantize=quantize, quantize_vision=quantize_vision, max_new_tokens=max_new_tokens,
         num_beams=num_beams, batch_size=batch_size, quiet=quiet,
     )  # fmt: skip
-    try:
-        parsed = parse_source(source)
-    except SourceError as error:
-        raise typer.BadParameter(str(error), param_hint="SOURCE") from None
-    try:
-        check_watch(every, fps, reset_every, Memory(options.bank(CAPTION), memory))
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--reset-every/--memory") from None
-    with refusals(reporter):
-        check_checkpoint(options)
-    try:
-        if parsed.kind == "stdin":
-            check_stdin()  # a terminal, or an MP4 a pipe cannot give, is said before the model loads
-        check_source(parsed, timeout)  # a wrong address is said now, not after the model loads
-    except SourceError as error:
-        reporter.error(f"{parsed.display}: {error}")
-        raise typer.Exit(EXIT_FAILED) from None
-    fmt = format or ("txt" if sys.stdout.isatty() else "jsonl")
-    try:
-        writer = EventWriter(fmt, stdout=True, path=output)
-    except OSError as error:
-        reason = f"cannot write {shown(output)}: {error.strerror or error}"
-        raise typer.BadParameter(reason, param_hint="--output") from None
-    except ValueError as error:
-        raise typer.BadParameter(shown(str(error)), param_hint="--output") from None
-    stopped, closed, problems, streams = [], [], [], []
-    name = parsed.display  # no password in messages
+    request = WatchRequest(
+        source, every=every, question=question, reset_every=reset_every, duration=duration, fps=fps,
+        format=format or ("txt" if sys.stdout.isatty() else "jsonl"), output=output, timeout=timeout,
+        reconnect=reconnect,
+    )  # fmt: skip
+    stopped: list[KeyboardInterrupt] = []  # the signal that stopped the watch
 
-    def stop_on_ctrl_c(stream: LiveStream) -> None:
-        def handler(signum: int, frame: object) -> None:
-            stopped.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
-            stream.stop()
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits at once
-            reporter.info("Stopping: the interval in progress is written (Ctrl-C again to quit now)")
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+        session.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C quits at once
+        reporter.info("Stopping: the interval in progress is written (Ctrl-C again to quit now)")
 
-        streams.append(stream)
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)  # a service manager stopping watch: the same way out
-        status.describe = stream.status
+    def stop_on_signals() -> None:  # the stream is open: Ctrl-C ends it, and what was read is read out
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)  # a service manager stopping watch: the same way out
 
-    def write(event: WatchEvent) -> None:
-        try:
-            writer.write(event)
-        except BrokenPipeError:  # the reader of stdout went away (`| head -3`): stop, quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            closed.append(True)
-            streams[0].stop()
-        except OSError as error:  # --output cannot be written (disk full...): stop, and say so
-            problems.append(f"cannot write {output}: {error.strerror or error}")
-            streams[0].stop()
-
+    session = WatchSession(request, options, reporter, on_open=stop_on_signals,
+                           status_line=lambda describe: LiveStatus(reporter, describe))  # fmt: skip
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    status = LiveStatus(reporter, lambda: f"opening {name}")
     try:
         with refusals(reporter):
-            malmm = load_model(options, CAPTION, reporter, readers=2 if question else 1)
-        bank = Memory(options.bank(CAPTION), memory)
-        check_memory(malmm, bank)
-        reporter.info(f"Watching {name}: a caption every {every:g} s of stream, {fps:g} frames/s read")
-        with status:
-            summary = watch_stream(
-                malmm, parsed, every=every, fps=fps, question=question, reset_every=reset_every, memory=bank,
-                settings=options.generation(CAPTION), on_event=write, duration=duration, timeout=timeout,
-                reconnect=reconnect, batch_size=vision_batch_size(malmm, batch_size), notify=reporter.warn,
-                on_start=stop_on_ctrl_c,
-            )  # fmt: skip
+            outcome = session.run()
     except KeyboardInterrupt as interrupt:
         word, status = stopped_by(interrupt)
         reporter.console.print(f"{word}.")
         raise typer.Exit(status) from None
-    except (VideoError, ValueError) as error:
-        if stopped:  # Ctrl-C before the first frame
-            word, status = stopped_by(stopped[0])
-            reporter.console.print(f"{word} before a frame was read.")
-            raise typer.Exit(status) from None
-        hint = f" (standard input is read in order, as {STDIN_ADVICE})" if parsed.kind == "stdin" else ""
-        reporter.error(f"{name}: {error}{hint}")
-        raise typer.Exit(EXIT_FAILED) from None
     finally:
-        writer.close()
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
-    counts = f"{counted(summary.read, 'frame')} read, {summary.dropped} dropped to keep up"
-    if stopped:  # Ctrl-C, also when it closed the pipe stdout went to
-        word, status = stopped_by(stopped[0])
-        reporter.console.print(f"{word}: {counts}.")
-        raise typer.Exit(status)
-    if problems or summary.failed:
-        reporter.error(f"{name}: {problems[0] if problems else summary.ended} ({counts})")
-        raise typer.Exit(EXIT_FAILED)
-    if not closed:
-        reporter.info(
-            f"{name}: {'--duration reached' if summary.ended == 'duration' else 'the stream ended'} ({counts})"
-        )
-    raise typer.Exit(EXIT_OK)
+    raise typer.Exit(conclude(outcome, stopped[0] if stopped else KeyboardInterrupt(), reporter))
+
+
+def conclude(outcome: WatchOutcome, interrupt: KeyboardInterrupt, reporter: Reporter) -> int:
+    """Say how the watch ended (`interrupt`: the signal that stopped it, if it was); its exit status."""
+    summary = outcome.summary
+    counts = "" if summary is None else f"{counted(summary.read, 'frame')} read, {summary.dropped} dropped to keep up"
+    if outcome.ended == "stopped":  # Ctrl-C, also when it closed the pipe stdout went to
+        word, status = stopped_by(interrupt)
+        reporter.console.print(f"{word}: {counts}." if summary is not None else f"{word} before a frame was read.")
+        return status
+    if outcome.ended == "failed":
+        reporter.error(f"{outcome.name}: {outcome.reason}" + ("" if summary is None else f" ({counts})"))
+        return EXIT_FAILED
+    if outcome.ended != "closed":  # a reader of stdout that went away has what it wanted: nothing to say
+        said = "--duration reached" if outcome.ended == "duration" else "the stream ended"
+        reporter.info(f"{outcome.name}: {said} ({counts})")
+    return EXIT_OK

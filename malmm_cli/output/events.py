@@ -108,6 +108,7 @@ class EventWriter:
             raise ValueError(f"format must be one of {', '.join(EVENT_FORMATS)}, got {fmt!r}")
         self.fmt, self.stdout, self.cues = fmt, stdout, 0
         self.file, self.path, self.made, self.written = None, path, False, False
+        self.failed = False  # a write to the file failed (and what it could not write is still buffered)
         if path is not None:
             earlier = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
             found = events_format(earlier)
@@ -146,13 +147,23 @@ class EventWriter:
         return {"jsonl": to_jsonl, "txt": to_txt, "vtt": to_vtt}[self.fmt](event)
 
     def _write_file(self, text: str) -> None:
-        self.file.write(text)
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.write(text)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError:
+            self.failed = True
+            raise
 
     def close(self) -> None:
+        """Close the file; a write that failed has said why, and closing (which writes what is still
+        buffered) would only fail again."""
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                if not self.failed:
+                    raise
             if self.made and not self.written:
                 self.path.unlink(missing_ok=True)

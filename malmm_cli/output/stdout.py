@@ -24,7 +24,7 @@ class StdoutClosed(Exception):
         self.reader_gone = reader_gone
 
 
-def _silence(stream: TextIO) -> None:
+def silence(stream: TextIO) -> None:
     """Point the stream's descriptor at /dev/null, so that what its buffer still holds does not fail
     again (and print a traceback) when the interpreter flushes it on exit."""
     try:
@@ -97,7 +97,7 @@ class StdoutWriter:
             gone = isinstance(error, BrokenPipeError)
             reason = "stdout was closed by its reader" if gone else f"cannot write to stdout: {error.strerror or error}"
             self.closed = StdoutClosed(reason, reader_gone=gone)
-            _silence(self.stream)
+            silence(self.stream)
             raise self.closed from None
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.timefmt import format_timestamp
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
-from malmm_cli.reading.stream import VISION_BATCH, NoProgress, Progress, Sample, VideoStream, preprocess
+from malmm_cli.reading.stream import VISION_BATCH, FrameSource, NoProgress, Progress, Sample, VideoStream, preprocess
 from malmm_cli.reading.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
@@ -123,7 +123,7 @@ class _Run:
         self.frames += 1
         self.last = frame.time
 
-    def result(self, stream: VideoStream, path: str | Path, task: str) -> VideoResult:
+    def result(self, stream: FrameSource, path: str | Path, task: str) -> VideoResult:
         thumbnails = stream.thumbnails  # replayed frames' pictures: decoded now, those few frames alone
         preview = None if thumbnails is None else thumbnails.preview(stream.missing(), stream.ended_at, stream.pictures)
         return VideoResult(
@@ -264,7 +264,7 @@ class _Video:
     of its restarting readers (the others live in the batch's shared state)."""
 
     def __init__(
-        self, malmm: Malmm, number: int, path: str | Path, stream: VideoStream, readers: list[Reader], memory: Memory
+        self, malmm: Malmm, number: int, path: str | Path, stream: FrameSource, readers: list[Reader], memory: Memory
     ):
         self.malmm, self.number, self.path, self.stream = malmm, number, path, stream
         self.readers, self.memory = readers, memory
@@ -421,7 +421,7 @@ class VideoFiles:
 def read_streams(
     malmm: Malmm,
     sources: Sequence[str | Path],
-    open_stream: Callable[[str | Path], VideoStream],
+    open_stream: Callable[[str | Path], FrameSource],
     readers: Sequence[Reader] | Sequence[Sequence[Reader]],
     task: str,
     *,
@@ -437,10 +437,7 @@ def read_streams(
     it failed with (the others go on without it). readers: every source's, or a list per source
     (a clip's own questions), with as many `shared_memories` each.
 
-    A stream yields (Sample, features [1, N, C]) in time order and has `times` (its planned sample
-    times, or None for a live stream), `duration`, `clip` (the part read, or None), `span` (what
-    the results cover), `from_cache`, `thumbnails` (pictures kept for the HTML report, or None),
-    `notes()`, `warnings()`; it is a context manager. Each is decoded
+    A stream is a `FrameSource` (stream.py): a file's `VideoStream`, a `LiveStream`. Each is decoded
     in a thread of its own (all ahead of the model); at every step the next frame of each video
     is read by one batched state (the readers that never restart, several per video sharing its
     visual bank); videos that end, or fail, leave the batch there. Results equal reading each

@@ -1,4 +1,5 @@
-"""The sampled frames of one video and their vision features, in time order: `VideoStream`.
+"""The sampled frames of one video and their vision features, in time order: `VideoStream`, and
+`FrameSource`, what the reading loop reads of it or of any other source (a live stream).
 
 A frame's way to the memory: `VideoStream` probes the file and plans sample times (`Sampling`,
 media/plans.py), decodes them ahead in a thread, preprocesses them with the model's image processor and
@@ -9,10 +10,10 @@ from the feature cache. pipeline.py steps the memories with what comes out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 import torch
@@ -63,13 +64,84 @@ class NoProgress:
         pass
 
 
+@runtime_checkable
+class FrameSource(Protocol):
+    """What the reading loop (pipeline.read_streams) reads: a source's sampled frames with their
+    vision features, (Sample, features [1, N, C]) in time order, in a `with` block (leaving it
+    stops whatever reads ahead). `VideoStream` reads a file; `LiveStream` (live.py) a live source.
+
+    The members with a body are those of a source read whole as it arrives, with nothing planned,
+    cached or pictured (a live stream's): a class that subclasses FrameSource gets them."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[Sample, torch.Tensor]]: ...
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """What the results cover (s): a clip, or the source from 0 to its duration."""
+        ...
+
+    def notes(self) -> list[str]:
+        """How the frames were read, where it differs from what was asked (not a failure)."""
+        ...
+
+    def warnings(self) -> list[str]:
+        """What could not be read."""
+        ...
+
+    @property
+    def times(self) -> Sequence[float] | None:
+        """The planned sample times, by plan index (the memory plans for them, spans and chapters
+        know their frames ahead); None: nothing is planned, frames come as they arrive."""
+        return None
+
+    @property
+    def clip(self) -> tuple[float, float] | None:
+        """The part read [start, end) (a manifest row's clip), or None for all of it."""
+        return None
+
+    @property
+    def from_cache(self) -> bool:
+        """Whether the features are replayed from the feature cache (progress says so)."""
+        return False
+
+    @property
+    def fps(self) -> float | None:
+        """The source's own frame rate where known: the advice for spans without a sampled frame."""
+        return None
+
+    @property
+    def thumbnails(self) -> ThumbnailCollector | None:
+        """Pictures kept for the HTML report (the opener sets them), else None; with them the
+        report also reads `missing`, `ended_at` and `pictures`."""
+        return None
+
+    def missing(self) -> list[float]:
+        """Planned times whose frame could not be decoded."""
+        return []
+
+    @property
+    def ended_at(self) -> float | None:
+        """Where decoding stopped before the end (a truncated file), else None."""
+        return None
+
+    def pictures(self, targets: list[float]) -> Iterator[tuple[float, float, np.ndarray]]:
+        """(target, time, RGB image) of these planned times, decoded again (frames replayed from
+        the feature cache were not decoded in this run)."""
+        return iter(())
+
+
 def preprocess(malmm: Malmm, image: np.ndarray) -> torch.Tensor:
     """RGB uint8 [H, W, 3] -> [3, S, S] exactly as the model was trained (its own image processor)."""
     return malmm.image_processor(images=Image.fromarray(image), return_tensors="pt").pixel_values[0]
 
 
 class VideoStream:
-    """The sampled frames of one video with their vision features, in time order, memory bounded.
+    """The sampled frames of one video with their vision features, in time order, memory bounded:
+    a `FrameSource` with all its members.
 
     With a feature cache, a video read before with the same settings and vision weights is
     replayed from disk (no probing, decoding or vision encoding); otherwise its features are
