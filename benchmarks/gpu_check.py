@@ -954,7 +954,7 @@ def section_consumer(check: Check) -> dict:
                 row["vision_batch"] = batch = vision_batch_size(malmm)  # automatic, on this card
                 row["runs"] = [_read_on_card(check, malmm, frames, batch) for frames in frame_counts]
         first_card_s = sum(run["seconds"] for run in result["cards"][0].get("runs", []))
-        if malmm is not None and check.section_left() > 1.2 * first_card_s + 5:
+        if malmm is not None and (check.cpu or check.section_left() > 1.2 * first_card_s + 5):
             with card(check, 12) as limits:
                 row = {**limits, "quantize": "4bit", "quantize_vision": "8bit"}
                 result["cards"].append(row)
