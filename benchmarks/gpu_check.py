@@ -507,17 +507,20 @@ class LoopTimer:
         return figures
 
 
-def _keyframe_interval(path: Path) -> float | None:
-    """Seconds between keyframes, from the packets (no decoding); None without PyAV."""
+def _keyframe_interval(path: Path, packets: int = 3000) -> float | None:
+    """Mean seconds between keyframes over the first `packets` packets (no decoding); None without PyAV."""
     try:
         import av
     except ImportError:
         return None
+    times = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        times = [
-            float(p.pts * stream.time_base) for p in container.demux(stream) if p.pts is not None and p.is_keyframe
-        ]
+        for number, packet in enumerate(container.demux(stream)):
+            if number >= packets:
+                break
+            if packet.pts is not None and packet.is_keyframe:
+                times.append(float(packet.pts * stream.time_base))
     return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
 
 
