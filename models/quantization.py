@@ -110,7 +110,10 @@ def quantization_config(
 def quantize_vision_8bit(model: nn.Module) -> int:
     """Replace the vision encoder's linear layers by 8-bit ones in place. Returns how many.
 
-    Weights are handed to bitsandbytes on the CPU and quantized as they move to their device.
+    Weights are handed to bitsandbytes on the CPU and quantized as they move to their device. Each
+    8-bit layer is made on the `meta` device: made anywhere else it would first draw a random
+    initialisation of its full-size weight (about 1 G values for ViT-g, serially, on the CPU),
+    only to have it replaced by the real weight on the next line.
     """
     import bitsandbytes as bnb
 
@@ -121,7 +124,11 @@ def quantize_vision_8bit(model: nn.Module) -> int:
                 continue
             device = child.weight.device
             layer = bnb.nn.Linear8bitLt(
-                child.in_features, child.out_features, bias=child.bias is not None, has_fp16_weights=False
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                has_fp16_weights=False,
+                device="meta",
             )
             layer.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
             if child.bias is not None:

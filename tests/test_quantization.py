@@ -10,11 +10,12 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from models import CAPTION, GenerationSettings, Malmm
 from models.architectures import architecture
 from models.memory_plan import GIB, choose_quantization, plan_memory
-from models.quantization import cpu_4bit_packs_weights, fits_packed_4bit, quantization_config
+from models.quantization import cpu_4bit_packs_weights, fits_packed_4bit, quantization_config, quantize_vision_8bit
 from tests.tiny_models import IMAGE_SIZE, build_model_folder, tiny_config
 
 QUANTIZED_TYPES = {"8bit": (bnb.nn.Linear8bitLt, torch.int8), "4bit": (bnb.nn.Linear4bit, torch.uint8)}
@@ -67,6 +68,45 @@ def test_vision_encoder_can_be_8bit_too(tiny_llama_dir, reference) -> None:
     assert all(type(m) is nn.Linear for m in malmm.model.qformer.modules() if isinstance(m, nn.Linear))
     output, _ = next_token_logits(malmm)
     torch.testing.assert_close(output, reference[0], atol=1e-3, rtol=0)
+
+
+class RandomDraws(TorchFunctionMode):
+    """Counts the values drawn at random into real (not `meta`) tensors while it is active."""
+
+    # torch.nn.init's functions and the tensor methods they end in; a nested call is not seen
+    # again, so each value drawn counts once
+    DRAWS = frozenset({"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                       "xavier_uniform_", "xavier_normal_", "orthogonal_", "random_", "bernoulli_"})  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.DRAWS:
+            tensor = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+            if tensor.device.type != "meta":
+                self.values += tensor.numel()
+        return func(*args, **kwargs)
+
+
+def test_the_8bit_vision_load_draws_no_weights_it_throws_away(tiny_llama_dir: Path) -> None:
+    """Each 8-bit ViT layer gets the loaded weight: a layer made on the CPU first would draw a
+    random weight of its full size and throw it away (about 1 G values for ViT-g, serially)."""
+    malmm = Malmm.from_pretrained(tiny_llama_dir)
+    vision = malmm.model.vision_model
+    before = {name: m.weight.detach().clone() for name, m in vision.named_modules() if type(m) is nn.Linear}
+    draws = RandomDraws()
+    with draws:
+        replaced = quantize_vision_8bit(malmm.model)
+    assert replaced == len(before) == 8
+    assert draws.values == 0, f"{draws.values} values drawn at random and thrown away"
+    for name, module in vision.named_modules():  # still the loaded weights, now in 8 bits
+        if name in before:
+            assert isinstance(module, bnb.nn.Linear8bitLt) and module.weight.dtype == torch.int8
+            dequantized = module.weight.float() * module.weight.SCB[:, None] / 127
+            torch.testing.assert_close(dequantized, before[name], atol=before[name].abs().max().item() / 100, rtol=0)
 
 
 def test_skip_list_names_lm_head_because_it_replaces_the_default() -> None:
