@@ -131,7 +131,8 @@ def test_llm_layers_are_swapped_without_drawing_weights_they_throw_away() -> Non
 
 def test_a_repeated_segment_is_one_longer_clip(tmp_path: Path) -> None:
     """The hour-long clip is a minute's packets copied 60 times: every copy decodes, in order."""
-    from malmm_cli.video import VideoReader, probe
+    from malmm_cli.media.probe import probe
+    from malmm_cli.media.video import VideoReader
 
     segment = make_video(tmp_path / "segment.mp4", seconds=2.0, fps=10, size=(64, 48))
     clip = tmp_path / "clip.mp4"
