@@ -167,6 +167,14 @@ def test_a_failing_section_is_recorded_and_the_rest_still_render() -> None:
     text = render(merge([results]))
     assert "memory_4bit: **not measured**: ImportError: bitsandbytes" in text
     assert "vision: **not measured**: out of time" in text and "parity: **not measured**: not run" in text
+    results["sections"]["consumer"] = {"cards": [
+        {"card_gib": 8, "quantize_vision": "none", "loaded": False, "refused_by_plan": "needs ~8.4 GiB",
+         "loaded_past_the_plan": True, "vision_batch": 4,
+         "runs": [{"frames": 100, "ok": True, "peak_allocated_gib": 6.1},
+                  {"frames": 3600, "ok": False, "out_of_memory": "CUDA out of memory"}]}]}  # fmt: skip
+    text = render(merge([results]))
+    assert "| 8 GiB | none | refused by the plan; loaded past it | 4 | 3600 | **out of memory** |" in text
+    assert "The memory plan's refusal (8 GiB: needs ~8.4 GiB)." in text
     text = render(merge([results, follow_up]))  # the follow-up measured what the first run skipped
     assert "vision: **not measured**" not in text and "Vision encoder" in text and "vision 3/30" in text
     assert "memory_4bit: **not measured**" in text and "--only vision" in text
