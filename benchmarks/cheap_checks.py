@@ -60,6 +60,10 @@ def main() -> None:
             "malmm ask missing.mp4 (no question)": (["ask", str(Path(folder) / "missing.mp4")], 2),
             "malmm eval labels.jsonl (its video is missing)": (["eval", str(labels), "-o", f"{folder}/out"], 2),
             "malmm watch missing.ts": (["watch", str(Path(folder) / "missing.ts")], 2),
+            "malmm train missing.jsonl": (
+                ["train", str(Path(folder) / "missing.jsonl"), "-t", "caption", "-o", f"{folder}/run"],
+                2,
+            ),
             "malmm watch recording.ts --memory concat (needs --reset-every)": (
                 ["watch", str(recording), "--memory", "concat"],
                 2,

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from malmm_cli.media import plans, video
+from malmm_cli.media import files, plans, video
 from malmm_cli.media import probe as probe_module
 from malmm_cli.media.plans import VideoError, VideoInfo, plan_times, sample_times
 from malmm_cli.media.prefetch import prefetch
@@ -611,7 +611,7 @@ def test_permission_denied(clips: dict[str, Path], monkeypatch: pytest.MonkeyPat
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(probe_module, "open", denied, raising=False)
+    monkeypatch.setattr(files, "open", denied, raising=False)
     with pytest.raises(VideoError, match=r"^permission denied$"):
         probe(clips["cfr"])
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model, load_options
+from malmm_cli.media.files import read_head
 from malmm_cli.media.inputs import Input, Outcome, expand_inputs, name_outputs
 from malmm_cli.media.names import shown
 from malmm_cli.media.plans import VideoError
@@ -257,11 +258,12 @@ def _ray_reader(
 def check_inputs(inputs: list[Input]) -> tuple[list[Input], list[Outcome]]:
     """The cheap part of reading each video, before the model loads: the inputs that can be read,
     and the failure of each one that cannot (missing, not a video)."""
-    from malmm_cli.media.probe import check_readable  # OpenCV and PyAV: not for `--help` or a bad option
-
     readable, failed = [], []
     for item in inputs:
         try:
+            read_head(item.path)  # a missing or empty file is said without loading a decoder
+            from malmm_cli.media.probe import check_readable  # PyAV and OpenCV, once a file is there
+
             check_readable(item.path)
             readable.append(item)
         except VideoError as error:

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from malmm_cli.media.plans import VideoError
-from malmm_cli.media.probe import open_input
 from malmm_cli.wording import counted
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
@@ -343,6 +342,8 @@ class _Connection:
             options["rtsp_transport"] = "tcp"  # no lost packets on a lossy network
         if source.location.lower().startswith("udp://"):
             options["overrun_nonfatal"] = "1"
+        from malmm_cli.media.probe import open_input  # PyAV, loaded when a stream is opened
+
         try:
             self.container = open_input(location, options=options, timeout=(timeout, read_timeout))
         except av.error.ExitError:

@@ -7,17 +7,18 @@ plainer reasons. `check_readable` is the cheap part, run on every input before t
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
-import stat
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-
+from malmm_cli.media.files import read_head
 from malmm_cli.media.plans import VideoError, VideoInfo
+
+if TYPE_CHECKING:  # OpenCV loads when a file is opened: a missing file or a bad option never needs it
+    import cv2
 
 try:
     import av
@@ -27,35 +28,6 @@ except ImportError:  # probing falls back to OpenCV (`_probe_with_opencv`)
 
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
 _OTHER_CONTAINERS = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba")  # mkv/webm, avi, ...
-
-
-def _read_head(path: Path, size: int = 64) -> bytes:
-    """First bytes of a regular, non-empty, readable file; VideoError saying which it is not."""
-    try:
-        status = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        if path.is_symlink():
-            raise VideoError(f"a broken link: {os.readlink(path)} is not there") from None
-        raise VideoError("no such file") from None
-    except PermissionError:
-        raise VideoError("permission denied") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise VideoError("a symbolic link that points back to itself") from None
-        raise VideoError(f"cannot read the file ({error.strerror or error})") from None
-    if stat.S_ISDIR(status.st_mode):
-        raise VideoError("a directory, not a file")
-    if not stat.S_ISREG(status.st_mode):
-        raise VideoError("not a regular file (a pipe or device?)")
-    if status.st_size == 0:
-        raise VideoError("empty file (0 bytes)")
-    try:
-        with open(path, "rb") as file:
-            return file.read(size)
-    except PermissionError:
-        raise VideoError("permission denied") from None
-    except OSError as error:
-        raise VideoError(f"cannot read the file ({error.strerror or error})") from None
 
 
 def _mp4_has_index(path: Path) -> bool:
@@ -130,6 +102,8 @@ def open_capture(path: Path) -> cv2.VideoCapture:
     on one that is not (a byte os.fsdecode could not decode): such a file is opened here and
     handed over by its descriptor's name, /proc/self/fd/N (/dev/fd/N elsewhere), which FFmpeg
     opens anew, so the descriptor is closed right after."""
+    import cv2
+
     quiet_ffmpeg()
     name = str(path)
     try:
@@ -235,7 +209,7 @@ def probe(path: Path) -> VideoInfo:
     its first frame, since OpenCV is the decoder that `VideoReader` uses.
     """
     path = Path(path)
-    head = _read_head(path)
+    head = read_head(path)
     if av is None:
         return _probe_with_opencv(path, head)
     with _open_container(path, head) as container:
@@ -243,6 +217,8 @@ def probe(path: Path) -> VideoInfo:
         if stream.codec_context is None:  # FFmpeg does not know the codec tag at all
             raise VideoError("unsupported video codec (unknown to FFmpeg)")
         codec = stream.codec_context.codec.canonical_name
+
+        import cv2
 
         capture = open_capture(path)
         try:
@@ -289,7 +265,7 @@ def check_readable(path: Path) -> None:
     """The cheap part of `probe`, run on every input before the model loads: the file exists, is
     readable, is a container FFmpeg recognises and holds a video stream. Raises VideoError."""
     path = Path(path)
-    head = _read_head(path)
+    head = read_head(path)
     if av is None:
         _probe_with_opencv(path, head)
         return
@@ -305,6 +281,8 @@ _FOURCC_CODECS = {  # OpenCV's codec tags, as FFmpeg names the codecs
 
 def _probe_with_opencv(path: Path, head: bytes) -> VideoInfo:
     """`probe` without PyAV: OpenCV's figures (frame count over rate for the duration)."""
+    import cv2
+
     capture = open_capture(path)
     try:
         if not capture.isOpened():
