@@ -150,3 +150,10 @@ def test_benchmarks_and_scripts_import_names_that_exist() -> None:
                             if not hasattr(module, alias.name)
                             and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]  # fmt: skip
     assert not missing, missing
+
+
+def test_the_command_line_loads_no_decoder_until_a_file_is_opened() -> None:
+    """`malmm --help` and every refusal before a file is opened cost about the same CPU
+    (benchmarks/cheap_checks.py): OpenCV, PyAV and numpy load when a video is opened."""
+    loaded = _loaded_after_importing(["malmm_cli.cli", "malmm_cli.jobs.videos", "malmm_cli.jobs.watch"])
+    assert not {"cv2", "av", "numpy"} & loaded, sorted({"cv2", "av", "numpy"} & loaded)

@@ -26,13 +26,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
-
-import numpy as np
 
 from malmm_cli.media.plans import VideoError
 from malmm_cli.wording import counted
+
+if TYPE_CHECKING:  # frames are numpy arrays, made by the decoders (PyAV, OpenCV) when a stream opens
+    import numpy as np
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "rtp", "srt")
 BACKWARD_SLACK = 1e-3  # s: timestamps this much earlier than the last still count as in order
