@@ -30,7 +30,7 @@ from malmm_cli.jobs.eval_run import (
     check_scorable,
     read_predictions,
 )
-from malmm_cli.jobs.loading import ReadingSizes, planned_bank, reading_sizes
+from malmm_cli.jobs.loading import ReadingSizes, reading_sizes
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.scoring import caption_scores, ranked_accuracy, top_k_accuracy
 from malmm_cli.media.plans import VideoError
@@ -183,7 +183,7 @@ class Evaluation:
         them (loading.reading_sizes), for the most readers a clip has."""
         generation = self.benchmark.generation()
         return reading_sizes(
-            self.malmm, memory_bank_length=planned_bank(self.settings.memory_bank_length, self.settings.frames),
+            self.malmm, memory_bank_length=self.settings.memory_bank_length, frames=self.settings.frames,
             readers=readers_per_clip(self.benchmark, self.items), num_beams=generation.num_beams,
             max_new_tokens=generation.max_new_tokens, vision_batch=VISION_BATCH, videos=self.video_batch,
         )  # fmt: skip

@@ -253,11 +253,13 @@ class ReadingSizes:
 
 def reading_sizes(
     malmm: Any, *, memory_bank_length: int, readers: int, num_beams: int, max_new_tokens: int,
-    vision_batch: int = CPU_VISION_BATCH, videos: int | None = None, free: int | None = None,
+    vision_batch: int = CPU_VISION_BATCH, videos: int | None = None, frames: int | None = None,
+    free: int | None = None,
 ) -> ReadingSizes:  # fmt: skip
     """Videos at once (as asked, else what fits, at most MAX_VIDEO_BATCH) and read-outs per
     generation batch (questions x beams, at most MAX_ANSWERS_PER_BATCH), in half of the memory
-    left free after loading and the vision batch."""
+    left free after loading and the vision batch. frames: the most a video reads (None: not known),
+    which bounds the bank planned (`planned_bank`)."""
     config = malmm.model.config
     dtype = malmm.model.language_model.get_input_embeddings().weight.dtype
     device = malmm.device
@@ -268,6 +270,6 @@ def reading_sizes(
     per_answer = generation_bytes(config, dtype, num_beams, max_new_tokens)
     answers = max(1, min(MAX_ANSWERS_PER_BATCH, budget // per_answer))
     if videos is None:
-        per_video = memory_state_bytes(config, memory_bank_length, readers)
+        per_video = memory_state_bytes(config, planned_bank(memory_bank_length, frames), readers)
         videos = max(1, min(MAX_VIDEO_BATCH, (budget - min(answers, readers) * per_answer) // per_video))
     return ReadingSizes(videos=int(videos), answers=int(answers))

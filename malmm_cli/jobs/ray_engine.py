@@ -85,7 +85,7 @@ class VideoWorker:
     """
 
     def __init__(self, job: ReadJob):
-        from malmm_cli.jobs.loading import load, locate, planned_bank, reading_sizes, vision_batch_size
+        from malmm_cli.jobs.loading import load, locate, reading_sizes, vision_batch_size
         from malmm_cli.reading.pipeline import VideoFiles
 
         self.job = job
@@ -98,7 +98,7 @@ class VideoWorker:
         vision_batch = vision_batch_size(self.malmm, job.vision_batch)
         self.files = VideoFiles(self.malmm, vision_batch, FeatureCache() if job.cache else None, job.thumbnails)
         self.sizes = reading_sizes(
-            self.malmm, memory_bank_length=planned_bank(job.memory.bank_length, job.load.frames),
+            self.malmm, memory_bank_length=job.memory.bank_length, frames=job.load.frames,
             readers=len(job.readers), num_beams=job.settings.num_beams, max_new_tokens=job.settings.max_new_tokens,
             vision_batch=vision_batch, videos=job.video_batch,
         )  # fmt: skip

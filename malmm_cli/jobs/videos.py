@@ -200,7 +200,7 @@ def _reader(
     malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
 ) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
     """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
-    from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
+    from malmm_cli.jobs.loading import reading_sizes, vision_batch_size
     from malmm_cli.reading.lockstep import input_clip, read_in_lockstep
     from malmm_cli.reading.pipeline import Memory, VideoFiles, check_memory
 
@@ -211,10 +211,10 @@ def _reader(
         raise SetupError(str(error)) from error
     generation = options.generation(task)
     vision_batch = vision_batch_size(malmm, options.batch_size)
-    bank = planned_bank(memory.bank_length, options.most_frames(task))
     sizes = reading_sizes(
-        malmm, memory_bank_length=bank, readers=len(readers), num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch, videos=options.video_batch,
+        malmm, memory_bank_length=memory.bank_length, frames=options.most_frames(task), readers=len(readers),
+        num_beams=generation.num_beams, max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch,
+        videos=options.video_batch,
     )  # fmt: skip
     files = VideoFiles(malmm, vision_batch, options.cache(reporter), thumbnails="html" in options.formats)
 

@@ -59,7 +59,7 @@ class VideoService:
     def answer(self, request: ChatRequest, video: Path, progress: Progress | None = None) -> Reply:
         """Read the video for the request's task; ApiError for a video that cannot be read or
         options the model refuses."""
-        from malmm_cli.jobs.loading import planned_bank, reading_sizes, vision_batch_size
+        from malmm_cli.jobs.loading import reading_sizes, vision_batch_size
         from malmm_cli.media.probe import check_readable
         from malmm_cli.output.writers import to_txt
         from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
@@ -77,7 +77,7 @@ class VideoService:
         generation = options.generation(task)
         vision_batch = vision_batch_size(self.malmm, options.batch_size)
         sizes = reading_sizes(
-            self.malmm, memory_bank_length=planned_bank(memory.bank_length, options.most_frames(task)),
+            self.malmm, memory_bank_length=memory.bank_length, frames=options.most_frames(task),
             readers=len(readers), num_beams=generation.num_beams, max_new_tokens=generation.max_new_tokens,
             vision_batch=vision_batch, videos=1,
         )  # fmt: skip
