@@ -20,15 +20,18 @@ KEY = "test-key"
 
 
 class Log:
-    """A Reporter that keeps the server's error lines (jobs.reporting.Silent for the rest)."""
+    """A Reporter that keeps the server's error and info lines (jobs.reporting.Silent for the rest)."""
 
     def __init__(self) -> None:
         from malmm_cli.jobs.reporting import Silent
 
-        self.silent, self.errors = Silent(), []
+        self.silent, self.errors, self.infos = Silent(), [], []
 
     def error(self, message: str) -> None:
         self.errors.append(message)
+
+    def info(self, message: str) -> None:
+        self.infos.append(message)
 
     def __getattr__(self, name: str):
         return getattr(self.silent, name)

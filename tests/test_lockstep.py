@@ -176,3 +176,32 @@ def test_a_clip_failing_in_a_lockstep_group_fails_alone(
     assert isinstance(results[3], VideoError) and "sampled by --frames" in str(results[3])
     assert [results[0].to_dict(), results[2].to_dict()] == alone
     assert done == [1, 0, 2, 3]
+
+
+def test_a_clip_no_longer_wanted_leaves_its_group_and_the_others_read_on(
+    tiny_malmm: Malmm, videos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stopped` (a server's client that went away): the clip leaves the batch before its next
+    frame, failed with Stopped; the others equal each read alone."""
+    from malmm_cli.reading.pipeline import Stopped
+
+    v0, v1, v2, _ = videos
+    readers, sampling = tuple(question_readers(["who is there?"])), Sampling(frames=6)
+    files = VideoFiles(tiny_malmm)
+
+    def read(clips: list[Clip], **options) -> list:
+        return read_in_lockstep(tiny_malmm, clips, files, "ask", memory=Memory(2), settings=SETTINGS, **options)
+
+    alone = [read([Clip(video, sampling, readers)], videos_at_once=1)[0].to_dict() for video in (v0, v2)]
+    widths = step_widths(tiny_malmm, monkeypatch)
+    frames_asked = []
+
+    def stopped(number: int) -> bool:
+        frames_asked.append(number)
+        return number == 1 and frames_asked.count(1) > 2  # wanted for 2 frames
+
+    clips = [Clip(video, sampling, readers) for video in (v0, v1, v2)]
+    results = read(clips, videos_at_once=8, stopped=stopped)
+    assert widths == [3, 3, 2, 2, 2, 2]
+    assert isinstance(results[1], Stopped) and str(results[1]).startswith("stopped after 2 frames")
+    assert [results[0].to_dict(), results[2].to_dict()] == alone

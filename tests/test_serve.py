@@ -252,14 +252,19 @@ class Blocking:
         self.release = threading.Event()
         self.fail = False
 
-    def answer(self, request, video, progress=None):
+    def together(self, request) -> int:
+        return id(request)  # each read alone
+
+    def answer(self, jobs) -> None:
         from malmm_cli.jobs.server.service import Reply
         from malmm_cli.reading.results import VideoResult
 
         self.release.wait(30)
         if self.fail:
             raise RuntimeError("secret detail\nTraceback (most recent call last)")
-        return Reply(VideoResult(str(video), "caption", 3.0, 4, 0.0, 2.0, caption="done"), "done", {})
+        for job in jobs:
+            result = VideoResult(str(job.video), "caption", 3.0, 4, 0.0, 2.0, caption="done")
+            job.answer.set_result(Reply(result, "done", {}))
 
 
 @pytest.fixture

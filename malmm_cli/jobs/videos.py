@@ -27,9 +27,15 @@ from malmm_cli.wording import counted, plural
 from models.presets import CAPTION, CLASSIFICATION, QUESTION, Task
 
 if TYPE_CHECKING:  # loaded when the videos are read
+    from malmm_cli.jobs.loading import ReadingSizes
     from malmm_cli.jobs.reporting import Reporter, VideoProgress
-    from malmm_cli.reading.pipeline import Reader
+    from malmm_cli.media.sampling import Sampling
+    from malmm_cli.reading.feature_cache import FeatureCache
+    from malmm_cli.reading.lockstep import Clip
+    from malmm_cli.reading.pipeline import Memory, Reader, VideoFiles
     from malmm_cli.reading.results import VideoResult
+    from malmm_cli.reading.stream import Progress
+    from models import GenerationSettings
     from models.malmm import Malmm
 
 
@@ -196,12 +202,42 @@ def read_videos(paths: list[Path], options: RunOptions, task: VideoTask, reporte
     return VideoRun(outcomes, problems, stdout_failed)
 
 
-def _reader(
-    malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
-) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
-    """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
+@dataclass(frozen=True)
+class ModelReading:
+    """The loaded model set up to read one task's videos in lockstep (reading/lockstep.py): its
+    sampling, memory and generation, the vision batch and feature cache of its streams, and how
+    many videos and read-outs fit at once. The video commands and `malmm serve` read through it."""
+
+    malmm: Malmm
+    name: str
+    sampling: Sampling
+    memory: Memory
+    generation: GenerationSettings
+    files: VideoFiles
+    sizes: ReadingSizes
+
+    def read(
+        self,
+        clips: list[Clip],
+        progress: list[Progress],
+        done: Callable[[int, VideoResult | Exception], None],
+        stopped: Callable[[int], bool] | None = None,
+    ) -> list[VideoResult | Exception]:
+        """Read the clips, `sizes.videos` at a time; done(i, result) the moment the i-th ends."""
+        from malmm_cli.reading.lockstep import read_in_lockstep
+
+        return read_in_lockstep(self.malmm, clips, self.files, self.name, videos_at_once=self.sizes.videos,
+                                memory=self.memory, settings=self.generation, progress=progress,
+                                answers_per_batch=self.sizes.answers, on_done=done, stopped=stopped)  # fmt: skip
+
+
+def model_reading(
+    malmm: Malmm, options: RunOptions, task: Task, name: str, readers: int, cache: FeatureCache | None,
+    thumbnails: bool = False,
+) -> ModelReading:  # fmt: skip
+    """How the model reads `task` with these options (each video with as many `readers`); SetupError
+    when the memory bank does not fit the model."""
     from malmm_cli.jobs.loading import reading_sizes, vision_batch_size
-    from malmm_cli.reading.lockstep import input_clip, read_in_lockstep
     from malmm_cli.reading.pipeline import Memory, VideoFiles, check_memory
 
     memory = Memory(options.bank(task), options.memory)
@@ -212,20 +248,28 @@ def _reader(
     generation = options.generation(task)
     vision_batch = vision_batch_size(malmm, options.batch_size)
     sizes = reading_sizes(
-        malmm, memory_bank_length=memory.bank_length, frames=options.most_frames(task), readers=len(readers),
+        malmm, memory_bank_length=memory.bank_length, frames=options.most_frames(task), readers=readers,
         num_beams=generation.num_beams, max_new_tokens=generation.max_new_tokens, vision_batch=vision_batch,
         videos=options.video_batch,
     )  # fmt: skip
-    files = VideoFiles(malmm, vision_batch, options.cache(reporter), thumbnails="html" in options.formats)
+    files = VideoFiles(malmm, vision_batch, cache, thumbnails=thumbnails)
+    return ModelReading(malmm, name, options.sampling(task), memory, generation, files, sizes)
+
+
+def _reader(
+    malmm: Malmm, options: RunOptions, task: Task, name: str, readers: list[Reader], reporter: Reporter
+) -> tuple[Callable[..., list[VideoResult | Exception]], int]:
+    """The function that reads a batch of inputs with the model, and how many videos it reads at once."""
+    from malmm_cli.reading.lockstep import input_clip
+
+    reading = model_reading(malmm, options, task, name, len(readers), options.cache(reporter),
+                            thumbnails="html" in options.formats)  # fmt: skip
 
     def read(items: list[Input], progress: list[VideoProgress], done: Callable) -> list[VideoResult | Exception]:
         """Inputs of one sampling in lockstep (reading/lockstep.py): clips of a manifest, of the same times."""
-        clips = [input_clip(item, options.sampling(task), readers) for item in items]
-        return read_in_lockstep(malmm, clips, files, name, videos_at_once=sizes.videos, memory=memory,
-                                settings=generation, progress=progress, answers_per_batch=sizes.answers,
-                                on_done=done)  # fmt: skip
+        return reading.read([input_clip(item, reading.sampling, readers) for item in items], progress, done)
 
-    return read, sizes.videos
+    return read, reading.sizes.videos
 
 
 def _ray_reader(

@@ -88,10 +88,12 @@ def read_in_lockstep(
     progress: Sequence[Progress] | None = None,
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
+    stopped: Callable[[int], bool] | None = None,
 ) -> list[VideoResult | Exception]:
     """Read the clips, a group of `lockstep_groups` at a time, each group in lockstep: one result
     per clip, or the exception it failed with. open_stream(source, sampling, readers) opens one
-    (pipeline.VideoFiles for files). on_done(i, result) is called the moment the i-th clip is done."""
+    (pipeline.VideoFiles for files). on_done(i, result) is called the moment the i-th clip is done;
+    stopped(i): whether the i-th clip is still wanted (read_streams' `stopped`)."""
     progress = list(progress) if progress is not None else [NoProgress() for _ in clips]
     results: list[VideoResult | Exception | None] = [None] * len(clips)
 
@@ -111,6 +113,7 @@ def read_in_lockstep(
             [clip.readers for clip in members], task,
             memory=memory, settings=settings, progress=[progress[number] for number in group],
             answers_per_batch=answers_per_batch, on_done=lambda i, result, group=group: conclude(group[i], result),
+            stopped=None if stopped is None else lambda i, group=group: stopped(group[i]),
         )  # fmt: skip
     return results
 

@@ -431,6 +431,7 @@ def read_streams(
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
     on_answer: Callable[[Answered], None] | None = None,
+    stopped: Callable[[int], bool] | None = None,
 ) -> list[VideoResult | Exception]:
     """The one reading loop: read the streams `open_stream` opens for each source (once each, in
     order) in lockstep and answer what their readers ask; one result per source, or the exception
@@ -443,7 +444,9 @@ def read_streams(
     visual bank); videos that end, or fail, leave the batch there. Results equal reading each
     video alone (to float rounding). on_done(i, result) is called the moment the i-th video ends
     or fails. on_answer: receives every read-out as soon as it is answered (a live stream's
-    events), instead of its being collected into the result.
+    events), instead of its being collected into the result. stopped(i): whether the i-th video is
+    no longer wanted (its client went away): asked before each of its frames, it then leaves the
+    batch, failed with `Stopped`, and the others go on.
     """
     each = _readers_of(readers, len(sources))
     check_memory(malmm, memory)
@@ -481,6 +484,9 @@ def read_streams(
         while batch.videos:
             frames, pending, ended = [], [], []
             for video in batch.videos:
+                if stopped is not None and stopped(video.number):
+                    video.error = Stopped(f"stopped after {video.run.frames} frames: no longer wanted")
+                    continue
                 try:
                     item = next(video.frames, None)
                     if item is None:
@@ -503,6 +509,10 @@ def read_streams(
                 conclude(video.number, video.outcome(task))
             batch.keep([video for video in batch.videos if video.error is None])
     return results
+
+
+class Stopped(Exception):
+    """A video left unread because whoever asked for it no longer wants it (read_streams' `stopped`)."""
 
 
 class _Lockstep:

@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
-from malmm_cli.jobs.server.service import ModelLine, QueueFull, Reply, Service
+from malmm_cli.jobs.server.service import Job, ModelLine, QueueFull, Reply, Service
 from malmm_cli.jobs.server.sources import Video, VideoPolicy
 
 if TYPE_CHECKING:
     from malmm_cli.jobs.reporting import Reporter
 
 JSON_TYPES = ("application/json", "text/json")
+CLIENT_CHECK_SECONDS = 0.25  # how often a request waiting for its answer looks whether its client left
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def error_response(error: ApiError) -> JSONResponse:
 def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     """The application serving `service`'s model within `limits`. Uploads go to a private folder
     made when the server starts and removed when it stops."""
-    line = ModelLine(limits.queue)
+    line = ModelLine(service, limits.queue)
     state: dict[str, Any] = {"started": int(time.time())}
 
     @asynccontextmanager
@@ -89,6 +90,10 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
                  405: f"{request.method} is not allowed on {request.url.path}"}  # fmt: skip
         return error_response(ApiError(words.get(error.status_code, str(error.detail)), status=error.status_code,
                                        code="not_found" if error.status_code == 404 else None))  # fmt: skip
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
     @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:
@@ -126,8 +131,9 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         tell = handed_to(asyncio.get_running_loop(), events.put_nowait)
         progress = FrameCount(tell) if asked.stream else None
         started = time.monotonic()
+        job = Job(asked, video.path, progress)
         try:
-            future = line.submit(lambda: service.answer(asked, video.path, progress))
+            line.submit(job)
         except QueueFull as full:
             video.remove()
             raise ApiError(
@@ -135,24 +141,43 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
                 status=429, kind="rate_limit_error", code="queue_full",
                 headers={"Retry-After": str(full.retry_after)},
             ) from None  # fmt: skip
-        future.add_done_callback(lambda _: video.remove())  # read, failed, or never started
+        job.answer.add_done_callback(lambda _: video.remove())  # read, failed, dropped or stopped
         ident, created = completion_id(), int(time.time())
         if asked.stream:
-            future.add_done_callback(lambda _: tell(None))
+            job.answer.add_done_callback(lambda _: tell(None))
             return StreamingResponse(
-                stream(asked, video, future, events, ident, created, service.model_id, reporter, started),
+                stream(asked, video, job, events, ident, created, service.model_id, reporter, started),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )  # fmt: skip
-        try:
-            reply: Reply = await asyncio.wrap_future(future)
-        except ApiError:
-            raise
-        except Exception as error:
-            raise unexpected(error, reporter) from None
+        reply = await answered(job, request, reporter, video)
         reporter.info(f"{asked.task.name} {described(video)}: {time.monotonic() - started:.1f} s")
         return completion(ident, service.model_id, reply.content, result_record(reply, video), reply.usage, created)
 
     return app
+
+
+async def answered(job: Job, request: Request, reporter: Reporter, video: Video) -> Reply:
+    """The job's reply, once read; if the client goes away first, the job is cancelled (dropped
+    from the line, or its reading stopped) and nothing is answered."""
+    waiting = asyncio.wrap_future(job.answer)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=CLIENT_CHECK_SECONDS)
+        if done:
+            break
+        if await request.is_disconnected():
+            job.cancel()
+            reporter.info(f"{job.request.task.name} {described(video)}: the client went away, its reading stopped")
+            raise ClientGone
+    try:
+        return waiting.result()
+    except ApiError:
+        raise
+    except Exception as error:
+        raise unexpected(error, reporter) from None
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready: nobody to answer."""
 
 
 def handed_to(loop: asyncio.AbstractEventLoop, receive: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -169,7 +194,7 @@ def handed_to(loop: asyncio.AbstractEventLoop, receive: Callable[[Any], None]) -
 async def stream(
     asked: ChatRequest,
     video: Video,
-    future: Any,
+    job: Job,
     events: asyncio.Queue[str | None],
     ident: str,
     created: int,
@@ -184,11 +209,16 @@ async def stream(
     def event(data: dict[str, Any]) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    yield event(chunk(ident, model, created, {"role": "assistant", "content": ""}))
-    while (said := await events.get()) is not None:
-        yield f": {said}\n\n"
     try:
-        reply: Reply = future.result()
+        yield event(chunk(ident, model, created, {"role": "assistant", "content": ""}))
+        while (said := await events.get()) is not None:
+            yield f": {said}\n\n"
+    finally:  # the client went away (the response is cancelled) or the answer is ready
+        if not job.answer.done():
+            job.cancel()
+            reporter.info(f"{asked.task.name} {described(video)} (streamed): the client went away, its reading stopped")
+    try:
+        reply: Reply = job.answer.result()
     except ApiError as error:
         yield event(error.body())
     except Exception as error:

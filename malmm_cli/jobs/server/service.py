@@ -1,18 +1,21 @@
 """The one loaded model answering requests: each read as `malmm caption|ask|predict` reads one video
-(the same readers, sampling, memory, generation and batch sizes, through reading/pipeline.py), one
-request at a time, the others waiting in a line of bounded length."""
+(the same readers, sampling, memory, generation and batch sizes, through jobs/videos.ModelReading),
+the requests waiting in a line of bounded length. Requests that wait together and would be read
+with the same settings are read together, in the lockstep batches the command line reads a folder
+in; a request whose client went away is dropped from the line, or from its batch mid-video."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
+from malmm_cli.jobs.errors import SetupError
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, as_fields
 from malmm_cli.media.plans import VideoError
@@ -23,8 +26,6 @@ if TYPE_CHECKING:
     from malmm_cli.reading.results import VideoResult
     from malmm_cli.reading.stream import Progress
     from models.malmm import Malmm
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -37,60 +38,104 @@ class Reply:
     usage: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Job:
+    """One request for the model: what it asks, the video file it reads, where its reading progress
+    goes, and its answer, settled by the model's thread. `cancel` when its client goes away."""
+
+    request: ChatRequest
+    video: Path
+    progress: Progress | None = None
+    answer: Future[Reply] = field(default_factory=Future)
+    gone: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Nobody waits for the answer: drop the job if it waits, stop reading its video if read."""
+        self.gone.set()
+        self.answer.cancel()  # (a job being read is not cancelled by this, `gone` stops it)
+
+    @property
+    def wanted(self) -> bool:
+        return not self.gone.is_set()
+
+
 class Service(Protocol):
     """What the application needs of a model: its name, where it runs, the options requests start
-    from, and an answer to one request about one video file."""
+    from, which requests may be read together, and the answers to such a group."""
 
     model_id: str
     device: str
     defaults: RunOptions
 
-    def answer(self, request: ChatRequest, video: Path, progress: Progress | None = None) -> Reply: ...
+    def together(self, request: ChatRequest) -> Hashable:
+        """Requests with equal keys may be read in one batch."""
+        ...
+
+    def answer(self, jobs: list[Job]) -> None:
+        """Read the jobs' videos, settling each job's answer (a Reply or an exception) as soon as it
+        is known; a job that stops being wanted may be left unread."""
+        ...
 
 
 class VideoService:
-    """A loaded model, reading one video per request exactly as the command line reads it."""
+    """A loaded model, reading each request's video exactly as the command line reads a file."""
 
     def __init__(self, malmm: Malmm, defaults: RunOptions, model_id: str, reporter: Reporter):
         self.malmm, self.defaults, self.model_id = malmm, defaults, model_id
         self.device = str(malmm.device)
         self.cache = defaults.cache(reporter)  # the feature cache, as the command line's
 
-    def answer(self, request: ChatRequest, video: Path, progress: Progress | None = None) -> Reply:
-        """Read the video for the request's task; ApiError for a video that cannot be read or
-        options the model refuses."""
-        from malmm_cli.jobs.loading import reading_sizes, vision_batch_size
+    def together(self, request: ChatRequest) -> Hashable:
+        """The settings a lockstep batch shares: the task, sampling, memory and generation, and as
+        many readers (and memories shared by them) for every video."""
+        from malmm_cli.reading.pipeline import shared_memories
+
+        options, preset, readers = request.options, request.task.preset, request.task.readers()
+        return (request.task.name, options.sampling(preset), options.bank(preset), options.memory,
+                options.generation(preset), options.batch_size, len(readers),
+                len(shared_memories(readers)))  # fmt: skip
+
+    def answer(self, jobs: list[Job]) -> None:
+        """Read the jobs (all `together`) in lockstep; a video that cannot be read, or options the
+        model refuses, are the request's ApiError."""
+        from malmm_cli.jobs.videos import model_reading
         from malmm_cli.media.probe import check_readable
         from malmm_cli.output.writers import to_txt
-        from malmm_cli.reading.pipeline import Memory, check_memory, read_videos
+        from malmm_cli.reading.lockstep import Clip
+        from malmm_cli.reading.pipeline import Stopped
         from malmm_cli.reading.stream import NoProgress
 
-        options, task = request.options, request.task.preset
-        readers = request.task.readers()
-        memory = Memory(options.bank(task), options.memory)
+        task = jobs[0].request.task
         try:
-            check_memory(self.malmm, memory)
-            check_readable(video)  # the command line's cheap check, and its words
-        except (ValueError, VideoError) as error:
-            raise ApiError(as_fields(str(error)), code="unreadable_video"
-                           if isinstance(error, VideoError) else "invalid_value") from None  # fmt: skip
-        generation = options.generation(task)
-        vision_batch = vision_batch_size(self.malmm, options.batch_size)
-        sizes = reading_sizes(
-            self.malmm, memory_bank_length=memory.bank_length, frames=options.most_frames(task),
-            readers=len(readers), num_beams=generation.num_beams, max_new_tokens=generation.max_new_tokens,
-            vision_batch=vision_batch, videos=1,
-        )  # fmt: skip
-        (result,) = read_videos(
-            self.malmm, [video], readers, request.task.name, sampling=options.sampling(task), memory=memory,
-            settings=generation, progress=[progress or NoProgress()], batch_size=vision_batch, cache=self.cache,
-            answers_per_batch=sizes.answers,
-        )  # fmt: skip
-        if isinstance(result, VideoError):
-            raise ApiError(str(result), code="unreadable_video")
-        if isinstance(result, Exception):
-            raise result
-        return Reply(result, to_txt(result).rstrip("\n"), self.usage(readers, result))
+            reading = model_reading(self.malmm, jobs[0].request.options, task.preset, task.name,
+                                    len(task.readers()), self.cache)  # fmt: skip
+        except SetupError as error:
+            for job in jobs:
+                job.answer.set_exception(ApiError(as_fields(str(error)), code="invalid_value"))
+            return
+        readable: list[Job] = []
+        for job in jobs:
+            try:
+                check_readable(job.video)  # the command line's cheap check, and its words
+                readable.append(job)
+            except VideoError as error:
+                job.answer.set_exception(ApiError(as_fields(str(error)), code="unreadable_video"))
+
+        def settle(number: int, result: VideoResult | Exception) -> None:
+            job = readable[number]
+            if isinstance(result, Stopped):
+                job.answer.set_exception(result)
+            elif isinstance(result, VideoError):
+                job.answer.set_exception(ApiError(str(result), code="unreadable_video"))
+            elif isinstance(result, Exception):
+                job.answer.set_exception(result)
+            else:
+                readers = job.request.task.readers()
+                job.answer.set_result(Reply(result, to_txt(result).rstrip("\n"), self.usage(readers, result)))
+
+        clips = [Clip(job.video, reading.sampling, tuple(job.request.task.readers())) for job in readable]
+        reading.read(clips, [job.progress or NoProgress() for job in readable], settle,
+                     stopped=lambda number: not readable[number].wanted)  # fmt: skip
 
     def usage(self, readers: list[Reader], result: VideoResult) -> dict[str, int]:
         """Tokens the LLM read (each read-out: the query tokens and the prompt) and wrote (the texts
@@ -124,54 +169,84 @@ class QueueFull(Exception):
 
 
 class ModelLine:
-    """Requests take turns with the one model: one is read at a time, in a thread of its own (so the
-    server goes on answering), and at most `waiting` more wait for it; more are refused (QueueFull)
-    at once rather than left to time out."""
+    """Requests take turns with the one model, in a thread of its own (so the server goes on
+    answering): the first waiting job is read with every other waiting job the service reads
+    `together` with it; at most `waiting` jobs wait, more are refused (QueueFull) at once rather
+    than left to time out. `start=False`: nothing is read until `start()`."""
 
-    def __init__(self, waiting: int):
-        self.waiting = waiting
-        self._lock = threading.Lock()
-        self._admitted = 0  # waiting and being read
-        self._reading = False
-        self._seconds = 0.0  # how long a request took lately (a moving average), for Retry-After
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+    def __init__(self, service: Service, waiting: int, start: bool = True):
+        self.service, self.waiting = service, waiting
+        self._ready = threading.Condition()
+        self._line: deque[Job] = deque()
+        self._reading = 0  # jobs being read now
+        self._seconds = 0.0  # how long a job took lately (a moving average), for Retry-After
         self._worker = threading.Thread(target=self._work, name="malmm-model", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self._worker.start()
 
     @property
     def queued(self) -> int:
-        with self._lock:
-            return self._admitted - self._reading
+        with self._ready:
+            self._forget_gone()
+            return len(self._line)
 
     @property
-    def reading(self) -> bool:
-        return self._reading
+    def reading(self) -> int:
+        with self._ready:
+            return self._reading
 
-    def submit(self, work: Callable[[], T]) -> Future[T]:
-        """Run `work` when the model is free; QueueFull when `waiting` requests already wait."""
-        with self._lock:
-            if self._admitted > self.waiting:
-                raise QueueFull(max(1, round(self._seconds * (self._admitted - self._reading + 1))))
-            self._admitted += 1
-        future: Future[T] = Future()
-        self._jobs.put((work, future))
-        return future
+    def submit(self, job: Job) -> None:
+        """Line the job up for the model; QueueFull when `waiting` jobs already wait."""
+        with self._ready:
+            self._forget_gone()
+            if len(self._line) >= self.waiting:
+                ahead = len(self._line) + min(self._reading, 1)
+                raise QueueFull(max(1, round(self._seconds * ahead)))
+            self._line.append(job)
+            self._ready.notify()
+
+    def _forget_gone(self) -> None:
+        """Jobs whose clients went away while they waited hold no place in the line."""
+        if any(not job.wanted for job in self._line):
+            self._line = deque(job for job in self._line if job.wanted)
+
+    def _next(self) -> list[Job]:
+        """The first waiting job and those to read with it, taken out of the line (jobs whose
+        clients went away while they waited are dropped)."""
+        with self._ready:
+            while not self._line:
+                self._ready.wait()
+            first = self._line.popleft()
+            try:
+                key = self.service.together(first.request)
+                group = [first, *(job for job in self._line if self.service.together(job.request) == key)]
+            except Exception:  # a request the service cannot key is read alone (and fails there)
+                group = [first]
+            for job in group[1:]:
+                self._line.remove(job)
+            group = [job for job in group if job.answer.set_running_or_notify_cancel()]
+            self._reading = len(group)
+            return group
 
     def _work(self) -> None:
         while True:
-            work, future = self._jobs.get()
+            group = self._next()
             started = time.monotonic()
             try:
-                if not future.set_running_or_notify_cancel():  # its client went away while it waited
-                    continue
-                with self._lock:
-                    self._reading = True
-                try:
-                    future.set_result(work())
-                except BaseException as error:  # handed to the request, which says it
-                    future.set_exception(error)
+                if group:
+                    self.service.answer(group)
+            except BaseException as error:  # handed to the requests, which say it
+                for job in group:
+                    if not job.answer.done():
+                        job.answer.set_exception(error)
             finally:
-                with self._lock:
-                    self._admitted -= 1
-                    self._reading = False
-                    self._seconds = 0.7 * self._seconds + 0.3 * (time.monotonic() - started)
+                for job in group:  # a service that forgot one must not leave its client waiting
+                    if not job.answer.done():
+                        job.answer.set_exception(RuntimeError("the model left the request unanswered"))
+                with self._ready:
+                    self._reading = 0
+                    if group:
+                        self._seconds = 0.7 * self._seconds + 0.3 * (time.monotonic() - started) / len(group)
