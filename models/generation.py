@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutput
 
 from models.compat import cache_keyword
@@ -43,6 +45,36 @@ def _is_vicuna_vocabulary(model: MalmmForConditionalGeneration, tokenizer: PreTr
     return model.config.use_decoder_only_language_model and tokenizer.eos_token_id == 2
 
 
+def _decoded(model: MalmmForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> list[str]:
+    """Answers [B, T] of new token ids as text, stripped."""
+    if _is_vicuna_vocabulary(model, tokenizer):
+        ids = ids.clamp(min=2)  # MA-LMM's quirk: <unk>/<s> (and -1) become </s>, then skipped
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class TextSoFar(BaseStreamer):
+    """Each video's answer as it grows, while greedy decoding runs: transformers hands `put` the
+    prompt's ids first (skipped), then each step's new tokens ([B], or [B, k] for k steps); every
+    step, told(row, text) gets that row's answer so far, decoded as the finished one will be."""
+
+    def __init__(self, model: MalmmForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, rows: int,
+                 told: Callable[[int, str], None]):  # fmt: skip
+        self.model, self.tokenizer, self.told = model, tokenizer, told
+        self.ids = torch.empty(rows, 0, dtype=torch.long)  # [B, T so far]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ids = torch.cat([self.ids, value.reshape(self.ids.shape[0], -1).to(torch.long)], dim=1)
+        for row, text in enumerate(_decoded(self.model, self.tokenizer, self.ids)):
+            self.told(row, text)
+
+    def end(self) -> None:
+        pass
+
+
 @torch.inference_mode()
 def generate_ids(
     model: MalmmForConditionalGeneration,
@@ -50,11 +82,14 @@ def generate_ids(
     query_output: torch.Tensor,
     prompts: list[str],
     settings: GenerationSettings = GenerationSettings(),
+    streamer: BaseStreamer | None = None,
 ) -> torch.Tensor:
     """New token ids [B x R, T] from beam search over [queries ; prompt], the R =
-    `settings.beams_returned` best beams of each video in a row, best first. query_output: [B, NQ, D]."""
+    `settings.beams_returned` best beams of each video in a row, best first. query_output: [B, NQ, D].
+    streamer: given each step's tokens (greedy decoding only: num_beams 1)."""
     embeds, mask = _prefix(model, tokenizer, query_output, prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    streaming = {} if streamer is None else {"streamer": streamer}
     with warnings.catch_warnings():
         # Only new tokens are penalised for repetition, as in MA-LMM: the prompt is embeddings.
         warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
@@ -69,6 +104,7 @@ def generate_ids(
             length_penalty=settings.length_penalty,
             num_return_sequences=settings.beams_returned,
             pad_token_id=pad,
+            **streaming,
         )
 
 
@@ -89,12 +125,14 @@ def generate_beams(
     query_output: torch.Tensor,
     prompts: list[str],
     settings: GenerationSettings = GenerationSettings(),
+    on_text: Callable[[int, str], None] | None = None,
 ) -> list[list[str]]:
-    """The `settings.beams_returned` best answers per video, best first, decoded and stripped."""
-    output = generate_ids(model, tokenizer, query_output, prompts, settings)
-    if _is_vicuna_vocabulary(model, tokenizer):
-        output = output.clamp(min=2)  # MA-LMM's quirk: <unk>/<s> (and -1) become </s>, then skipped
-    texts = [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    """The `settings.beams_returned` best answers per video, best first, decoded and stripped.
+    on_text(video, text so far): each video's answer as it is generated, when decoding is greedy
+    (one beam; beam search knows no token for sure until it ends, so it is not told)."""
+    greedy = settings.num_beams == 1 and settings.beams_returned == 1
+    streamer = TextSoFar(model, tokenizer, len(prompts), on_text) if on_text is not None and greedy else None
+    texts = _decoded(model, tokenizer, generate_ids(model, tokenizer, query_output, prompts, settings, streamer))
     per_video = settings.beams_returned
     return [texts[i : i + per_video] for i in range(0, len(texts), per_video)]
 

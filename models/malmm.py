@@ -14,7 +14,7 @@ pixels come from the caller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,11 +180,16 @@ class Malmm:
         return generate(self.model, self.tokenizer, query_output, prompts, settings)
 
     def generate_beams(
-        self, query_output: torch.Tensor, prompt: str | list[str], settings: GenerationSettings = GenerationSettings()
+        self,
+        query_output: torch.Tensor,
+        prompt: str | list[str],
+        settings: GenerationSettings = GenerationSettings(),
+        on_text: Callable[[int, str], None] | None = None,
     ) -> list[list[str]]:
-        """The `settings.beams_returned` best answers per video, best first."""
+        """The `settings.beams_returned` best answers per video, best first; on_text(video, text so
+        far) while they are generated, when decoding is greedy (generation.generate_beams)."""
         prompts = [prompt] * query_output.shape[0] if isinstance(prompt, str) else list(prompt)
-        return generate_beams(self.model, self.tokenizer, query_output, prompts, settings)
+        return generate_beams(self.model, self.tokenizer, query_output, prompts, settings, on_text)
 
     def score_labels(self, query_output: torch.Tensor, prompt: str | list[str], labels: list[str]) -> torch.Tensor:
         """[B, K] log-likelihood of each candidate label as the answer (higher is likelier)."""

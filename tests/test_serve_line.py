@@ -5,6 +5,7 @@ skips decoding and the vision encoder, and a client that goes away stops its wor
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -185,3 +186,41 @@ def test_a_waiting_client_that_goes_away_leaves_the_line(gated: tuple[Running, G
     wait_for(lambda: health(served)["reading"] == 0)
     assert [len(batch) for batch in gate.batches] == [1]
     assert any("the client went away" in line for line in served.log.infos)
+
+
+def test_a_streamed_answer_comes_word_by_word_as_it_is_generated(gated: tuple[Running, Gate], clips: Clips) -> None:
+    """Greedy decoding (num_beams 1): the answer's words come in several chunks, together the
+    answer; beam search knows no word for sure until it ends, so its answer comes in one chunk."""
+    served, gate = gated
+    gate.release.set()
+    for beams, several in ((1, True), (2, False)):
+        asked = {"model": "x", "messages": video(str(clips.short), "what is it?"), "frames": 3, "max_tokens": 24,
+                 "num_beams": beams}  # fmt: skip
+        whole = served.post(asked, key=None).json()["choices"][0]["message"]["content"]
+        assert " " in whole  # the tiny model's words: several
+        with httpx.stream("POST", f"{served.url}/v1/chat/completions", json={**asked, "stream": True},
+                          timeout=60) as response:  # fmt: skip
+            events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: {")]
+        parts = [json.loads(event)["choices"][0]["delta"].get("content") for event in events[1:-1]]
+        assert "".join(parts) == whole
+        assert (len(parts) > 1) is several, parts
+
+
+def test_answers_told_as_they_grow_end_as_the_answers(tiny_malmm) -> None:
+    """models.generation: each video's text so far, at every greedy step, ends as its answer."""
+    import torch
+
+    from models import GenerationSettings
+
+    torch.manual_seed(0)
+    queries = torch.randn(
+        2, tiny_malmm.model.config.num_query_tokens, tiny_malmm.model.config.qformer_config.hidden_size
+    )
+    settings = GenerationSettings(max_new_tokens=12, num_beams=1)
+    told: dict[int, list[str]] = {0: [], 1: []}
+    answers = tiny_malmm.generate_beams(
+        queries, ["what?", "and then?"], settings, lambda row, text: told[row].append(text)
+    )
+    assert [texts[0] for texts in answers] == [told[0][-1], told[1][-1]]
+    assert len(told[0]) == len(told[1]) > 1
+    assert tiny_malmm.generate_beams(queries, ["what?", "and then?"], settings) == answers

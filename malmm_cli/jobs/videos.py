@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # loaded when the videos are read
     from malmm_cli.media.sampling import Sampling
     from malmm_cli.reading.feature_cache import FeatureCache
     from malmm_cli.reading.lockstep import Clip
-    from malmm_cli.reading.pipeline import Memory, Reader, VideoFiles
+    from malmm_cli.reading.pipeline import Growing, Memory, Reader, VideoFiles
     from malmm_cli.reading.results import VideoResult
     from malmm_cli.reading.stream import Progress
     from models import GenerationSettings
@@ -222,13 +222,16 @@ class ModelReading:
         progress: list[Progress],
         done: Callable[[int, VideoResult | Exception], None],
         stopped: Callable[[int], bool] | None = None,
+        on_text: Callable[[Growing], None] | None = None,
     ) -> list[VideoResult | Exception]:
-        """Read the clips, `sizes.videos` at a time; done(i, result) the moment the i-th ends."""
+        """Read the clips, `sizes.videos` at a time; done(i, result) the moment the i-th ends (and
+        the rest of reading/lockstep.read_in_lockstep's hooks)."""
         from malmm_cli.reading.lockstep import read_in_lockstep
 
         return read_in_lockstep(self.malmm, clips, self.files, self.name, videos_at_once=self.sizes.videos,
                                 memory=self.memory, settings=self.generation, progress=progress,
-                                answers_per_batch=self.sizes.answers, on_done=done, stopped=stopped)  # fmt: skip
+                                answers_per_batch=self.sizes.answers, on_done=done, stopped=stopped,
+                                on_text=on_text)  # fmt: skip
 
 
 def model_reading(

@@ -20,6 +20,7 @@ knows the memory left free).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 from malmm_cli.media.inputs import Input, clip_sampling
 from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
-from malmm_cli.reading.pipeline import ANSWERS_PER_BATCH, Memory, Reader, read_streams, shared_memories
+from malmm_cli.reading.pipeline import ANSWERS_PER_BATCH, Growing, Memory, Reader, read_streams, shared_memories
 from malmm_cli.reading.results import VideoResult
 from malmm_cli.reading.stream import NoProgress, Progress, VideoStream
 from models import GenerationSettings, Malmm
@@ -89,11 +90,13 @@ def read_in_lockstep(
     answers_per_batch: int = ANSWERS_PER_BATCH,
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
     stopped: Callable[[int], bool] | None = None,
+    on_text: Callable[[Growing], None] | None = None,
 ) -> list[VideoResult | Exception]:
     """Read the clips, a group of `lockstep_groups` at a time, each group in lockstep: one result
     per clip, or the exception it failed with. open_stream(source, sampling, readers) opens one
     (pipeline.VideoFiles for files). on_done(i, result) is called the moment the i-th clip is done;
-    stopped(i): whether the i-th clip is still wanted (read_streams' `stopped`)."""
+    stopped(i): whether the i-th clip is still wanted (read_streams' `stopped`); on_text: answers as
+    they grow (read_streams'), numbered as the clips."""
     progress = list(progress) if progress is not None else [NoProgress() for _ in clips]
     results: list[VideoResult | Exception | None] = [None] * len(clips)
 
@@ -114,6 +117,9 @@ def read_in_lockstep(
             memory=memory, settings=settings, progress=[progress[number] for number in group],
             answers_per_batch=answers_per_batch, on_done=lambda i, result, group=group: conclude(group[i], result),
             stopped=None if stopped is None else lambda i, group=group: stopped(group[i]),
+            on_text=None if on_text is None else lambda grown, group=group: on_text(
+                dataclasses.replace(grown, video=group[grown.video])
+            ),
         )  # fmt: skip
     return results
 

@@ -247,6 +247,17 @@ class Answered:
     beams: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Growing:
+    """An answer being generated, handed over at each new token (greedy decoding only): the video's
+    number in the batch, its reader, the span read out (None: the end) and the text so far."""
+
+    video: int
+    reader: Reader
+    span: tuple[float, float] | None
+    text: str
+
+
 def _chapter_plans(grid: Grid, times: list[float]) -> dict[int, tuple[int, int]]:
     """Chapter -> (plan index of its first planned frame, frames planned in it). Positions start at
     the first *planned* frame, so a missing first frame does not shift the others; a live stream
@@ -432,6 +443,7 @@ def read_streams(
     on_done: Callable[[int, VideoResult | Exception], None] | None = None,
     on_answer: Callable[[Answered], None] | None = None,
     stopped: Callable[[int], bool] | None = None,
+    on_text: Callable[[Growing], None] | None = None,
 ) -> list[VideoResult | Exception]:
     """The one reading loop: read the streams `open_stream` opens for each source (once each, in
     order) in lockstep and answer what their readers ask; one result per source, or the exception
@@ -446,7 +458,8 @@ def read_streams(
     or fails. on_answer: receives every read-out as soon as it is answered (a live stream's
     events), instead of its being collected into the result. stopped(i): whether the i-th video is
     no longer wanted (its client went away): asked before each of its frames, it then leaves the
-    batch, failed with `Stopped`, and the others go on.
+    batch, failed with `Stopped`, and the others go on. on_text: receives each answer as it grows,
+    token by token, when decoding is greedy (`settings.num_beams` 1).
     """
     each = _readers_of(readers, len(sources))
     check_memory(malmm, memory)
@@ -503,7 +516,7 @@ def read_streams(
             for video, _, _ in frames:
                 progress[video.number].advance()
             answered = [r for r in pending if r.video.error is None]
-            _answer(malmm, answered, settings, answers_per_batch)
+            _answer(malmm, answered, settings, answers_per_batch, on_text)
             deliver(answered)
             for video in [*finished, *(v for v in batch.videos if v.error is not None)]:
                 conclude(video.number, video.outcome(task))
@@ -605,9 +618,16 @@ def _check_frames(memory: Memory, planned: int | None) -> None:
         )
 
 
-def _answer(malmm: Malmm, pending: list[_Readout], settings: GenerationSettings, per_batch: int) -> None:
+def _answer(
+    malmm: Malmm,
+    pending: list[_Readout],
+    settings: GenerationSettings,
+    per_batch: int,
+    on_text: Callable[[Growing], None] | None = None,
+) -> None:
     """Answer read-outs in batches of `per_batch`: those ranking the same labels together, those
-    generating text together (grouped by the length of what the LLM reads: concat varies)."""
+    generating text together (grouped by the length of what the LLM reads: concat varies);
+    on_text: each generated answer as it grows (see read_streams)."""
     groups: dict[tuple, list[_Readout]] = defaultdict(list)
     for readout in pending:
         reader = readout.video.readers[readout.reader]
@@ -622,10 +642,15 @@ def _answer(malmm: Malmm, pending: list[_Readout], settings: GenerationSettings,
                 answers = rank_labels(malmm, tokens, prompts, list(labels), top_k)
                 beams = [[] for _ in chunk]
             else:
-                beams = malmm.generate_beams(tokens, prompts, settings)
+                told = None if on_text is None else lambda row, text, chunk=chunk: on_text(_growing(chunk[row], text))
+                beams = malmm.generate_beams(tokens, prompts, settings, told)
                 answers = [texts[0] for texts in beams]
             for readout, answer, texts in zip(chunk, answers, beams, strict=True):
                 readout.answer, readout.beams = answer, texts
+
+
+def _growing(readout: _Readout, text: str) -> Growing:
+    return Growing(readout.video.number, readout.video.readers[readout.reader], readout.span, text)
 
 
 def rank_labels(

@@ -127,11 +127,11 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         body = await read_json(request, limits.max_body)
         asked = parse_chat(body, service.defaults)
         video = await asyncio.to_thread(state["policy"].open, asked.video)  # an upload is decoded and written
-        events: asyncio.Queue[str | None] = asyncio.Queue()
+        events: asyncio.Queue[str | Grown | None] = asyncio.Queue()
         tell = handed_to(asyncio.get_running_loop(), events.put_nowait)
         progress = FrameCount(tell) if asked.stream else None
         started = time.monotonic()
-        job = Job(asked, video.path, progress)
+        job = Job(asked, video.path, progress, on_text=(lambda text: tell(Grown(text))) if asked.stream else None)
         try:
             line.submit(job)
         except QueueFull as full:
@@ -195,7 +195,7 @@ async def stream(
     asked: ChatRequest,
     video: Video,
     job: Job,
-    events: asyncio.Queue[str | None],
+    events: asyncio.Queue[str | Grown | None],
     ident: str,
     created: int,
     model: str,
@@ -203,16 +203,24 @@ async def stream(
     started: float,
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format: the role first, reading progress as SSE comments
-    (clients skip them), the answer as one content chunk once read, then the end with the `malmm`
-    record (and the usage, if asked for), and [DONE]. A failure after the start is an error event."""
+    (clients skip them), the answer's words as they are generated (where the answer is one text and
+    decoding greedy; else the whole answer once read), then the end with the `malmm` record (and the
+    usage, if asked for), and [DONE]. A failure after the start is an error event."""
 
     def event(data: dict[str, Any]) -> str:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+    sent = ""  # the answer's text sent so far
     try:
         yield event(chunk(ident, model, created, {"role": "assistant", "content": ""}))
         while (said := await events.get()) is not None:
-            yield f": {said}\n\n"
+            if isinstance(said, Grown):
+                words = settled(said.text)
+                if len(words) > len(sent) and words.startswith(sent):
+                    yield event(chunk(ident, model, created, {"content": words[len(sent) :]}))
+                    sent = words
+            else:
+                yield f": {said}\n\n"
     finally:  # the client went away (the response is cancelled) or the answer is ready
         if not job.answer.done():
             job.cancel()
@@ -225,11 +233,32 @@ async def stream(
         yield event(unexpected(error, reporter).body())
     else:
         reporter.info(f"{asked.task.name} {described(video)} (streamed): {time.monotonic() - started:.1f} s")
-        yield event(chunk(ident, model, created, {"content": reply.content}))
+        if not reply.content.startswith(sent):  # never so far: the words sent are not how the answer begins
+            error = RuntimeError(f"the streamed words {sent!r} do not begin the answer {reply.content!r}")
+            yield event(unexpected(error, reporter).body())
+            yield "data: [DONE]\n\n"
+            return
+        if reply.content[len(sent) :]:
+            yield event(chunk(ident, model, created, {"content": reply.content[len(sent) :]}))
         yield event(chunk(ident, model, created, {}, "stop", malmm=result_record(reply, video)))
         if asked.include_usage:
             yield event(chunk(ident, model, created, None, usage=reply.usage))
     yield "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Grown:
+    """The answer so far, while it is generated."""
+
+    text: str
+
+
+def settled(text: str) -> str:
+    """What of an answer being generated later tokens will not change: its text up to its last
+    whitespace (a word may still grow), and nothing from a half-decoded character on."""
+    text = text.split("\ufffd", 1)[0]
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return text[: cut + 1] if cut >= 0 else ""
 
 
 def result_record(reply: Reply, video: Video) -> dict[str, Any]:

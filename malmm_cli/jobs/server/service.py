@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from malmm_cli.media.plans import VideoError
 
 if TYPE_CHECKING:
     from malmm_cli.jobs.reporting import Reporter
-    from malmm_cli.reading.pipeline import Reader
+    from malmm_cli.reading.pipeline import Growing, Reader
     from malmm_cli.reading.results import VideoResult
     from malmm_cli.reading.stream import Progress
     from models.malmm import Malmm
@@ -46,8 +46,16 @@ class Job:
     request: ChatRequest
     video: Path
     progress: Progress | None = None
+    on_text: Callable[[str], None] | None = None  # the answer as it grows, where it is one text (`grows`)
     answer: Future[Reply] = field(default_factory=Future)
     gone: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def grows(self) -> bool:
+        """Whether the reply's content is one generated text, which can be told as it grows: a
+        question's answer, or a caption without segments (with greedy decoding only)."""
+        task = self.request.task
+        return task.name == "ask" or (task.name == "caption" and task.request.get("segment") is None)
 
     def cancel(self) -> None:
         """Nobody waits for the answer: drop the job if it waits, stop reading its video if read."""
@@ -133,9 +141,15 @@ class VideoService:
                 readers = job.request.task.readers()
                 job.answer.set_result(Reply(result, to_txt(result).rstrip("\n"), self.usage(readers, result)))
 
+        def grown(growing: Growing) -> None:
+            job = readable[growing.video]
+            if job.on_text is not None and job.grows and growing.span is None:
+                job.on_text(growing.text)
+
         clips = [Clip(job.video, reading.sampling, tuple(job.request.task.readers())) for job in readable]
         reading.read(clips, [job.progress or NoProgress() for job in readable], settle,
-                     stopped=lambda number: not readable[number].wanted)  # fmt: skip
+                     stopped=lambda number: not readable[number].wanted,
+                     on_text=grown if any(job.on_text for job in readable) else None)  # fmt: skip
 
     def usage(self, readers: list[Reader], result: VideoResult) -> dict[str, int]:
         """Tokens the LLM read (each read-out: the query tokens and the prompt) and wrote (the texts
@@ -202,7 +216,8 @@ class ModelLine:
         """Line the job up for the model; QueueFull when `waiting` jobs already wait."""
         with self._ready:
             self._forget_gone()
-            if len(self._line) >= self.waiting:
+            idle = 1 if self._reading == 0 else 0  # the first job of an idle model is about to be read, not waiting
+            if len(self._line) >= self.waiting + idle:
                 ahead = len(self._line) + min(self._reading, 1)
                 raise QueueFull(max(1, round(self._seconds * ahead)))
             self._line.append(job)
