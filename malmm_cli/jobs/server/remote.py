@@ -87,7 +87,7 @@ class RemoteFetcher:
                     raise self._timed_out() from None
                 except httpx.HTTPError as error:
                     raise failed(f"{url}: {network_words(error)}") from None
-                with response:
+                try:
                     if response.status_code in REDIRECTS and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
@@ -95,6 +95,8 @@ class RemoteFetcher:
                         raise failed(f"{url}: the server answered HTTP {response.status_code} "
                                      f"{response.reason_phrase}".rstrip())  # fmt: skip
                     return self._save(response, folder, suffix, url, deadline)
+                finally:
+                    response.close()
         raise failed(f"more than {self.redirects} redirects: the last went to {url}")
 
     def _request(self, client: object, url: str, deadline: float) -> object:
