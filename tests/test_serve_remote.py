@@ -25,7 +25,7 @@ LIMIT = 200_000  # bytes: --remote-max-mb, in bytes, for these tests (the clip i
 
 class Clip(BaseHTTPRequestHandler):
     """The test server: the clip, redirects, a file declared too large, one too large without a
-    declared length, a server that goes silent, a 404."""
+    declared length, a server that goes silent, one that sends a byte at a time, a 404."""
 
     clip: bytes = b""
     protocol_version = "HTTP/1.0"  # no Content-Length: the body runs to the connection's close
@@ -51,6 +51,12 @@ class Clip(BaseHTTPRequestHandler):
             self._send(200, {"Content-Type": "video/mp4"})
             for _ in range(LIMIT // 10_000 + 2):
                 self.wfile.write(b"x" * 10_000)
+        elif self.path == "/trickle":  # never silent for long, never done
+            self._send(200, {"Content-Type": "video/mp4"})
+            for _ in range(30):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
         elif self.path == "/silent":
             self._send(200, {"Content-Type": "video/mp4"}, self.clip[:100])
             time.sleep(3)
@@ -178,7 +184,8 @@ def test_redirects_are_followed_at_most_five_times(pinned: Running, site: str) -
     [
         ("/declared-large", "remote_too_large", f"is {LIMIT + 1} bytes"),  # refused before reading
         ("/streamed-large", "remote_too_large", f"sent more than {LIMIT} bytes"),  # no Content-Length: counted
-        ("/silent", "remote_fetch_failed", "longer than 1 s (--remote-timeout)"),
+        ("/silent", "remote_fetch_failed", "longer than 1 s (--remote-timeout)"),  # waiting for a read
+        ("/trickle", "remote_fetch_failed", "longer than 1 s (--remote-timeout)"),  # counted between reads
         ("/missing.mp4", "remote_fetch_failed", "HTTP 404"),
     ],
 )

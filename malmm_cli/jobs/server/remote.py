@@ -29,7 +29,6 @@ from malmm_cli.jobs.server.chat import ApiError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECTS = {301, 302, 303, 307, 308}
-CHUNK = 1024 * 1024
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -160,7 +159,7 @@ class RemoteFetcher:
         size = 0
         try:
             with os.fdopen(descriptor, "wb") as file:
-                for part in response.iter_raw(CHUNK):
+                for part in response.iter_raw():  # each read as it arrives: counted and timed at once
                     size += len(part)
                     if size > self.max_bytes:
                         raise self._too_large(f"{url} sent more than {self.max_bytes} bytes")
