@@ -141,8 +141,8 @@ class VideoPolicy:
 
 
 def suffix_for(content_type: str, path: str, still: bool) -> str:
-    """The extension a received file is saved with, which FFmpeg's image demuxer needs to read a
-    still: the type's, else the URL path's own (when it is a known one), else a neutral one."""
+    """The extension a received file is saved with, so that its name agrees with its content (FFmpeg
+    also probes the content): the type's, else the URL path's own (a known one), else a neutral one."""
     known = IMAGE_SUFFIXES if still else SUFFIXES
     if content_type in known:
         return known[content_type]
