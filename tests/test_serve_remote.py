@@ -28,6 +28,7 @@ class Clip(BaseHTTPRequestHandler):
     declared length, a server that goes silent, one that sends a byte at a time, a 404."""
 
     clip: bytes = b""
+    still: bytes = b""
     protocol_version = "HTTP/1.0"  # no Content-Length: the body runs to the connection's close
 
     def log_message(self, *args: object) -> None:  # quiet
@@ -37,6 +38,8 @@ class Clip(BaseHTTPRequestHandler):
         port = self.server.server_address[1]
         if self.path == "/clip.mp4":
             self._send(200, {"Content-Type": "video/mp4", "Content-Length": str(len(self.clip))}, self.clip)
+        elif self.path == "/photo":  # a still, named by its type alone
+            self._send(200, {"Content-Type": "image/png", "Content-Length": str(len(self.still))}, self.still)
         elif self.path == "/moved":
             self._send(302, {"Location": "/clip.mp4"})
         elif self.path == "/to-named":  # to a host name the injected resolver answers
@@ -78,7 +81,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
 
 @pytest.fixture(scope="module")
 def site(clips: Clips) -> Iterator[str]:
-    handler = type("Handler", (Clip,), {"clip": clips.short.read_bytes()})
+    from tests import media
+
+    still = media.make_still_image(clips.allowed / "still.png")
+    handler = type("Handler", (Clip,), {"clip": clips.short.read_bytes(), "still": still.read_bytes()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -153,6 +159,16 @@ def test_a_remote_video_is_read_as_the_same_file_by_path(pinned: Running, clips:
             k: v for k, v in by_path["malmm"].items() if k != "file"
         }
         assert list(pinned.app.state.uploads.iterdir()) == []  # removed once read
+
+
+def test_a_remote_still_is_read_as_the_same_file_by_path(pinned: Running, clips: Clips, site: str) -> None:
+    still = {"type": "image_url", "image_url": {"url": f"{site}/photo"}}
+    remote = pinned.post({"model": "tiny", "frames": 4, "messages": [{"role": "user", "content": [still]}]})
+    assert remote.status_code == 200, remote.text
+    by_path = {"type": "image_url", "image_url": {"url": str(clips.allowed / "still.png")}}
+    local = pinned.post({"model": "tiny", "frames": 4, "messages": [{"role": "user", "content": [by_path]}]}).json()
+    assert remote.json()["choices"] == local["choices"] and remote.json()["malmm"]["frames"] == 1
+    assert remote.json()["malmm"]["download"]["type"] == "image/png"
 
 
 def test_loopback_is_refused_with_the_real_check(real: Running, site: str) -> None:
