@@ -224,7 +224,7 @@ def test_options_are_checked_as_the_command_line_checks_them(
 def test_contents_the_server_refuses(served: Running, clips: Clips) -> None:
     cases = [
         ([{"role": "user", "content": "hello"}], "no video"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "image_url parts"),
+        ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}], "text, video_url and image_url"),
         (video(str(clips.short)), None),  # then one that works: the server is still serving
     ]
     for messages, message in cases:

@@ -24,6 +24,8 @@ from malmm_cli.commands.options import (
     WorkersOption,
     parse_attempts,
     parse_count,
+    parse_positive,
+    parse_seconds,
     parse_whole,
 )
 from malmm_cli.commands.progress import Reporter
@@ -39,6 +41,13 @@ def parse_port(text: str) -> int:
     if port > 65535:
         raise typer.BadParameter(f"must be 65535 or less, not {port}")
     return port
+
+
+def parse_cap_seconds(text: str | float) -> float:
+    """A duration as --segment takes it (14400, 4h, 04:00:00), or 0: no cap."""
+    if isinstance(text, (int, float)) or text.strip() in ("0", "0s", "0.0"):
+        return float(text)
+    return parse_seconds(text)
 
 
 def serve(
@@ -79,6 +88,61 @@ def serve(
             help="Requests that may wait while one is read; more are answered 429.",
         ),
     ] = 8,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Fetch http(s):// video and image URLs (public addresses only, at most 5 redirects).",
+        ),
+    ] = False,
+    remote_max_mb: Annotated[
+        int,
+        typer.Option("--remote-max-mb", metavar="MB", parser=parse_count, help="Largest remote file, in MiB."),
+    ] = 2048,
+    remote_timeout: Annotated[
+        float,
+        typer.Option(
+            "--remote-timeout",
+            metavar="SECONDS",
+            parser=parse_positive,
+            help="Time a remote download may take, redirects included.",
+        ),
+    ] = 300.0,
+    max_frames: Annotated[
+        int,
+        typer.Option(
+            "--max-frames",
+            metavar="N",
+            parser=parse_count,
+            help="Most frames one request reads (frames, or fps times the video's length).",
+        ),
+    ] = 1000,
+    max_duration: Annotated[
+        float,
+        typer.Option(
+            "--max-duration",
+            metavar="TIME",
+            parser=parse_cap_seconds,
+            help="Longest video a request reads (seconds, or 4h, 01:30:00); 0: any length.",
+        ),
+    ] = 14400.0,
+    max_question: Annotated[
+        int,
+        typer.Option("--max-question", metavar="CHARS", parser=parse_count, help="Longest question, in characters."),
+    ] = 4000,
+    max_labels: Annotated[
+        int,
+        typer.Option("--max-labels", metavar="N", parser=parse_count, help="Most labels one request ranks."),
+    ] = 1000,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Web pages from ORIGIN (https://host[:port]) may read the answers (repeat for several; "
+            "'*' needs --api-key); by default no page on another origin may.",
+        ),
+    ] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     memory: MemoryOption = "malmm",
@@ -95,7 +159,8 @@ def serve(
     quiet: QuietOption = False,
 ) -> None:
     """Serve the model over HTTP, loaded once: OpenAI's POST /v1/chat/completions with a video_url
-    part (a path under --allow-dir, or a data:video/...;base64 upload), GET /v1/models, GET /health.
+    part (a path under --allow-dir, a data:video/...;base64 upload, an http(s) URL with
+    --allow-remote) or an image_url part (a still), GET /v1/models, GET /health.
 
     A request reads its video as caption, ask or predict would, with their defaults; the text is the
     question (none: a caption). Requests are read one at a time. docs/serve.md has examples.
@@ -108,7 +173,10 @@ def serve(
             batch_size=batch_size, seek=seek, decode_workers=decode_workers, no_cache=no_cache, quiet=quiet,
         )  # fmt: skip
     settings = ServeOptions(host=host, port=port, api_key=api_key, allow_dirs=list(allow_dir or []),
-                            max_body_mb=max_body, queue=queue)  # fmt: skip
+                            max_body_mb=max_body, queue=queue, allow_remote=allow_remote, remote_max_mb=remote_max_mb,
+                            remote_timeout=remote_timeout, max_frames=max_frames, max_duration=max_duration,
+                            max_question=max_question, max_labels=max_labels,
+                            cors_origins=list(cors_origin or []))  # fmt: skip
     try:
         with refusals(reporter):
             serve_job(settings, options, reporter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,14 @@ class ServeOptions:
     allow_dirs: list[Path] = field(default_factory=list)
     max_body_mb: int = 256
     queue: int = 8
+    allow_remote: bool = False
+    remote_max_mb: int = 2048
+    remote_timeout: float = 300.0
+    max_frames: int = 1000
+    max_duration: float = 14400.0  # seconds; 0: no cap
+    max_question: int = 4000
+    max_labels: int = 1000
+    cors_origins: list[str] = field(default_factory=list)
 
 
 def is_loopback(host: str) -> bool:
@@ -63,11 +72,33 @@ def check_serve(serve: ServeOptions, options: RunOptions) -> None:
     for folder in serve.allow_dirs:
         if not folder.is_dir():
             raise UsageError(f"{shown(folder)}: no such folder", option="--allow-dir")
+    check_cors_origins(serve.cors_origins, serve.api_key)
     check_engine_options(options)
     check_checkpoint(options)
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    needed = ("fastapi", "uvicorn", *(("httpx",) if serve.allow_remote else ()))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise SetupError(f"malmm serve needs {' and '.join(missing)}: pip install 'malmm[serve]'")
+
+
+ORIGIN = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
+
+
+def check_cors_origins(origins: list[str], api_key: str | None) -> None:
+    """Each --cors-origin is an exact origin (scheme://host[:port], as a browser sends it in its
+    Origin header: no path, no trailing slash), or `*`, which needs --api-key: without a key,
+    any page the user opens could use the server (and read what --allow-dir lets it read)."""
+    for origin in origins:
+        if origin == "*":
+            if not api_key:
+                raise UsageError(
+                    "--cors-origin '*' lets every web page a browser opens use the server: give --api-key KEY "
+                    "too (pages must then hold the key), or name the origins one by one",
+                    option="--cors-origin",
+                )  # fmt: skip
+        elif ORIGIN.fullmatch(origin) is None:
+            raise UsageError(f"{origin!r} is not an origin: give scheme://host[:port], e.g. https://app.example.com "
+                             "(no path, no trailing slash)", option="--cors-origin")  # fmt: skip
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -90,10 +121,16 @@ def load_service(options: RunOptions, reporter: Reporter) -> VideoService:
 
 def create_app(service: VideoService, serve: ServeOptions, reporter: Reporter) -> FastAPI:
     from malmm_cli.jobs.server.app import Limits, create_app
+    from malmm_cli.jobs.server.caps import Caps
+    from malmm_cli.jobs.server.remote import RemoteFetcher
     from malmm_cli.jobs.server.sources import allowed_folders
 
+    remote = RemoteFetcher(max_bytes=serve.remote_max_mb * MIB, timeout=serve.remote_timeout)
+    caps = Caps(frames=serve.max_frames, duration=serve.max_duration, question=serve.max_question,
+                labels=serve.max_labels)  # fmt: skip
     limits = Limits(api_key=serve.api_key or None, allowed=allowed_folders(serve.allow_dirs),
-                    max_body=serve.max_body_mb * MIB, queue=serve.queue)  # fmt: skip
+                    max_body=serve.max_body_mb * MIB, queue=serve.queue, remote=remote if serve.allow_remote else None,
+                    caps=caps, cors_origins=tuple(serve.cors_origins))  # fmt: skip
     return create_app(service, limits, reporter)
 
 

@@ -12,15 +12,18 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from malmm_cli.jobs.server.caps import Caps
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
+from malmm_cli.jobs.server.remote import RemoteFetcher
 from malmm_cli.jobs.server.service import Job, ModelLine, QueueFull, Reply, Service
 from malmm_cli.jobs.server.sources import Video, VideoPolicy
 
@@ -34,13 +37,18 @@ CLIENT_CHECK_SECONDS = 0.25  # how often a request waiting for its answer looks 
 @dataclass(frozen=True)
 class Limits:
     """What a client may do: the key it must send (None: any client on the bound address), the
-    folders its paths may name (resolved), the largest request body, and how many requests may wait
-    for the model while one is read."""
+    folders its paths may name (resolved), the largest request body, how many requests may wait
+    for the model while one is read, how remote URLs are fetched (None: refused), what one request
+    may ask (caps.Caps), and the web origins whose pages may read the answers (CORS; none: no
+    CORS headers at all)."""
 
     api_key: str | None = None
     allowed: tuple[Path, ...] = ()
     max_body: int = 256 * 1024 * 1024
     queue: int = 8
+    remote: RemoteFetcher | None = None
+    caps: Caps = field(default_factory=Caps)
+    cors_origins: tuple[str, ...] = ()
 
 
 class FrameCount:
@@ -72,13 +80,18 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uploads = Path(tempfile.mkdtemp(prefix="malmm-serve-"))  # mode 0700: this user's alone
         app.state.uploads = uploads
-        state["policy"] = VideoPolicy(limits.allowed, uploads)
+        state["policy"] = VideoPolicy(limits.allowed, uploads, limits.remote)
         try:
             yield
         finally:
             shutil.rmtree(uploads, ignore_errors=True)
 
     app = FastAPI(title="malmm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    if limits.cors_origins:  # else no CORS headers: browsers on other origins cannot read the answers
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(limits.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"], max_age=600,
+        )  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, error: ApiError) -> JSONResponse:
@@ -126,7 +139,13 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     async def chat(request: Request) -> Any:
         body = await read_json(request, limits.max_body)
         asked = parse_chat(body, service.defaults)
-        video = await asyncio.to_thread(state["policy"].open, asked.video)  # an upload is decoded and written
+        limits.caps.check_request(asked)
+        video = await asyncio.to_thread(state["policy"].open, asked.video, asked.still)  # an upload is written
+        try:
+            await asyncio.to_thread(check_video, asked, video, limits.caps)
+        except BaseException:
+            video.remove()
+            raise
         events: asyncio.Queue[str | Grown | None] = asyncio.Queue()
         tell = handed_to(asyncio.get_running_loop(), events.put_nowait)
         progress = FrameCount(tell) if asked.stream else None
@@ -178,6 +197,21 @@ async def answered(job: Job, request: Request, reporter: Reporter, video: Video)
 
 class ClientGone(Exception):
     """The client closed its connection before its answer was ready: nobody to answer."""
+
+
+def check_video(asked: ChatRequest, video: Video, caps: Caps) -> None:
+    """The video's length (and the frames an fps reads from it) against the caps, probed before the
+    request takes its place in the line; an unreadable video is said as the reading would say it."""
+    if not caps.needs_probe(asked):
+        return
+    from malmm_cli.media.plans import VideoError
+    from malmm_cli.media.probe import probe
+
+    try:
+        info = probe(video.path)
+    except VideoError as error:
+        raise ApiError(str(error), code="unreadable_video") from None
+    caps.check_video(asked, info)
 
 
 def handed_to(loop: asyncio.AbstractEventLoop, receive: Callable[[Any], None]) -> Callable[[Any], None]:

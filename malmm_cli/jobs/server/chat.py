@@ -16,6 +16,7 @@ from malmm_cli.jobs.errors import UsageError
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.jobs.videos import VideoTask, ask_task, caption_task, check_concat, predict_task
 from malmm_cli.media.timefmt import parse_duration
+from malmm_cli.wording import counted
 from models.presets import MEMORY_STRATEGIES
 
 TASKS = ("caption", "ask", "predict")
@@ -64,6 +65,7 @@ class ChatRequest:
     video: str
     stream: bool = False
     include_usage: bool = False
+    still: bool = False  # the video is an image_url's still, read as a one-frame video
 
 
 def as_fields(message: str) -> str:
@@ -158,12 +160,13 @@ def _reading_fields(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, tu
     return found
 
 
-def _content(body: dict[str, Any]) -> tuple[str, list[str]]:
-    """The question (the text of the last user message) and every video of the user's messages."""
+def _content(body: dict[str, Any]) -> tuple[str, list[tuple[str, bool]]]:
+    """The question (the text of the last user message) and every video and still of the user's
+    messages (the URL, and whether it is a still)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError("messages must be a non-empty list of messages", param="messages", code="invalid_type")
-    videos: list[str] = []
+    videos: list[tuple[str, bool]] = []
     text = ""
     for number, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -180,18 +183,16 @@ def _content(body: dict[str, Any]) -> tuple[str, list[str]]:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
-            elif kind == "video_url":
-                video = part.get("video_url")
+            elif kind in ("video_url", "image_url", "input_image"):
+                field = "image_url" if kind == "input_image" else kind  # the Responses API's name for a still
+                video = part.get(field)
                 url = video.get("url") if isinstance(video, dict) else video
                 if not isinstance(url, str) or not url.strip():
-                    raise ApiError("a video_url part needs a url: {\"video_url\": {\"url\": ...}}", param="messages",
-                                   code="invalid_type")  # fmt: skip
-                videos.append(url.strip())
-            elif kind in ("image_url", "input_image"):
-                raise ApiError(f"{kind} parts are not read yet: send a video as a video_url part", param="messages",
-                               code="unsupported_content")  # fmt: skip
+                    raise ApiError(f"a {kind} part needs a url: {{\"{field}\": {{\"url\": ...}}}}",
+                                   param="messages", code="invalid_type")  # fmt: skip
+                videos.append((url.strip(), kind != "video_url"))
             else:
-                raise ApiError(f"content parts of type {kind!r} are not read: text and video_url are",
+                raise ApiError(f"content parts of type {kind!r} are not read: text, video_url and image_url are",
                                param="messages", code="unsupported_content")  # fmt: skip
         text = "\n".join(texts).strip()
     return text, videos
@@ -204,10 +205,14 @@ def parse_chat(body: object, defaults: RunOptions) -> ChatRequest:
         raise ApiError("the request body must be a JSON object", code="invalid_type")
     text, videos = _content(body)
     if not videos:
-        raise ApiError('no video: add a content part {"type": "video_url", "video_url": {"url": ...}}',
-                       param="messages", code="missing_video")  # fmt: skip
+        raise ApiError('no video: add a content part {"type": "video_url", "video_url": {"url": ...}} (or an '
+                       "image_url part, for a still)", param="messages", code="missing_video")  # fmt: skip
     if len(videos) > 1:
-        raise ApiError(f"one video per request: this one has {len(videos)} (send each in a request of its own)",
+        stills = sum(still for _, still in videos)
+        moving = len(videos) - stills
+        has = " and ".join(counted(n, word) for n, word in ((moving, "video"), (stills, "image")) if n)
+        one = "one video or one image" if stills else "one video"
+        raise ApiError(f"{one} per request: this one has {has} (send each in a request of its own)",
                        param="messages", code="too_many_videos")  # fmt: skip
     if body.get("n") not in (None, 1):
         raise ApiError("one answer per request: n must be 1", param="n", code="unsupported_value")
@@ -248,8 +253,8 @@ def parse_chat(body: object, defaults: RunOptions) -> ChatRequest:
         raise ApiError(as_fields(str(error)), param=as_fields(error.option), code="invalid_value") from None
     stream_options = _object(body.get("stream_options"), "stream_options")
     return ChatRequest(
-        task=chosen, options=options, video=videos[0], stream=body.get("stream") is True,
-        include_usage=stream_options.get("include_usage") is True,
+        task=chosen, options=options, video=videos[0][0], stream=body.get("stream") is True,
+        include_usage=stream_options.get("include_usage") is True, still=videos[0][1],
     )  # fmt: skip
 
 
