@@ -79,6 +79,30 @@ def serve(
             help="Requests that may wait while one is read; more are answered 429.",
         ),
     ] = 8,
+    upload_ttl: Annotated[
+        int,
+        typer.Option(
+            "--upload-ttl",
+            metavar="SECONDS",
+            parser=parse_count,
+            help="How long a video uploaded with POST /v1/videos is kept (deleted sooner by DELETE).",
+        ),
+    ] = 3600,
+    max_upload: Annotated[
+        int,
+        typer.Option(
+            "--max-upload", metavar="MB", parser=parse_count, help="Largest video POST /v1/videos takes, in MiB."
+        ),
+    ] = 2048,
+    upload_space: Annotated[
+        int,
+        typer.Option(
+            "--upload-space",
+            metavar="MB",
+            parser=parse_count,
+            help="Disk space the uploaded videos may take together, in MiB; more uploads are refused.",
+        ),
+    ] = 8192,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     memory: MemoryOption = "malmm",
@@ -95,7 +119,8 @@ def serve(
     quiet: QuietOption = False,
 ) -> None:
     """Serve the model over HTTP, loaded once: OpenAI's POST /v1/chat/completions with a video_url
-    part (a path under --allow-dir, or a data:video/...;base64 upload), GET /v1/models, GET /health.
+    part (a path under --allow-dir, a data:video/...;base64 upload, or malmm://videos/ID, a video
+    uploaded with POST /v1/videos), GET /v1/models, GET /health, and a page at / for a person.
 
     A request reads its video as caption, ask or predict would, with their defaults; the text is the
     question (none: a caption). Requests are read one at a time. docs/serve.md has examples.
@@ -108,7 +133,8 @@ def serve(
             batch_size=batch_size, seek=seek, decode_workers=decode_workers, no_cache=no_cache, quiet=quiet,
         )  # fmt: skip
     settings = ServeOptions(host=host, port=port, api_key=api_key, allow_dirs=list(allow_dir or []),
-                            max_body_mb=max_body, queue=queue)  # fmt: skip
+                            max_body_mb=max_body, queue=queue, upload_ttl=upload_ttl, max_upload_mb=max_upload,
+                            upload_space_mb=upload_space)  # fmt: skip
     try:
         with refusals(reporter):
             serve_job(settings, options, reporter)

@@ -40,6 +40,9 @@ class ServeOptions:
     allow_dirs: list[Path] = field(default_factory=list)
     max_body_mb: int = 256
     queue: int = 8
+    upload_ttl: int = 3600
+    max_upload_mb: int = 2048
+    upload_space_mb: int = 8192
 
 
 def is_loopback(host: str) -> bool:
@@ -65,7 +68,7 @@ def check_serve(serve: ServeOptions, options: RunOptions) -> None:
             raise UsageError(f"{shown(folder)}: no such folder", option="--allow-dir")
     check_engine_options(options)
     check_checkpoint(options)
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(name) is None]
     if missing:
         raise SetupError(f"malmm serve needs {' and '.join(missing)}: pip install 'malmm[serve]'")
 
@@ -93,7 +96,8 @@ def create_app(service: VideoService, serve: ServeOptions, reporter: Reporter) -
     from malmm_cli.jobs.server.sources import allowed_folders
 
     limits = Limits(api_key=serve.api_key or None, allowed=allowed_folders(serve.allow_dirs),
-                    max_body=serve.max_body_mb * MIB, queue=serve.queue)  # fmt: skip
+                    max_body=serve.max_body_mb * MIB, queue=serve.queue, upload_ttl=serve.upload_ttl,
+                    max_upload=serve.max_upload_mb * MIB, upload_space=serve.upload_space_mb * MIB)  # fmt: skip
     return create_app(service, limits, reporter)
 
 

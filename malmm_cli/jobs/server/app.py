@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
+from malmm_cli.jobs.server.page import page_routes
 from malmm_cli.jobs.server.service import ModelLine, QueueFull, Reply, Service
 from malmm_cli.jobs.server.sources import Video, VideoPolicy
+from malmm_cli.jobs.server.uploads import UploadStore, upload_routes
 
 if TYPE_CHECKING:
     from malmm_cli.jobs.reporting import Reporter
@@ -33,13 +35,17 @@ JSON_TYPES = ("application/json", "text/json")
 @dataclass(frozen=True)
 class Limits:
     """What a client may do: the key it must send (None: any client on the bound address), the
-    folders its paths may name (resolved), the largest request body, and how many requests may wait
-    for the model while one is read."""
+    folders its paths may name (resolved), the largest request body, how many requests may wait
+    for the model while one is read, and the uploaded videos' lifetime (seconds), largest file and
+    total space (bytes)."""
 
     api_key: str | None = None
     allowed: tuple[Path, ...] = ()
     max_body: int = 256 * 1024 * 1024
     queue: int = 8
+    upload_ttl: float = 3600.0
+    max_upload: int = 2048 * 1024 * 1024
+    upload_space: int = 8192 * 1024 * 1024
 
 
 class FrameCount:
@@ -71,10 +77,12 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uploads = Path(tempfile.mkdtemp(prefix="malmm-serve-"))  # mode 0700: this user's alone
         app.state.uploads = uploads
-        state["policy"] = VideoPolicy(limits.allowed, uploads)
+        app.state.videos = UploadStore(uploads, limits.upload_ttl, limits.max_upload, limits.upload_space)
+        state["policy"] = VideoPolicy(limits.allowed, uploads, app.state.videos)
         try:
             yield
         finally:
+            app.state.videos.clear()
             shutil.rmtree(uploads, ignore_errors=True)
 
     app = FastAPI(title="malmm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -105,6 +113,8 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
             raise ApiError("wrong API key", status=401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)]
+    app.include_router(upload_routes(guarded))
+    app.include_router(page_routes())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

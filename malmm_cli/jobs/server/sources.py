@@ -12,6 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from malmm_cli.jobs.server.chat import ApiError
@@ -39,19 +40,28 @@ class Video:
             self.path.unlink(missing_ok=True)
 
 
+class StoredVideos(Protocol):
+    """The videos uploaded with POST /v1/videos (uploads.UploadStore), named malmm://videos/ID."""
+
+    def open(self, url: str) -> Video: ...
+
+
 @dataclass(frozen=True)
 class VideoPolicy:
-    """Where a request's video may come from: folders (resolved when the server starts) and the
-    private folder uploads are written to."""
+    """Where a request's video may come from: folders (resolved when the server starts), the
+    private folder uploads are written to, and the videos uploaded before (malmm://videos/ID)."""
 
     allowed: tuple[Path, ...]
     uploads: Path
+    stored: StoredVideos | None = None
 
     def open(self, url: str) -> Video:
         """The video a video_url names, or ApiError: 400 for what cannot be a video here, 403 for a
         path outside the allowed folders (said without telling whether it exists)."""
         if url.startswith("data:"):
             return self._upload(url)
+        if url.startswith("malmm://") and self.stored is not None:
+            return self.stored.open(url)  # 404 for an id unknown or expired
         parsed = urlparse(url)
         if parsed.scheme in ("http", "https", "ftp", "rtsp", "rtsps", "s3", "gs"):
             raise ApiError(
