@@ -1,6 +1,7 @@
 """The FastAPI application of `malmm serve`: OpenAI's chat completions with a video, the model list,
-a health check, the uploaded videos (uploads.py) and the page at / (page.py). Every refusal is in OpenAI's error shape; nothing a request does puts a traceback
-in a response (the server's log says what failed)."""
+a health check, the uploaded videos (uploads.py) and the page at / (page.py). Every refusal is in
+OpenAI's error shape; nothing a request does puts a traceback in a response (the server's log says
+what failed)."""
 
 from __future__ import annotations
 
