@@ -100,8 +100,9 @@ class UploadStore:
         return video
 
     def list(self) -> list[StoredVideo]:
+        """The stored videos in the order they were uploaded."""
         self.expire()
-        return sorted(self.videos.values(), key=lambda video: (video.created, video.id))
+        return list(self.videos.values())
 
     def delete(self, ident: str) -> None:
         self.get(ident)
