@@ -57,6 +57,15 @@ class Page:
             raise BrowserError(f"{expression[:60]}...: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
+    def requests_so_far(self) -> list[str]:
+        """Every URL the page has requested since it opened, the protocol's events read until now."""
+        self.evaluate("0")  # the events sent before this reply are read with it
+        return [
+            message["params"]["request"]["url"]
+            for message in self.browser._events
+            if message.get("method") == "Network.requestWillBeSent" and message.get("sessionId") == self.session
+        ]
+
     def screenshot(self) -> bytes:
         import base64
 
@@ -133,8 +142,9 @@ class Browser:
                     return self._events.pop(number)
             self._events.append(self._receive(deadline, event))
 
-    def open(self, path: Path, width: int = 1000, height: int = 800, media: str = "screen") -> Page:
-        """A new tab showing the file at this viewport size, loaded (its load event fired)."""
+    def open(self, path: Path | str, width: int = 1000, height: int = 800, media: str = "screen") -> Page:
+        """A new tab showing the file (or the http:// URL, given as text) at this viewport size,
+        loaded (its load event fired)."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
@@ -144,7 +154,7 @@ class Browser:
                   mobile=width < 600)  # fmt: skip
         page.send("Emulation.setEmulatedMedia", media=media)
         started = time.monotonic()
-        page.send("Page.navigate", url=Path(path).resolve().as_uri())
+        page.send("Page.navigate", url=path if isinstance(path, str) else Path(path).resolve().as_uri())
         self.wait_for("Page.loadEventFired", session)
         page.load_seconds = time.monotonic() - started
         page.requests = [

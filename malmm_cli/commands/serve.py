@@ -143,6 +143,30 @@ def serve(
             "'*' needs --api-key); by default no page on another origin may.",
         ),
     ] = None,
+    upload_ttl: Annotated[
+        int,
+        typer.Option(
+            "--upload-ttl",
+            metavar="SECONDS",
+            parser=parse_count,
+            help="How long a video uploaded with POST /v1/videos is kept (deleted sooner by DELETE).",
+        ),
+    ] = 3600,
+    max_upload: Annotated[
+        int,
+        typer.Option(
+            "--max-upload", metavar="MB", parser=parse_count, help="Largest video POST /v1/videos takes, in MiB."
+        ),
+    ] = 2048,
+    upload_space: Annotated[
+        int,
+        typer.Option(
+            "--upload-space",
+            metavar="MB",
+            parser=parse_count,
+            help="Disk space the uploaded videos may take together, in MiB; more uploads are refused.",
+        ),
+    ] = 8192,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     memory: MemoryOption = "malmm",
@@ -160,7 +184,8 @@ def serve(
 ) -> None:
     """Serve the model over HTTP, loaded once: OpenAI's POST /v1/chat/completions with a video_url
     part (a path under --allow-dir, a data:video/...;base64 upload, an http(s) URL with
-    --allow-remote) or an image_url part (a still), GET /v1/models, GET /health.
+    --allow-remote, or malmm://videos/ID, a video uploaded with POST /v1/videos) or an image_url part
+    (a still), GET /v1/models, GET /health, and a page at / for a person.
 
     A request reads its video as caption, ask or predict would, with their defaults; the text is the
     question (none: a caption). Requests are read one at a time. docs/serve.md has examples.
@@ -176,7 +201,8 @@ def serve(
                             max_body_mb=max_body, queue=queue, allow_remote=allow_remote, remote_max_mb=remote_max_mb,
                             remote_timeout=remote_timeout, max_frames=max_frames, max_duration=max_duration,
                             max_question=max_question, max_labels=max_labels,
-                            cors_origins=list(cors_origin or []))  # fmt: skip
+                            cors_origins=list(cors_origin or []), upload_ttl=upload_ttl, max_upload_mb=max_upload,
+                            upload_space_mb=upload_space)  # fmt: skip
     try:
         with refusals(reporter):
             serve_job(settings, options, reporter)

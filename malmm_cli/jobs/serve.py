@@ -49,6 +49,9 @@ class ServeOptions:
     max_question: int = 4000
     max_labels: int = 1000
     cors_origins: list[str] = field(default_factory=list)
+    upload_ttl: int = 3600
+    max_upload_mb: int = 2048
+    upload_space_mb: int = 8192
 
 
 def is_loopback(host: str) -> bool:
@@ -75,7 +78,7 @@ def check_serve(serve: ServeOptions, options: RunOptions) -> None:
     check_cors_origins(serve.cors_origins, serve.api_key)
     check_engine_options(options)
     check_checkpoint(options)
-    needed = ("fastapi", "uvicorn", *(("httpx",) if serve.allow_remote else ()))
+    needed = ("fastapi", "uvicorn", "python_multipart", *(("httpx",) if serve.allow_remote else ()))
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise SetupError(f"malmm serve needs {' and '.join(missing)}: pip install 'malmm[serve]'")
@@ -130,7 +133,8 @@ def create_app(service: VideoService, serve: ServeOptions, reporter: Reporter) -
                 labels=serve.max_labels)  # fmt: skip
     limits = Limits(api_key=serve.api_key or None, allowed=allowed_folders(serve.allow_dirs),
                     max_body=serve.max_body_mb * MIB, queue=serve.queue, remote=remote if serve.allow_remote else None,
-                    caps=caps, cors_origins=tuple(serve.cors_origins))  # fmt: skip
+                    caps=caps, cors_origins=tuple(serve.cors_origins), upload_ttl=serve.upload_ttl,
+                    max_upload=serve.max_upload_mb * MIB, upload_space=serve.upload_space_mb * MIB)  # fmt: skip
     return create_app(service, limits, reporter)
 
 

@@ -1,6 +1,7 @@
 """The FastAPI application of `malmm serve`: OpenAI's chat completions with a video, the model list,
-a health check. Every refusal is in OpenAI's error shape; nothing a request does puts a traceback
-in a response (the server's log says what failed)."""
+a health check, the uploaded videos (uploads.py) and the page at / (page.py). Every refusal is in
+OpenAI's error shape; nothing a request does puts a traceback in a response (the server's log says
+what failed)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from starlette.exceptions import HTTPException
 
 from malmm_cli.jobs.server.caps import Caps
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
+from malmm_cli.jobs.server.page import page_routes
 from malmm_cli.jobs.server.remote import RemoteFetcher
 from malmm_cli.jobs.server.service import Job, ModelLine, QueueFull, Reply, Service
 from malmm_cli.jobs.server.sources import Video, VideoPolicy
+from malmm_cli.jobs.server.uploads import UploadStore, upload_routes
 
 if TYPE_CHECKING:
     from malmm_cli.jobs.reporting import Reporter
@@ -39,8 +42,9 @@ class Limits:
     """What a client may do: the key it must send (None: any client on the bound address), the
     folders its paths may name (resolved), the largest request body, how many requests may wait
     for the model while one is read, how remote URLs are fetched (None: refused), what one request
-    may ask (caps.Caps), and the web origins whose pages may read the answers (CORS; none: no
-    CORS headers at all)."""
+    may ask (caps.Caps), the web origins whose pages may read the answers (CORS; none: no CORS
+    headers at all), and the uploaded videos' lifetime (seconds), largest file and total space
+    (bytes)."""
 
     api_key: str | None = None
     allowed: tuple[Path, ...] = ()
@@ -49,6 +53,9 @@ class Limits:
     remote: RemoteFetcher | None = None
     caps: Caps = field(default_factory=Caps)
     cors_origins: tuple[str, ...] = ()
+    upload_ttl: float = 3600.0
+    max_upload: int = 2048 * 1024 * 1024
+    upload_space: int = 8192 * 1024 * 1024
 
 
 class FrameCount:
@@ -80,10 +87,12 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uploads = Path(tempfile.mkdtemp(prefix="malmm-serve-"))  # mode 0700: this user's alone
         app.state.uploads = uploads
-        state["policy"] = VideoPolicy(limits.allowed, uploads, limits.remote)
+        app.state.videos = UploadStore(uploads, limits.upload_ttl, limits.max_upload, limits.upload_space)
+        state["policy"] = VideoPolicy(limits.allowed, uploads, limits.remote, app.state.videos)
         try:
             yield
         finally:
+            app.state.videos.clear()
             shutil.rmtree(uploads, ignore_errors=True)
 
     app = FastAPI(title="malmm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -123,6 +132,8 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
             raise ApiError("wrong API key", status=401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)]
+    app.include_router(upload_routes(guarded))
+    app.include_router(page_routes())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

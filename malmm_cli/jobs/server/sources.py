@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from malmm_cli.jobs.server.chat import ApiError
@@ -47,15 +48,22 @@ class Video:
             self.path.unlink(missing_ok=True)
 
 
+class StoredVideos(Protocol):
+    """The videos uploaded with POST /v1/videos (uploads.UploadStore), named malmm://videos/ID."""
+
+    def open(self, url: str) -> Video: ...
+
+
 @dataclass(frozen=True)
 class VideoPolicy:
     """Where a request's video may come from: folders (resolved when the server starts), the
-    private folder uploads and downloads are written to, and how remote URLs are fetched (None:
-    they are refused)."""
+    private folder uploads and downloads are written to, how remote URLs are fetched (None: they
+    are refused), and the videos uploaded before (malmm://videos/ID)."""
 
     allowed: tuple[Path, ...]
     uploads: Path
     remote: RemoteFetcher | None = None
+    stored: StoredVideos | None = None
 
     def open(self, url: str, still: bool = False) -> Video:
         """The video a video_url names (an image_url's still, when `still`), or ApiError: 400 for
@@ -63,6 +71,8 @@ class VideoPolicy:
         telling whether it exists)."""
         if url.startswith("data:"):
             return self._upload(url, still)
+        if url.startswith("malmm://") and self.stored is not None:
+            return self.stored.open(url)  # 404 for an id unknown or expired
         parsed = urlparse(url)
         if parsed.scheme in REMOTE_SCHEMES:
             return self._remote(url, parsed.scheme, still)
