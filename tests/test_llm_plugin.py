@@ -85,8 +85,10 @@ def test_a_question_from_python_equals_malmm_ask(
     assert cli.exit_code == 0, cli.stderr
     assert response.text() == cli.stdout.rstrip("\n")
     assert response.json()["answers"][0]["question"] == QUESTION
-    again = model.prompt(QUESTION, attachments=[attachment], frames=4, model=str(tiny_llama_dir), **FAST)
-    assert again.text() == response.text()
+    conversation = model.conversation()  # `llm -c`: a follow-up asks about the conversation's video
+    conversation.prompt(QUESTION, attachments=[attachment], frames=4, model=str(tiny_llama_dir), **FAST).text()
+    follow_up = conversation.prompt("and then?", frames=4, model=str(tiny_llama_dir), **FAST)
+    assert follow_up.text() == run("ask", clips.short, "and then?", "--frames", "4").stdout.rstrip("\n")
     assert len(loads) == 1
 
 
