@@ -71,7 +71,7 @@ class MalmmModel(llm.KeyModel):
     def execute(
         self, prompt: llm.Prompt, stream: bool, response: llm.Response, conversation: Any, key: str | None = None
     ) -> Iterator[str]:
-        options = prompt.options
+        options, text = prompt.options, prompt.prompt or ""  # llm 0.22 gives None without a prompt
         video = self._video(prompt, conversation)
         if options.server:
             given = [name for name in LOCAL_ONLY if getattr(options, name) is not None]
@@ -80,12 +80,12 @@ class MalmmModel(llm.KeyModel):
                                      "(malmm serve --model ... --device ...); leave it out with -o server")  # fmt: skip
             if options.api_key:  # -o api_key: the key itself, or the name of one set with `llm keys set`
                 key = self.get_key(options.api_key)
-            answer = self._ask_server(options, prompt.prompt, video, key)
+            answer = self._ask_server(options, text, video, key)
         else:
             if video.url:
                 raise llm.ModelError(f"{video.url}: URLs are read by a server only (-o server URL); "
                                      "download the video and attach the file")  # fmt: skip
-            answer = self._ask_here(options, prompt.prompt, video)
+            answer = self._ask_here(options, text, video)
         content, usage, record = answer
         response.response_json = record
         if usage:
