@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 RANKS = {"models": 0, "media": 1, "reading": 2, "output": 3, "jobs": 4, "commands": 5}
 ROOT_LEAVES = {"malmm_cli", "malmm_cli.wording"}  # shared by every layer, import nothing of malmm's
 TOP = {"malmm_cli.cli": 6, "malmm_cli.__main__": 7}
+# Front ends beside the command line: they use the jobs as commands/ does, never commands/ nor each other
+FRONT_ENDS = {"malmm_cli.llm_plugin": RANKS["commands"]}
 TERMINAL = ("typer", "click", "rich")
 HEAVY = ("torch", "transformers", "safetensors.torch", "accelerate", "bitsandbytes")
 
@@ -32,6 +34,8 @@ def rank(module: str) -> int | None:
     """The layer of a module of this project; None for anything else (the standard library, torch)."""
     if module in TOP:
         return TOP[module]
+    if module in FRONT_ENDS:
+        return FRONT_ENDS[module]
     if module in ROOT_LEAVES:
         return 0
     parts = module.split(".")
@@ -42,6 +46,13 @@ def rank(module: str) -> int | None:
     if parts[0] == "malmm_cli":
         raise AssertionError(f"{module} is in no layer: put it in one of {', '.join(RANKS)}")
     return None
+
+
+def front_end(module: str) -> str | None:
+    """Which front end a module is part of: the command line (commands/) or one of FRONT_ENDS."""
+    if module in FRONT_ENDS:
+        return module
+    return "commands" if module.startswith("malmm_cli.commands") else None
 
 
 def imports(tree: ast.Module) -> list[tuple[str, int, bool]]:
@@ -87,10 +98,12 @@ def test_imports_go_one_way(path: Path) -> None:
             problems.append(f"line {line}: {target} is above {name}")
         if name in ROOT_LEAVES and there is not None and target != "malmm_cli":
             problems.append(f"line {line}: {name} is shared by every layer and imports nothing of malmm's")
+        if front_end(name) and front_end(target) and front_end(name) != front_end(target):
+            problems.append(f"line {line}: {target} is another front end: {name} stands beside it, on the jobs")
         if target.split(".")[0] in TERMINAL and layer != "commands" and name not in TOP:
             problems.append(f"line {line}: {target} outside the command layer")
         heavy = any(target == h or target.startswith(f"{h}.") for h in HEAVY)
-        if heavy and top and (layer in ("media", "commands") or name in TOP):
+        if heavy and top and (layer in ("media", "commands") or name in TOP or name in FRONT_ENDS):
             problems.append(f"line {line}: {target} imported when {name} is (torch waits until a job runs)")
     assert not problems, f"{path.relative_to(REPO)}:\n" + "\n".join(problems)
 

@@ -103,6 +103,14 @@ class VideoService:
                 options.generation(preset), options.batch_size, len(readers),
                 len(shared_memories(readers)))  # fmt: skip
 
+    def answer_one(self, request: ChatRequest, video: Path, progress: Progress | None = None) -> Reply:
+        """One request read now, in this thread (no line: the llm plugin's in-process model); its
+        ApiError or other failure is raised."""
+        job = Job(request, video, progress)
+        job.answer.set_running_or_notify_cancel()
+        self.answer([job])
+        return job.answer.result()
+
     def answer(self, jobs: list[Job]) -> None:
         """Read the jobs (all `together`) in lockstep; a video that cannot be read, or options the
         model refuses, are the request's ApiError."""
