@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,17 @@ class Browser:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def running_browser(purpose: str) -> Iterator[Browser]:
+    """A headless Chromium for a test module (its `browser` fixture): skipped where there is none,
+    failed instead when MALMM_REQUIRE_BROWSER is set (as in CI)."""
+    import pytest
+
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get("MALMM_REQUIRE_BROWSER"):
+            pytest.fail("MALMM_REQUIRE_BROWSER is set but no Chromium is installed (.ci/run installs it)")
+        pytest.skip(f"no Chromium on this machine: `apt-get install chromium` (.ci/run does it) to {purpose}")
+    with Browser(executable) as running:
+        yield running

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from malmm_cli.output import html_report
 from malmm_cli.reading.results import Preview, RankedLabel, Thumbnail, TimedText, VideoResult
 from malmm_cli.reading.thumbnails import ThumbnailCollector, damaged_spans, shrink
 from tests import media
-from tests.browser import Browser, find_chromium
+from tests.browser import Browser, running_browser
 
 INJECTION = '<script>document.title="pwned"</script><img src=x onerror="document.title=1">'
 PAGE_FACTS = """(() => {
@@ -38,13 +37,7 @@ IMAGES_DECODE = "Promise.all(Array.from(document.images).map(i => i.decode().the
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get("MALMM_REQUIRE_BROWSER"):
-            pytest.fail("MALMM_REQUIRE_BROWSER is set but no Chromium is installed (.ci/run installs it)")
-        pytest.skip("no Chromium on this machine: `apt-get install chromium` (.ci/run does it) to render the reports")
-    with Browser(executable) as running:
-        yield running
+    yield from running_browser("render the reports")
 
 
 def _picture(target: float, shade: int) -> Thumbnail:

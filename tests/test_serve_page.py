@@ -5,7 +5,6 @@ requests nothing but its own origin (and the blob: of the picked file)."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 
 from tests import media  # noqa: E402
-from tests.browser import Browser, Page, find_chromium  # noqa: E402
+from tests.browser import Browser, Page, running_browser  # noqa: E402
 from tests.serving import KEY, Clips, Running, make_clips, serve_tiny, video  # noqa: E402
 
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -28,13 +27,7 @@ QUESTION = "what is the man doing?"
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get("MALMM_REQUIRE_BROWSER"):
-            pytest.fail("MALMM_REQUIRE_BROWSER is set but no Chromium is installed (.ci/run installs it)")
-        pytest.skip("no Chromium on this machine: `apt-get install chromium` (.ci/run does it) to drive the page")
-    with Browser(executable) as running:
-        yield running
+    yield from running_browser("drive the page")
 
 
 @pytest.fixture(scope="module")
