@@ -149,7 +149,8 @@ class VideoResult:
         found = data.pop("found", None)
         if self.task != "find" or found is None:
             return [data]
-        return [{**data, **query} for query in found]
+        said = {"notes": data.pop("notes", []), "warnings": data.pop("warnings", [])}  # always there, maybe empty
+        return [{**data, **query, **said} for query in found]
 
 
 def _found(found: Found) -> dict[str, Any]:
