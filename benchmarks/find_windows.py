@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ makes the clips and the tiny model
+
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
