@@ -30,7 +30,7 @@ from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.timefmt import format_timestamp
 from malmm_cli.reading.feature_cache import FeatureCache
-from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
+from malmm_cli.reading.results import Answer, Found, RankedLabel, TimedText, VideoResult
 from malmm_cli.reading.stream import VISION_BATCH, FrameSource, NoProgress, Progress, Sample, VideoStream, preprocess
 from malmm_cli.reading.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.wording import counted, plural
@@ -388,7 +388,7 @@ class _Video:
                 result.found += self._found(reader, [(r.span, r.answer) for r in readouts if r.reader == i])
         return result
 
-    def _found(self, reader: Reader, spans: list) -> list:
+    def _found(self, reader: Reader, spans: list[tuple[tuple[float, float], list[RankedLabel]]]) -> list[Found]:
         """A find reader's queries, scored at its windows (against the end read-out of a reader
         ranking the same labels: the whole video, for the likelihood rule)."""
         ends = [r.answer for r in self.readouts if r.span is None and self.readers[r.reader].labels == reader.labels]
