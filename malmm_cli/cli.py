@@ -32,6 +32,7 @@ command = app.command
 command(cls=PlainUsage, short_help="Caption videos, whole and by segment.")(read.caption)
 command(cls=PlainUsage, short_help="Answer questions about videos.")(read.ask)
 command(cls=PlainUsage, short_help="Predict actions: a timeline, the next action, or ranked labels.")(read.predict)
+command(cls=PlainUsage, short_help="Find where something happens in videos: moments and a score curve.")(read.find)
 command(cls=PlainUsage, short_help="Caption a live stream as it happens: a camera, RTSP, UDP, a growing file, stdin.")(
     watch.watch
 )

@@ -61,3 +61,6 @@ QUESTION = Task(
 CLASSIFICATION = Task(
     "classification", "what is the activity in the video?", 100, 20, GenerationSettings(max_new_tokens=20)
 )
+# find (malmm_cli/reading/find.py) ranks its queries under the caption instruction: nothing is generated.
+# It samples a rate (1 frame/s) unless --frames is given; frames is then the count, as for the others.
+FIND = Task("find", CAPTION.instruction, 80, 10, GenerationSettings(max_new_tokens=1, num_beams=1))

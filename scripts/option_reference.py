@@ -35,7 +35,7 @@ What the options do is explained in the [README](../README.md) and the pages bes
 [output](output.md), [batches](batches.md), [sampling](sampling.md), [speed](speed.md),
 [GPU memory](gpu-memory.md), [precision](precision.md), [memory strategies](memory-strategies.md),
 [training](training.md), [evaluation](evaluation.md), [live streams](live.md), [Ray](ray.md),
-[the HTTP server](serve.md).
+[the HTTP server](serve.md), [finding moments](find.md).
 
 Durations (`--segment`, `--every`, `--reset-every`, `--duration`, `--timeout`) are written as a
 person would: `90`, `90s`, `1m30s`, `00:01:30`.

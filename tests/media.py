@@ -401,3 +401,32 @@ def make_scene(path: Path, colour: str, seed: int, seconds: float = 2.0, fps: fl
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def make_scenes(
+    path: Path, colours: list[str], seed: int, seconds: float = 2.0, fps: float = 8.0, size: int = 32
+) -> Path:
+    """One video of scenes in a row (find's tests): `seconds` of each colour of `colours`, drawn as
+    `make_scene` draws a scene (its own distractor shapes each), so scene i spans
+    [i * seconds, (i + 1) * seconds)."""
+    parts = [path.with_name(f".{path.stem}-{i}.mp4") for i in range(len(colours))]
+    for i, (part, colour) in enumerate(zip(parts, colours, strict=True)):
+        make_scene(part, colour, seed=seed * 100 + i, seconds=seconds, fps=fps, size=size)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=Fraction(fps).limit_denominator(1001), options={"preset": "veryfast"}
+        )
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        index = 0
+        for part in parts:
+            with av.open(str(part)) as source:
+                for frame in source.decode(video=0):
+                    picture = frame.to_ndarray(format="rgb24")
+                    out = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+                    out.pts, out.time_base = index, 1 / stream.average_rate
+                    container.mux(stream.encode(out))
+                    index += 1
+            part.unlink()
+        container.mux(stream.encode(None))
+    return path

@@ -160,6 +160,7 @@ def output_dir_option(example: str) -> typer.models.OptionInfo:
 OutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.caption.srt")]
 AskOutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.ask.txt")]
 PredictOutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.predict.json")]
+FindOutputDirOption = Annotated[Path | None, output_dir_option("clip.mp4 -> clip.find.json")]
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Redo inputs even when their results were made with the same settings.")
 ]

@@ -1,4 +1,4 @@
-"""caption, ask and predict: read videos for a task (the job is jobs/videos.py)."""
+"""caption, ask, predict and find: read videos for a task (the job is jobs/videos.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from malmm_cli.commands.options import (
     DeviceOption,
     DtypeOption,
     EngineOption,
+    FindOutputDirOption,
     FormatOption,
     FpsOption,
     FramesOption,
@@ -36,6 +37,7 @@ from malmm_cli.commands.options import (
     SeekOption,
     VideoBatchOption,
     WorkersOption,
+    choice_of,
     parse_count,
     parse_seconds,
     shared_options,
@@ -43,7 +45,7 @@ from malmm_cli.commands.options import (
 from malmm_cli.commands.progress import Reporter, summary_table
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, refusals, stopped_by
 from malmm_cli.jobs.model import RunOptions, read_lines
-from malmm_cli.jobs.videos import VideoTask, ask_task, caption_task, predict_task, read_videos
+from malmm_cli.jobs.videos import VideoTask, ask_task, caption_task, find_sampling, find_task, predict_task, read_videos
 from malmm_cli.output.stdout import StdoutClosed
 from models.presets import DEFAULT_MODEL
 
@@ -229,3 +231,106 @@ def predict(
         label_list = list(dict.fromkeys(label_list))
     every_seconds = every if every is not None else (None if label_list else 60.0)
     run(paths, options, predict_task(label_list, every_seconds, top_k), reporter)
+
+
+def parse_score_threshold(text: str) -> float:
+    """A score between 0 and 1 (both rules score in [0, 1])."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"must be a number between 0 and 1, not {text}") from None
+    if not 0 <= value <= 1:
+        raise typer.BadParameter(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def find(
+    ctx: typer.Context,
+    arguments: Annotated[list[str], typer.Argument(metavar="PATH... QUERY", hidden=True, show_default=False)],
+    query_file: Annotated[
+        Path | None,
+        typer.Option("--query-file", metavar="FILE", help="Queries, one per line (blank and # lines skipped)."),
+    ] = None,
+    window: Annotated[
+        float | None,
+        typer.Option(
+            "--window",
+            "-w",
+            metavar="DURATION",
+            parser=parse_seconds,
+            help="Window length (default: 4 frames at the sampled rate, 4s at the default 1 frame/s).",
+        ),
+    ] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            "--score",
+            metavar="[likelihood|yes]",
+            parser=choice_of("likelihood", "yes"),
+            help="How a window is scored (docs/find.md).",
+        ),
+    ] = "likelihood",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            metavar="SCORE",
+            parser=parse_score_threshold,
+            help="Windows scoring at least this (0 to 1) make moments.",
+        ),
+    ] = 0.5,
+    min_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--min-gap", metavar="DURATION", parser=parse_seconds, help="Join moments this close (default: one window)."
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", metavar="K", parser=parse_count, help="How many moments to report.")
+    ] = 5,
+    # the options every task command shares (RunOptions)
+    model: ModelOption = DEFAULT_MODEL,
+    checkpoint: CheckpointOption = None,
+    frames: FramesOption = None,
+    fps: FpsOption = None,
+    memory_bank_length: BankOption = None,
+    memory: MemoryOption = "malmm",
+    format: FormatOption = None,
+    output_dir: FindOutputDirOption = None,
+    overwrite: OverwriteOption = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = "auto",
+    quantize_vision: QuantizeVisionOption = "none",
+    max_new_tokens: MaxTokensOption = None,
+    num_beams: BeamsOption = None,
+    batch_size: BatchOption = None,
+    video_batch: VideoBatchOption = None,
+    seek: SeekOption = "exact",
+    decode_workers: WorkersOption = 1,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
+    workers: RayWorkersOption = None,
+    gpus_per_worker: GpusOption = None,
+) -> None:
+    """Find where each query happens in the videos (default: 1 frame/s in 4s windows, memory bank 10).
+
+    PATH is a video file, several files, a folder or @FILE (a manifest); QUERY what to find (the last
+    argument), or give several with --query-file: all queries share one read of each video. Each
+    window is read by a memory of its own and scored; windows above --threshold make moments.
+    """
+    options = shared_options(ctx)
+    paths, queries = [Path(a) for a in arguments], []
+    if query_file is not None:
+        with refusals():
+            queries = read_lines(query_file, "queries", "--query-file")
+    elif len(arguments) > 1 and arguments[-1].strip():
+        paths, queries = paths[:-1], [arguments[-1].strip()]
+    if not queries or not paths:
+        raise typer.BadParameter("give PATH... and a QUERY (the last argument), or --query-file", param_hint="QUERY")
+    with refusals():
+        options, window = find_sampling(options, window)
+    gap = window if min_gap is None else min_gap
+    run(paths, options, find_task(list(dict.fromkeys(queries)), window, score, threshold, gap, top_k))

@@ -1,4 +1,4 @@
-"""Reading many videos for one task: the job behind caption, ask and predict.
+"""Reading many videos for one task: the job behind caption, ask, predict and find.
 
 `read_videos` checks all it can before the model loads (options, inputs, the output folder, what a
 previous run already made), then loads it once and reads the videos, `--video-batch` at a time in
@@ -24,7 +24,7 @@ from malmm_cli.media.names import shown
 from malmm_cli.media.plans import VideoError
 from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 from malmm_cli.wording import counted, plural
-from models.presets import CAPTION, CLASSIFICATION, QUESTION, Task
+from models.presets import CAPTION, CLASSIFICATION, FIND, QUESTION, Task
 
 if TYPE_CHECKING:  # loaded when the videos are read
     from malmm_cli.jobs.loading import ReadingSizes
@@ -55,7 +55,7 @@ class VideoTask:
         from malmm_cli.reading import pipeline
 
         make = {"caption": pipeline.caption_readers, "ask": pipeline.question_readers,
-                "predict": pipeline.predict_readers}[self.name]  # fmt: skip
+                "predict": pipeline.predict_readers, "find": _find_readers}[self.name]  # fmt: skip
         return make(*self.reader_args)
 
 
@@ -71,6 +71,47 @@ def predict_task(labels: list[str] | None, every: float | None, top_k: int) -> V
     """A timeline every `every` seconds and the next action, or the top_k of closed-set labels."""
     request = {"labels": labels, "every": every, "top_k": top_k if labels else None}
     return VideoTask("predict", CLASSIFICATION, request, (labels, every, top_k))
+
+
+FIND_DEFAULT_FPS = 1.0  # find samples a rate by default: a window needs frames wherever it falls
+
+
+def find_task(queries: list[str], window: float, score: str, threshold: float, min_gap: float, top_k: int) -> VideoTask:
+    """Where each query happens, in windows of `window` seconds (docs/find.md)."""
+    request = {"queries": queries, "window": window, "score": score, "threshold": threshold, "min_gap": min_gap,
+               "top_k": top_k}  # fmt: skip
+    return VideoTask("find", FIND, request, (queries, window, score, threshold, min_gap, top_k))
+
+
+def _find_readers(
+    queries: list[str], window: float, score: str, threshold: float, min_gap: float, top_k: int
+) -> list[Reader]:
+    from malmm_cli.reading.find import FindRule
+    from malmm_cli.reading.pipeline import find_readers
+
+    return find_readers(queries, window, FindRule(score, threshold, min_gap, top_k))
+
+
+def find_sampling(options: RunOptions, window: float | None) -> tuple[RunOptions, float]:
+    """find's sampling and window: --window as given, else WINDOW_FRAMES frames at the rate sampled
+    (--fps, else FIND_DEFAULT_FPS). --frames spreads frames over each video, whatever its length,
+    so with it the window must be given. find writes no HTML report yet: refused before anything."""
+    from malmm_cli.reading.find import default_window
+
+    if "html" in options.formats:
+        raise UsageError("find writes no HTML report yet (docs/find.md): use -f json, jsonl, csv, txt, srt or vtt",
+                         option="--format")  # fmt: skip
+    if options.frames is None and options.fps is None:
+        options = dataclasses.replace(options, fps=FIND_DEFAULT_FPS)
+    if window is None:
+        if options.fps is None:
+            raise UsageError(
+                "--frames spreads its frames over each video, so no window follows from it: give --window too "
+                "(or sample a rate with --fps)",
+                option="--window",
+            )
+        window = default_window(options.fps)
+    return options, window
 
 
 @dataclass

@@ -56,7 +56,7 @@ class StdoutWriter:
 
     def add(self, result: VideoResult) -> None:
         if self.fmt == "json":
-            self._json.append(result.to_dict())
+            self._json += result.to_dicts()  # find: one object per query
         elif self.fmt == "csv":
             self._write(to_csv(result, header=self._count == 0))
         elif self.fmt == "html":  # times link to the video when it is in the current folder, where `>` puts the page
@@ -68,7 +68,8 @@ class StdoutWriter:
         """The result an earlier run wrote to `saved`, in this format, for a video skipped now."""
         text = saved.read_text(encoding="utf-8")
         if self.fmt == "json":
-            self._json.append(json.loads(text))
+            saved = json.loads(text)
+            self._json += saved if isinstance(saved, list) else [saved]  # find's queries: a list
         elif self.fmt == "csv":
             self._write(text if self._count == 0 else text.partition("\n")[2])  # the header once
         else:

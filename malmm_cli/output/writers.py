@@ -34,6 +34,8 @@ def to_txt(result: VideoResult) -> str:
     if result.task == "caption":
         lines.append(result.caption or "")
         lines += [f"{_span(s)} {s.text}" for s in result.segments]
+    elif result.task == "find":
+        lines += _found_lines(result)
     elif result.task == "ask":
         if len(result.answers) == 1:
             lines.append(result.answers[0].answer)
@@ -48,12 +50,26 @@ def to_txt(result: VideoResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _found_lines(result: VideoResult) -> list[str]:
+    """find: each query's moments, best first (under the query when there are several)."""
+    lines: list[str] = []
+    for number, found in enumerate(result.found):
+        if len(result.found) > 1:
+            lines += [""] * (number > 0) + [f"Query: {found.query}"]
+        lines += [f"{_span(TimedText(m.start, m.end, found.query))} {m.score:.4f}" for m in found.moments]
+        if not found.moments:
+            lines.append("(no window scored above the threshold)")
+    return lines
+
+
 def to_json(result: VideoResult) -> str:
-    return json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n"
+    """One object per video (find: per video and query; a list of them for several queries)."""
+    objects = result.to_dicts()
+    return json.dumps(objects[0] if len(objects) == 1 else objects, ensure_ascii=False, indent=2) + "\n"
 
 
 def to_jsonl(result: VideoResult) -> str:
-    return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+    return "".join(json.dumps(data, ensure_ascii=False) + "\n" for data in result.to_dicts())
 
 
 def cues(result: VideoResult) -> list[TimedText]:
@@ -63,6 +79,9 @@ def cues(result: VideoResult) -> list[TimedText]:
         return result.segments or [TimedText(*whole, result.caption or "")]
     if result.task == "ask":
         return [TimedText(*whole, f"Q: {a.question}\nA: {a.answer}") for a in result.answers]
+    if result.task == "find":  # a cue per moment, in time order
+        moments = [TimedText(m.start, m.end, f"{f.query} ({m.score:.2f})") for f in result.found for m in f.moments]
+        return sorted(moments, key=lambda span: (span.start, -span.end))
     spans = list(result.timeline)
     if result.labels:
         spans.append(TimedText(*whole, f"{result.labels[0].label} ({result.labels[0].probability:.2f})"))
@@ -112,6 +131,11 @@ def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
     if result.next_action is not None:
         rows.append((*base, f"{result.last_frame:.3f}", whole[1], "next_action", result.next_action, ""))
     rows += [(*base, *whole, "label", r.label, f"{r.probability:.4f}") for r in result.labels]
+    for found in result.found:  # find: the moments, best first, then the curve (a row per window)
+        rows += [(*base, f"{m.start:.3f}", f"{m.end:.3f}", "moment", found.query, f"{m.score:.4f}")
+                 for m in found.moments]  # fmt: skip
+        rows += [(*base, f"{start:.3f}", f"{end:.3f}", "window", found.query, f"{score:.4f}")
+                 for start, end, score in found.curve]  # fmt: skip
     return [(*row, name.get("file_base64", "")) for row in rows]
 
 

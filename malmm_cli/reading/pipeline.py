@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,16 +30,19 @@ from malmm_cli.media.plans import VideoError
 from malmm_cli.media.sampling import Sampling
 from malmm_cli.media.timefmt import format_timestamp
 from malmm_cli.reading.feature_cache import FeatureCache
-from malmm_cli.reading.results import Answer, RankedLabel, TimedText, VideoResult
+from malmm_cli.reading.results import Answer, Found, RankedLabel, TimedText, VideoResult
 from malmm_cli.reading.stream import VISION_BATCH, FrameSource, NoProgress, Progress, Sample, VideoStream, preprocess
 from malmm_cli.reading.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
 from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
 
+if TYPE_CHECKING:
+    from malmm_cli.reading.find import FindRule
+
 __all__ = [  # what the command line and library callers use; stream.py's names are re-exported
     "Answered", "Memory", "Reader", "Sampling", "VideoFiles", "VideoStream", "answer_questions", "caption_readers",
-    "caption_video", "check_memory", "predict_actions", "predict_readers", "preprocess", "question_readers",
-    "read_streams", "read_videos", "shared_memories",
+    "caption_video", "check_memory", "find_readers", "predict_actions", "predict_readers", "preprocess",
+    "question_readers", "read_streams", "read_videos", "shared_memories",
 ]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
@@ -65,8 +69,9 @@ class Reader:
     starts empty every this many seconds (a multiple of `every`; segment captions restart with
     each span); otherwise one memory reads the whole video and span read-outs say what it holds
     so far (a timeline). labels: rank these instead of generating text (the top_k at the end,
-    the likeliest at each span).
-    role: the part of the result it fills: caption, segment, question or timeline.
+    the span_top_k likeliest at each span).
+    role: the part of the result it fills: caption, segment, question, timeline or found (then
+    `find` turns its span rankings into moments: find.py).
     """
 
     role: str
@@ -78,6 +83,8 @@ class Reader:
     labels: tuple[str, ...] = ()
     top_k: int = 1
     question: str | None = None
+    span_top_k: int = 1
+    find: FindRule | None = None
 
 
 def caption_readers(segment: float | None = None) -> list[Reader]:
@@ -106,6 +113,26 @@ def predict_readers(labels: Sequence[str] | None = None, every: float | None = N
         ranked = tuple(dict.fromkeys(labels))
         return [Reader("timeline", prompt, at_end=prompt, every=every, at_span=prompt, labels=ranked, top_k=top_k)]
     return [Reader("timeline", prompt, at_end=NEXT_ACTION_PROMPT, every=every, at_span=TIMELINE_PROMPT)]
+
+
+def find_readers(queries: Sequence[str], window: float, rule: FindRule, restart: bool = True) -> list[Reader]:
+    """Where each query happens, every `window` seconds (find.py scores the windows). likelihood:
+    one reader ranks every query, as the answer to the caption instruction, in each window and
+    over the whole video (one memory for all queries). yes: a reader per query asks whether the
+    window shows it. restart: each window read by a memory of its own (docs/find.md says why)."""
+    from malmm_cli.reading.find import YES_NO, yes_prompt
+
+    queries = tuple(dict.fromkeys(queries))
+    if not queries:
+        raise ValueError("no query to find")
+    every = {"every": window, "restart": window if restart else None}
+    if rule.score == "yes":
+        return [Reader("found", yes_prompt(q), at_span=yes_prompt(q), labels=YES_NO, span_top_k=2, question=q,
+                       find=rule, **every) for q in queries]  # fmt: skip
+    prompt = CAPTION.prompt()
+    whole = Reader("found", prompt, at_end=prompt, labels=queries, top_k=len(queries), question=queries[0])
+    spans = Reader("found", prompt, at_span=prompt, labels=queries, span_top_k=len(queries), find=rule, **every)
+    return [spans, whole]
 
 
 @dataclass
@@ -187,7 +214,7 @@ class Grid:
             return None
         needed = 1 / self.length  # frames per second that put one in every span
         if video_fps and needed > video_fps * (1 + 1e-9):
-            option = "--segment" if what == "segment" else "--every"
+            option = {"segment": "--segment", "window": "--window"}.get(what, "--every")
             advice = (
                 f": the video has {video_fps:g} frames/s, so a {what} needs {option} "
                 f"{_rate_up(1 / video_fps)} s or more to hold one"
@@ -358,14 +385,26 @@ class _Video:
         result = self.run.result(self.stream, self.path, task)
         result.notes += _long_instruction_notes(self.malmm, self.readers)
         for i, grid in self.grids.items():
-            what = "segment" if self.readers[i].restart else "timeline interval"
+            what = "window" if self.readers[i].find else "segment" if self.readers[i].restart else "timeline interval"
             if self.live:  # nothing was planned
                 continue
             if note := grid.empty_note(self.stream.times, what, self.stream.clip is not None, self.stream.fps):
                 result.notes.append(note)
-        for readout in sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf))):
-            _fill(result, self.readers[readout.reader], readout)
+        readouts = sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf)))
+        for readout in readouts:
+            if self.readers[readout.reader].role != "found":
+                _fill(result, self.readers[readout.reader], readout)
+        for i, reader in enumerate(self.readers):
+            if reader.find is not None:
+                result.found += self._found(reader, [(r.span, r.answer) for r in readouts if r.reader == i])
         return result
+
+    def _found(self, reader: Reader, spans: list[tuple[tuple[float, float], list[RankedLabel]]]) -> list[Found]:
+        """A find reader's queries, scored at its windows (against the end read-out of a reader
+        ranking the same labels: the whole video, for the likelihood rule)."""
+        ends = [r.answer for r in self.readouts if r.span is None and self.readers[r.reader].labels == reader.labels]
+        queries = reader.labels if reader.find.score == "likelihood" else (reader.question,)
+        return reader.find.found(queries, spans, ends[0] if ends else None)
 
 
 def _fill(result: VideoResult, reader: Reader, readout: _Readout) -> None:
@@ -631,7 +670,7 @@ def _answer(
     groups: dict[tuple, list[_Readout]] = defaultdict(list)
     for readout in pending:
         reader = readout.video.readers[readout.reader]
-        top_k = 1 if readout.span is not None else reader.top_k
+        top_k = reader.span_top_k if readout.span is not None else reader.top_k
         groups[(reader.labels, top_k, readout.tokens.shape[1])].append(readout)
     for (labels, top_k, _), group in groups.items():
         for start in range(0, len(group), per_batch):

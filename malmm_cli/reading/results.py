@@ -32,6 +32,25 @@ class RankedLabel:
 
 
 @dataclass(frozen=True)
+class Moment:
+    """Where a query happens (find): a span of the video and its score (its best window's)."""
+
+    start: float
+    end: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Found:
+    """One query's answer (find): its moments, best first, and the score of every window read
+    (start, end, score), in time order."""
+
+    query: str
+    moments: list[Moment]
+    curve: list[tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
 class Thumbnail:
     """One frame as a small JPEG: the time it was planned for and its real timestamp."""
 
@@ -54,7 +73,7 @@ class Preview:
 
 @dataclass
 class VideoResult:
-    """One video's result. Which fields are filled depends on `task` (caption, ask or predict)."""
+    """One video's result. Which fields are filled depends on `task` (caption, ask, predict or find)."""
 
     path: str
     task: str
@@ -68,6 +87,7 @@ class VideoResult:
     timeline: list[TimedText] = field(default_factory=list)
     next_action: str | None = None
     labels: list[RankedLabel] = field(default_factory=list)
+    found: list[Found] = field(default_factory=list)  # find: one per query, in the order asked
     warnings: list[str] = field(default_factory=list)  # parts of the video that could not be read
     notes: list[str] = field(default_factory=list)  # how it was read, where that differs from what was asked
     preview: Preview | None = None  # pictures for the HTML report, when asked for (not part of to_dict)
@@ -114,11 +134,33 @@ class VideoResult:
                 {"label": r.label, "log_likelihood": round(r.log_likelihood, 4), "probability": round(r.probability, 4)}
                 for r in self.labels
             ]
+        if self.found:
+            data["found"] = [_found(found) for found in self.found]
         if self.warnings:
             data["warnings"] = list(self.warnings)
         if self.notes:
             data["notes"] = list(self.notes)
         return data
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """What the writers write: `to_dict()`, or for find one object per query (the video's fields
+        with `query`, `moments` and `curve`), so each is read as grounding benchmarks read theirs."""
+        data = self.to_dict()
+        found = data.pop("found", None)
+        if self.task != "find" or found is None:
+            return [data]
+        said = {"notes": data.pop("notes", []), "warnings": data.pop("warnings", [])}  # always there, maybe empty
+        return [{**data, **query, **said} for query in found]
+
+
+def _found(found: Found) -> dict[str, Any]:
+    """A query's moments and its curve as [[window start, score], ...] (each window lasts --window)."""
+    return {
+        "query": found.query,
+        "moments": [{"start": round(m.start, 3), "end": round(m.end, 3), "score": round(m.score, 4)}
+                    for m in found.moments],
+        "curve": [[round(start, 3), round(score, 4)] for start, _, score in found.curve],
+    }  # fmt: skip
 
 
 def _timed(span: TimedText) -> dict[str, Any]:
