@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import command_line, machine, median, model_folder, synthetic_clip, update_section
+from models.presets import QUESTION
 
 QUESTIONS = ["what is moving?", "what colour is the room?", "is anyone there?", "where is this?", "what happens next?"]
 MEMORY_CLIENTS = 4  # clients that send the requests past the load phase, up to the last of --memory-at
@@ -216,9 +217,10 @@ def measure(args: argparse.Namespace) -> dict:
         "server": {
             "device": "cpu",
             "threads": args.threads,
-            "num_beams": args.beams or "default",
-            "max_new_tokens": args.max_new_tokens or "default",
-            "frames": args.frames or "default (20)",
+            "num_beams": args.beams or QUESTION.generation.num_beams,
+            "max_new_tokens": args.max_new_tokens or QUESTION.generation.max_new_tokens,
+            "frames": args.frames or QUESTION.frames,
+            "memory_bank_length": QUESTION.memory_bank_length,
             "feature_cache": not args.no_cache,
             "queue": max(args.clients) * 2,
         },
@@ -259,16 +261,18 @@ def table(result: dict) -> str:
     ])  # fmt: skip
 
 
-def doc_section(result: dict, args: argparse.Namespace) -> str:
+def doc_section(result: dict) -> str:
     server, clips = result["server"], result["clips"]
     return "\n".join([
         f"### `malmm serve` under load ({result['size']} model, cpu)",
         "",
-        f"`malmm serve --device cpu` as a child process, OMP_NUM_THREADS={server['threads']}, beams "
-        f"{server['num_beams']}, max new tokens {server['max_new_tokens']}, frames {server['frames']}, feature cache "
+        f"`malmm serve --device cpu` as a child process, OMP_NUM_THREADS={server['threads']}; questions of "
+        f"{server['frames']} frames (bank {server['memory_bank_length']}), {server['num_beams']} beams, at most "
+        f"{server['max_new_tokens']} new tokens; feature cache "
         f"{'on (cold at start)' if server['feature_cache'] else 'off'}, --queue {server['queue']}; {clips['count']} "
-        f"synthetic {clips['seconds']:g} s {clips['size']} H.264 clips, questions going round them. Load average "
-        f"about {result['load_average']:.1f} on the machine's {os.cpu_count()} cores during the run.",
+        f"synthetic {clips['seconds']:g} s {clips['size']} H.264 clips, questions going round them. The machine is "
+        f"shared with other engineers' work: load average about {result['load_average']:.1f} on its "
+        f"{os.cpu_count()} cores at the end of the run, so treat differences under ~20% as noise.",
         "",
         table(result),
     ])  # fmt: skip
@@ -285,9 +289,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--frames", type=int, help="frames each request reads (default: ask's)")
-    parser.add_argument("--beams", type=int, help="the server's --num-beams (default: the task's)")
-    parser.add_argument("--max-new-tokens", type=int, help="the server's --max-new-tokens (default: the task's)")
+    parser.add_argument("--frames", type=int, help=f"frames each request reads (default: ask's, {QUESTION.frames})")
+    parser.add_argument("--beams", type=int, help="the server's --num-beams (default: ask's)")
+    parser.add_argument("--max-new-tokens", type=int, help="the server's --max-new-tokens (default: ask's)")
     parser.add_argument("--no-cache", action="store_true", help="serve without the feature cache")
     parser.add_argument("--threads", type=int, default=1, help="the server's OMP_NUM_THREADS")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/malmm-bench"))
@@ -311,7 +315,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.write:
-        update_section(f"serve-load-{result['size'].replace(' ', '-')}-cpu", doc_section(result, args))
+        update_section(f"serve-load-{result['size'].replace(' ', '-')}-cpu", doc_section(result))
 
 
 if __name__ == "__main__":
