@@ -118,15 +118,14 @@ def start_server(args: argparse.Namespace, folder: Path, clips: Path, cache: Pat
         command.append("--no-cache")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MALMM_CACHE_DIR": str(cache), "NO_COLOR": "1"}
     env.pop("MALMM_API_KEY", None)
-    log = open(cache.parent / "server.log", "w")  # noqa: SIM115 (kept open for the child's lifetime)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = cache.parent / "server.log"
+    with log.open("w") as output:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while True:
         if process.poll() is not None:
-            log.close()
-            output = (cache.parent / "server.log").read_text()
-            raise SystemExit(f"malmm serve exited with {process.returncode}:\n{output}")
+            raise SystemExit(f"malmm serve exited with {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return process, url
