@@ -319,6 +319,12 @@ def test_parse_chat_from_python() -> None:
     asked = parse_chat(body, RunOptions(num_beams=1))
     assert asked.task.name == "ask" and asked.task.request == {"questions": ["why?"]}
     assert (asked.options.fps, asked.options.max_new_tokens, asked.options.num_beams) == (2.0, 7, 1)
+    lmms_eval = parse_chat({"messages": video("/v/clip.mp4"), "media_io_kwargs": {"video": {"num_frames": 6}}},
+                           RunOptions())  # fmt: skip
+    assert lmms_eval.options.frames == 6  # lmms-eval's max_frames_num, where vLLM reads it
+    with pytest.raises(ApiError, match="frames is given twice"):
+        parse_chat({"messages": video("/v/clip.mp4"), "frames": 4, "media_io_kwargs": {"video": {"num_frames": 6}}},
+                   RunOptions())  # fmt: skip
     labels = parse_chat({"messages": video("/v/clip.mp4"), "malmm": {"labels": ["a", "b", "a"]}}, RunOptions())
     assert labels.task.name == "predict" and labels.task.request["labels"] == ["a", "b"]
     with pytest.raises(ApiError, match="the caption task reads no question"):

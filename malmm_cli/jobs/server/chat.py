@@ -24,7 +24,8 @@ TASKS = ("caption", "ask", "predict")
 # (the command line's option, with `_` for `-`; max_tokens is OpenAI's name for --max-new-tokens).
 READING_FIELDS = ("frames", "fps", "memory_bank_length", "memory", "num_beams", "segment", "every", "top_k")
 TASK_FIELDS = {"segment": "caption", "every": "predict", "top_k": "predict", "labels": "predict"}
-VLLM_ALIASES = {"fps": "fps", "num_frames": "frames"}  # mm_processor_kwargs, as vLLM reads them
+# vLLM's names, in mm_processor_kwargs and media_io_kwargs.video (lmms-eval sends its max_frames_num there)
+VLLM_ALIASES = {"fps": "fps", "num_frames": "frames"}
 # The command line's option names in its messages, as the request names them
 OPTION_FIELDS = {
     "--frames/--fps": "frames/fps", "--frames": "frames", "--fps": "fps", "--memory-bank-length": "memory_bank_length",
@@ -136,7 +137,8 @@ def _object(value: object, field: str) -> dict[str, Any]:
 
 def _reading_fields(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, tuple[str, object]]:
     """Each reading field given, with where it was given: top level, the malmm object, or vLLM's
-    mm_processor_kwargs. The same field given twice, differently, is refused."""
+    mm_processor_kwargs or media_io_kwargs.video. The same field given twice, differently, is
+    refused."""
     found: dict[str, tuple[str, object]] = {}
 
     def give(field: str, where: str, value: object) -> None:
@@ -153,8 +155,10 @@ def _reading_fields(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, tu
         give(field, field, body.get(field))
         give(field, f"malmm.{field}", extra.get(field))
     kwargs = _object(body.get("mm_processor_kwargs"), "mm_processor_kwargs")
+    media = _object(_object(body.get("media_io_kwargs"), "media_io_kwargs").get("video"), "media_io_kwargs.video")
     for alias, field in VLLM_ALIASES.items():
         give(field, f"mm_processor_kwargs.{alias}", kwargs.get(alias))
+        give(field, f"media_io_kwargs.video.{alias}", media.get(alias))
     for where in ("max_tokens", "max_completion_tokens"):
         give("max_tokens", where, body.get(where))
     return found
