@@ -129,6 +129,17 @@ def test_a_moment_shows_its_best_window_and_the_index_its_best_moment() -> None:
     data = html_report.summary(result)
     assert data["text"] == f"red: 0:02\u20130:04 (0.80); {INJECTION}: no moment"
     assert data["thumbnail"]["target"] == 3.0
+    late = VideoResult(
+        "v.mp4",
+        "find",
+        6.0,
+        12,
+        0.0,
+        5.5,
+        found=[Found("q", [], joined.curve), Found("red", [Moment(4.0, 6.0, 0.9)], joined.curve)],
+        preview=result.preview,
+    )
+    assert html_report.summary(late)["thumbnail"]["target"] == 5.0  # its best moment's picture, not the middle's
     row = html_report.index_row("v", "done", "", "v.find.html", data)
     page = html_report.to_index([row], "malmm find: 1 video")
     assert "<script>" not in page and "&lt;script&gt;" in page
