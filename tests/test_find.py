@@ -196,8 +196,6 @@ def test_find_end_to_end_resumes_and_reads_a_second_query_from_the_cache(
 
 
 def test_find_refuses_what_it_cannot_do(run, scenes: Path, tmp_path: Path) -> None:
-    html = run("find", scenes, "red", *SMALL, "-f", "html")
-    assert html.exit_code == 2 and "no HTML report yet" in html.stderr
     frames = run("find", scenes, "red", "--frames", "8")
     assert frames.exit_code == 2 and "--window" in frames.stderr
     assert run("find", scenes).exit_code == 2  # a path and no query

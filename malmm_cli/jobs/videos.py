@@ -95,12 +95,9 @@ def _find_readers(
 def find_sampling(options: RunOptions, window: float | None) -> tuple[RunOptions, float]:
     """find's sampling and window: --window as given, else WINDOW_FRAMES frames at the rate sampled
     (--fps, else FIND_DEFAULT_FPS). --frames spreads frames over each video, whatever its length,
-    so with it the window must be given. find writes no HTML report yet: refused before anything."""
+    so with it the window must be given."""
     from malmm_cli.reading.find import default_window
 
-    if "html" in options.formats:
-        raise UsageError("find writes no HTML report yet (docs/find.md): use -f json, jsonl, csv, txt, srt or vtt",
-                         option="--format")  # fmt: skip
     if options.frames is None and options.fps is None:
         options = dataclasses.replace(options, fps=FIND_DEFAULT_FPS)
     if window is None:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from malmm_cli.media.names import shown
-from malmm_cli.reading.results import Thumbnail, TimedText, VideoResult
+from malmm_cli.reading.results import Found, Moment, Thumbnail, TimedText, VideoResult
 from malmm_cli.wording import counted
 
 # Nothing may load but the page's own data: images and inline style: no script, font, frame or remote file.
@@ -29,7 +29,7 @@ CONTENT_SECURITY_POLICY = (
 
 STYLE = """
 :root { --ink: #1b1b1b; --muted: #4a4a4a; --line: #c8c8c8; --band-a: #2f5f8a; --band-b: #4f86b5; --bad: #a4161a;
-        --link: #0b4fa3; --paper: #ffffff; --card: #f4f5f7; }
+        --link: #0b4fa3; --paper: #ffffff; --card: #f4f5f7; --hit: #c2410c; }
 * { box-sizing: border-box; }
 body { margin: 0 auto; max-width: 72rem; padding: 1rem; font: 16px/1.5 system-ui, sans-serif; color: var(--ink);
        background: var(--paper); }
@@ -45,6 +45,19 @@ a { color: var(--link); }
 .track a.span:hover, .track a.span:focus { background: #173a5a; outline: 2px solid #000; }
 .track .damage { position: absolute; top: 0; bottom: 0; min-width: 3px;
                  background: repeating-linear-gradient(45deg, var(--bad) 0 4px, #fff 4px 8px); opacity: .9; }
+.track a.moment { position: absolute; top: 0; bottom: 0; min-width: 3px; background: var(--hit);
+                  border-right: 1px solid #fff; }
+.track a.moment:hover, .track a.moment:focus { background: #7c2d12; outline: 2px solid #000; }
+svg.curve { display: block; width: 100%; height: 8rem; background: var(--card); border: 1px solid var(--line);
+            border-radius: 4px; margin: .25rem 0; }
+svg.curve .line { fill: none; stroke: var(--band-a); stroke-width: 2; stroke-linejoin: round;
+                  vector-effect: non-scaling-stroke; }
+svg.curve .threshold { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 6 4;
+                       vector-effect: non-scaling-stroke; }
+svg.curve rect.hit { fill: var(--hit); opacity: .2; }
+svg.curve rect.window { fill: transparent; }
+svg.curve rect.window:hover { fill: #000; opacity: .08; }
+.band .score { font-variant-numeric: tabular-nums; color: var(--muted); }
 .scale { display: flex; justify-content: space-between; font-size: .85rem; color: var(--muted); }
 .bands { list-style: none; padding: 0; margin: 1rem 0; display: grid; gap: .75rem;
          grid-template-columns: repeat(auto-fill, minmax(12rem, 1fr)); }
@@ -230,14 +243,10 @@ def _timeline(result: VideoResult, context: ReportContext) -> list[str]:
             f'title="{_esc(clock(span.start))}&ndash;{_esc(clock(span.end))}: {_esc(span.text)}" '
             f'aria-label="{_esc(clock(span.start))} to {_esc(clock(span.end))}"></a>'
         )
-    for start, end in damaged:
-        left, width = 100 * (max(start, origin) - origin) / scaled, 100 * (end - max(start, origin)) / scaled
-        title = f"could not be decoded: {_esc(clock(start))}&ndash;{_esc(clock(end))}"
-        track.append(f'<span class="damage" style="left:{left:.3f}%;width:{width:.3f}%" title="{title}"></span>')
+    track += _damage_marks(damaged, origin, scaled)
     if track:
-        ends = f"<span>{_esc(clock(origin))}</span><span>{_esc(clock(total))}</span>"
-        scale = f'<div class="scale" aria-hidden="true">{ends}</div>'
-        parts += ['<div class="track" role="group" aria-label="timeline of the video">', *track, "</div>", scale]
+        parts += ['<div class="track" role="group" aria-label="timeline of the video">', *track, "</div>",
+                  _scale(origin, total)]  # fmt: skip
     parts.append('<ol class="bands">')
     if spans:
         for number, span in enumerate(spans, start=1):
@@ -259,11 +268,128 @@ def _timeline(result: VideoResult, context: ReportContext) -> list[str]:
                 f'<div class="when">{_time_link(picture.time, context)}</div></li>'
             )
     parts.append("</ol>")
-    if preview is None:
-        parts.append('<p class="muted">No pictures: this result was made without thumbnails.</p>')
-    elif preview.missing_reason:
-        parts.append(f'<p class="muted missing">Pictures are missing: {_esc(preview.missing_reason)}.</p>')
+    parts += _pictures_note(result)
     parts.append("</section>")
+    return parts
+
+
+def _damage_marks(damaged: Sequence[tuple[float, float]], origin: float, scaled: float) -> list[str]:
+    """The parts of the track that could not be decoded, hatched."""
+    marks = []
+    for start, end in damaged:
+        left, width = 100 * (max(start, origin) - origin) / scaled, 100 * (end - max(start, origin)) / scaled
+        title = f"could not be decoded: {_esc(clock(start))}&ndash;{_esc(clock(end))}"
+        marks.append(f'<span class="damage" style="left:{left:.3f}%;width:{width:.3f}%" title="{title}"></span>')
+    return marks
+
+
+def _scale(origin: float, total: float) -> str:
+    ends = f"<span>{_esc(clock(origin))}</span><span>{_esc(clock(total))}</span>"
+    return f'<div class="scale" aria-hidden="true">{ends}</div>'
+
+
+def _pictures_note(result: VideoResult) -> list[str]:
+    preview = result.preview
+    if preview is None:
+        return ['<p class="muted">No pictures: this result was made without thumbnails.</p>']
+    if preview.missing_reason:
+        return [f'<p class="muted missing">Pictures are missing: {_esc(preview.missing_reason)}.</p>']
+    return []
+
+
+# The score curve's drawing units: the SVG is stretched to the track's width (preserveAspectRatio
+# none), so x runs over the same span of the video as the track's percentages, y from 1 (top) to 0.
+CURVE_WIDTH, CURVE_HEIGHT = 1000.0, 100.0
+
+
+def moment_picture(thumbnails: Sequence[Thumbnail], found: Found, moment: Moment) -> Thumbnail | None:
+    """A moment's picture: the one kept in its best window (where the query fits best; the
+    collector keeps one per window), else the one nearest the moment's middle."""
+    windows = [window for window in found.curve if moment.start <= window[0] < moment.end]
+    best = max(windows, key=lambda window: window[2], default=None)  # the earliest on a tie
+    picture = picture_for(thumbnails, best[0], best[1]) if best is not None else None
+    return picture or picture_for(thumbnails, moment.start, moment.end)
+
+
+def _curve(found: Found, origin: float, scaled: float, query: int) -> str:
+    """The score of each window as inline SVG (markup, not a loaded resource: the CSP allows it
+    without a source; no script): the moments shaded, the threshold dashed, a point per window at
+    its middle, and a hover title per window."""
+
+    def x(seconds: float) -> float:
+        return CURVE_WIDTH * (seconds - origin) / scaled
+
+    def y(score: float) -> float:
+        return CURVE_HEIGHT * (1 - min(1.0, max(0.0, score)))
+
+    shapes = [f'<rect class="hit" x="{x(m.start):.2f}" y="0" width="{x(m.end) - x(m.start):.2f}" '
+              f'height="{CURVE_HEIGHT:g}"/>' for m in found.moments]  # fmt: skip
+    if found.threshold is not None:
+        level = y(found.threshold)
+        shapes.append(f'<line class="threshold" x1="0" x2="{CURVE_WIDTH:g}" y1="{level:.2f}" y2="{level:.2f}"/>')
+    points = " ".join(f"{x((start + end) / 2):.2f},{y(score):.2f}" for start, end, score in found.curve)
+    shapes.append(f'<polyline class="line" points="{points}"/>')
+    for start, end, score in found.curve:
+        shapes.append(
+            f'<rect class="window" x="{x(start):.2f}" y="0" width="{x(end) - x(start):.2f}" height="{CURVE_HEIGHT:g}">'
+            f"<title>{_esc(clock(start))}&ndash;{_esc(clock(end))}: {score:.2f}</title></rect>"
+        )
+    label = f"score of each window for query {query}, from 0 (bottom) to 1 (top)"
+    return (f'<svg class="curve" viewBox="0 0 {CURVE_WIDTH:g} {CURVE_HEIGHT:g}" preserveAspectRatio="none" '
+            f'role="img" aria-label="{_esc(label)}">{"".join(shapes)}</svg>')  # fmt: skip
+
+
+def _found_section(number: int, found: Found, result: VideoResult, context: ReportContext) -> list[str]:
+    """One query: what was found, the track with its moments, the curve, and a card per moment, best first."""
+    preview = result.preview
+    thumbnails = preview.thumbnails if preview is not None else []
+    damaged = preview.damaged if preview is not None else []
+    origin = result.start
+    total = max(result.end, *(end for _, end, _ in found.curve), origin + 1e-9)
+    scaled = total - origin
+    anchor = f"query-{number}"
+    at_least = f" at least {found.threshold:g}" if found.threshold is not None else ""
+    parts = [f'<section class="query" aria-labelledby="{anchor}">',
+             f'<h2 id="{anchor}"><span class="muted">Query:</span> {_esc(found.query)}</h2>']  # fmt: skip
+    if found.moments:
+        parts.append(f'<p class="answer">{counted(len(found.moments), "moment")} scoring{at_least}, best first</p>')
+    elif found.curve:
+        start, end, score = max(found.curve, key=lambda window: window[2])
+        parts.append(f'<p class="answer">No window scored{at_least or " enough"}: the best was '
+                     f"{_time_link(start, context)} &ndash; {_time_link(end, context)} ({score:.2f}). "
+                     "A lower --threshold shows more.</p>")  # fmt: skip
+    else:
+        parts.append('<p class="answer">No window was read.</p>')
+    track = []
+    for rank, moment in enumerate(found.moments, start=1):
+        left, width = 100 * (moment.start - origin) / scaled, 100 * (moment.end - moment.start) / scaled
+        when = f"{_esc(clock(moment.start))}&ndash;{_esc(clock(moment.end))}"
+        track.append(
+            f'<a class="moment" href="#{anchor}-moment-{rank}" style="left:{left:.3f}%;width:{width:.3f}%" '
+            f'title="{rank}: {when}, score {moment.score:.2f}" '
+            f'aria-label="moment {rank}: {_esc(clock(moment.start))} to {_esc(clock(moment.end))}"></a>'
+        )
+    track += _damage_marks(damaged, origin, scaled)
+    parts += [f'<div class="track" role="group" aria-label="moments of query {number} in the video">', *track,
+              "</div>"]  # fmt: skip
+    if found.curve:
+        parts.append(_curve(found, origin, scaled, number))
+    parts.append(_scale(origin, total))
+    threshold = f"; dashed: the threshold, {found.threshold:g}" if found.threshold is not None else ""
+    parts.append(f'<p class="muted legend">The curve: each window\'s score, 0 at the bottom, 1 at the top{threshold}; '
+                 "shaded: the moments.</p>")  # fmt: skip
+    parts.append('<ol class="bands moments">')
+    for rank, moment in enumerate(found.moments, start=1):
+        picture = moment_picture(thumbnails, found, moment)
+        image = (_img(picture, f"Frame at {clock(picture.time)}: {found.query}") if picture is not None
+                 else f'<div class="nopicture">{_esc(_no_picture(result))}</div>')  # fmt: skip
+        parts.append(
+            f'<li class="band moment" id="{anchor}-moment-{rank}" data-start="{moment.start:.3f}" '
+            f'data-end="{moment.end:.3f}" data-score="{moment.score:.4f}">{image}<div class="when">{rank}. '
+            f"{_time_link(moment.start, context)} &ndash; {_time_link(moment.end, context)}</div>"
+            f'<p class="score">score {moment.score:.2f}</p></li>'
+        )
+    parts += ["</ol>", "</section>"]
     return parts
 
 
@@ -306,20 +432,27 @@ def _video(path: str, name: str, context: ReportContext) -> str:
 
 def to_html(result: VideoResult, context: ReportContext | None = None) -> str:
     """One video's report: name, duration, model and settings, the answer, the timeline with a
-    picture per band, label scores as bars, warnings where they are on the timeline."""
+    picture per band, label scores as bars, warnings where they are on the timeline. find: a
+    section per query, its moments on the track, its score curve, and a picture per moment."""
     context = context or ReportContext()
     name = PurePosixPath(result.path.replace("\\", "/")).name or result.path
     model = context.settings.get("model")
     facts = [result.task, f"duration {clock(result.duration)}", counted(result.frames, "frame")]
     if model:
         facts.append(f"model {model}")
+    if result.task == "find":
+        facts.insert(1, counted(len(result.found), "query"))
+        found = [part for number, each in enumerate(result.found, start=1)
+                 for part in _found_section(number, each, result, context)]  # fmt: skip
+        answer = [*found, *_pictures_note(result)]
+    else:
+        answer = [*_summary(result, context), *_timeline(result, context)]
     body = [
         f"<header><h1>{_name(name)}</h1>",
         f'<p class="meta">{" · ".join(_esc(fact) for fact in facts)}</p>',
         f'<p class="meta">Video: {_video(result.path, name, context)}</p></header>',
         "<main>",
-        *_summary(result, context),
-        *_timeline(result, context),
+        *answer,
         *_problems(result, context),
         *_settings(result, context),
         "</main>",
@@ -341,7 +474,10 @@ class IndexRow:
 
 
 def headline(result: VideoResult) -> str:
-    """What the index says of a video: its caption, first answer, top label or next action."""
+    """What the index says of a video: its caption, first answer, top label or next action; find:
+    each query's best moment."""
+    if result.task == "find":
+        return "; ".join(f"{found.query}: {_best(found)}" for found in result.found)
     if result.caption:
         return result.caption
     if result.answers:
@@ -351,9 +487,20 @@ def headline(result: VideoResult) -> str:
     return result.next_action or ""
 
 
+def _best(found: Found) -> str:
+    if not found.moments:
+        return "no moment"
+    best = found.moments[0]
+    return f"{clock(best.start)}\u2013{clock(best.end)} ({best.score:.2f})"
+
+
 def poster(result: VideoResult) -> Thumbnail | None:
-    """The picture standing for the whole video: the one nearest its middle."""
+    """The picture standing for the whole video: the one nearest its middle; find: the first
+    query's best moment's, where it has one."""
     thumbnails = result.preview.thumbnails if result.preview is not None else []
+    moments = [(found, found.moments[0]) for found in result.found if found.moments]
+    if moments and (picture := moment_picture(thumbnails, *moments[0])) is not None:
+        return picture
     return min(thumbnails, key=lambda t: abs(t.target - result.duration / 2), default=None)
 
 

@@ -46,7 +46,8 @@ class FindRule:
         results = []
         for query in queries:
             curve = [(start, end, self.window_score(query, ranked, whole)) for (start, end), ranked in spans]
-            results.append(Found(query, moments(curve, self.threshold, self.min_gap, self.top_k), curve))
+            found = moments(curve, self.threshold, self.min_gap, self.top_k)
+            results.append(Found(query, found, curve, self.threshold))
         return results
 
     def window_score(self, query: str, ranked: list[RankedLabel], whole: list[RankedLabel] | None) -> float:

@@ -43,11 +43,13 @@ class Moment:
 @dataclass(frozen=True)
 class Found:
     """One query's answer (find): its moments, best first, and the score of every window read
-    (start, end, score), in time order."""
+    (start, end, score), in time order; threshold: the score a window had to reach (the report
+    draws it; None where not known)."""
 
     query: str
     moments: list[Moment]
     curve: list[tuple[float, float, float]]
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
