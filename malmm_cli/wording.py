@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 _IRREGULAR = {"was": "were", "has": "have", "is": "are", "entry": "entries", "does": "do", "it": "them",
-              "process": "processes"}  # fmt: skip
+              "process": "processes", "query": "queries"}  # fmt: skip
 
 
 def plural(count: int, word: str) -> str:
