@@ -20,6 +20,7 @@ from malmm_cli.jobs import evaluate as evaluation
 from malmm_cli.jobs.dataset import DatasetError, read_examples
 from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.eval_run import EvalRequest, evaluate_data, missing_videos
+from malmm_cli.jobs.grounding import GROUNDING_BENCHMARKS
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.jobs.reporting import Silent
 from malmm_cli.jobs.scoring import caption_scores, java_available, ranked_accuracy, simple_tokens, top_k_accuracy
@@ -38,7 +39,8 @@ def test_the_command_line_offers_the_benchmark_table() -> None:
     """--dataset takes exactly the benchmarks the job knows, in the table's order."""
     result = CliRunner().invoke(app, ["eval", "data.jsonl", "--dataset", "nope"])
     assert result.exit_code == 2
-    assert f"'nope' is not one of: {', '.join(benchmarks.BENCHMARKS)}" in " ".join(result.output.split())
+    choices = [*benchmarks.BENCHMARKS, *GROUNDING_BENCHMARKS]
+    assert f"'nope' is not one of: {', '.join(choices)}" in " ".join(result.output.split())
 
 
 def test_each_annotation_format(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from malmm_cli.commands.options import (
     CheckpointOption,
     DeviceOption,
     DtypeOption,
+    FpsOption,
     FramesOption,
     MemoryOption,
     ModelOption,
@@ -25,11 +26,14 @@ from malmm_cli.commands.options import (
     choice_of,
     one_output,
     parse_count,
+    parse_seconds,
 )
 from malmm_cli.commands.progress import EvalProgress, Reporter
+from malmm_cli.commands.read import parse_score_threshold
 from malmm_cli.commands.terminal import EXIT_FAILED, refusals, stopped_by
 from malmm_cli.jobs.benchmarks import BENCHMARKS, PAPER_NOTES
 from malmm_cli.jobs.eval_run import EvalRequest, evaluate_data
+from malmm_cli.jobs.grounding import GROUNDING_BENCHMARKS
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.wording import counted, plural
 from models.presets import DEFAULT_MODEL
@@ -46,8 +50,9 @@ def evaluate(
             "--dataset",
             "-d",
             metavar="NAME",
-            parser=choice_of(*BENCHMARKS),
-            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARKS) + ".",
+            parser=choice_of(*BENCHMARKS, *GROUNDING_BENCHMARKS),
+            help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARKS) + "; or a grounding "
+            "benchmark, scored with malmm find: " + ", ".join(GROUNDING_BENCHMARKS) + ".",
         ),
     ] = None,
     videos: Annotated[
@@ -78,10 +83,47 @@ def evaluate(
             help="Of an annotation file that holds several splits (COIN.json), the one to score (default: val).",
         ),
     ] = None,
+    window: Annotated[
+        float | None,
+        typer.Option(
+            "--window",
+            metavar="DURATION",
+            parser=parse_seconds,
+            help="Grounding benchmarks: find's window (default: 4 frames at the sampled rate, 4s at 1 frame/s).",
+        ),
+    ] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            "--score",
+            metavar="[likelihood|yes]",
+            parser=choice_of("likelihood", "yes"),
+            help="Grounding benchmarks: how find scores a window (docs/find.md).",
+        ),
+    ] = "likelihood",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            metavar="SCORE",
+            parser=parse_score_threshold,
+            help="Grounding benchmarks: windows scoring at least this (0 to 1) make moments.",
+        ),
+    ] = 0.5,
+    min_gap: Annotated[
+        float | None,
+        typer.Option(
+            "--min-gap",
+            metavar="DURATION",
+            parser=parse_seconds,
+            help="Grounding benchmarks: join moments this close (default: one window).",
+        ),
+    ] = None,
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
     frames: FramesOption = None,
+    fps: FpsOption = None,
     memory_bank_length: BankOption = None,
     memory: MemoryOption = "malmm",
     device: DeviceOption = "auto",
@@ -95,13 +137,17 @@ def evaluate(
     classification top-1/top-5 from 5 beams, captions BLEU-4/METEOR/ROUGE-L/CIDEr).
 
     DATA is a JSONL or CSV file in `malmm train`'s format (the task follows from its columns), or
-    an MA-LMM annotation file with --dataset. Prints the metrics as JSON on stdout, and a table
-    beside the paper's figures on stderr.
+    an MA-LMM annotation file with --dataset, or a grounding benchmark's file (Charades-STA .txt,
+    QVHighlights .jsonl, ActivityNet Captions .json with --dataset), each query found with
+    `malmm find` (R@n at IoU m, mIoU; QVHighlights' mAP, HIT@1, HL-mAP). Prints the metrics as
+    JSON on stdout, and a table beside the papers' figures on stderr.
     """
     reporter = Reporter(quiet=quiet)
     request = EvalRequest(data=data, dataset=dataset, videos=videos, output=one_output(output, output_dir),
-                          limit=limit, label_field=label_field, split=split)  # fmt: skip
-    options = RunOptions(model=model, checkpoint=checkpoint, frames=frames, memory_bank_length=memory_bank_length,
+                          limit=limit, label_field=label_field, split=split, window=window, score=score,
+                          threshold=threshold, min_gap=min_gap)  # fmt: skip
+    options = RunOptions(model=model, checkpoint=checkpoint, frames=frames, fps=fps,
+                         memory_bank_length=memory_bank_length,
                          memory=memory, device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
                          no_cache=no_cache, quiet=quiet)  # fmt: skip
     try:
@@ -124,8 +170,12 @@ def evaluate(
 
 
 def _metrics_table(metrics: dict) -> Table:
-    """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper)."""
+    """The metrics beside MA-LMM's figures for the same dataset (captions x 100, as the paper);
+    a grounding benchmark's beside the figure of reference the issue cites (TimeChat's)."""
     from rich.table import Table
+
+    if "reference_model" in metrics:
+        return _grounding_table(metrics)
 
     caption = "Bleu_4" in metrics["metrics"]
     table = Table(title=f"{metrics['dataset']}: {counted(metrics['examples'], 'example')}", title_justify="left")
@@ -143,4 +193,20 @@ def _metrics_table(metrics: dict) -> Table:
     note = next((text for prefix, text in PAPER_NOTES.items() if metrics["dataset"].startswith(prefix)), None)
     if note:
         table.caption = note
+    return table
+
+
+def _grounding_table(metrics: dict) -> Table:
+    """A grounding benchmark's metrics (percent) beside a published system's, where there is one."""
+    from rich.table import Table
+
+    title = f"{metrics['dataset']}: {counted(metrics['examples'], 'query')}"
+    table = Table(title=title, title_justify="left")
+    reference = metrics["reference_model"] or "reference"
+    for column in ("metric", "malmm find", reference):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in metrics["metrics"].items():
+        given = metrics["reference"].get(name)
+        table.add_row(name, f"{value:.1f}", "-" if given is None else f"{given:.1f}")
+    table.caption = "the reference figures are the system's own, reported zero-shot, not measured here"
     return table

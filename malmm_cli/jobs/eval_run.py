@@ -99,6 +99,11 @@ class EvalRequest:
     limit: int | None = None
     label_field: str | None = None
     split: str | None = None
+    # the grounding benchmarks (find_eval.py): find's window (None: find's default), score rule, threshold
+    window: float | None = None
+    score: str = "likelihood"
+    threshold: float = 0.5
+    min_gap: float | None = None
 
     @property
     def folder(self) -> Path:
@@ -134,6 +139,23 @@ def evaluate_data(
 
     Raises UsageError or SetupError before any video is read, and before torch is imported where
     the check needs no model; KeyboardInterrupt goes up with the predictions so far kept."""
+    from malmm_cli.jobs import find_eval
+
+    grounding = find_eval.grounding_benchmark(request.data, request.dataset)
+    if grounding is not None:
+        return find_eval.evaluate_grounding(request, options, reporter, grounding, progress)
+    if (
+        options.fps is not None
+        or request.window is not None
+        or request.score != "likelihood"
+        or request.threshold != 0.5
+        or request.min_gap is not None
+    ):
+        raise UsageError(
+            f"{', '.join(find_eval.FIND_OPTIONS)} are for the grounding benchmarks "
+            f"({', '.join(find_eval.GROUNDING_BENCHMARKS)})",
+            option="--fps",
+        )
     try:
         benchmark, items = load_items(request.data, request.dataset, request.videos, request.label_field,
                                       request.split)  # fmt: skip
