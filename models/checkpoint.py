@@ -18,7 +18,9 @@ tensors, is refused with one line. `load_checkpoint` takes either kind.
 The metadata also holds the temporal module's settings (models/temporal.py; `null` without one):
 `checkpoint_temporal` reads them so that a loader can build the module before loading, and
 loading into a model whose module differs (or that has one where the file has none, or the
-reverse) is refused.
+reverse) is refused. It holds the wording of time-aware frames too (models/time_aware.py; `null`
+when the run read frames without their times), which `checkpoint_time_aware` reads so that the
+loaded model reads frames as the run did.
 """
 
 from __future__ import annotations
@@ -267,7 +269,8 @@ def save_trained(model: nn.Module, path: Path, base_model: str) -> None:
 
     metadata = {"format": TRAINED_FORMAT, "base_model": base_model,
                 "base_signature": json.dumps(base_signature(model.config), sort_keys=True),
-                "temporal": json.dumps(getattr(model.config, "temporal", None), sort_keys=True)}  # fmt: skip
+                "temporal": json.dumps(getattr(model.config, "temporal", None), sort_keys=True),
+                "time_aware": json.dumps(getattr(model.config, "time_aware", None) or None)}  # fmt: skip
     partial = path.with_name(f".{path.name}.partial")
     save_file(trained_tensors(model), str(partial), metadata=metadata)
     respect_umask(partial)
@@ -323,6 +326,14 @@ def checkpoint_temporal(path: str | Path) -> dict | None:
     path = _trained_file(Path(path))
     metadata = _trained_metadata(path) if path.is_file() else None
     return json.loads(metadata.get("temporal", "null")) if metadata else None
+
+
+def checkpoint_time_aware(path: str | Path) -> str | None:
+    """The wording of time-aware frames a checkpoint was trained with (None: trained without, or
+    not a `malmm train` file, as MA-LMM's released weights), so that a loader reads frames as it did."""
+    path = _trained_file(Path(path))
+    metadata = _trained_metadata(path) if path.is_file() else None
+    return json.loads(metadata.get("time_aware", "null")) if metadata else None
 
 
 def describe_temporal(settings: dict | None) -> str:

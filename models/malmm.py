@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
-from models.checkpoint import CheckpointReport, checkpoint_temporal, load_checkpoint
+from models.checkpoint import CheckpointReport, checkpoint_temporal, checkpoint_time_aware, load_checkpoint
 from models.generation import generate, generate_beams, score_labels
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import DEFAULT_MODEL, GenerationSettings
 from models.quantization import cpu_4bit_packs_weights, quantization_config, quantize_vision_8bit, unfit_for_cpu_4bit
+from models.time_aware import TIME_TOKENS, TimeTokens, time_tokens
 
 INSTRUCTION_MAX_TOKENS = 128  # MA-LMM's max_txt_len for the Q-Former instruction
 
@@ -60,7 +61,8 @@ class Malmm:
 
         checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`), or a `malmm train` run
         (its folder or its model.safetensors), loaded on top; a run trained with a temporal module
-        (`--temporal mamba`) gives the model that module first.
+        (`--temporal mamba`) gives the model that module first, and one trained with time-aware
+        frames (`--time-aware`) makes the model read with them (`step` then needs the frames' times).
         quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
         dtype (default float32) is that of the ViT and the LLM; the memory path (Q-Former, banks,
         frame positions, projection) is float32 whatever it is (see models/modeling.py). The
@@ -92,6 +94,8 @@ class Malmm:
         model.keep_memory_path_in_float32()
         if checkpoint is not None and (temporal := checkpoint_temporal(checkpoint)):
             model.set_temporal(temporal)  # the module the run trained, then its weights
+        if checkpoint is not None:
+            model.set_time_aware(checkpoint_time_aware(checkpoint))  # read frames as the run trained them
         report = load_checkpoint(model, checkpoint) if checkpoint is not None else None
         if quantize_vision:
             quantize_vision_8bit(model)
@@ -134,8 +138,28 @@ class Malmm:
     @property
     def instruction_limit(self) -> int:
         """Q-Former tokens of an instruction that are read: MA-LMM's 128, or fewer if the Q-Former
-        has fewer positions."""
-        return min(INSTRUCTION_MAX_TOKENS, self.model.config.qformer_config.max_position_embeddings)
+        has fewer positions (time-aware frames take TIME_TOKENS of them first)."""
+        positions = self.model.config.qformer_config.max_position_embeddings
+        return min(INSTRUCTION_MAX_TOKENS, positions - (TIME_TOKENS if self.time_aware else 0))
+
+    @property
+    def time_aware(self) -> str | None:
+        """The wording of each frame's time sentence when the model reads frames with their times
+        (models/time_aware.py), else None."""
+        return self.model.time_aware
+
+    def time_tokens(self, state: MemoryState, times: Sequence[float] | None) -> TimeTokens | None:
+        """What `step` gives a time-aware model for frames at `times` (seconds from the start of
+        what each video's memory reads, one per video); None for a model without time-aware frames."""
+        wording = self.time_aware
+        if wording is None:
+            return None
+        if times is None:
+            raise ValueError("this model reads every frame with its time (trained with --time-aware): pass times")
+        if len(times) != state.videos:
+            raise ValueError(f"{len(times)} frame times for a state of {state.videos} videos")
+        tokens = time_tokens(self.qformer_tokenizer, wording, times, state.readers_per_video)
+        return TimeTokens(tokens.ids.to(self.device), tokens.mask.to(self.device))
 
     def instruction_length(self, instruction: str) -> int:
         """Q-Former tokens of an instruction before truncation (see `instruction_limit`)."""
@@ -149,27 +173,38 @@ class Malmm:
 
     @torch.inference_mode()
     def step(
-        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+        self,
+        state: MemoryState,
+        features: torch.Tensor,
+        index: int | Sequence[int] | None = None,
+        times: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, MemoryState]:
         """One frame per video of the batch: features [V, N, C] -> (what the LLM would read now, one
         per reader [R, T, D], state).
 
         index: the frame's place in the plan of `total_frames` (default: frames read so far), so
         that frames skipped or missing do not shift the positions of later ones.
+        times: when each video's frame was sampled, in seconds from the start of what its memory
+        reads (a clip's start, else the video's); needed by a time-aware model, unused by others.
         """
-        return self.model.step(state, features, index)
+        return self.model.step(state, features, index, self.time_tokens(state, times))
 
     @torch.inference_mode()
-    def read(self, pixel_values: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
-        """Read consecutive frames [F, 3, H, W] of a single video; returns the output after the last."""
+    def read(
+        self, pixel_values: torch.Tensor, state: MemoryState, times: Sequence[float] | None = None
+    ) -> tuple[torch.Tensor, MemoryState]:
+        """Read consecutive frames [F, 3, H, W] of a single video; returns the output after the last.
+        times: each frame's time (s), for a time-aware model."""
         if state.batch_size != 1:
             raise ValueError("read() takes frames of one video; use step() for a batch of videos")
         if pixel_values.shape[0] == 0:
             raise ValueError("no frames to read")
         features = self.encode_frames(pixel_values)
+        if times is not None and len(times) != len(features):
+            raise ValueError(f"{len(times)} times for {len(features)} frames")
         output = None
-        for frame in features:
-            output, state = self.step(state, frame.unsqueeze(0))
+        for number, frame in enumerate(features):
+            output, state = self.step(state, frame.unsqueeze(0), times=None if times is None else [times[number]])
         return output, state
 
     def generate(

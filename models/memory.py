@@ -113,6 +113,9 @@ class MemoryBank:
     - `sizes` [B, P, N]: how many original frames each slot stands for.
     - `order` [B, P, N]: the physical slot of the k-th oldest remembered step, per token position.
     - `pair_similarity` [B, P - 1, N]: similarity of temporal neighbours k and k+1.
+    - `mask` [B, P, N, 1] (only a bank given masks: a query bank of time-aware frames, whose
+      padding differs from step to step): how much of each slot was a real token, merged with
+      the slots' weights; a key counts where it is above 0 (`key_mask`).
     The physical slots in use are always 0 .. len(self) - 1 until the bank first overflows, and
     all of them from then on, so `context` is a view, never a copy. Slots are read and written a
     token row at a time (`index_select`/`index_copy_` on a flat view of each buffer), which moves
@@ -120,9 +123,15 @@ class MemoryBank:
     """
 
     def __init__(
-        self, length: int, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = (), evict: str = "merge"
+        self,
+        length: int,
+        entry: torch.Tensor,
+        projections: tuple[torch.Tensor, ...] = (),
+        evict: str = "merge",
+        mask: torch.Tensor | None = None,
     ):
-        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, G, N, d] each.
+        """A bank of `length` slots holding one step. entry: [B, N, C]; projections: [B, G, N, d] each;
+        mask [B, N]: which tokens of the entry are real (given: every step gives its own).
 
         evict: what a full bank does with one step too many: "merge" the most similar neighbours
         (MA-LMM) or drop the "oldest" (FIFO).
@@ -141,6 +150,7 @@ class MemoryBank:
             for p in projections
         )
         self.sizes = torch.zeros(batch, capacity, tokens, dtype=torch.float32, device=entry.device)
+        self.mask = None if mask is None else self.sizes.new_zeros(batch, capacity, tokens, 1)
         self.order = torch.zeros(batch, capacity, tokens, dtype=torch.long, device=entry.device)
         self.pair_similarity = torch.zeros(batch, capacity - 1, tokens, dtype=torch.float32, device=entry.device)
         self.free = torch.zeros(batch, 1, tokens, dtype=torch.long, device=entry.device)  # where the next step goes
@@ -148,14 +158,15 @@ class MemoryBank:
         self.used = 0
         # Row of (b, g, slot 0, n) in a buffer's flat view, by number of groups (see `_rows`).
         self._first_rows = {b.shape[1]: self._slot_zero_rows(b) for b in self._buffers()}
-        self.append(entry, projections)
+        self.append(entry, projections, mask)
 
     def __len__(self) -> int:
         return self.used
 
     def _buffers(self) -> tuple[torch.Tensor, ...]:
         """Every per-slot buffer as [B, G, P, N, d] (the slots are one group of C features)."""
-        return (self.slots.unsqueeze(1), *self.projections)
+        masks = () if self.mask is None else (self.mask.unsqueeze(1),)
+        return (self.slots.unsqueeze(1), *self.projections, *masks)
 
     @staticmethod
     def _slot_zero_rows(buffer: torch.Tensor) -> torch.Tensor:
@@ -178,14 +189,19 @@ class MemoryBank:
         rows = self._rows(buffer, slot)
         buffer.view(-1, buffer.shape[-1]).index_copy_(0, rows, value.reshape(rows.shape[0], -1).to(buffer.dtype))
 
-    def append(self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = ()) -> None:
+    def append(
+        self, entry: torch.Tensor, projections: tuple[torch.Tensor, ...] = (), mask: torch.Tensor | None = None
+    ) -> None:
         """Remember one more step (at most one beyond `length`, until `compress`)."""
         if self.used > self.length:
             raise RuntimeError("compress the bank before adding another step")
         if len(projections) != len(self.projections):
             raise ValueError(f"bank keeps {len(self.projections)} projections, got {len(projections)}")
+        if (mask is None) != (self.mask is None):
+            raise ValueError("a bank made with token masks takes one at every step, and one made without none")
+        masks = () if mask is None else (mask[:, None, :, None],)  # [B, 1, N, 1]
         where = self.free  # [B, 1, N]
-        for buffer, value in zip(self._buffers(), (entry.unsqueeze(1), *projections), strict=True):
+        for buffer, value in zip(self._buffers(), (entry.unsqueeze(1), *projections, *masks), strict=True):
             self._write(buffer, where, value)
         self.sizes.scatter_(1, where, 1.0)
         if self.used and self.evict == "merge":  # the newest neighbour pair: previous newest step and this one
@@ -247,6 +263,13 @@ class MemoryBank:
         buffer = self.projections[layer][:, :, : self.used]
         return buffer.reshape(*buffer.shape[:2], -1, buffer.shape[-1])
 
+    def key_mask(self) -> torch.Tensor | None:
+        """Which keys of `context` (and `entries_through`) count: [B, used * N] bool, or None when
+        the bank keeps no masks."""
+        if self.mask is None:
+            return None
+        return self.mask[:, : self.used, :, 0].reshape(self.mask.shape[0], -1) > 0
+
     def entries_through(self, entry: torch.Tensor) -> torch.Tensor:
         """Every remembered entry, slot-major [B, used * N, C], with the newest step taken from
         `entry` [B, N, C] instead of the bank's detached copy, so that gradients reach it."""
@@ -262,13 +285,16 @@ class MemoryBank:
         return _gather_slot(self.slots, order), self.sizes.gather(1, order)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.slots, *self.projections, self.sizes, self.order, self.pair_similarity, self.free]
+        masks = [] if self.mask is None else [self.mask]
+        return [self.slots, *self.projections, *masks, self.sizes, self.order, self.pair_similarity, self.free]
 
     def select(self, rows: torch.Tensor) -> MemoryBank:
         """A bank of some batch rows only (a copy)."""
         chosen = copy.copy(self)
         for name in ("slots", "sizes", "order", "pair_similarity", "free", "newest"):
             setattr(chosen, name, getattr(self, name).index_select(0, rows.to(self.slots.device)))
+        if self.mask is not None:
+            chosen.mask = self.mask.index_select(0, rows.to(self.mask.device))
         chosen.projections = tuple(p.index_select(0, rows.to(p.device)) for p in self.projections)
         chosen._first_rows = {b.shape[1]: chosen._slot_zero_rows(b) for b in chosen._buffers()}
         return chosen

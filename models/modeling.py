@@ -11,6 +11,9 @@ Where a frame goes: pixels -> `vision_features` (frozen ViT, its post-LayerNorm 
 temporal module, temporal.py) -> after the last frame, `language_inputs` (projection to the LLM
 width) -> generation.py.
 
+Time-aware frames (time_aware.py) are on when `config.time_aware` holds a wording (`set_time_aware`;
+a `malmm train --time-aware` run carries it): each step then takes every reader's time sentence.
+
 The temporal module exists when `config.temporal` describes one (`add_temporal` sets it, and a
 `malmm train --temporal mamba` run carries it); without it the model is MA-LMM, unchanged.
 
@@ -34,6 +37,7 @@ from transformers import InstructBlipConfig, InstructBlipForConditionalGeneratio
 from models.memory import MemoryState
 from models.qformer import qformer_step
 from models.temporal import TemporalMamba, temporal_settings
+from models.time_aware import TimeTokens
 
 DEFAULT_MAX_NUM_FRAMES = 120  # rows of MA-LMM's frame position table
 # Modules kept in float32 whatever dtype the model loads in (see the module docstring).
@@ -123,6 +127,17 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         self.temporal = None if module is None else module.to(self.query_tokens.device).requires_grad_(False)
         return self.temporal
 
+    @property
+    def time_aware(self) -> str | None:
+        """The wording of each frame's time sentence (time_aware.py), None when frames read without it."""
+        return getattr(self.config, "time_aware", None) or None
+
+    def set_time_aware(self, wording: str | None) -> None:
+        """Read every frame with its time sentence in `wording` ("{time}": its seconds); None: without."""
+        if wording is not None and "{time}" not in wording:
+            raise ValueError(f"the time wording needs a {{time}} field, got {wording!r}")
+        self.config.time_aware = wording
+
     def keep_memory_path_in_float32(self) -> None:
         """Cast the memory path (FLOAT32_MODULES) to float32 where loading left it lower: a frame
         table missing from the checkpoint is created in the load dtype."""
@@ -162,7 +177,11 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         )
 
     def step(
-        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+        self,
+        state: MemoryState,
+        features: torch.Tensor,
+        index: int | Sequence[int] | None = None,
+        time: TimeTokens | None = None,
     ) -> tuple[torch.Tensor, MemoryState]:
         """Read the next frame of every video in the batch into `state` (updated in place).
 
@@ -172,8 +191,11 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         frame in turn. Returns what the LLM would read if the videos ended here, per reader
         ([R, NQ, D]: the Q-Former query output, after the temporal module if the model has one,
         or for avgpool/concat the mean/concatenation of every step's), and the state.
+
+        time: each reader's time sentence for this frame (time_aware.time_tokens), which a
+        time-aware model needs and any other refuses.
         """
-        output = self.query_step(state, features, index)
+        output = self.query_step(state, features, index, time)
         if self.temporal is not None:
             if state.temporal is None:
                 state.temporal = self.temporal.new_state()
@@ -181,10 +203,20 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         return state.language_queries(output), state
 
     def query_step(
-        self, state: MemoryState, features: torch.Tensor, index: int | Sequence[int] | None = None
+        self,
+        state: MemoryState,
+        features: torch.Tensor,
+        index: int | Sequence[int] | None = None,
+        time: TimeTokens | None = None,
     ) -> torch.Tensor:
         """The Q-Former part of `step` (frame position, then the memory step): the query output
         of every reader [R, NQ, D], before any temporal module."""
+        if (time is None) != (self.time_aware is None):
+            raise ValueError(
+                "this model reads every frame with its time: give each step the frames' times"
+                if time is None
+                else "this model was not trained with time-aware frames: step without times"
+            )
         table = self.frame_position_embedding.weight
         if index is None:
             index = state.frames_seen
@@ -197,7 +229,7 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         rows = {key: frame_position(table, *key) for key in set(zip(indices, totals, strict=True))}
         position = torch.stack([rows[key] for key in zip(indices, totals, strict=True)])  # [V, C]
         frame = features.to(table.device, table.dtype) + position[:, None, :]  # added to all N tokens
-        return qformer_step(self.qformer, self.query_tokens, state, frame)
+        return qformer_step(self.qformer, self.query_tokens, state, frame, time)
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:
         """Q-Former output [B, NQ, D] -> LLM input embeddings [B, NQ, H]."""

@@ -32,6 +32,7 @@ from transformers.models.instructblip.modeling_instructblip import (
 )
 
 from models.memory import MemoryBank, MemoryState
+from models.time_aware import TimeTokens
 
 
 def project(attention: InstructBlipQFormerAttention, states: torch.Tensor) -> torch.Tensor:
@@ -70,10 +71,12 @@ def remember(
     entry: torch.Tensor,
     readers: list[InstructBlipQFormerAttention],
     evict: str,
+    mask: torch.Tensor | None = None,
 ) -> tuple[MemoryBank, list[torch.Tensor]]:
     """Add this step (entry [B, T, C]) to `bank`, made on the first step, with its keys and values
     for each attention layer in `readers`, and return each reader's keys and values over
-    [bank ; this step]: [B, 2H, (S+1)T, d] each.
+    [bank ; this step]: [B, 2H, (S+1)T, d] each. mask [B, T]: this step's real tokens, when they
+    differ from step to step (the bank then keeps them: `MemoryBank.key_mask`).
 
     With gradients (training), as MA-LMM trains: the bank keeps detached copies, so only the
     current step is differentiated and earlier steps can run without any graph; and the keys
@@ -86,9 +89,9 @@ def remember(
         projections = tuple(project(attention, entry) for attention in readers)  # [B, 2H, T, d] each
     stored = entry.detach() if tracked else entry
     if bank is None:
-        bank = MemoryBank(length, stored, projections, evict)
+        bank = MemoryBank(length, stored, projections, evict, mask)
     else:
-        bank.append(stored, projections)
+        bank.append(stored, projections, mask)
     if tracked:
         remembered = bank.entries_through(entry)  # [B, (S+1)T, C], this step's entry live
         return bank, [project(attention, remembered) for attention in readers]
@@ -100,10 +103,15 @@ def qformer_step(
     query_tokens: torch.Tensor,
     state: MemoryState,
     frame: torch.Tensor,
+    time: TimeTokens | None = None,
 ) -> torch.Tensor:
     """Read one frame into `state` (updated in place). frame: [V, N, C] vision features of each
     video with the frame position already added. Returns the Q-Former output at the query
     positions of every reader [R, NQ, D] (R = V x readers per video).
+
+    time: each reader's time sentence for this frame [R, K] (time-aware frames, time_aware.py),
+    read before the instruction: the text is then [time ; instruction], Lt = K + the instruction's
+    length, and its padding changes from frame to frame, so the query banks keep each step's.
 
     Only the current frame and the current input are projected to keys and values: the banks
     keep theirs, and attention reads them where they are.
@@ -115,9 +123,14 @@ def qformer_step(
     evict = "oldest" if state.strategy == "fifo" else "merge"
     queries = query_tokens.expand(batch, -1, -1)  # [B, NQ, D]
     num_queries = queries.shape[1]
-    hidden = qformer.embeddings(input_ids=state.instruction_ids, query_embeds=queries)  # [B, NQ+Lt, D]
+    text_ids, text_mask = state.instruction_ids, state.instruction_mask  # [B, Lt]
+    if time is not None:
+        text_ids = torch.cat([time.ids.to(text_ids.device), text_ids], dim=1)
+        text_mask = torch.cat([time.mask.to(text_mask.device), text_mask], dim=1)
+    hidden = qformer.embeddings(input_ids=text_ids, query_embeds=queries)  # [B, NQ+Lt, D]
     query_mask = torch.ones(batch, num_queries, dtype=torch.bool, device=hidden.device)
-    token_mask = torch.cat([query_mask, state.instruction_mask.to(hidden.device).bool()], dim=1)
+    token_mask = torch.cat([query_mask, text_mask.to(hidden.device).bool()], dim=1)  # [B, NQ+Lt]
+    step_mask = None if time is None else token_mask  # kept per slot by the query banks
     length = state.memory_bank_length if state.banked else 1  # without banks: room for this frame only
 
     frame = frame.to(hidden.device)
@@ -129,11 +142,15 @@ def qformer_step(
 
     for number, layer in enumerate(qformer.encoder.layer):
         known = state.queries[number] if number < len(state.queries) else None
-        inputs, (context,) = remember(known, length, hidden, [layer.attention], evict)  # [B, 2H, (S+1)(NQ+Lt), d]
+        inputs, (context,) = remember(
+            known, length, hidden, [layer.attention], evict, step_mask
+        )  # [B, 2H, (S+1)(NQ+Lt), d]
         if known is None:
             state.queries.append(inputs)
         # keys and values over [remembered inputs ; current input], the padding mask once per step
         context_mask = token_mask.repeat(1, len(inputs)) if state.padded else None  # none: every key counts
+        if step_mask is not None:  # each step's own padding (time-aware frames)
+            context_mask = inputs.key_mask()
         attended = attend(layer.attention, hidden, context, context_mask)
         inputs.compress()
 

@@ -22,6 +22,7 @@ per-frame Q-Former outputs once, and `temporal_read` trains the module on them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from models.generation import right_padded
 from models.lora import adapter_parameters
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
+from models.time_aware import TimeTokens
 
 MAX_PROMPT_TOKENS = 128  # MA-LMM's max_txt_len (the prompt keeps its end)
 MAX_TARGET_TOKENS = 256  # MA-LMM's max_output_txt_len (the target keeps its start)
@@ -99,7 +101,12 @@ def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
 
-def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features: torch.Tensor) -> torch.Tensor:
+def read_clip(
+    model: MalmmForConditionalGeneration,
+    state: MemoryState,
+    features: torch.Tensor,
+    times: Sequence[TimeTokens] | None = None,
+) -> torch.Tensor:
     """Read clips of T frames into fresh memories: features [B, T, N, C] (ViT output before the
     vision LayerNorm) -> the last step's query output [B, NQ, D], with gradients through it only.
 
@@ -107,7 +114,8 @@ def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features
     memory steps) and the module reads them in one parallel scan over the clip, with gradients
     through all of it: the same output as stepping it frame by frame.
 
-    state: `model.new_memory(...)` for the B clips, with total_frames T.
+    state: `model.new_memory(...)` for the B clips, with total_frames T. times: for a time-aware
+    model, every frame's time sentences (T of them, each [B, K]: `Malmm.time_tokens`).
     """
     norm = model.vision_model.post_layernorm
     frames = features.shape[1]
@@ -115,15 +123,18 @@ def read_clip(model: MalmmForConditionalGeneration, state: MemoryState, features
     def frame(t: int) -> torch.Tensor:
         return norm(features[:, t].to(norm.weight.device, norm.weight.dtype))
 
+    def time(t: int) -> TimeTokens | None:
+        return None if times is None else times[t]
+
     if model.temporal is None:
         with torch.no_grad():  # detached banks: earlier steps add nothing to the gradients
             for t in range(frames - 1):
-                model.step(state, frame(t), t)
-        output, _ = model.step(state, frame(frames - 1), frames - 1)
+                model.step(state, frame(t), t, time(t))
+        output, _ = model.step(state, frame(frames - 1), frames - 1, time(frames - 1))
         return output
     with torch.no_grad():
-        outputs = [model.query_step(state, frame(t), t) for t in range(frames - 1)]
-    outputs.append(model.query_step(state, frame(frames - 1), frames - 1))
+        outputs = [model.query_step(state, frame(t), t, time(t)) for t in range(frames - 1)]
+    outputs.append(model.query_step(state, frame(frames - 1), frames - 1, time(frames - 1)))
     return temporal_read(model, state, torch.stack(outputs, dim=1))
 
 
@@ -140,12 +151,19 @@ def temporal_read(model: MalmmForConditionalGeneration, state: MemoryState, outp
     return output
 
 
-def query_outputs(model: MalmmForConditionalGeneration, state: MemoryState, features: torch.Tensor) -> torch.Tensor:
+def query_outputs(
+    model: MalmmForConditionalGeneration,
+    state: MemoryState,
+    features: torch.Tensor,
+    times: Sequence[TimeTokens] | None = None,
+) -> torch.Tensor:
     """The Q-Former query outputs of every frame of clips [B, T, N, C] (ViT features before the
     vision LayerNorm) read into fresh memories: [B, T, NQ, D], before the temporal module. With the
-    Q-Former frozen they never change, so a trainer may compute them once and keep them."""
+    Q-Former frozen they never change, so a trainer may compute them once and keep them. times: as
+    `read_clip`'s."""
     norm = model.vision_model.post_layernorm
-    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t)
+    outputs = [model.query_step(state, norm(features[:, t].to(norm.weight.device, norm.weight.dtype)), t,
+                                None if times is None else times[t])
                for t in range(features.shape[1])]  # fmt: skip
     return torch.stack(outputs, dim=1)
 

@@ -168,6 +168,15 @@ def train(
             "--temporal-with-qformer", help="Train --temporal together with the Q-Former and what MA-LMM trains."
         ),
     ] = False,
+    time_aware: Annotated[
+        bool,
+        typer.Option(
+            "--time-aware",
+            help="Give each frame's Q-Former instruction its time, as TimeChat does (\"This frame is sampled at "
+            "12.0 second.\", from the clip's start); the run's checkpoint reads frames so from then on. "
+            "See docs/time-aware.md.",
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -232,7 +241,7 @@ def train(
                 frames=frames, memory_bank_length=memory_bank_length, batch_size=batch_size, grad_accum=grad_accum,
                 warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
                 optimizer=optimizer, augment=augment, lora_rank=lora, temporal=temporal,
-                temporal_layers=temporal_layers, temporal_with_qformer=temporal_with_qformer,
+                temporal_layers=temporal_layers, temporal_with_qformer=temporal_with_qformer, time_aware=time_aware,
             )  # fmt: skip
             ran = run_training(request, options, reporter, partial(TrainingProgress, reporter))
     except TrainingStopped as stopped:

@@ -312,11 +312,13 @@ class _Video:
         self.run = _Run()
         self.live = stream.times is None  # a live stream: no plan of its frames
         start, end = (0.0, None) if self.live else stream.span
+        self.start = start  # what frame times count from (time-aware frames): the clip's start
         self.grids = {i: Grid(r.every, end, start) for i, r in enumerate(readers) if r.every}
         self.chapters = {i: Grid(r.restart, end, start) for i, r in enumerate(readers) if r.restart}
         self.span: dict[int, int] = {}  # reader -> index of its current span on its grid
         self.chapter: dict[int, int] = {}  # restarting reader -> index of its current chapter
         self.first_index: dict[int, int] = {}  # restarting reader -> plan index its chapter's positions start at
+        self.chapter_start: dict[int, float] = {}  # restarting reader -> when its chapter starts (s)
         self.chapter_plans = (
             {} if self.live else {i: _chapter_plans(grid, stream.times) for i, grid in self.chapters.items()}
         )
@@ -339,6 +341,7 @@ class _Video:
             if self.chapter.get(i) != index:
                 self.chapter[i] = index
                 self.first_index[i], total = (sample.index, None) if self.live else self.chapter_plans[i][index]
+                self.chapter_start[i] = grid.span(index)[0]
                 self.restarted[i] = self.malmm.new_memory(
                     self.readers[i].instruction, self.memory.bank_length, total, strategy=self.memory.strategy
                 )
@@ -346,11 +349,17 @@ class _Video:
 
     def step(self, sample: Sample, features: torch.Tensor, shared: dict[int, torch.Tensor]) -> None:
         """After the shared state has read the frame (`shared`: reader -> its output), step the
-        restarting readers' memories (frame positions restart with each chapter)."""
+        restarting readers' memories (frame positions and times restart with each chapter)."""
         self.run.saw(sample)
         self.outputs.update(shared)
         for i, state in self.restarted.items():
-            self.outputs[i], _ = self.malmm.step(state, features, sample.index - self.first_index[i])
+            time = sample.time - self.chapter_start[i]
+            self.outputs[i], _ = self.malmm.step(state, features, sample.index - self.first_index[i], [time])
+
+    def time(self, sample: Sample) -> float:
+        """When the frame was sampled, in seconds from the clip's start (the decoder's timestamp):
+        what a time-aware model reads with it."""
+        return sample.time - self.start
 
     def end(self) -> list[_Readout]:
         """The video ended: its last spans and its end read-outs."""
@@ -593,7 +602,9 @@ class _Lockstep:
         outputs = None
         if self.state is not None and frames:
             features = torch.cat([features for _, _, features in frames])  # [V, N, C]
-            outputs, self.state = self.malmm.step(self.state, features, [sample.index for _, sample, _ in frames])
+            indices = [sample.index for _, sample, _ in frames]
+            times = [video.time(sample) for video, sample, _ in frames]
+            outputs, self.state = self.malmm.step(self.state, features, indices, times)
         width = self.width
         for row, (video, sample, features) in enumerate(frames):
             rows = {} if outputs is None else {

@@ -48,6 +48,12 @@ class ClipFeatures:
 
     def get(self, example: Example, draw: int | None, seed: int) -> torch.Tensor | None:
         """[frames, N, C], or None for an unreadable clip. draw: which random sampling (None: even)."""
+        clip = self.timed(example, draw, seed)
+        return None if clip is None else clip[0]
+
+    def timed(self, example: Example, draw: int | None, seed: int) -> tuple[torch.Tensor, list[float]] | None:
+        """`get`'s features with the time of each frame, in seconds from the clip's start, as the
+        decoder stamped it (what time-aware frames read), or None for an unreadable clip."""
         if example.id in self.unreadable:
             return None
         where = f"{example.video}|{example.start}|{example.end}"
@@ -59,7 +65,10 @@ class ClipFeatures:
         try:
             with VideoStream(self.malmm, example.video, sampling, cache=cache, normalize=False,
                              transform=transform) as stream:  # fmt: skip
-                features = [feature[0] for _, feature in stream]
+                samples = list(stream)
+                start = stream.span[0]
+            features = [feature[0] for _, feature in samples]
+            times = [sample.time - start for sample, _ in samples]
         except (VideoError, OSError) as error:
             features, reason = [], str(error) or type(error).__name__
         else:
@@ -70,12 +79,12 @@ class ClipFeatures:
             self.warn(f"{example.id} ({example.video}): {reason}; left out of {use}")
             return None
         nearest = [min(len(features) - 1, i * len(features) // self.frames) for i in range(self.frames)]
-        return torch.stack([features[i] for i in nearest])
+        return torch.stack([features[i] for i in nearest]), [times[i] for i in nearest]
 
     def readable(
         self, examples: list[Example], draw: int | None, seed: int
-    ) -> tuple[list[Example], list[torch.Tensor]]:
-        """The examples whose clips can be read, with their features (see `get`)."""
-        pairs = [(example, self.get(example, draw, seed)) for example in examples]
-        pairs = [(example, features) for example, features in pairs if features is not None]
-        return [example for example, _ in pairs], [features for _, features in pairs]
+    ) -> tuple[list[Example], list[torch.Tensor], list[list[float]]]:
+        """The examples whose clips can be read, with their features and frame times (see `timed`)."""
+        read = [(example, self.timed(example, draw, seed)) for example in examples]
+        read = [(example, clip) for example, clip in read if clip is not None]
+        return [e for e, _ in read], [clip[0] for _, clip in read], [clip[1] for _, clip in read]

@@ -65,6 +65,7 @@ class TrainRequest:
     temporal: str | None = None
     temporal_layers: int | None = None
     temporal_with_qformer: bool | None = None
+    time_aware: bool | None = None
 
     def __post_init__(self) -> None:
         if self.output is None:
@@ -231,7 +232,7 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
         f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
         f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZERS[s.optimizer]}"
         f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
-        f"{_temporal_words(s)}; "
+        f"{_temporal_words(s)}{', time-aware frames' if trainer.malmm.time_aware else ''}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
     )
 

@@ -42,6 +42,7 @@ class TrainSettings:
     temporal: str = "none"  # "mamba": add and train a temporal module after the Q-Former (models/temporal.py)
     temporal_layers: int = 1
     temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone
+    time_aware: bool = False  # each frame's Q-Former instruction carries its time (models/time_aware.py)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -35,6 +35,7 @@ from models.lora import add_lora
 from models.memory_plan import TrainingShape
 from models.presets import QUESTION, TRAINED_WEIGHTS
 from models.temporal import temporal_settings
+from models.time_aware import TIMECHAT_WORDING
 from models.training import (
     MAX_PROMPT_TOKENS,
     MAX_TARGET_TOKENS,
@@ -106,6 +107,8 @@ class Trainer:
             add_lora(model, settings.lora_rank)
         if settings.temporal != "none":
             add_temporal_module(model, settings)
+        if settings.time_aware:  # a starting checkpoint trained with them keeps them (Malmm.from_pretrained)
+            model.set_time_aware(TIMECHAT_WORDING)
         self.trained = trainable_parameters(model, temporal_only=settings.temporal_only)
         # With the Q-Former frozen its per-frame outputs never change: computed once per clip
         # and draw, kept here (float16, NQ x D x 2 bytes a frame), the module trained on them.
@@ -129,20 +132,30 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------
 
     def _read(
-        self, examples: list[Example], features: list[torch.Tensor], draw: int | None = None
+        self,
+        examples: list[Example],
+        features: list[torch.Tensor],
+        draw: int | None = None,
+        times: list[list[float]] | None = None,
     ) -> tuple[list[str], torch.Tensor]:
         """(prompts, the last step's query output [B, NQ, D]) of clips read into fresh memories.
-        draw: which sampling the features are (None: the even one), the key of cached outputs."""
+        draw: which sampling the features are (None: the even one), the key of cached outputs.
+        times: each clip's frame times from its start (`ClipFeatures.timed`), for time-aware frames."""
         prompts = [prompt_for(self.settings.task, e) for e in examples]
         state = self.malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
                                       strategy=self.settings.memory)  # fmt: skip
         model = self.malmm.model
+        steps = None  # each frame's time sentences [B, K], for a time-aware model
+        if self.malmm.time_aware is not None:
+            if times is None:
+                raise TrainingError("a time-aware model reads its clips with their frame times: none were given")
+            steps = [self.malmm.time_tokens(state, [clip[t] for clip in times]) for t in range(self.settings.frames)]
         if not self.settings.temporal_only or (self.settings.augment and draw is not None):
-            return prompts, read_clip(model, state, torch.stack(features).to(self.malmm.device))
+            return prompts, read_clip(model, state, torch.stack(features).to(self.malmm.device), steps)
         keys = [(e.id, draw) for e in examples]
         if any(key not in self.query_outputs for key in keys):
             with torch.no_grad():
-                outputs = query_outputs(model, state, torch.stack(features).to(self.malmm.device))
+                outputs = query_outputs(model, state, torch.stack(features).to(self.malmm.device), steps)
             for key, output in zip(keys, outputs, strict=True):
                 self.query_outputs[key] = output.to("cpu", torch.float16)
         outputs = torch.stack([self.query_outputs[key] for key in keys]).to(self.malmm.device, torch.float32)
@@ -153,9 +166,13 @@ class Trainer:
         return answer_loss(self.malmm.model, self.malmm.tokenizer, output, prompts, targets)
 
     def batch_loss(
-        self, examples: list[Example], features: list[torch.Tensor], draw: int | None = None
+        self,
+        examples: list[Example],
+        features: list[torch.Tensor],
+        draw: int | None = None,
+        times: list[list[float]] | None = None,
     ) -> torch.Tensor:
-        return self._loss(examples, *self._read(examples, features, draw))
+        return self._loss(examples, *self._read(examples, features, draw, times))
 
     def _micro_batches(self, epoch: int) -> list[list[int]]:
         order = epoch_order(len(self.train_set), self.settings.seed, epoch)
@@ -229,10 +246,11 @@ class Trainer:
         draw = epoch if settings.augment else epoch % settings.samplings  # cached draws are reused in turn
         total, count = 0.0, 0
         for indices in group:
-            examples, features = self.features.readable([self.train_set[i] for i in indices], draw, settings.seed)
+            batch = [self.train_set[i] for i in indices]
+            examples, features, times = self.features.readable(batch, draw, settings.seed)
             if not examples:
                 continue
-            loss = self.batch_loss(examples, features, draw)
+            loss = self.batch_loss(examples, features, draw, times)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}: lower --lr")
             self.scaler.scale(loss / len(group)).backward()
@@ -260,10 +278,10 @@ class Trainer:
         try:
             for start in range(0, len(self.val_set), self.settings.batch_size):
                 batch = self.val_set[start : start + self.settings.batch_size]
-                examples, features = self.features.readable(batch, None, self.settings.seed)
+                examples, features, times = self.features.readable(batch, None, self.settings.seed)
                 if not examples:
                     continue
-                prompts, output = self._read(examples, features)  # once for the loss and the accuracy
+                prompts, output = self._read(examples, features, None, times)  # once for the loss and the accuracy
                 losses.append((self._loss(examples, prompts, output).item(), len(examples)))
                 right = self._correct(examples, prompts, output)
                 if right is not None:
