@@ -40,9 +40,9 @@ def step_widths(malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     widths: list[int] = []
     step = malmm.step
 
-    def counted(state, features, index=None):
+    def counted(state, features, index=None, **times):
         widths.append(features.shape[0])
-        return step(state, features, index)
+        return step(state, features, index, **times)
 
     monkeypatch.setattr(malmm, "step", counted)
     return widths

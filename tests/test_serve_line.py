@@ -67,7 +67,7 @@ def gated(service, clips: Clips) -> Iterator[tuple[Running, Gate]]:
     gate.release.set()
 
 
-def wait_for(condition, seconds: float = 20) -> None:
+def wait_for(condition, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "waited in vain"
@@ -104,7 +104,7 @@ def test_requests_waiting_together_are_read_together_with_the_answers_they_get_a
     wait_for(lambda: health(served)["queued"] == 4)
     gate.release.set()
     for thread in threads:
-        thread.join(60)
+        thread.join(120)
     assert [len(batch) for batch in gate.batches] == [1, 3, 1]
     assert [job.request.options.frames for job in gate.batches[2]] == [3]
     for number, body in enumerate([first, *together, alone]):

@@ -354,7 +354,7 @@ class _Video:
         self.outputs.update(shared)
         for i, state in self.restarted.items():
             time = sample.time - self.chapter_start[i]
-            self.outputs[i], _ = self.malmm.step(state, features, sample.index - self.first_index[i], [time])
+            self.outputs[i], _ = self.malmm.step(state, features, sample.index - self.first_index[i], times=[time])
 
     def time(self, sample: Sample) -> float:
         """When the frame was sampled, in seconds from the clip's start (the decoder's timestamp):
@@ -604,7 +604,7 @@ class _Lockstep:
             features = torch.cat([features for _, _, features in frames])  # [V, N, C]
             indices = [sample.index for _, sample, _ in frames]
             times = [video.time(sample) for video, sample, _ in frames]
-            outputs, self.state = self.malmm.step(self.state, features, indices, times)
+            outputs, self.state = self.malmm.step(self.state, features, indices, times=times)
         width = self.width
         for row, (video, sample, features) in enumerate(frames):
             rows = {} if outputs is None else {
