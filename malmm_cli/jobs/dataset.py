@@ -190,7 +190,7 @@ def _annotation_examples(
     for key, entry in items:
         name = str(entry.get("video") or key)
         if name not in found:
-            found[name] = _find_video(videos, name)
+            found[name] = find_video(videos, name)
         field = label_field or next((f for f in ("class_name", "target") if f in entry), "class_name")
         row = {
             "video": str(found[name]),
@@ -244,7 +244,7 @@ def _one_split(
     return [(key, entry) for key, entry in items if str(entry.get("subset")) == chosen]
 
 
-def _find_video(folder: Path, name: str) -> Path:
+def find_video(folder: Path, name: str) -> Path:
     """folder/name if it exists, else folder/name.<a video extension>, else the same with
     ActivityNet's `v_` prefix (its annotations say `1QIUV7WYKXg`, its files are
     `v_1QIUV7WYKXg.mp4`); else folder/name, which is then reported as missing."""
