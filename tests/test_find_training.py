@@ -204,7 +204,21 @@ def test_validation_scores_the_best_window_and_keeps_the_best_epoch(model: Path,
 def test_resume_gives_the_same_weights(model: Path, scenes: Path, tmp_path: Path, monkeypatch) -> None:
     """Stopped by Ctrl-C in the middle of an epoch, a resumed find run draws the same windows and
     ends with bitwise the same weights as one never stopped."""
-    args = ["--task", "find", "--model", model, *TRAIN, "--batch-size", "3", "--epochs", "2", "--save-every", "2"]
+    args = [
+        "--task",
+        "find",
+        "--model",
+        model,
+        *TRAIN,
+        "--batch-size",
+        "3",
+        "--epochs",
+        "2",
+        "--save-every",
+        "2",
+        "--negatives",
+        "1",
+    ]  # one of two negatives a step: the draw matters
     whole = tmp_path / "whole"
     assert malmm_cli("train", scenes / "moments.jsonl", "-o", whole, *args).exit_code == 0
     expected = load_file(str(whole / "model.safetensors"))

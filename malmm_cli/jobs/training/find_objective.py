@@ -104,11 +104,12 @@ class FindObjective:
 
     @staticmethod
     def _spread(moment: LabelledMoment, chosen: tuple) -> list[tuple[int, bool]]:
-        """Every positive (up to VALIDATION_WINDOWS - 1), then negatives spread evenly over the video."""
+        """Every positive (up to VALIDATION_WINDOWS - 1) and negatives spread evenly over the video, in
+        time order."""
         _, positive, negative = chosen
         positive = _evenly(positive, VALIDATION_WINDOWS - 1)
         negative = _evenly(negative, VALIDATION_WINDOWS - len(positive))
-        return [*[(i, True) for i in positive], *[(i, False) for i in negative]]
+        return sorted([*[(i, True) for i in positive], *[(i, False) for i in negative]])
 
     # --- reading and scoring ------------------------------------------------------------------------
 
