@@ -194,6 +194,7 @@ class TrainingShape:
     lora_rank: int = 0  # the Q-Former trained through adapters of this rank (models/lora.py); 0: whole
     text_tokens: int = 96  # prompt and target tokens of the longest example
     instruction_tokens: int = 32  # the Q-Former's instruction
+    clips_per_example: int = 1  # clips read per example and step (find: a positive and its negative windows)
 
 
 def plan_training(
@@ -224,7 +225,8 @@ def plan_training(
     trained = counts.qformer + 2 * config.vision_config.hidden_size  # + the vision LayerNorm
     if shape.lora_rank:  # the Q-Former frozen but for its adapters
         trained += shape.lora_rank * counts.lora_width - counts.qformer_encoder
-    step = shape.batch_size * (
+    clips = shape.batch_size * shape.clips_per_example
+    step = clips * (
         memory_state_bytes(config, memory_bank_length, 1, shape.instruction_tokens)
         + training_step_bytes(config, memory_bank_length, shape.instruction_tokens, efficient_attention)
         + llm_training_bytes(config, dtype, shape.text_tokens, shape.checkpointing)

@@ -180,6 +180,38 @@ def answer_loss(
     Decoder-only LLMs (Vicuna) read [queries][prompt][target][padding], as MA-LMM builds it;
     encoder-decoder ones (Flan-T5) encode [queries][prompt] and decode the target.
     """
+    inputs, labels = _answer_inputs(model, tokenizer, query_output, prompts, targets)
+    return model.language_model(**inputs, labels=labels).loss
+
+
+def answer_log_likelihoods(
+    model: MalmmForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    query_output: torch.Tensor,
+    prompts: list[str],
+    targets: list[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-likelihood of each target as the whole answer [B], its token count [B]), with
+    gradients: the sum of its tokens' log-probabilities, end-of-sequence included, as
+    `score_labels` ranks labels at inference. `answer_loss` is minus their sum over the tokens'."""
+    inputs, labels = _answer_inputs(model, tokenizer, query_output, prompts, targets)
+    logits = model.language_model(**inputs, labels=labels).logits.float()  # T5 decodes the labels shifted
+    if model.config.use_decoder_only_language_model:  # position i predicts token i + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    real = labels != IGNORED
+    picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * real).sum(dim=1), real.sum(dim=1)
+
+
+def _answer_inputs(
+    model: MalmmForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    query_output: torch.Tensor,
+    prompts: list[str],
+    targets: list[str],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The LLM's inputs for a batch of targets after [queries][prompt], and their labels (IGNORED
+    where no loss is taken)."""
     if not (len(prompts) == len(targets) == query_output.shape[0]):
         raise ValueError(f"{len(prompts)} prompts and {len(targets)} targets for {query_output.shape[0]} clips")
     embed = model.get_input_embeddings()
@@ -197,16 +229,13 @@ def answer_loss(
         for row, prompt in enumerate(prompt_ids):
             labels[row, : len(prompt)] = IGNORED
         query_labels = torch.full(queries.shape[:2], IGNORED, dtype=labels.dtype, device=device)
-        return model.language_model(
-            inputs_embeds=torch.cat([queries, embed(ids)], dim=1),
-            attention_mask=torch.cat([torch.ones_like(query_labels), mask.long()], dim=1),
-            labels=torch.cat([query_labels, labels], dim=1),
-        ).loss
+        inputs = {"inputs_embeds": torch.cat([queries, embed(ids)], dim=1),
+                  "attention_mask": torch.cat([torch.ones_like(query_labels), mask.long()], dim=1)}  # fmt: skip
+        return inputs, torch.cat([query_labels, labels], dim=1)
     target_ids = [ids[:MAX_TARGET_TOKENS] for ids in tokenizer(targets).input_ids]  # T5 appends </s>
     ids, mask = right_padded(prompt_ids, tokenizer.pad_token_id or 0, device)
     labels, real = right_padded(target_ids, 0, device)
-    return model.language_model(
-        inputs_embeds=torch.cat([queries, embed(ids)], dim=1),
-        attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long, device=device), mask.long()], 1),
-        labels=labels.masked_fill(~real, IGNORED),
-    ).loss
+    inputs = {"inputs_embeds": torch.cat([queries, embed(ids)], dim=1),
+              "attention_mask": torch.cat([torch.ones(queries.shape[:2], dtype=torch.long, device=device),
+                                           mask.long()], 1)}  # fmt: skip
+    return inputs, labels.masked_fill(~real, IGNORED)

@@ -155,3 +155,13 @@ def test_malmm_train_time_aware(run, tiny_llama_dir: Path, tmp_path: Path, monke
     assert checkpoint_time_aware(tmp_path / "run") == TIMECHAT_WORDING
     assert len(seen) >= 4 and all(len(times) == 3 for times in seen)  # every step, each clip its own time
     assert seen[0] != seen[-1] and all(0.0 <= t < 2.0 for times in seen for t in times)
+
+
+def test_find_training_refuses_time_aware_frames(tmp_path: Path) -> None:
+    """--task find reads its windows without their times: --time-aware is refused with it, before
+    anything loads, rather than failing at the first step."""
+    from malmm_cli.jobs.errors import UsageError
+    from malmm_cli.jobs.training.job import TrainRequest
+
+    with pytest.raises(UsageError, match="--time-aware does not train --task find"):
+        TrainRequest(data=tmp_path / "moments.jsonl", task="find", output=tmp_path / "run", time_aware=True)

@@ -24,14 +24,15 @@ from malmm_cli.commands.options import (
     parse_count,
     parse_fraction,
     parse_positive,
+    parse_seconds,
 )
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, refusals, stopped_by
-from malmm_cli.jobs.dataset import TASK_TARGETS
 from malmm_cli.jobs.model import RunOptions
 from malmm_cli.jobs.training.job import TrainingFailed, TrainingStopped, TrainRequest, run_training
+from malmm_cli.jobs.training.settings import TASK_PRESETS
 from models.presets import DEFAULT_MODEL, OPTIMIZERS, TEMPORAL_KINDS
 
-TRAIN_TASKS = tuple(TASK_TARGETS)
+TRAIN_TASKS = tuple(TASK_PRESETS)
 
 
 def train(
@@ -177,6 +178,34 @@ def train(
             "See docs/time-aware.md.",
         ),
     ] = False,
+    window: Annotated[
+        float | None,
+        typer.Option(
+            "--window",
+            "-w",
+            metavar="DURATION",
+            parser=parse_seconds,
+            help="find: the window of `malmm find` trained on (default 4s: --frames 4 at find's 1 frame/s).",
+        ),
+    ] = None,
+    negatives: Annotated[
+        int | None,
+        typer.Option(
+            "--negatives",
+            metavar="K",
+            parser=parse_count,
+            help="find: windows outside the labelled span read with each one inside it, per step (default 3).",
+        ),
+    ] = None,
+    score: Annotated[
+        str | None,
+        typer.Option(
+            "--score",
+            metavar="[likelihood|yes]",
+            parser=choice_of("likelihood", "yes"),
+            help="find: the rule trained, as `malmm find --score` reads (default likelihood; docs/training.md).",
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", metavar="S", help="Seed of the data order, frame draws and dropout.")
     ] = 0,
@@ -225,8 +254,9 @@ def train(
 
     DATA is a JSONL or CSV file, one example per row: video (a path relative to the file), optional
     start/end in seconds, and caption, or question and answer, or label. MA-LMM's annotation JSON
-    files work too (with --videos). Progress is saved in RUN; Ctrl-C saves and stops, --resume
-    goes on. Use the result with `malmm caption|ask|predict --checkpoint RUN`.
+    files work too (with --videos). --task find reads rows of video, query, start and end (where
+    the query happens), or a grounding benchmark's file. Progress is saved in RUN; Ctrl-C saves and
+    stops, --resume goes on. Use the result with `malmm caption|ask|predict|find --checkpoint RUN`.
     """
     from malmm_cli.commands.progress import Reporter, TrainingProgress
 
@@ -242,6 +272,7 @@ def train(
                 warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
                 optimizer=optimizer, augment=augment, lora_rank=lora, temporal=temporal,
                 temporal_layers=temporal_layers, temporal_with_qformer=temporal_with_qformer, time_aware=time_aware,
+                window=window, negatives=negatives, find_score=score,
             )  # fmt: skip
             ran = run_training(request, options, reporter, partial(TrainingProgress, reporter))
     except TrainingStopped as stopped:

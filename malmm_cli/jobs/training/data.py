@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
+from malmm_cli.jobs.training.moments import read_moments
 from malmm_cli.jobs.training.settings import TASK_PRESETS
 
 _CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
@@ -66,12 +67,23 @@ def read_files(
     split: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(DATA's examples, --val's: none without it), before any --val-split: what `read_data`
-    reads, without torch."""
-    examples = _named(read_examples(data, task, videos, label_field, split, "train"), data.name)
+    reads, without torch. find's are labelled moments (moments.py)."""
+    if task == "find":
+        if label_field is not None or split is not None:
+            raise DatasetError("--label-field and --split choose among MA-LMM annotations: find reads moments")
+
+        def read(path: Path, split: str | None, default: str) -> list[Example]:
+            return list(read_moments(path, videos))
+    else:
+
+        def read(path: Path, split: str | None, default: str) -> list[Example]:
+            return read_examples(path, task, videos, label_field, split, default)
+
+    examples = _named(read(data, split, "train"), data.name)
     if val is None:
         return examples, []
     source = val.name if val.name != data.name else str(val)
-    return examples, _named(read_examples(val, task, videos, label_field, None, "val"), source)
+    return examples, _named(read(val, None, "val"), source)
 
 
 def held_out(examples: int, val_split: float) -> int:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # loaded once the checks have passed
     from malmm_cli.jobs.training.trainer import Position, Progress, Trainer
 
 # What the command line names each task's reader, for the line that says how to use the run.
-READING_COMMANDS = {"caption": "caption", "ask": "ask", "classify": "predict"}
+READING_COMMANDS = {"caption": "caption", "ask": "ask", "classify": "predict", "find": "find"}
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,21 @@ class TrainRequest:
     temporal_layers: int | None = None
     temporal_with_qformer: bool | None = None
     time_aware: bool | None = None
+    window: float | None = None  # find's: seconds a window, negative windows a moment, the rule trained
+    negatives: int | None = None
+    find_score: str | None = None
 
     def __post_init__(self) -> None:
         if self.output is None:
             raise UsageError("give the run folder: -o RUN (new, or one to --resume)", option="--output")
+        find_options = {"--window": self.window, "--negatives": self.negatives, "--score": self.find_score}
+        given = [name for name, value in find_options.items() if value is not None]
+        if self.task != "find" and given:
+            raise UsageError(f"{', '.join(given)}: find's windows and scoring rule, for --task find only",
+                             option=given[0])  # fmt: skip
+        if self.task == "find" and self.time_aware:
+            raise UsageError("--time-aware does not train --task find yet: find's windows are read without their "
+                             "times (docs/time-aware.md)", option="--time-aware")  # fmt: skip
         if self.val is not None and self.val_split is not None:
             raise UsageError("give --val or --val-split, not both", option="--val/--val-split")
 
@@ -227,10 +238,15 @@ def run_training(
 
 def describe(trainer: Trainer, train: int, val: int) -> str:
     s = trainer.settings
+    what = "moment" if s.task == "find" else "clip"
+    frames = counted(s.frames, "frame")
+    if s.task == "find":
+        frames = (f"{s.window:g}s windows of {frames} (1 positive and up to {s.negatives} negative a moment, "
+                  f"{s.find_score} rule)")  # fmt: skip
     return (
-        f"Training {s.task} on {counted(train, 'clip')} ({val} for validation): {counted(s.epochs, 'epoch')} of "
+        f"Training {s.task} on {counted(train, what)} ({val} for validation): {counted(s.epochs, 'epoch')} of "
         f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
-        f"{counted(s.frames, 'frame')}, memory bank {s.memory_bank_length}, {OPTIMIZERS[s.optimizer]}"
+        f"{frames}, memory bank {s.memory_bank_length}, {OPTIMIZERS[s.optimizer]}"
         f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
         f"{_temporal_words(s)}{', time-aware frames' if trainer.malmm.time_aware else ''}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
@@ -246,10 +262,15 @@ def _temporal_words(settings: TrainSettings) -> str:
 
 def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -> str:
     best = summary["best"] or {}
+    if settings.task == "find":  # find samples a rate: the training's frames a window
+        score = " --score yes" if settings.find_score == "yes" else ""
+        reading = (f'find VIDEO "QUERY" --checkpoint {output} --fps {settings.frames / settings.window:g} '
+                   f"--window {settings.window:g}{score}")  # fmt: skip
+    else:
+        reading = f"{READING_COMMANDS[settings.task]} VIDEO --checkpoint {output} --frames {settings.frames}"
     return (
         f"Done: {output / TRAINED_WEIGHTS} holds epoch {best.get('epoch')} of {settings.epochs}; "
-        f"use it with `malmm {READING_COMMANDS[settings.task]} VIDEO --checkpoint {output} --frames "
-        f"{settings.frames} --memory-bank-length {settings.memory_bank_length}`"
+        f"use it with `malmm {reading} --memory-bank-length {settings.memory_bank_length}`"
     )
 
 

@@ -7,16 +7,23 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from malmm_cli.jobs.dataset import TASK_PRESETS
+from malmm_cli.jobs import dataset
 from malmm_cli.jobs.records import file_identity
-from models.presets import OPTIMIZERS, TEMPORAL_KINDS
+from malmm_cli.reading.find import SCORES, WINDOW_FRAMES
+from models.presets import FIND, OPTIMIZERS, TEMPORAL_KINDS
 
-# MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs.
+# The tasks a run can learn: those of the data files, and find's labelled moments (moments.py).
+TASK_PRESETS = {**dataset.TASK_PRESETS, "find": FIND}
+FIND_WINDOW = 4.0  # find's default window: WINDOW_FRAMES frames at its default 1 frame/s
+
+# MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs; find's: frames a
+# window (find reads WINDOW_FRAMES), find's memory bank, and its window.
 TASK_DEFAULTS = {
     task: {"lr": lr, "frames": TASK_PRESETS[task].frames,
            "memory_bank_length": TASK_PRESETS[task].memory_bank_length, "epochs": epochs}
     for task, lr, epochs in (("caption", 1e-5, 10), ("ask", 1e-4, 5), ("classify", 1e-4, 20))
-}  # fmt: skip
+} | {"find": {"lr": 1e-4, "frames": WINDOW_FRAMES, "memory_bank_length": FIND.memory_bank_length, "epochs": 10,
+              "window": FIND_WINDOW}}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,21 @@ class TrainSettings:
     temporal_layers: int = 1
     temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone
     time_aware: bool = False  # each frame's Q-Former instruction carries its time (models/time_aware.py)
+    # find: the window (seconds; `frames` frames each), negative windows per moment and step, and
+    # the rule trained (the one `malmm find --score` then reads with)
+    window: float = 0.0
+    negatives: int = 3
+    find_score: str = "likelihood"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.temporal not in TEMPORAL_KINDS:
             raise ValueError(f"temporal must be one of {', '.join(TEMPORAL_KINDS)}, got {self.temporal!r}")
+        if self.find_score not in SCORES:
+            raise ValueError(f"find_score must be one of {', '.join(SCORES)}, got {self.find_score!r}")
+        if self.task == "find" and not self.window > 0:
+            raise ValueError(f"find trains on windows of some seconds, got {self.window!r}")
 
     @property
     def temporal_only(self) -> bool:

@@ -21,14 +21,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from malmm_cli.jobs.dataset import Example
+from malmm_cli.jobs.errors import SetupError
 from malmm_cli.jobs.records import changed_values
 from malmm_cli.jobs.training.data import epoch_order, prompt_for, target_for
 from malmm_cli.jobs.training.features import ClipFeatures
+from malmm_cli.jobs.training.find_objective import FindObjective
 from malmm_cli.jobs.training.folder import RESUME, RUN_INFO, STATE, TrainingError
 from malmm_cli.jobs.training.optimizer_state import flatten_optimizer, unflatten_optimizer
 from malmm_cli.jobs.training.settings import TrainData, TrainSettings, model_name
 from malmm_cli.output.writers import write_json
 from malmm_cli.reading.feature_cache import FeatureCache
+from malmm_cli.reading.find import yes_prompt
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
 from models.lora import add_lora
@@ -101,6 +104,12 @@ class Trainer:
         self.labels = labels
         self.warn = warn
         self.features = ClipFeatures(malmm, settings.frames, cache, warn, settings.augment)
+        self.find = None  # --task find: its windows, loss and validation
+        if settings.task == "find":
+            if malmm.model.time_aware:  # (a checkpoint trained with --time-aware; the option is refused)
+                raise SetupError("--task find does not train a time-aware checkpoint yet: find's windows are read "
+                                 "without their times (docs/time-aware.md)")  # fmt: skip
+            self.find = FindObjective(malmm, settings, self.features, self._read_windows, warn)
         model = malmm.model
         torch.manual_seed(settings.seed)  # the adapters' initialisation too
         if settings.lora_rank:
@@ -137,11 +146,13 @@ class Trainer:
         features: list[torch.Tensor],
         draw: int | None = None,
         times: list[list[float]] | None = None,
+        prompts: list[str] | None = None,
     ) -> tuple[list[str], torch.Tensor]:
         """(prompts, the last step's query output [B, NQ, D]) of clips read into fresh memories.
         draw: which sampling the features are (None: the even one), the key of cached outputs.
-        times: each clip's frame times from its start (`ClipFeatures.timed`), for time-aware frames."""
-        prompts = [prompt_for(self.settings.task, e) for e in examples]
+        times: each clip's frame times from its start (`ClipFeatures.timed`), for time-aware frames.
+        prompts: the instruction of each clip (default: its task's)."""
+        prompts = prompts or [prompt_for(self.settings.task, e) for e in examples]
         state = self.malmm.new_memory(prompts, self.settings.memory_bank_length, total_frames=self.settings.frames,
                                       strategy=self.settings.memory)  # fmt: skip
         model = self.malmm.model
@@ -160,6 +171,12 @@ class Trainer:
                 self.query_outputs[key] = output.to("cpu", torch.float16)
         outputs = torch.stack([self.query_outputs[key] for key in keys]).to(self.malmm.device, torch.float32)
         return prompts, temporal_read(model, state, outputs)
+
+    def _read_windows(
+        self, clips: list[Example], features: list[torch.Tensor], prompts: list[str], draw: int | None
+    ) -> torch.Tensor:
+        """find's windows read as clips, each with its own instruction."""
+        return self._read(clips, features, draw, prompts)[1]
 
     def _loss(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> torch.Tensor:
         targets = [target_for(self.settings.task, e) for e in examples]
@@ -247,10 +264,13 @@ class Trainer:
         total, count = 0.0, 0
         for indices in group:
             batch = [self.train_set[i] for i in indices]
-            examples, features, times = self.features.readable(batch, draw, settings.seed)
+            if self.find is not None:
+                examples, find_loss = self.find.loss(batch, epoch, draw)
+            else:
+                examples, features, times = self.features.readable(batch, draw, settings.seed)
             if not examples:
                 continue
-            loss = self.batch_loss(examples, features, draw, times)
+            loss = find_loss if self.find is not None else self.batch_loss(examples, features, draw, times)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}: lower --lr")
             self.scaler.scale(loss / len(group)).backward()
@@ -270,7 +290,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Validation loss, and accuracy for classify (labels ranked) and ask (exact answers)."""
+        """Validation loss, and accuracy for classify (labels ranked), ask (exact answers) and find (the
+        best-scored window of a moment is one of its positives)."""
         if not self.val_set:
             return {}
         self._train_mode(False)
@@ -278,6 +299,12 @@ class Trainer:
         try:
             for start in range(0, len(self.val_set), self.settings.batch_size):
                 batch = self.val_set[start : start + self.settings.batch_size]
+                if self.find is not None:
+                    examples, loss, right = self.find.validate(batch)
+                    if examples:
+                        losses.append((loss.item(), len(examples)))
+                        correct, counted = correct + right, counted + len(examples)
+                    continue
                 examples, features, times = self.features.readable(batch, None, self.settings.seed)
                 if not examples:
                     continue
@@ -453,14 +480,21 @@ def training_shape(settings: TrainSettings, examples: list[Example]) -> Training
     """The shape of this run's training steps, for its memory plan: the longest prompt and target
     counted at three characters a token (an over-estimate for English), before any tokenizer loads.
     (Whether the LLM is checkpointed depends on the device: loading.plan sets it.)"""
-    prompts = [len(prompt_for(settings.task, e)) for e in examples] or [0]
-    texts = [len(prompt_for(settings.task, e)) + len(target_for(settings.task, e)) for e in examples] or [0]
+    prompts = [len(training_prompt(settings, e)) for e in examples] or [0]
+    texts = [len(training_prompt(settings, e)) + len(target_for(settings.task, e)) for e in examples] or [0]
     return TrainingShape(
         batch_size=settings.batch_size, grad_accum=settings.grad_accum, optimizer=settings.optimizer,
-        lora_rank=settings.lora_rank,
+        lora_rank=settings.lora_rank, clips_per_example=1 + settings.negatives if settings.task == "find" else 1,
         text_tokens=min(max(texts) // 3 + 2, MAX_PROMPT_TOKENS + MAX_TARGET_TOKENS),
         instruction_tokens=min(max(prompts) // 3 + 2, MAX_PROMPT_TOKENS),
     )  # fmt: skip
+
+
+def training_prompt(settings: TrainSettings, example: Example) -> str:
+    """The instruction an example is read with: find's yes rule asks its own question per query."""
+    if settings.task == "find" and settings.find_score == "yes":
+        return yes_prompt(example.target("find"))
+    return prompt_for(settings.task, example)
 
 
 def _new_epoch() -> dict[str, float]:
