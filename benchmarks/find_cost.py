@@ -66,6 +66,8 @@ class Run:
     peak_rss_mib: float
     frames: int
     windows: int
+    answered: int = 1  # results the run printed for the video: one per query found (caption: 1)
+    cached: int = 0  # complete feature-cache entries before the run: 0 cold, 1 warm
 
 
 def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> Path:
@@ -117,13 +119,14 @@ def run_length(
             argv = [malmm, "find", *common, QUERIES[0]]
         else:
             argv = [malmm, "find", *common, "--query-file", str(query_file)]
+        cached = len(list(cache.glob("*/meta.json")))
         wall, cpu, peak, stdout = measure(argv, env)
         result = json.loads(stdout)
-        first = result[0] if isinstance(result, list) else result
+        results = result if isinstance(result, list) else [result]
+        first = results[0]
         windows = len(first["curve"]) if "curve" in first else len(first.get("segments") or [])
-        run = Run(
-            seconds, config, queries, state, round(wall, 2), round(cpu, 2), round(peak, 1), first["frames"], windows
-        )
+        run = Run(seconds, config, queries, state, round(wall, 2), round(cpu, 2), round(peak, 1), first["frames"],
+                  windows, len(results), cached)  # fmt: skip
         print(f"{seconds / 60:>5.1f} min  {config:18} {state:4}  wall {wall:7.1f} s  cpu {cpu:7.1f} s  "
               f"peak {peak:6.0f} MiB  {run.frames} frames, {windows} windows", flush=True)  # fmt: skip
         runs.append(run)

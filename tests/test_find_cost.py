@@ -30,6 +30,8 @@ def test_quick_run_records_every_run_and_ratio(tmp_path: Path) -> None:
     for run in report["runs"]:
         assert run["frames"] == run["seconds"]  # 1 frame/s over the whole video
         assert run["windows"] == run["seconds"] // 4  # find's windows; caption's segments of the same length
+        assert run["answered"] == run["queries"]  # the 10-query runs found 10 queries, from one read
+        assert run["cached"] == (run["cache"] == "warm")  # warm runs found the cold run's features
         assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["peak_rss_mib"] > 100  # torch alone is more
     assert set(report["ratios"]) == set(ratios([Run(**r) for r in report["runs"]], 12, 72))
     assert (REPO / "docs" / "benchmarks.md").read_text() == doc  # --quick never writes the doc
