@@ -12,9 +12,12 @@ warm; caption --segment cold), so every ratio compares runs made side by side on
 
 Videos: synthetic H.264 (moving barcode and noise) at 2 frames/s and a small frame size, made
 once in the work folder (an hour takes seconds to make); frames are resized to the model's input
-anyway, so a small size only makes decoding cheap. Model: random weights (benchmarks/common.py;
-`mid` is the recorded size, `tiny` the quick one). `--quick` runs the tiny model on seconds of
-video, for the smoke test; it never writes docs/benchmarks.md.
+anyway, so a small size only makes decoding cheap. Model: random weights (benchmarks/common.py:
+`tiny`, `small` = tiny reading 224-px frames, `mid` = ViT-B and a 0.4B model, about 35 minutes of
+CPU at 0.1 frame/s). `--quick` runs the tiny model on seconds of video, for the smoke test
+(tests/test_find_cost.py); it never writes docs/benchmarks.md. `--render JSON` rewrites this
+size's section of docs/benchmarks.md from a saved `--json`, stamped with that run's date, machine
+and command.
 """
 
 from __future__ import annotations
