@@ -229,7 +229,7 @@ class MalmmForConditionalGeneration(InstructBlipForConditionalGeneration):
         rows = {key: frame_position(table, *key) for key in set(zip(indices, totals, strict=True))}
         position = torch.stack([rows[key] for key in zip(indices, totals, strict=True)])  # [V, C]
         frame = features.to(table.device, table.dtype) + position[:, None, :]  # added to all N tokens
-        return qformer_step(self.qformer, self.query_tokens, state, frame, time)
+        return qformer_step(self.qformer, self.query_tokens, state, frame, time=time)
 
     def language_inputs(self, query_output: torch.Tensor) -> torch.Tensor:
         """Q-Former output [B, NQ, D] -> LLM input embeddings [B, NQ, H]."""

@@ -156,9 +156,9 @@ def test_long_video_runs_past_the_position_table(tiny_malmm: Malmm, monkeypatch:
     added = []  # the position each step added to its frame's features
     original = modeling.qformer_step
 
-    def spy(qformer, query_tokens, state, frame: torch.Tensor) -> torch.Tensor:
+    def spy(qformer, query_tokens, state, frame: torch.Tensor, **time) -> torch.Tensor:
         added.append(frame[0, 0].clone())
-        return original(qformer, query_tokens, state, frame)
+        return original(qformer, query_tokens, state, frame, **time)
 
     monkeypatch.setattr(modeling, "qformer_step", spy)
     with torch.no_grad():

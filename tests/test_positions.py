@@ -90,11 +90,11 @@ def recorded_steps(tiny_malmm: Malmm, monkeypatch: pytest.MonkeyPatch) -> list[t
     calls = []
     original = tiny_malmm.step
 
-    def spy(state, features, index=None):  # one video: its total and index (a batch of one gives lists)
+    def spy(state, features, index=None, **times):  # one video: its total and index (a batch of one gives lists)
         (total,) = state.frame_totals()
         (step_index,) = [index] if isinstance(index, int) or index is None else index
         calls.append((id(state), total, step_index))
-        return original(state, features, index)
+        return original(state, features, index, **times)
 
     monkeypatch.setattr(tiny_malmm, "step", spy)
     return calls
