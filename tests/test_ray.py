@@ -165,3 +165,21 @@ def test_without_ray_the_engine_says_how_to_get_it(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     result = caption(videos / "clip0.mp4", "--model", tiny_llama_dir, *SMALL, "--engine", "ray", "-o", tmp_path)
     assert result.exit_code == 2 and "pip install 'malmm[ray]'" in result.output
+
+
+def test_ray_engine_finds_what_the_local_engine_finds(
+    cluster: None, tiny_llama_dir: Path, videos: Path, tmp_path: Path
+) -> None:
+    """`malmm find` on Ray: its readers (one per query, scored windows) travel to the actors, and
+    every moment and curve equals the local engine's."""
+    common = ["find", videos, "red", "--model", tiny_llama_dir, "--device", "cpu", "--fps", "4", "--window", "1s",
+              "--format", "json"]  # fmt: skip
+    for engine, extra in (("local", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        done = CliRunner().invoke(app, [str(a) for a in (*common, "-o", tmp_path / engine, *extra)],
+                                  catch_exceptions=False)  # fmt: skip
+        assert done.exit_code == 1 and "broken.mp4" in done.output  # the broken video fails alone
+    written = sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_file())
+    assert written == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.is_file()) and len(written) == 3
+    for name in written:
+        local, on_ray = (json.loads((tmp_path / side / name).read_text()) for side in ("local", "ray"))
+        assert local == on_ray and len(on_ray["curve"]) == 2, name  # 2 s clips, 1 s windows
