@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.find_cost import CONFIGS, Run, ratios
 from tests.conftest import REPO
 
 
+@pytest.mark.benchmark_smoke  # 10 fresh processes: .ci/run's smoke job, not the main suite
 def test_quick_run_records_every_run_and_ratio(tmp_path: Path) -> None:
     """--quick: 10 fresh processes (about a minute on a shared 2-core machine: each imports torch)."""
     out = tmp_path / "find_cost.json"

@@ -81,7 +81,7 @@ def read_examples(
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            rows = _jsonl_rows(path)
+            rows = jsonl_rows(path)
         elif suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel starts with a byte-order mark
                 rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
@@ -110,9 +110,15 @@ def task_of(row: dict, where: str) -> str:
     raise DatasetError(f"{where}: no caption, question and answer, or label: which task is this?")
 
 
-def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+def jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+    """The JSON objects of a JSON-lines file with where each is ("line N"); DatasetError for text
+    that is not UTF-8, a line that is not JSON, or one that is not an object."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

@@ -14,11 +14,10 @@ it only grazes one (it holds some of the query and some of the rest: no clear ta
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from malmm_cli.jobs.dataset import DatasetError, Example, find_video
+from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows
 from malmm_cli.jobs.grounding import FORMATS, load_grounding
 
 MOMENT_FIELDS = ("video", "query", "start", "end")
@@ -49,7 +48,7 @@ def read_moments(path: Path, videos: Path | None = None) -> list[LabelledMoment]
             rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(file), start=2)]
         return _from_rows(path, rows)
     if suffix == ".jsonl":
-        rows = _jsonl(path)
+        rows = jsonl_rows(path)
         if rows and all(field in rows[0][1] for field in _QVHIGHLIGHTS_FIELDS):
             return _from_grounding(path, videos)
         return _from_rows(path, rows)
@@ -59,25 +58,6 @@ def read_moments(path: Path, videos: Path | None = None) -> list[LabelledMoment]
         f"{path.name}: give rows of {', '.join(MOMENT_FIELDS)} (.jsonl or .csv), or a grounding benchmark's file "
         "(Charades-STA .txt, QVHighlights .jsonl, ActivityNet Captions .json)"
     )
-
-
-def _jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{path.name} line {number}: not JSON ({error.msg})") from error
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path.name} line {number}: a row must be a JSON object")
-        rows.append((f"line {number}", row))
-    return rows
 
 
 def _from_rows(path: Path, rows: list[tuple[str, dict]]) -> list[LabelledMoment]:
