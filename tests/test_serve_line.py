@@ -98,10 +98,10 @@ def test_requests_waiting_together_are_read_together_with_the_answers_they_get_a
     threads = [threading.Thread(target=ask, args=(0, first))]
     threads[0].start()
     wait_for(lambda: health(served)["reading"] == 1)
-    for number, body in enumerate([*together, alone], start=1):
+    for number, body in enumerate([*together, alone], start=1):  # in this order: each in line before the next
         threads.append(threading.Thread(target=ask, args=(number, body)))
         threads[-1].start()
-    wait_for(lambda: health(served)["queued"] == 4)
+        wait_for(lambda number=number: health(served)["queued"] == number)
     gate.release.set()
     for thread in threads:
         thread.join(120)
