@@ -195,8 +195,7 @@ async def answered(job: Job, request: Request, reporter: Reporter, video: Video)
         if done:
             break
         if await request.is_disconnected():
-            job.cancel()
-            reporter.info(f"{job.request.task.name} {described(video)}: the client went away, its reading stopped")
+            abandon(job, video, reporter)
             raise ClientGone
     try:
         return waiting.result()
@@ -204,6 +203,12 @@ async def answered(job: Job, request: Request, reporter: Reporter, video: Video)
         raise
     except Exception as error:
         raise unexpected(error, reporter) from None
+
+
+def abandon(job: Job, video: Video, reporter: Reporter, how: str = "") -> None:
+    """Its client went away: the job is dropped from the line, or its reading stopped; one line says so."""
+    job.cancel()
+    reporter.info(f"{job.request.task.name} {described(video)}{how}: the client went away, its reading stopped")
 
 
 class ClientGone(Exception):
@@ -268,8 +273,7 @@ async def stream(
                 yield f": {said}\n\n"
     finally:  # the client went away (the response is cancelled) or the answer is ready
         if not job.answer.done():
-            job.cancel()
-            reporter.info(f"{asked.task.name} {described(video)} (streamed): the client went away, its reading stopped")
+            abandon(job, video, reporter, " (streamed)")
     try:
         reply: Reply = job.answer.result()
     except ApiError as error:

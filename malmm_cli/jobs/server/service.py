@@ -118,7 +118,6 @@ class VideoService:
         from malmm_cli.media.probe import check_readable
         from malmm_cli.output.writers import to_txt
         from malmm_cli.reading.lockstep import Clip
-        from malmm_cli.reading.pipeline import Stopped
         from malmm_cli.reading.stream import NoProgress
 
         task = jobs[0].request.task
@@ -139,9 +138,7 @@ class VideoService:
 
         def settle(number: int, result: VideoResult | Exception) -> None:
             job = readable[number]
-            if isinstance(result, Stopped):
-                job.answer.set_exception(result)
-            elif isinstance(result, VideoError):
+            if isinstance(result, VideoError):
                 job.answer.set_exception(ApiError(str(result), code="unreadable_video"))
             elif isinstance(result, Exception):
                 job.answer.set_exception(result)
