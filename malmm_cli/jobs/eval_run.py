@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,30 @@ if TYPE_CHECKING:
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+
+
+@contextlib.contextmanager
+def appending_predictions(
+    path: Path, on_group: Callable[[int, float], None]
+) -> Iterator[Callable[[Sequence[object], list[dict[str, Any]]], None]]:
+    """write(group, rows): a group's prediction rows appended to the JSON-lines file at once and
+    synced to disk (a killed run keeps every group it finished, for resuming); on_group(members,
+    seconds since the last group) after each."""
+    with open(path, "a", encoding="utf-8") as file:
+        last = time.monotonic()
+
+        def write(group: Sequence[object], rows: list[dict[str, Any]]) -> None:
+            nonlocal last
+            file.write("".join(json.dumps(row) + "\n" for row in rows))
+            file.flush()
+            os.fsync(file.fileno())
+            now = time.monotonic()
+            on_group(len(group), now - last)
+            last = now
+
+        yield write
+
+
 SETTINGS = "eval.json"
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from malmm_cli.jobs.eval_run import (
     SETTINGS,
     EvalSettings,
     EvaluationError,
+    appending_predictions,
     check_scorable,
     read_predictions,
 )
@@ -116,18 +115,7 @@ class Evaluation:
         """Predict every item not yet predicted, then score all of them. on_clip(items, seconds)
         after each clip; done: what `start` returned, if the caller called it."""
         done = self.start() if done is None else done
-        with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
-            last = time.monotonic()
-
-            def write(clip: list[Item], rows: list[dict[str, Any]]) -> None:
-                nonlocal last
-                file.write("".join(json.dumps(row) + "\n" for row in rows))  # a clip at once
-                file.flush()
-                os.fsync(file.fileno())
-                now = time.monotonic()
-                on_clip(len(clip), now - last)
-                last = now
-
+        with appending_predictions(self.output / PREDICTIONS, on_clip) as write:  # a clip at once
             self.predict(self.clips(done), write)
         metrics = self.score()
         write_json(self.output / METRICS, metrics)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from malmm_cli.jobs.eval_run import (
     ClipsDone,
     EvalRequest,
     EvaluationError,
+    appending_predictions,
     read_predictions,
     unseen,
 )
@@ -281,18 +280,7 @@ class GroundingEvaluation:
 
         done = self.start() if done is None else done
         todo = by_video([e for e in self.examples if e.qid not in done])
-        with open(self.output / PREDICTIONS, "a", encoding="utf-8") as file:
-            last = time.monotonic()
-
-            def write(group: list[GroundingExample], rows: list[dict[str, Any]]) -> None:
-                nonlocal last
-                file.write("".join(json.dumps(row) + "\n" for row in rows))  # a video at once
-                file.flush()
-                os.fsync(file.fileno())
-                now = time.monotonic()
-                on_video(len(group), now - last)
-                last = now
-
+        with appending_predictions(self.output / PREDICTIONS, on_video) as write:  # a video at once
             self.predict(todo, write)
         metrics = self.score()
         write_json(self.output / METRICS, metrics)
