@@ -64,3 +64,18 @@ CLASSIFICATION = Task(
 # find (malmm_cli/reading/find.py) ranks its queries under the caption instruction: nothing is generated.
 # It samples a rate (1 frame/s) unless --frames is given; frames is then the count, as for the others.
 FIND = Task("find", CAPTION.instruction, 80, 10, GenerationSettings(max_new_tokens=1, num_beams=1))
+# Tasks whose answers carry times (issue 30, TimeChat's TimeIT tasks): the model is trained to
+# answer in malmm_cli/reading/timed_text.py's wording ("12.5 - 30.0 seconds, ..."), which is then
+# parsed back into spans. Useful only with a checkpoint trained for them (`malmm train --task
+# dense|ground`, best with --time-aware). No repetition penalty: the digits of times repeat.
+DENSE = Task(
+    "dense",
+    "Find the events of the video and describe each in a sentence, with its start and end in seconds, "
+    "as 'start - end seconds, sentence.'",
+    80, 40, GenerationSettings(max_new_tokens=256, repetition_penalty=1.0),
+)  # fmt: skip
+GROUND = Task(
+    "ground",
+    "When does this happen in the video: {question} Give its start and end in seconds, as 'start - end seconds'.",
+    80, 20, GenerationSettings(max_new_tokens=20, repetition_penalty=1.0),
+)  # fmt: skip
