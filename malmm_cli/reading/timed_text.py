@@ -32,7 +32,7 @@ _SPAN = re.compile(
 )
 # An answer cut off inside a span (max_new_tokens reached): a time, a separator, maybe half a time.
 _CUT_OFF = re.compile(rf"(?:{_CLOCK}|{_NUMBER})(?:{_UNIT})?\s*(?:[{_DASHES}]|to)\s*(?:{_CLOCK}|{_NUMBER})?\s*$", re.I)
-_SENTENCE_EDGES = f" \t\n,;:.{_DASHES}"
+_SENTENCE_EDGES = f" \t\n,;:.()[]'\"{_DASHES}"
 
 
 @dataclass(frozen=True)
