@@ -1,4 +1,5 @@
-"""caption, ask, predict and find: read videos for a task (the job is jobs/videos.py)."""
+"""caption (and caption --dense), ask (and ask --timed), predict and find: read videos for a task
+(the job is jobs/videos.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,16 @@ from malmm_cli.commands.options import (
 from malmm_cli.commands.progress import Reporter, summary_table
 from malmm_cli.commands.terminal import EXIT_FAILED, EXIT_OK, refusals, stopped_by
 from malmm_cli.jobs.model import RunOptions, read_lines
-from malmm_cli.jobs.videos import VideoTask, ask_task, caption_task, find_sampling, find_task, predict_task, read_videos
+from malmm_cli.jobs.videos import (
+    VideoTask,
+    ask_task,
+    caption_task,
+    dense_task,
+    find_sampling,
+    find_task,
+    predict_task,
+    read_videos,
+)
 from malmm_cli.output.stdout import StdoutClosed
 from models.presets import DEFAULT_MODEL
 
@@ -83,6 +93,14 @@ def caption(
             help="Also caption each segment of this length (90, 90s, 1m30s, 00:01:30).",
         ),
     ] = None,
+    dense: Annotated[
+        bool,
+        typer.Option(
+            "--dense",
+            help="Dense captions: events with their times, as a checkpoint trained with --task dense "
+            "writes them (docs/time-aware.md).",
+        ),
+    ] = False,
     # the options every task command shares (RunOptions)
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
@@ -110,12 +128,16 @@ def caption(
     workers: RayWorkersOption = None,
     gpus_per_worker: GpusOption = None,
 ) -> None:
-    """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too.
+    """Caption each video (defaults: 80 frames, memory bank 40); with --segment, each segment too;
+    with --dense, its events with their times (results named <video>.dense.<format>).
 
     PATH is a video file, several files, a folder (searched recursively for videos) or @FILE, a
     manifest (one path per line, or JSONL rows with "video" and optional "start"/"end" seconds).
     """
-    run(paths, shared_options(ctx), caption_task(segment))
+    if dense and segment is not None:
+        raise typer.BadParameter("--dense finds its own events over the whole video: leave --segment out",
+                                 param_hint="--segment")  # fmt: skip
+    run(paths, shared_options(ctx), dense_task() if dense else caption_task(segment))
 
 
 def ask(
@@ -126,6 +148,14 @@ def ask(
         Path | None,
         typer.Option("--question-file", metavar="FILE", help="Questions, one per line (blank and # lines skipped)."),
     ] = None,
+    timed: Annotated[
+        bool,
+        typer.Option(
+            "--timed",
+            help='Each QUESTION is a moment to find ("the screen turns red"): asked as --task ground '
+            "trains, its answer read as times (docs/time-aware.md).",
+        ),
+    ] = False,
     # the options every task command shares (RunOptions)
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
@@ -157,6 +187,8 @@ def ask(
 
     PATH is a video file, a folder of videos or @FILE (a manifest); QUESTION the question, or give
     several with --question-file. Each question reads the video through its own memory, all in one pass.
+    With --timed (defaults: 80 frames, memory bank 20), each is asked when it happens, and the answer's
+    spans become timed cues.
     """
     options = shared_options(ctx)
     questions = [question.strip()] if question and question.strip() else []
@@ -165,7 +197,7 @@ def ask(
             questions += read_lines(question_file, "questions", "--question-file")
     if not questions:
         raise typer.BadParameter("give a QUESTION or --question-file", param_hint="QUESTION")
-    run([path], options, ask_task(questions))
+    run([path], options, ask_task(questions, timed))
 
 
 def predict(

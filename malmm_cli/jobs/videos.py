@@ -1,4 +1,4 @@
-"""Reading many videos for one task: the job behind caption, ask, predict and find.
+"""Reading many videos for one task: the job behind caption, caption --dense, ask, predict and find.
 
 `read_videos` checks all it can before the model loads (options, inputs, the output folder, what a
 previous run already made), then loads it once and reads the videos, `--video-batch` at a time in
@@ -24,7 +24,7 @@ from malmm_cli.media.names import shown
 from malmm_cli.media.plans import VideoError
 from malmm_cli.output.stdout import StdoutClosed, StdoutWriter
 from malmm_cli.wording import counted, plural
-from models.presets import CAPTION, CLASSIFICATION, FIND, QUESTION, Task
+from models.presets import CAPTION, CLASSIFICATION, DENSE, FIND, GROUND, QUESTION, Task
 
 if TYPE_CHECKING:  # loaded when the videos are read
     from malmm_cli.jobs.loading import ReadingSizes
@@ -55,7 +55,8 @@ class VideoTask:
         from malmm_cli.reading import pipeline
 
         make = {"caption": pipeline.caption_readers, "ask": pipeline.question_readers,
-                "predict": pipeline.predict_readers, "find": _find_readers}[self.name]  # fmt: skip
+                "predict": pipeline.predict_readers, "find": _find_readers,
+                "dense": pipeline.dense_readers}[self.name]  # fmt: skip
         return make(*self.reader_args)
 
 
@@ -63,8 +64,25 @@ def caption_task(segment: float | None) -> VideoTask:
     return VideoTask("caption", CAPTION, {"segment": segment}, (segment,))
 
 
-def ask_task(questions: list[str]) -> VideoTask:
+def dense_task() -> VideoTask:
+    """A dense caption (`caption --dense`): DENSE's instruction, frames and bank; the answer is read
+    back into time-stamped events (VideoResult.events, .problems), on the video's clock. Useful
+    with a checkpoint trained with `malmm train --task dense` (docs/time-aware.md)."""
+    return VideoTask("dense", DENSE, {}, ())
+
+
+def ask_task(questions: list[str], timed: bool = False) -> VideoTask:
+    """Answers to the questions; timed: read as `ground_task` reads them."""
+    if timed:
+        return ground_task(questions)
     return VideoTask("ask", QUESTION, {"questions": questions}, (questions,))
+
+
+def ground_task(queries: list[str]) -> VideoTask:
+    """Grounding by generation (`ask --timed`): each query asked in GROUND's wording, with GROUND's
+    frames, bank and generation, and each answer read back into spans (Answer.spans, .problems),
+    on the video's clock. Useful with a checkpoint trained with `malmm train --task ground`."""
+    return VideoTask("ask", GROUND, {"questions": queries, "timed": True}, (queries, True))
 
 
 def predict_task(labels: list[str] | None, every: float | None, top_k: int) -> VideoTask:

@@ -185,10 +185,19 @@ def _summary(result: VideoResult, context: ReportContext) -> list[str]:
     if result.task == "caption":
         parts += ['<section aria-labelledby="summary"><h2 id="summary">Caption</h2>',
                   f'<p class="answer">{_esc(result.caption or "")}</p></section>']  # fmt: skip
+    elif result.task == "dense":
+        parts += ['<section aria-labelledby="summary"><h2 id="summary">Dense caption, as generated</h2>',
+                  f'<p class="answer">{_esc(result.caption or "")}</p>', *_unread(result.problems),
+                  "</section>"]  # fmt: skip
     elif result.task == "ask":
         parts.append('<section aria-labelledby="summary"><h2 id="summary">Answers</h2><dl class="answers">')
         for answer in result.answers:
             parts.append(f'<dt>{_esc(answer.question)}</dt><dd class="answer">{_esc(answer.answer)}</dd>')
+            if answer.spans is not None:
+                when = "; ".join(f"{_time_link(s.start, context)} &ndash; {_time_link(s.end, context)}"
+                                 for s in answer.spans)  # fmt: skip
+                parts.append(f'<dd class="when">{when or "no time read"}</dd>')
+                parts += [f"<dd>{part}</dd>" for part in _unread(answer.problems)]
         parts.append("</dl></section>")
     if result.labels:
         parts.append('<section aria-labelledby="labels"><h2 id="labels">Labels</h2><ul class="bars">')
@@ -207,9 +216,20 @@ def _summary(result: VideoResult, context: ReportContext) -> list[str]:
     return parts
 
 
+def _unread(problems: Sequence[str]) -> list[str]:
+    """What of an answer did not read as times (its raw text is shown above it)."""
+    return [f'<p class="warnings">Not read as times: {_esc(problem)}</p>' for problem in problems]
+
+
 def _bands(result: VideoResult) -> tuple[str, list[TimedText]]:
     if result.segments:
         return "Segments", result.segments
+    if result.events:
+        return "Events", result.events
+    spans = [TimedText(s.start, s.end, f"{a.question}: {s.text}" if s.text else a.question)
+             for a in result.answers for s in a.spans or ()]  # fmt: skip
+    if spans:
+        return "When", sorted(spans, key=lambda span: (span.start, -span.end))
     if result.timeline:
         return "Timeline", result.timeline
     return "", []

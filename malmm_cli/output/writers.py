@@ -12,13 +12,13 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from malmm_cli.media.names import fit_path, lossless, temporary_name
 from malmm_cli.media.timefmt import format_timestamp
 from malmm_cli.output.html_report import to_html
-from malmm_cli.reading.results import TimedText, VideoResult
+from malmm_cli.reading.results import Answer, TimedText, VideoResult
 
 # file_base64: the name's bytes when it is not UTF-8 (file then shows it escaped), else empty (names.py)
 CSV_HEADER = ("file", "task", "start", "end", "kind", "text", "score", "file_base64")
@@ -34,20 +34,39 @@ def to_txt(result: VideoResult) -> str:
     if result.task == "caption":
         lines.append(result.caption or "")
         lines += [f"{_span(s)} {s.text}" for s in result.segments]
+    elif result.task == "dense":
+        lines += _timed_lines(result.caption or "", result.events, result.problems)
     elif result.task == "find":
         lines += _found_lines(result)
     elif result.task == "ask":
         if len(result.answers) == 1:
-            lines.append(result.answers[0].answer)
+            lines += _answer_lines(result.answers[0])
         else:
             for answer in result.answers:
-                lines += [f"Q: {answer.question}", f"A: {answer.answer}"]
+                said = _answer_lines(answer) or [""]
+                lines += [f"Q: {answer.question}", f"A: {said[0]}", *said[1:]]
     else:
         lines += [f"{label.probability:.4f}\t{label.label}" for label in result.labels]
         if result.next_action is not None:
             lines.append(f"Next: {result.next_action}")
         lines += [f"{_span(s)} {s.text}" for s in result.timeline]
     return "\n".join(lines) + "\n"
+
+
+def _answer_lines(answer: Answer) -> list[str]:
+    """An answer: as generated, or, read as times, its spans (and what did not read)."""
+    if answer.spans is None:
+        return [answer.answer]
+    return _timed_lines(answer.answer, answer.spans, answer.problems)
+
+
+def _timed_lines(answer: str, spans: Sequence[TimedText], problems: Sequence[str]) -> list[str]:
+    """An answer read as times: a line per span, `[start --> end] text`; where some of it did not
+    read, the answer as generated and each problem after them."""
+    lines = [f"{_span(span)} {span.text}".rstrip() for span in spans]
+    if problems:
+        lines += [f"Answer: {answer}", *(f"(not read as times: {problem})" for problem in problems)]
+    return lines
 
 
 def _found_lines(result: VideoResult) -> list[str]:
@@ -77,8 +96,17 @@ def cues(result: VideoResult) -> list[TimedText]:
     whole = (result.start, result.end)
     if result.task == "caption":
         return result.segments or [TimedText(*whole, result.caption or "")]
+    if result.task == "dense":  # a cue per event; what did not read, over the whole video
+        return _in_time_order([*result.events, *_unread(whole, result.caption or "", result.problems)])
     if result.task == "ask":
-        return [TimedText(*whole, f"Q: {a.question}\nA: {a.answer}") for a in result.answers]
+        spans = []
+        for a in result.answers:
+            if a.spans is None:
+                spans.append(TimedText(*whole, f"Q: {a.question}\nA: {a.answer}"))
+                continue
+            spans += [TimedText(s.start, s.end, f"{a.question}\n{s.text}".strip()) for s in a.spans]
+            spans += _unread(whole, f"Q: {a.question}\nA: {a.answer}", a.problems)
+        return _in_time_order(spans) if any(a.spans is not None for a in result.answers) else spans
     if result.task == "find":  # a cue per moment, in time order
         moments = [TimedText(m.start, m.end, f"{f.query} ({m.score:.2f})") for f in result.found for m in f.moments]
         return sorted(moments, key=lambda span: (span.start, -span.end))
@@ -87,7 +115,19 @@ def cues(result: VideoResult) -> list[TimedText]:
         spans.append(TimedText(*whole, f"{result.labels[0].label} ({result.labels[0].probability:.2f})"))
     if result.next_action is not None:
         spans.append(TimedText(result.last_frame, whole[1], f"Next: {result.next_action}"))
-    return sorted(spans, key=lambda span: (span.start, -span.end))  # in time order, the longer first
+    return _in_time_order(spans)
+
+
+def _in_time_order(spans: list[TimedText]) -> list[TimedText]:
+    return sorted(spans, key=lambda span: (span.start, -span.end))  # the longer first
+
+
+def _unread(whole: tuple[float, float], answer: str, problems: Sequence[str]) -> list[TimedText]:
+    """An answer that did not all read as times: one cue over what was read, the answer as
+    generated and why (none when all of it read)."""
+    if not problems:
+        return []
+    return [TimedText(*whole, "\n".join([answer, *(f"(not read as times: {p})" for p in problems)]))]
 
 
 def cue_text(text: str, vtt: bool = False) -> str:
@@ -126,7 +166,13 @@ def csv_rows(result: VideoResult) -> list[tuple[str, ...]]:
     if result.caption is not None:
         rows.append((*base, *whole, "caption", result.caption, ""))
     rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "segment", s.text, "") for s in result.segments]
-    rows += [(*base, *whole, "answer", f"{a.question} -> {a.answer}", "") for a in result.answers]
+    rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "event", s.text, "") for s in result.events]
+    rows += [(*base, *whole, "problem", problem, "") for problem in result.problems]
+    for a in result.answers:
+        rows.append((*base, *whole, "answer", f"{a.question} -> {a.answer}", ""))
+        rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "span", f"{a.question} -> {s.text}" if s.text
+                  else a.question, "") for s in a.spans or ()]  # fmt: skip
+        rows += [(*base, *whole, "problem", f"{a.question} -> {problem}", "") for problem in a.problems]
     rows += [(*base, f"{s.start:.3f}", f"{s.end:.3f}", "timeline", s.text, "") for s in result.timeline]
     if result.next_action is not None:
         rows.append((*base, f"{result.last_frame:.3f}", whole[1], "next_action", result.next_action, ""))

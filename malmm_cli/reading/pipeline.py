@@ -33,16 +33,18 @@ from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.results import Answer, Found, RankedLabel, TimedText, VideoResult
 from malmm_cli.reading.stream import VISION_BATCH, FrameSource, NoProgress, Progress, Sample, VideoStream, preprocess
 from malmm_cli.reading.thumbnails import OVERVIEW_SPANS, ThumbnailCollector
+from malmm_cli.reading.timed_text import on_video_clock, parse_timed
 from malmm_cli.wording import counted, plural
 from models import CAPTION, CLASSIFICATION, QUESTION, GenerationSettings, Malmm, MemoryState
+from models.presets import DENSE, GROUND
 
 if TYPE_CHECKING:
     from malmm_cli.reading.find import FindRule
 
 __all__ = [  # what the command line and library callers use; stream.py's names are re-exported
     "Answered", "Memory", "Reader", "Sampling", "VideoFiles", "VideoStream", "answer_questions", "caption_readers",
-    "caption_video", "check_memory", "find_readers", "predict_actions", "predict_readers", "preprocess",
-    "question_readers", "read_streams", "read_videos", "shared_memories",
+    "caption_video", "check_memory", "dense_readers", "find_readers", "predict_actions", "predict_readers",
+    "preprocess", "question_readers", "read_streams", "read_videos", "shared_memories",
 ]  # fmt: skip
 
 TIMELINE_PROMPT = CLASSIFICATION.instruction
@@ -70,8 +72,10 @@ class Reader:
     each span); otherwise one memory reads the whole video and span read-outs say what it holds
     so far (a timeline). labels: rank these instead of generating text (the top_k at the end,
     the span_top_k likeliest at each span).
-    role: the part of the result it fills: caption, segment, question, timeline or found (then
-    `find` turns its span rankings into moments: find.py).
+    role: the part of the result it fills: caption, segment, question, timeline, found (then
+    `find` turns its span rankings into moments: find.py) or dense (a dense caption: its answer's
+    time-stamped events become the result's events). timed: a question whose answer names spans
+    (timed_text.py reads them; ask --timed).
     """
 
     role: str
@@ -85,6 +89,7 @@ class Reader:
     question: str | None = None
     span_top_k: int = 1
     find: FindRule | None = None
+    timed: bool = False
 
 
 def caption_readers(segment: float | None = None) -> list[Reader]:
@@ -96,12 +101,22 @@ def caption_readers(segment: float | None = None) -> list[Reader]:
     return readers
 
 
-def question_readers(questions: Sequence[str]) -> list[Reader]:
+def dense_readers() -> list[Reader]:
+    """A dense caption (models/presets.DENSE): one memory reads the whole video, and the answer
+    is read back into time-stamped events (a checkpoint trained with `--task dense` answers so)."""
+    prompt = DENSE.prompt()
+    return [Reader("dense", prompt, at_end=prompt)]
+
+
+def question_readers(questions: Sequence[str], timed: bool = False) -> list[Reader]:
     """One reader per question: the Q-Former reads each frame through the question. The video's
-    visual memory is shared by all of them (models/memory.py)."""
+    visual memory is shared by all of them (models/memory.py). timed: each question is a moment
+    to find, asked in models/presets.GROUND's wording (what `--task ground` trains), and its
+    answer is read back into spans."""
     if not questions:
         raise ValueError("no questions to answer")
-    return [Reader("question", QUESTION.prompt(q), at_end=QUESTION.prompt(q), question=q) for q in questions]
+    preset = GROUND if timed else QUESTION
+    return [Reader("question", preset.prompt(q), at_end=preset.prompt(q), question=q, timed=timed) for q in questions]
 
 
 def predict_readers(labels: Sequence[str] | None = None, every: float | None = None, top_k: int = 5) -> list[Reader]:
@@ -400,9 +415,11 @@ class _Video:
             if note := grid.empty_note(self.stream.times, what, self.stream.clip is not None, self.stream.fps):
                 result.notes.append(note)
         readouts = sorted(self.readouts, key=lambda r: (r.reader, r.span or (math.inf, math.inf)))
+        questions = [reader for reader in self.readers if reader.role == "question"]
         for readout in readouts:
-            if self.readers[readout.reader].role != "found":
-                _fill(result, self.readers[readout.reader], readout)
+            reader = self.readers[readout.reader]
+            if reader.role != "found":
+                _fill(result, reader, readout, questions.index(reader) + 1 if len(questions) > 1 else None)
         for i, reader in enumerate(self.readers):
             if reader.find is not None:
                 result.found += self._found(reader, [(r.span, r.answer) for r in readouts if r.reader == i])
@@ -416,20 +433,40 @@ class _Video:
         return reader.find.found(queries, spans, ends[0] if ends else None)
 
 
-def _fill(result: VideoResult, reader: Reader, readout: _Readout) -> None:
-    """Put one answered read-out where its reader's role says."""
+def _fill(result: VideoResult, reader: Reader, readout: _Readout, number: int | None = None) -> None:
+    """Put one answered read-out where its reader's role says (number: the question's, among several)."""
     answer = readout.answer
     if readout.span is not None:
         text = answer[0].label if reader.labels else answer
         (result.segments if reader.role == "segment" else result.timeline).append(TimedText(*readout.span, text))
     elif reader.role == "caption":
         result.caption = answer
+    elif reader.role == "dense":
+        result.caption = answer
+        spans, problems = _read_times(result, answer, "the dense caption")
+        result.events, result.problems = spans, problems
     elif reader.role == "question":
-        result.answers.append(Answer(reader.question, answer, tuple(readout.beams) if len(readout.beams) > 1 else ()))
+        beams = tuple(readout.beams) if len(readout.beams) > 1 else ()
+        if reader.timed:
+            spans, problems = _read_times(result, answer, f"question {number}'s answer" if number else "the answer")
+            result.answers.append(Answer(reader.question, answer, beams, tuple(spans), tuple(problems)))
+        else:
+            result.answers.append(Answer(reader.question, answer, beams))
     elif reader.labels:
         result.labels = answer
     else:
         result.next_action = answer
+
+
+def _read_times(result: VideoResult, answer: str, what: str) -> tuple[list[TimedText], list[str]]:
+    """An answer's spans on the video's clock (from what the memory read: result.start, the clock
+    the time-aware frames were told, to result.end), and its problems; each problem and each span
+    cut at the end is also a note on the result, so no format hides it."""
+    timed, cut = on_video_clock(parse_timed(answer), result.start, result.end)
+    result.notes += [f"{what}: {note}" for note in cut]
+    result.notes += [f"{what} does not all read as times ({problem}): its raw text is kept"
+                     for problem in timed.problems]  # fmt: skip
+    return [TimedText(span.start, span.end, span.text) for span in timed.spans], list(timed.problems)
 
 
 def read_videos(

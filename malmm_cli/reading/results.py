@@ -22,6 +22,10 @@ class Answer:
     question: str
     answer: str
     beams: tuple[str, ...] = ()  # with several beams returned: all of them, best (the answer) first
+    # An answer read as times (ask --timed): the spans it names on the video's clock, and what of it
+    # could not be read (timed_text.parse_timed). None: an ordinary answer, not read as times.
+    spans: tuple[TimedText, ...] | None = None
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Preview:
 
 @dataclass
 class VideoResult:
-    """One video's result. Which fields are filled depends on `task` (caption, ask, predict or find)."""
+    """One video's result. Which fields are filled depends on `task` (caption, dense, ask, predict or find)."""
 
     path: str
     task: str
@@ -90,6 +94,10 @@ class VideoResult:
     next_action: str | None = None
     labels: list[RankedLabel] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)  # find: one per query, in the order asked
+    # dense: the events the generated answer (kept in `caption`) names, on the video's clock, in the
+    # order written, and what of the answer could not be read as times (timed_text.parse_timed)
+    events: list[TimedText] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # parts of the video that could not be read
     notes: list[str] = field(default_factory=list)  # how it was read, where that differs from what was asked
     preview: Preview | None = None  # pictures for the HTML report, when asked for (not part of to_dict)
@@ -122,11 +130,11 @@ class VideoResult:
             data["caption"] = self.caption
         if self.segments:
             data["segments"] = [_timed(s) for s in self.segments]
+        if self.task == "dense":  # always there, maybe empty: an answer that did not read says so
+            data["events"] = [_timed(s) for s in self.events]
+            data["problems"] = list(self.problems)
         if self.answers:
-            data["answers"] = [
-                {"question": a.question, "answer": a.answer, **({"beams": list(a.beams)} if a.beams else {})}
-                for a in self.answers
-            ]
+            data["answers"] = [_answer(a) for a in self.answers]
         if self.timeline:
             data["timeline"] = [_timed(s) for s in self.timeline]
         if self.next_action is not None:
@@ -163,6 +171,17 @@ def _found(found: Found) -> dict[str, Any]:
                     for m in found.moments],
         "curve": [[round(start, 3), round(score, 4)] for start, _, score in found.curve],
     }  # fmt: skip
+
+
+def _answer(answer: Answer) -> dict[str, Any]:
+    """An answer; one read as times has its spans and problems too (both always, maybe empty)."""
+    data: dict[str, Any] = {"question": answer.question, "answer": answer.answer}
+    if answer.beams:
+        data["beams"] = list(answer.beams)
+    if answer.spans is not None:
+        data["spans"] = [_timed(s) for s in answer.spans]
+        data["problems"] = list(answer.problems)
+    return data
 
 
 def _timed(span: TimedText) -> dict[str, Any]:

@@ -120,3 +120,27 @@ def _clock(text: str) -> float:
 def _sentence(text: str) -> str:
     """A sentence without the separators around it (the wording's comma, its closing full stop)."""
     return " ".join(text.split()).strip(_SENTENCE_EDGES)
+
+
+def on_video_clock(answer: TimedAnswer, start: float, end: float) -> tuple[TimedAnswer, list[str]]:
+    """The answer's spans moved onto the video's clock, and notes on what was changed.
+
+    The model's seconds count from `start`, where the memory began to read (a clip's start, else
+    0: the clock the time-aware frames are told), so a span "2 - 5 seconds" of a clip starting at
+    60 s is 62 - 65 on the video. What was read ends at `end`: a span running past it is cut there
+    (a note says so); one starting at or after it names nothing that was read, so it is dropped
+    and counted among the answer's problems."""
+    spans: list[Span] = []
+    problems, notes = list(answer.problems), []
+    for span in answer.spans:
+        said = span_text(span.start, span.end)
+        first, last = start + span.start, start + span.end
+        if first >= end - 1e-9:
+            problems.append(f"a span starts after the end of what was read ({seconds_text(end - start)} s): {said!r}")
+            continue
+        if last > end + 1e-9:
+            notes.append(f"a span runs past the end of what was read ({seconds_text(end - start)} s) and is cut "
+                         f"there: {said!r}")  # fmt: skip
+            last = end
+        spans.append(Span(first, last, span.text))
+    return TimedAnswer(tuple(spans), answer.before, tuple(problems)), notes
