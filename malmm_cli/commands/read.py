@@ -152,8 +152,8 @@ def ask(
         bool,
         typer.Option(
             "--timed",
-            help='Each QUESTION is a moment to find ("the screen turns red"): asked as --task ground '
-            "trains, its answer read as times (docs/time-aware.md).",
+            help='QUESTION names a moment ("the screen turns red"): ask when it happens, as --task ground '
+            "trains, and show the answer's times as cues (docs/time-aware.md).",
         ),
     ] = False,
     # the options every task command shares (RunOptions)
