@@ -208,3 +208,25 @@ def test_an_answer_that_does_not_read_says_so_in_every_format(
 def test_dense_and_segments_are_one_or_the_other(run, vfr_video: Path) -> None:
     result = run("caption", vfr_video, "--dense", "--segment", "2s")
     assert result.exit_code == 2 and "--segment" in result.output
+
+
+def test_several_timed_answers_each_show_their_spans_or_why_not() -> None:
+    """Built by hand: two questions read as times, one answered with a span, one without."""
+    from malmm_cli.output.writers import to_csv, to_txt, to_vtt
+    from malmm_cli.reading.results import Answer, VideoResult
+
+    result = VideoResult("v.mp4", "ask", 30.0, 10, 60.0, 89.0, clip=(60.0, 90.0), answers=[
+        Answer("red", "0 - 2 seconds", spans=(TimedText(60.0, 62.0, ""),)),
+        Answer("blue", "no idea", spans=(), problems=("no time span",)),
+    ])  # fmt: skip
+    assert to_txt(result).splitlines() == [
+        "Q: red", "A: 0 - 2 seconds", "[00:01:00.000 --> 00:01:02.000]",
+        "Q: blue", "A: no idea", "(not read as times: no time span)",
+    ]  # fmt: skip
+    assert [(c.start, c.end, c.text) for c in parse_vtt(to_vtt(result))] == [
+        (60.0, 90.0, "Q: blue\nA: no idea\n(not read as times: no time span)"), (60.0, 62.0, "red"),
+    ]  # fmt: skip
+    rows = [(r["start"], r["end"], r["kind"], r["text"]) for r in csv.DictReader(io.StringIO(to_csv(result)))]
+    assert rows == [("60.000", "90.000", "answer", "red -> 0 - 2 seconds"), ("60.000", "62.000", "span", "red"),
+                    ("60.000", "90.000", "answer", "blue -> no idea"),
+                    ("60.000", "90.000", "problem", "blue -> no time span")]  # fmt: skip

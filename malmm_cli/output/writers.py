@@ -42,9 +42,10 @@ def to_txt(result: VideoResult) -> str:
         if len(result.answers) == 1:
             lines += _answer_lines(result.answers[0])
         else:
-            for answer in result.answers:
-                said = _answer_lines(answer) or [""]
-                lines += [f"Q: {answer.question}", f"A: {said[0]}", *said[1:]]
+            for answer in result.answers:  # read as times: its spans and problems under it
+                lines += [f"Q: {answer.question}", f"A: {answer.answer}"]
+                if answer.spans is not None:
+                    lines += _timed_lines(answer.answer, answer.spans, answer.problems, raw=False)
     else:
         lines += [f"{label.probability:.4f}\t{label.label}" for label in result.labels]
         if result.next_action is not None:
@@ -60,12 +61,12 @@ def _answer_lines(answer: Answer) -> list[str]:
     return _timed_lines(answer.answer, answer.spans, answer.problems)
 
 
-def _timed_lines(answer: str, spans: Sequence[TimedText], problems: Sequence[str]) -> list[str]:
+def _timed_lines(answer: str, spans: Sequence[TimedText], problems: Sequence[str], raw: bool = True) -> list[str]:
     """An answer read as times: a line per span, `[start --> end] text`; where some of it did not
-    read, the answer as generated and each problem after them."""
+    read, the answer as generated (unless shown already: raw False) and each problem."""
     lines = [f"{_span(span)} {span.text}".rstrip() for span in spans]
     if problems:
-        lines += [f"Answer: {answer}", *(f"(not read as times: {problem})" for problem in problems)]
+        lines += [f"Answer: {answer}"] * raw + [f"(not read as times: {problem})" for problem in problems]
     return lines
 
 
