@@ -23,6 +23,7 @@ from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
 from malmm_cli.jobs.training.data import check_videos, held_out, hold_out, read_files
 from malmm_cli.jobs.training.folder import TrainingError, check_output, check_writable, saved_epochs
 from malmm_cli.jobs.training.settings import TASK_DEFAULTS, TASK_PRESETS, TrainData, TrainSettings, model_name
+from malmm_cli.jobs.training.timed import TIMED_TASKS
 from malmm_cli.wording import counted, plural
 from models.presets import OPTIMIZERS, TRAINED_WEIGHTS
 
@@ -219,6 +220,9 @@ def run_training(
     except (TrainingError, CheckpointError) as error:
         raise SetupError(str(error)) from error
     reporter.info(describe(trainer, len(train), len(val)))
+    if settings.task in TIMED_TASKS and trainer.malmm.time_aware is None:
+        reporter.warn(f"--task {settings.task} without --time-aware: the frames do not know their times, so the "
+                      "model can only guess them from the frames' order (docs/time-aware.md)")  # fmt: skip
     try:
         with progress(trainer.total_steps, settings.epochs) as shown:
             shown.start(trainer.position.step)
@@ -266,6 +270,12 @@ def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -
         score = " --score yes" if settings.find_score == "yes" else ""
         reading = (f'find VIDEO "QUERY" --checkpoint {output} --fps {settings.frames / settings.window:g} '
                    f"--window {settings.window:g}{score}")  # fmt: skip
+    elif settings.task in TIMED_TASKS:  # their reader is issue 30's reading side
+        reading = f"--checkpoint {output} --frames {settings.frames}"
+        return (
+            f"Done: {output / TRAINED_WEIGHTS} holds epoch {best.get('epoch')} of {settings.epochs}; read "
+            f"{settings.task} answers with `{reading} --memory-bank-length {settings.memory_bank_length}`"
+        )
     else:
         reading = f"{READING_COMMANDS[settings.task]} VIDEO --checkpoint {output} --frames {settings.frames}"
     return (
