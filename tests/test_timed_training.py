@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from malmm_cli.cli import app
 from malmm_cli.jobs.dataset import DatasetError
-from malmm_cli.jobs.dense_data import read_dense_annotations
+from malmm_cli.jobs.dense_data import DenseExample, read_dense_annotations
 from malmm_cli.jobs.training import trainer as trainer_module
 from malmm_cli.jobs.training.data import prompt_for, read_files, target_for
 from malmm_cli.jobs.training.features import ClipFeatures
-from malmm_cli.jobs.training.timed import dense_score, ground_score
+from malmm_cli.jobs.training.timed import dense_score, ground_score, timed_score
 from malmm_cli.reading.timed_text import Span
 from models import Malmm
 from models.checkpoint import checkpoint_time_aware
@@ -185,6 +185,8 @@ def test_validation_scores_by_hand() -> None:
     # one true event is matched once: a second copy of it counts as a wrong prediction
     assert dense_score("0.0 - 10.0 seconds, a. 0.0 - 10.0 seconds, a.", truth) == pytest.approx(0.4)
     assert dense_score("nothing timed here", truth) == 0.0
+    example = DenseExample(id="v", video=Path("v.mp4"), events=tuple(Span(s, e, "x") for s, e in truth))
+    assert timed_score("dense", "0.0 - 8.0 seconds, a. 15.0 - 25.0 seconds, b.", example) == pytest.approx(0.4)
 
 
 # --- runs ---------------------------------------------------------------------------------------------
