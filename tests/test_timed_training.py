@@ -244,3 +244,14 @@ def test_find_options_are_refused_for_timed_tasks(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "--task find only" in refused.stderr
     refused = malmm_cli("train", data, "--task", "ground", "-o", tmp_path / "run", "--label-field", "genre")
     assert refused.exit_code == 2 and "--label-field names classify labels" in refused.stderr
+
+
+def test_the_memory_plan_counts_each_digit_of_a_timed_target_as_a_token(tmp_path: Path) -> None:
+    from malmm_cli.jobs.training.settings import TASK_DEFAULTS, TrainSettings
+    from malmm_cli.jobs.training.trainer import training_shape
+
+    data = _rows(tmp_path / "d.jsonl", {"video": "a.mp4", "events": [{"start": 0, "end": 12.5, "text": "chop"}]})
+    (example,), _ = read_files(data, "dense", None)
+    target = target_for("dense", example)  # "0.0 - 12.5 seconds, chop.": 5 digits
+    shape = training_shape(TrainSettings(task="dense", **TASK_DEFAULTS["dense"]), [example])
+    assert shape.text_tokens == (len(prompt_for("dense", example)) + len(target) + 2 * 5) // 3 + 2
