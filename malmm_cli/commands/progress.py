@@ -338,7 +338,14 @@ class TrainingProgress(_LongJob):
 
     def epoch(self, record: dict) -> None:
         parts = [f"epoch {record['epoch']}/{self.epochs}"]
-        for key, name in (("train_loss", "loss"), ("val_loss", "val loss"), ("val_accuracy", "val accuracy")):
+        shown = (
+            ("train_loss", "loss"),
+            ("val_loss", "val loss"),
+            ("val_accuracy", "val accuracy"),
+            ("val_mean_iou", "val mean IoU"),
+            ("val_f1", "val F1"),
+        )  # the last two: ground's, dense's
+        for key, name in shown:
             if record.get(key) is not None:
                 parts.append(f"{name} {record[key]:.4f}")
         parts.append(f"{counted(record['examples'], 'example')} in {record['seconds']:.1f} s")

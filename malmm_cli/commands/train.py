@@ -66,7 +66,7 @@ def train(
             "--epochs",
             metavar="N",
             parser=parse_count,
-            help="Passes over DATA (MA-LMM: caption 10, ask 5, classify 20).",
+            help="Passes over DATA (MA-LMM: caption 10, ask 5, classify 20; dense 10, ground 5).",
         ),
     ] = None,
     lr: Annotated[
@@ -75,7 +75,7 @@ def train(
             "--lr",
             metavar="X",
             parser=parse_positive,
-            help="Peak learning rate (MA-LMM: caption 1e-5, ask and classify 1e-4).",
+            help="Peak learning rate (MA-LMM: caption 1e-5, ask and classify 1e-4; TimeChat: dense and ground 3e-5).",
         ),
     ] = None,
     batch_size: Annotated[
@@ -94,7 +94,7 @@ def train(
             "-n",
             metavar="N",
             parser=parse_count,
-            help="Frames per clip (MA-LMM: caption 80, ask 20, classify 100).",
+            help="Frames per clip (MA-LMM: caption 80, ask 20, classify 100; dense and ground 80).",
         ),
     ] = None,
     memory_bank_length: Annotated[
@@ -104,7 +104,7 @@ def train(
             "-b",
             metavar="L",
             parser=parse_count,
-            help="Memory bank length (caption 40, ask 10, classify 20).",
+            help="Memory bank length (caption 40, ask 10, classify 20; dense 40, ground 20).",
         ),
     ] = None,
     warmup_steps: Annotated[
@@ -175,7 +175,7 @@ def train(
             "--time-aware",
             help="Give each frame's Q-Former instruction its time, as TimeChat does (\"This frame is sampled at "
             "12.0 second.\", from the clip's start); the run's checkpoint reads frames so from then on. "
-            "See docs/time-aware.md.",
+            "Meant for --task dense and ground. See docs/time-aware.md.",
         ),
     ] = False,
     window: Annotated[
@@ -220,7 +220,10 @@ def train(
     ] = 200,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the state saved in RUN.")] = False,
     videos: Annotated[
-        Path | None, typer.Option("--videos", metavar="DIR", help="Where an MA-LMM annotation file's videos are.")
+        Path | None,
+        typer.Option(
+            "--videos", metavar="DIR", help="Where an annotation file's videos are (MA-LMM, YouCook2, grounding)."
+        ),
     ] = None,
     label_field: Annotated[
         str | None,
@@ -233,8 +236,8 @@ def train(
         typer.Option(
             "--split",
             metavar="NAME",
-            help="Of an annotation file that holds several splits (COIN.json), the one to train on (default: "
-            "train; --val reads val).",
+            help="Of an annotation file that holds several splits (COIN.json, YouCook2's), the one to train on "
+            "(default: train; --val reads val).",
         ),
     ] = None,
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
@@ -255,8 +258,11 @@ def train(
     DATA is a JSONL or CSV file, one example per row: video (a path relative to the file), optional
     start/end in seconds, and caption, or question and answer, or label. MA-LMM's annotation JSON
     files work too (with --videos). --task find reads rows of video, query, start and end (where
-    the query happens), or a grounding benchmark's file. Progress is saved in RUN; Ctrl-C saves and
-    stops, --resume goes on. Use the result with `malmm caption|ask|predict|find --checkpoint RUN`.
+    the query happens), or a grounding benchmark's file; --task ground reads the same and learns to
+    answer "START - END seconds". --task dense reads rows of video, optional start/end and events
+    (a list of start, end and text), or YouCook2's or ActivityNet Captions' annotation file, and
+    learns "START - END seconds, sentence." for each event. Progress is saved in RUN; Ctrl-C saves
+    and stops, --resume goes on. Use the result with `malmm caption|ask|predict|find --checkpoint RUN`.
     """
     from malmm_cli.commands.progress import Reporter, TrainingProgress
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from malmm_cli.jobs.dataset import DatasetError, Example, read_examples
 from malmm_cli.jobs.training.moments import read_moments
 from malmm_cli.jobs.training.settings import TASK_PRESETS
+from malmm_cli.jobs.training.timed import TIMED_TASKS, read_timed
 
 _CAPTION_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 
@@ -67,8 +68,13 @@ def read_files(
     split: str | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(DATA's examples, --val's: none without it), before any --val-split: what `read_data`
-    reads, without torch. find's are labelled moments (moments.py)."""
-    if task == "find":
+    reads, without torch. find's are labelled moments (moments.py), dense's and ground's timed.py's."""
+    if task in TIMED_TASKS:
+
+        def read(path: Path, split: str | None, default: str) -> list[Example]:
+            return read_timed(path, task, videos, label_field, split, default)
+
+    elif task == "find":
         if label_field is not None or split is not None:
             raise DatasetError("--label-field and --split choose among MA-LMM annotations: find reads moments")
 

@@ -23,6 +23,7 @@ from malmm_cli.jobs.model import RunOptions, check_checkpoint, load_model
 from malmm_cli.jobs.training.data import check_videos, held_out, hold_out, read_files
 from malmm_cli.jobs.training.folder import TrainingError, check_output, check_writable, saved_epochs
 from malmm_cli.jobs.training.settings import TASK_DEFAULTS, TASK_PRESETS, TrainData, TrainSettings, model_name
+from malmm_cli.jobs.training.timed import TIMED_TASKS
 from malmm_cli.wording import counted, plural
 from models.presets import OPTIMIZERS, TRAINED_WEIGHTS
 
@@ -31,7 +32,9 @@ if TYPE_CHECKING:  # loaded once the checks have passed
     from malmm_cli.jobs.training.trainer import Position, Progress, Trainer
 
 # What the command line names each task's reader, for the line that says how to use the run.
-READING_COMMANDS = {"caption": "caption", "ask": "ask", "classify": "predict", "find": "find"}
+# How a trained run is read: dense events by `caption --dense`, a grounding query by `ask --timed`
+READING_COMMANDS = {"caption": "caption", "ask": "ask", "classify": "predict", "find": "find",
+                    "dense": "caption --dense", "ground": 'ask --timed "QUERY"'}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ def run_training(
     except (TrainingError, CheckpointError) as error:
         raise SetupError(str(error)) from error
     reporter.info(describe(trainer, len(train), len(val)))
+    if settings.task in TIMED_TASKS and trainer.malmm.time_aware is None:
+        reporter.warn(f"--task {settings.task} without --time-aware: the frames do not know their times, so the "
+                      "model can only guess them from the frames' order (docs/time-aware.md)")  # fmt: skip
     try:
         with progress(trainer.total_steps, settings.epochs) as shown:
             shown.start(trainer.position.step)
@@ -267,11 +273,17 @@ def conclusion(summary: dict[str, Any], output: Path, settings: TrainSettings) -
         reading = (f'find VIDEO "QUERY" --checkpoint {output} --fps {settings.frames / settings.window:g} '
                    f"--window {settings.window:g}{score}")  # fmt: skip
     else:
-        reading = f"{READING_COMMANDS[settings.task]} VIDEO --checkpoint {output} --frames {settings.frames}"
+        reading = f"{_reading_command(settings.task)} --checkpoint {output} --frames {settings.frames}"
     return (
         f"Done: {output / TRAINED_WEIGHTS} holds epoch {best.get('epoch')} of {settings.epochs}; "
         f"use it with `malmm {reading} --memory-bank-length {settings.memory_bank_length}`"
     )
+
+
+def _reading_command(task: str) -> str:
+    """`caption VIDEO`, `ask VIDEO --timed "QUERY"`: the command, the video where it goes."""
+    command, *options = READING_COMMANDS[task].split(" ", 1)
+    return " ".join([command, "VIDEO", *options])
 
 
 def left_out(unreadable: list[Example], output: Path) -> str:

@@ -10,18 +10,23 @@ from pathlib import Path
 from malmm_cli.jobs import dataset
 from malmm_cli.jobs.records import file_identity
 from malmm_cli.reading.find import SCORES, WINDOW_FRAMES
-from models.presets import FIND, OPTIMIZERS, TEMPORAL_KINDS
+from models.presets import DENSE, FIND, GROUND, OPTIMIZERS, TEMPORAL_KINDS
 
-# The tasks a run can learn: those of the data files, and find's labelled moments (moments.py).
-TASK_PRESETS = {**dataset.TASK_PRESETS, "find": FIND}
+# The tasks a run can learn: those of the data files, find's labelled moments (moments.py), and
+# answers that carry times (timed.py).
+TASK_PRESETS = {**dataset.TASK_PRESETS, "find": FIND, "dense": DENSE, "ground": GROUND}
 FIND_WINDOW = 4.0  # find's default window: WINDOW_FRAMES frames at its default 1 frame/s
 
 # MA-LMM's recipes per task: learning rate, frames, memory bank length, epochs; find's: frames a
-# window (find reads WINDOW_FRAMES), find's memory bank, and its window.
+# window (find reads WINDOW_FRAMES), find's memory bank, and its window. dense and ground: TimeChat's
+# fine-tuning rate (3e-5, for YouCook2 and Charades-STA alike), with the epochs of MA-LMM's nearest
+# task (a caption's 10, a short answer's 5): TimeChat's 3 start from a checkpoint that already
+# reads times, malmm's from InstructBLIP's, which never did.
 TASK_DEFAULTS = {
     task: {"lr": lr, "frames": TASK_PRESETS[task].frames,
            "memory_bank_length": TASK_PRESETS[task].memory_bank_length, "epochs": epochs}
-    for task, lr, epochs in (("caption", 1e-5, 10), ("ask", 1e-4, 5), ("classify", 1e-4, 20))
+    for task, lr, epochs in (("caption", 1e-5, 10), ("ask", 1e-4, 5), ("classify", 1e-4, 20),
+                             ("dense", 3e-5, 10), ("ground", 3e-5, 5))
 } | {"find": {"lr": 1e-4, "frames": WINDOW_FRAMES, "memory_bank_length": FIND.memory_bank_length, "epochs": 10,
               "window": FIND_WINDOW}}  # fmt: skip
 

@@ -28,7 +28,8 @@ from malmm_cli.jobs.training.features import ClipFeatures
 from malmm_cli.jobs.training.find_objective import FindObjective
 from malmm_cli.jobs.training.folder import RESUME, RUN_INFO, STATE, TrainingError
 from malmm_cli.jobs.training.optimizer_state import flatten_optimizer, unflatten_optimizer
-from malmm_cli.jobs.training.settings import TrainData, TrainSettings, model_name
+from malmm_cli.jobs.training.settings import TASK_PRESETS, TrainData, TrainSettings, model_name
+from malmm_cli.jobs.training.timed import TIMED_TASKS, VALIDATION_FIGURES, target_chars, timed_score
 from malmm_cli.output.writers import write_json
 from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.find import yes_prompt
@@ -291,7 +292,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
         """Validation loss, and accuracy for classify (labels ranked), ask (exact answers) and find (the
-        best-scored window of a moment is one of its positives)."""
+        best-scored window of a moment is one of its positives), or dense's and ground's figure
+        (timed.py: generated, parsed and scored against the true times)."""
         if not self.val_set:
             return {}
         self._train_mode(False)
@@ -321,14 +323,18 @@ class Trainer:
         scored = sum(n for _, n in losses)
         record: dict[str, Any] = {"val_loss": sum(v * n for v, n in losses) / scored, "val_examples": scored}
         if counted:
-            record["val_accuracy"] = correct / counted
+            record[VALIDATION_FIGURES.get(self.settings.task, "val_accuracy")] = correct / counted
         return record
 
-    def _correct(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> int | None:
-        """How many of the examples the model gets right (None: the task has no accuracy)."""
+    def _correct(self, examples: list[Example], prompts: list[str], output: torch.Tensor) -> float | None:
+        """How many of the examples the model gets right (None: the task has no accuracy); for dense
+        and ground the sum of their scores (timed.py), greedy decoding keeping validation cheap."""
         task, malmm = self.settings.task, self.malmm
         if task == "caption" or (task == "classify" and not self.labels):
             return None
+        if task in TIMED_TASKS:
+            answers = malmm.generate(output, prompts, TASK_PRESETS[task].generation.with_overrides(num_beams=1))
+            return sum(timed_score(task, a, e) for a, e in zip(answers, examples, strict=True))
         if task == "classify":
             best = malmm.score_labels(output, prompts, self.labels).argmax(dim=1).tolist()
             return sum(self.labels[b] == e.label for b, e in zip(best, examples, strict=True))
@@ -336,9 +342,11 @@ class Trainer:
         return sum(a.strip().lower() == e.answer.strip().lower() for a, e in zip(answers, examples, strict=True))
 
     def _keep_best(self, record: dict[str, Any]) -> None:
-        """model.safetensors holds the best epoch so far: highest accuracy, else lowest loss."""
-        if "val_accuracy" in record:
-            score = (record["val_accuracy"], -record["val_loss"])
+        """model.safetensors holds the best epoch so far: highest accuracy (or the task's figure),
+        else lowest loss."""
+        figure = next((key for key in ("val_accuracy", *VALIDATION_FIGURES.values()) if key in record), None)
+        if figure is not None:
+            score = (record[figure], -record["val_loss"])
         elif "val_loss" in record:
             score = (-record["val_loss"],)
         else:
@@ -481,7 +489,8 @@ def training_shape(settings: TrainSettings, examples: list[Example]) -> Training
     counted at three characters a token (an over-estimate for English), before any tokenizer loads.
     (Whether the LLM is checkpointed depends on the device: loading.plan sets it.)"""
     prompts = [len(training_prompt(settings, e)) for e in examples] or [0]
-    texts = [len(training_prompt(settings, e)) + len(target_for(settings.task, e)) for e in examples] or [0]
+    texts = [len(training_prompt(settings, e)) + target_chars(settings.task, target_for(settings.task, e))
+             for e in examples] or [0]  # fmt: skip
     return TrainingShape(
         batch_size=settings.batch_size, grad_accum=settings.grad_accum, optimizer=settings.optimizer,
         lora_rank=settings.lora_rank, clips_per_example=1 + settings.negatives if settings.task == "find" else 1,
