@@ -217,3 +217,22 @@ def test_the_memory_plan_counts_the_adapter_and_time_tokens(tiny_llama_dir: Path
     timed = plan_training(config, TrainingShape(1, time_aware=True), dtype=torch.float32)
     longer = plan_training(config, TrainingShape(1, instruction_tokens=32 + TIME_TOKENS), dtype=torch.float32)
     assert timed.activations == longer.activations > plain.activations
+
+
+def test_the_adapters_are_float32_on_a_half_precision_llm(tiny_llama_dir: Path) -> None:
+    """As QLoRA trains them: a bfloat16 LLM's adapters are float32 (peft would give them the
+    LLM's dtype), the LLM's output keeps its dtype, and the loss's gradients reach them."""
+    malmm = Malmm.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    model = malmm.model
+    add_llm_lora(model, llm_lora_settings(4, model))
+    adapters = {name: p for name, p in trainable_parameters(model) if name.startswith("language_model.")}
+    assert adapters and {p.dtype for p in adapters.values()} == {torch.float32}
+    with torch.no_grad():
+        for name, parameter in adapters.items():
+            if ".lora_B." in name:
+                parameter.normal_(std=0.1)
+    embeds = model.get_input_embeddings()(malmm.tokenizer(["the red room ."], return_tensors="pt").input_ids)
+    logits = model.language_model(inputs_embeds=embeds).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.values())
