@@ -21,6 +21,12 @@ loading into a model whose module differs (or that has one where the file has no
 reverse) is refused. It holds the wording of time-aware frames too (models/time_aware.py; `null`
 when the run read frames without their times), which `checkpoint_time_aware` reads so that the
 loaded model reads frames as the run did.
+
+A run trained with an LLM adapter (`--lora-llm`, models/lora.py) holds the adapter's tensors too
+(peft's names under `language_model.`; never the LLM's base weights, which come from the hub) and its
+settings under `llm_lora` (rank, alpha, targets; `null` without one): `checkpoint_llm_lora` reads
+them so that a loader can add the adapter to the (quantized or not) LLM before loading, and a model
+whose adapter differs from the file's is refused, as for the temporal module.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.lora import merged_lora_weights
+from models.lora import LLM, LoraError, describe_llm_lora, llm_adapter_tensors, load_llm_adapter, merged_lora_weights
 from models.presets import TRAINED_WEIGHTS
 
 # (LAVIS pattern, transformers replacement), tried in order; the first match wins.
@@ -254,11 +260,13 @@ def base_signature(config: object) -> dict[str, object]:
 
 def trained_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors MA-LMM trains, by transformers name, on the CPU; layers trained through LoRA
-    adapters as their merged weights (models/lora.py)."""
+    adapters as their merged weights (models/lora.py), and the LLM's adapter, if any, as its own
+    tensors (peft's names under `language_model.`)."""
     merged, wrapped = merged_lora_weights(model)
     named = {name: p for name, p in model.named_parameters()
              if name.startswith(TRAINED_PREFIXES) and not name.startswith(wrapped)}  # fmt: skip
     named.update(merged)
+    named.update(llm_adapter_tensors(model))
     return {name: tensor.detach().to("cpu").contiguous() for name, tensor in named.items()}
 
 
@@ -270,7 +278,8 @@ def save_trained(model: nn.Module, path: Path, base_model: str) -> None:
     metadata = {"format": TRAINED_FORMAT, "base_model": base_model,
                 "base_signature": json.dumps(base_signature(model.config), sort_keys=True),
                 "temporal": json.dumps(getattr(model.config, "temporal", None), sort_keys=True),
-                "time_aware": json.dumps(getattr(model.config, "time_aware", None) or None)}  # fmt: skip
+                "time_aware": json.dumps(getattr(model.config, "time_aware", None) or None),
+                "llm_lora": json.dumps(getattr(model.config, "llm_lora", None) or None, sort_keys=True)}  # fmt: skip
     partial = path.with_name(f".{path.name}.partial")
     save_file(trained_tensors(model), str(partial), metadata=metadata)
     respect_umask(partial)
@@ -336,6 +345,25 @@ def checkpoint_time_aware(path: str | Path) -> str | None:
     return json.loads(metadata.get("time_aware", "null")) if metadata else None
 
 
+def checkpoint_llm_lora(path: str | Path) -> dict | None:
+    """The LLM adapter's settings a checkpoint holds (rank, alpha, targets; None: no adapter, or
+    not a `malmm train` file), so that a loader can add that adapter before loading."""
+    path = _trained_file(Path(path))
+    metadata = _trained_metadata(path) if path.is_file() else None
+    return json.loads(metadata.get("llm_lora", "null")) if metadata else None
+
+
+def _check_llm_lora(model: nn.Module, path: Path, stored: dict | None) -> None:
+    """Refuse a file whose LLM adapter is not the model's (one where the other has none included)."""
+    ours = getattr(model.config, "llm_lora", None) or None
+    if (stored or None) != ours:
+        raise CheckpointError(
+            f"{path} has LLM adapter {describe_llm_lora(stored)}, the model has LLM adapter "
+            f"{describe_llm_lora(ours)}: build the model with the file's adapter (Malmm.from_pretrained(..., "
+            "checkpoint=...) does it) or load a file trained with this one"
+        )
+
+
 def describe_temporal(settings: dict | None) -> str:
     if not settings:
         return "none"
@@ -361,6 +389,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
     if metadata is None:
         if path.is_file():
             _check_temporal(model, path, None)  # LAVIS checkpoints have no temporal module
+            _check_llm_lora(model, path, None)  # nor an LLM adapter
         return load_lavis_checkpoint(model, path)
     expected = base_signature(model.config)
     signature = json.loads(metadata.get("base_signature", "{}"))
@@ -371,8 +400,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
             "load it with that --model"
         )
     _check_temporal(model, path, json.loads(metadata.get("temporal", "null")))
+    _check_llm_lora(model, path, json.loads(metadata.get("llm_lora", "null")))
     state = read_state_dict(path)
     missing = [name for name, _ in model.named_parameters() if name.startswith(TRAINED_PREFIXES) and name not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} trained tensors ({_preview(missing, 3)}): it is incomplete")
-    return _load_named(model, state, path)
+    llm_lora = getattr(model.config, "llm_lora", None)
+    adapter = {name: value for name, value in state.items() if name.startswith(LLM)} if llm_lora else {}
+    try:
+        loaded = load_llm_adapter(model, adapter, str(path)) if llm_lora else []
+    except LoraError as error:
+        raise CheckpointError(str(error)) from error
+    report = _load_named(model, {name: value for name, value in state.items() if name not in adapter}, path)
+    report.loaded += loaded
+    return report

@@ -22,8 +22,16 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil, InstructBlipConfig, PreTrainedTokenizerBase
 
-from models.checkpoint import CheckpointReport, checkpoint_temporal, checkpoint_time_aware, load_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    CheckpointReport,
+    checkpoint_llm_lora,
+    checkpoint_temporal,
+    checkpoint_time_aware,
+    load_checkpoint,
+)
 from models.generation import generate, generate_beams, score_labels
+from models.lora import LoraError, add_llm_lora
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.presets import DEFAULT_MODEL, GenerationSettings
@@ -62,7 +70,8 @@ class Malmm:
         checkpoint: an MA-LMM fine-tuned LAVIS `.pth` (or `.safetensors`), or a `malmm train` run
         (its folder or its model.safetensors), loaded on top; a run trained with a temporal module
         (`--temporal mamba`) gives the model that module first, and one trained with time-aware
-        frames (`--time-aware`) makes the model read with them (`step` then needs the frames' times).
+        frames (`--time-aware`) makes the model read with them (`step` then needs the frames' times), and
+        one trained with an LLM adapter (`--lora-llm`) gives the LLM that adapter (on a 4-/8-bit LLM too).
         quantize: "none", "8bit" or "4bit" for the LLM; quantize_vision: the ViT in 8-bit too.
         dtype (default float32) is that of the ViT and the LLM; the memory path (Q-Former, banks,
         frame positions, projection) is float32 whatever it is (see models/modeling.py). The
@@ -96,6 +105,11 @@ class Malmm:
             model.set_temporal(temporal)  # the module the run trained, then its weights
         if checkpoint is not None:
             model.set_time_aware(checkpoint_time_aware(checkpoint))  # read frames as the run trained them
+        if checkpoint is not None and (llm_lora := checkpoint_llm_lora(checkpoint)):
+            try:  # the adapter the run trained on the LLM, then its weights
+                add_llm_lora(model, llm_lora)
+            except LoraError as error:
+                raise CheckpointError(f"{checkpoint}: {error}") from error
         report = load_checkpoint(model, checkpoint) if checkpoint is not None else None
         if quantize_vision:
             quantize_vision_8bit(model)

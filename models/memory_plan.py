@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from transformers import InstructBlipConfig
 
-from models.lora import LORA_TARGETS
+from models.lora import LLM_LORA_TARGETS, LORA_TARGETS
 from models.presets import OPTIMIZERS
+from models.time_aware import TIME_TOKENS
 
 GIB = 1024**3
 # Bytes per quantized weight: nf4 packs 2 weights a byte, plus its double-quantized absmax scales;
@@ -38,6 +39,11 @@ class ParameterCounts:
     llm_other: int  # embeddings, norms and lm_head (kept in full precision)
     qformer_encoder: int = 0  # the Q-Former module's own parameters (of `qformer`), which LoRA freezes
     lora_width: int = 0  # in + out features summed over the Q-Former's query/key/value layers (LoRA's targets)
+    llm_lora_width: int = 0  # the same over the LLM's attention projections (--lora-llm's targets)
+
+    def llm_adapter(self, rank: int) -> int:
+        """Parameters of a rank-`rank` adapter on the LLM: r x (in + out) per adapted layer."""
+        return rank * self.llm_lora_width
 
 
 def count_parameters(config: InstructBlipConfig) -> ParameterCounts:
@@ -64,7 +70,10 @@ def count_parameters(config: InstructBlipConfig) -> ParameterCounts:
     encoder = sum(p.numel() for p in model.qformer.parameters())
     targets = [m for name, m in model.qformer.named_modules() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
     lora_width = sum(m.in_features + m.out_features for m in targets)
-    return ParameterCounts(*vision, qformer, *llm, qformer_encoder=encoder, lora_width=lora_width)
+    llm_targets = [m for name, m in model.language_model.named_modules()
+                   if name.rsplit(".", 1)[-1] in LLM_LORA_TARGETS and isinstance(m, nn.Linear)]  # fmt: skip
+    return ParameterCounts(*vision, qformer, *llm, qformer_encoder=encoder, lora_width=lora_width,
+                           llm_lora_width=sum(m.in_features + m.out_features for m in llm_targets))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,19 +88,22 @@ class MemoryPlan:
     quantize_vision: bool
     optimizer: int = 0  # training: the trained parameters' gradients and optimiser state
     optimizer_name: str = ""
+    llm_adapter: int = 0  # training with --lora-llm: the LLM adapter's parameters (float32, 4 bytes each)
 
     @property
     def total(self) -> int:
-        held = self.vision + self.qformer + self.llm + self.optimizer + self.activations
+        held = self.vision + self.qformer + self.llm + 4 * self.llm_adapter + self.optimizer + self.activations
         return int(held * SAFETY) + RUNTIME_OVERHEAD
 
     def describe(self) -> str:
         vision = " (8-bit)" if self.quantize_vision else ""
         llm = "" if self.quantize == "none" else f" ({self.quantize})"
         optimizer = f", gradients and {self.optimizer_name} {self.optimizer / GIB:.2g}" if self.optimizer else ""
+        adapter = (f", LLM adapter {4 * self.llm_adapter / GIB:.2g} ({self.llm_adapter / 1e6:.1f} M parameters)"
+                   if self.llm_adapter else "")  # fmt: skip
         return (
             f"~{self.total / GIB:.1f} GiB: vision {self.vision / GIB:.1f}{vision}, Q-Former {self.qformer / GIB:.2f}, "
-            f"LLM {self.llm / GIB:.1f}{llm}{optimizer}, activations {self.activations / GIB:.1f}"
+            f"LLM {self.llm / GIB:.1f}{llm}{adapter}{optimizer}, activations {self.activations / GIB:.1f}"
         )
 
 
@@ -116,10 +128,12 @@ def plan_memory(
     max_new_tokens: int = 50,
     prompt_tokens: int = 64,
     counts: ParameterCounts | None = None,
+    time_aware: bool = False,
 ) -> MemoryPlan:
     """Estimate device memory for running MA-LMM with these settings (any video length): one
     video read by `readers` memories (questions), answers generated one at a time (larger
-    batches of videos and answers are sized after loading, in what is left)."""
+    batches of videos and answers are sized after loading, in what is left). time_aware: the
+    Q-Former reads each frame's time sentence too (TIME_TOKENS more instruction tokens)."""
     counts = counts or count_parameters(config)
     width = torch.finfo(dtype).bits // 8
     float32 = 4  # the memory path's width, on every device
@@ -127,7 +141,8 @@ def plan_memory(
     llm_linear = QUANTIZED_BYTES.get(quantize, width)
 
     vision_activation = vision_batch * vision_activation_per_frame(config, dtype)
-    memory = memory_state_bytes(config, memory_bank_length, readers, prompt_tokens)  # one video's
+    instruction = prompt_tokens + (TIME_TOKENS if time_aware else 0)
+    memory = memory_state_bytes(config, memory_bank_length, readers, instruction)  # one video's
     generation = generation_bytes(config, dtype, num_beams, max_new_tokens, prompt_tokens)
     return MemoryPlan(
         vision=int(counts.vision_linear * vision_linear + counts.vision_other * width),
@@ -194,6 +209,8 @@ class TrainingShape:
     lora_rank: int = 0  # the Q-Former trained through adapters of this rank (models/lora.py); 0: whole
     text_tokens: int = 96  # prompt and target tokens of the longest example
     instruction_tokens: int = 32  # the Q-Former's instruction
+    llm_lora_rank: int = 0  # adapters of this rank trained on the LLM's attention (models/lora.py); 0: none
+    time_aware: bool = False  # each frame's instruction starts with its time sentence (TIME_TOKENS more)
     clips_per_example: int = 1  # clips read per example and step (find: a positive and its negative windows)
 
 
@@ -212,9 +229,10 @@ def plan_training(
     """Estimate device memory for training (models/training.py) with these settings.
 
     Held throughout: the frozen weights, the trained parameters with their gradients and
-    optimiser state. At the peak, one of: the ViT encoding a batch of frames (features are
-    computed before the memory reads them), or a batch's training step: every clip's memory
-    state, what its last step keeps for the backward pass (`training_step_bytes`) and the LLM's.
+    optimiser state (an LLM adapter's too, and its own float32 weights). At the peak, one of: the
+    ViT encoding a batch of frames (features are computed before the memory reads them), or a
+    batch's training step: every clip's memory state, what its last step keeps for the backward
+    pass (`training_step_bytes`) and the LLM's.
     efficient_attention: the GPU's fused attention kernels (a CPU keeps the attention scores).
     """
     counts = counts or count_parameters(config)
@@ -225,10 +243,13 @@ def plan_training(
     trained = counts.qformer + 2 * config.vision_config.hidden_size  # + the vision LayerNorm
     if shape.lora_rank:  # the Q-Former frozen but for its adapters
         trained += shape.lora_rank * counts.lora_width - counts.qformer_encoder
+    adapter = counts.llm_adapter(shape.llm_lora_rank)
+    trained += adapter
+    instruction = shape.instruction_tokens + (TIME_TOKENS if shape.time_aware else 0)
     clips = shape.batch_size * shape.clips_per_example
     step = clips * (
-        memory_state_bytes(config, memory_bank_length, 1, shape.instruction_tokens)
-        + training_step_bytes(config, memory_bank_length, shape.instruction_tokens, efficient_attention)
+        memory_state_bytes(config, memory_bank_length, 1, instruction)
+        + training_step_bytes(config, memory_bank_length, instruction, efficient_attention)
         + llm_training_bytes(config, dtype, shape.text_tokens, shape.checkpointing)
     )
     vision = vision_batch * vision_activation_per_frame(config, dtype)
@@ -236,6 +257,7 @@ def plan_training(
         inference,
         optimizer=int(trained * (4 + OPTIMIZER_BYTES[shape.optimizer])),  # float32 gradients + moments
         optimizer_name=OPTIMIZERS[shape.optimizer],
+        llm_adapter=adapter,
         activations=max(vision, step),
     )
 

@@ -3,8 +3,8 @@
 Trained, as MA-LMM trains: the Q-Former (with its text embeddings) and its query tokens, the
 language projection, the vision LayerNorm and the frame position table (`TRAINED_PREFIXES`), and
 the temporal module if the model has one; or the temporal module alone (`temporal_only`).
-The ViT and the LLM stay frozen; the LLM may be quantized, gradients pass through bitsandbytes'
-layers to the soft prompt.
+The ViT and the LLM stay frozen (but for LoRA adapters on its attention, with `--lora-llm`); the LLM
+may be quantized, gradients pass through bitsandbytes' layers to the soft prompt.
 
 A clip goes through the same memory step as at inference (`MalmmForConditionalGeneration.step`):
 `read_clip` takes its frames' ViT features before the vision LayerNorm (which is trained, so
@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from models.checkpoint import TRAINED_PREFIXES
 from models.generation import right_padded
-from models.lora import adapter_parameters
+from models.lora import adapter_parameters, llm_adapter_parameters
 from models.memory import MemoryState
 from models.modeling import MalmmForConditionalGeneration
 from models.time_aware import TimeTokens
@@ -45,14 +45,17 @@ def trainable_parameters(
 ) -> list[tuple[str, nn.Parameter]]:
     """Freeze everything but what MA-LMM trains (and the temporal module, if the model has one);
     returns the trained parameters by name. With LoRA adapters in the Q-Former (models/lora.py)
-    they are trained instead of the Q-Former. temporal_only: train the temporal module alone, the
-    rest of MA-LMM frozen as it was loaded."""
+    they are trained instead of the Q-Former. An adapter on the LLM (`lora.add_llm_lora`) is trained
+    too, the LLM's own weights frozen. temporal_only: train the temporal module alone (and the LLM's
+    adapter, if the model has one), the rest of MA-LMM frozen as it was loaded."""
     if temporal_only and model.temporal is None:
         raise ValueError("temporal_only needs a model with a temporal module (add_temporal)")
     model.requires_grad_(False)
-    adapters = adapter_parameters(model)
+    adapters, llm_adapters = adapter_parameters(model), llm_adapter_parameters(model)
 
     def trained_here(name: str, parameter: nn.Parameter) -> bool:
+        if id(parameter) in llm_adapters:
+            return True
         if temporal_only:
             return name.startswith("temporal.")
         if not name.startswith(TRAINED_PREFIXES):

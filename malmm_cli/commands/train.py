@@ -149,6 +149,16 @@ def train(
             "trained parameters), for small GPUs. Checkpoints hold the merged weights.",
         ),
     ] = None,
+    lora_llm: Annotated[
+        int | None,
+        typer.Option(
+            "--lora-llm",
+            metavar="R",
+            parser=parse_count,
+            help="Also train rank-R LoRA adapters on the LLM's attention projections (peft; QLoRA on a 4-/8-bit "
+            "LLM; rank 8: 8.4 M parameters for vicuna-7b). Checkpoints hold the adapters; readers add them.",
+        ),
+    ] = None,
     temporal: Annotated[
         str,
         typer.Option(
@@ -276,7 +286,7 @@ def train(
                 videos=videos, label_field=label_field, split=split, resume=resume, epochs=epochs, lr=lr,
                 frames=frames, memory_bank_length=memory_bank_length, batch_size=batch_size, grad_accum=grad_accum,
                 warmup_steps=warmup_steps, samplings=samplings, seed=seed, save_every=save_every,
-                optimizer=optimizer, augment=augment, lora_rank=lora, temporal=temporal,
+                optimizer=optimizer, augment=augment, lora_rank=lora, llm_lora_rank=lora_llm, temporal=temporal,
                 temporal_layers=temporal_layers, temporal_with_qformer=temporal_with_qformer, time_aware=time_aware,
                 window=window, negatives=negatives, find_score=score,
             )  # fmt: skip

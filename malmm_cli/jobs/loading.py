@@ -109,6 +109,7 @@ def free_memory(device: str) -> int | None:
 def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> tuple[str, MemoryPlan]:
     """The quantization to use and its memory plan; SetupError (with what would fit) if none fits."""
     counts = count_parameters(config)
+    timed = time_aware(options.checkpoint)
 
     def estimate(option: LoadOptions, mode: str) -> MemoryPlan:
         common = dict(
@@ -121,10 +122,12 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
         )
         if option.training is not None:  # on a GPU: fused attention, and the trainer checkpoints the LLM
             gpu = device.startswith("cuda")
-            shape = dataclasses.replace(option.training, checkpointing=gpu)
+            shape = dataclasses.replace(
+                option.training, checkpointing=gpu, time_aware=option.training.time_aware or timed
+            )
             return plan_training(config, shape, efficient_attention=gpu, **common)
         return plan_memory(config, readers=option.readers, num_beams=option.num_beams,
-                           max_new_tokens=option.max_new_tokens, **common)  # fmt: skip
+                           max_new_tokens=option.max_new_tokens, time_aware=timed, **common)  # fmt: skip
 
     free = free_memory(device)
     if options.quantize == "auto":  # the most precise that fits (on CPU quantized layers are slower, but fit)
@@ -149,6 +152,16 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
                else "no setting fits here: try a smaller model or another device")
         )  # fmt: skip
     return mode, chosen
+
+
+def time_aware(checkpoint: Path | None) -> bool:
+    """Whether the model will read frames with their times (a checkpoint trained with them)."""
+    from models.checkpoint import CheckpointError, checkpoint_time_aware
+
+    try:
+        return checkpoint is not None and checkpoint_time_aware(checkpoint) is not None
+    except CheckpointError:  # loading says what is wrong with it
+        return False
 
 
 Alternative = tuple[str, LoadOptions, str]  # command-line flags, the options they make, quantization

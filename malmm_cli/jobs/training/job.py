@@ -65,6 +65,7 @@ class TrainRequest:
     optimizer: str | None = None
     augment: bool | None = None
     lora_rank: int | None = None
+    llm_lora_rank: int | None = None
     temporal: str | None = None
     temporal_layers: int | None = None
     temporal_with_qformer: bool | None = None
@@ -254,6 +255,7 @@ def describe(trainer: Trainer, train: int, val: int) -> str:
         f"{counted(s.steps_per_epoch(train), 'step')}, batch {s.batch_size} x {s.grad_accum}, lr {s.lr:g}, "
         f"{frames}, memory bank {s.memory_bank_length}, {OPTIMIZERS[s.optimizer]}"
         f"{', clips cropped and flipped' if s.augment else ''}{f', LoRA rank {s.lora_rank}' if s.lora_rank else ''}"
+        f"{f', LLM LoRA rank {s.llm_lora_rank}' if s.llm_lora_rank else ''}"
         f"{_temporal_words(s)}{', time-aware frames' if trainer.malmm.time_aware else ''}; "
         f"{sum(p.numel() for _, p in trainer.trained) / 1e6:.1f} M trained parameters"
     )

@@ -51,6 +51,7 @@ class TrainSettings:
     optimizer: str = "adamw"  # or "adamw8bit" (bitsandbytes)
     augment: bool = False  # crop and flip each clip anew every epoch (the ViT runs every step)
     lora_rank: int = 0  # train the Q-Former through LoRA adapters of this rank (models/lora.py); 0: whole
+    llm_lora_rank: int = 0  # train LoRA adapters of this rank on the LLM's attention (models/lora.py); 0: none
     temporal: str = "none"  # "mamba": add and train a temporal module after the Q-Former (models/temporal.py)
     temporal_layers: int = 1
     temporal_with_qformer: bool = False  # train the module with MA-LMM's parts, not alone

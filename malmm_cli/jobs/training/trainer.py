@@ -35,7 +35,7 @@ from malmm_cli.reading.feature_cache import FeatureCache
 from malmm_cli.reading.find import yes_prompt
 from models import Malmm
 from models.checkpoint import CheckpointError, describe_temporal, respect_umask, save_trained
-from models.lora import add_lora
+from models.lora import LoraError, add_llm_lora, add_lora, describe_llm_lora, llm_lora_settings
 from models.memory_plan import TrainingShape
 from models.presets import QUESTION, TRAINED_WEIGHTS
 from models.temporal import temporal_settings
@@ -115,6 +115,7 @@ class Trainer:
         torch.manual_seed(settings.seed)  # the adapters' initialisation too
         if settings.lora_rank:
             add_lora(model, settings.lora_rank)
+        add_llm_adapter(model, settings)
         if settings.temporal != "none":
             add_temporal_module(model, settings)
         if settings.time_aware:  # a starting checkpoint trained with them keeps them (Malmm.from_pretrained)
@@ -484,6 +485,31 @@ def add_temporal_module(model: Any, settings: TrainSettings) -> None:
         )
 
 
+def add_llm_adapter(model: Any, settings: TrainSettings) -> None:
+    """Give the LLM the run's adapter (`--lora-llm`), unless it starts from a checkpoint that has
+    that adapter already (then its weights go on training). A different one is refused, and so is
+    a run without `--lora-llm` from a checkpoint with one: it would save the adapter untrained."""
+    present = getattr(model.config, "llm_lora", None)
+    if not settings.llm_lora_rank:
+        if present:
+            raise TrainingError(
+                f"the starting checkpoint has an LLM adapter of {describe_llm_lora(present)}: give --lora-llm "
+                f"{present['rank']} to go on training it, or start from a checkpoint without one"
+            )
+        return
+    try:
+        wanted = llm_lora_settings(settings.llm_lora_rank, model)
+    except LoraError as error:
+        raise TrainingError(str(error)) from error
+    if present is None:
+        add_llm_lora(model, wanted)
+    elif present != wanted:
+        raise TrainingError(
+            f"the starting checkpoint has an LLM adapter of {describe_llm_lora(present)}, the run asks for "
+            f"{describe_llm_lora(wanted)}: give --lora-llm {present['rank']}, or start from another checkpoint"
+        )
+
+
 def training_shape(settings: TrainSettings, examples: list[Example]) -> TrainingShape:
     """The shape of this run's training steps, for its memory plan: the longest prompt and target
     counted at three characters a token (an over-estimate for English), before any tokenizer loads.
@@ -493,9 +519,10 @@ def training_shape(settings: TrainSettings, examples: list[Example]) -> Training
              for e in examples] or [0]  # fmt: skip
     return TrainingShape(
         batch_size=settings.batch_size, grad_accum=settings.grad_accum, optimizer=settings.optimizer,
-        lora_rank=settings.lora_rank, clips_per_example=1 + settings.negatives if settings.task == "find" else 1,
+        lora_rank=settings.lora_rank, llm_lora_rank=settings.llm_lora_rank,
+        clips_per_example=1 + settings.negatives if settings.task == "find" else 1,
         text_tokens=min(max(texts) // 3 + 2, MAX_PROMPT_TOKENS + MAX_TARGET_TOKENS),
-        instruction_tokens=min(max(prompts) // 3 + 2, MAX_PROMPT_TOKENS),
+        instruction_tokens=min(max(prompts) // 3 + 2, MAX_PROMPT_TOKENS), time_aware=settings.time_aware,
     )  # fmt: skip
 
 
