@@ -99,16 +99,8 @@ def caption_scores(
     if not predictions:
         return {name: None for name in (*CAPTION_METRICS, "aggregate")}
     java = java_available() if use_java is None else use_java
-    if java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tokenizer = PTBTokenizer()
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():  # Java's own line on stderr
-            hypotheses = tokenizer.tokenize({k: [{"caption": v}] for k, v in predictions.items()})
-            truths = tokenizer.tokenize({k: [{"caption": c} for c in references[k]] for k in predictions})
-    else:
-        hypotheses = {k: [simple_tokens(v)] for k, v in predictions.items()}
-        truths = {k: [simple_tokens(c) for c in references[k]] for k in predictions}
+    hypotheses = tokenized({k: [v] for k, v in predictions.items()}, java)
+    truths = tokenized({k: list(references[k]) for k in predictions}, java)
     scores: dict[str, float | None] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress on stdout
         scores["Bleu_4"] = float(Bleu(4).compute_score(truths, hypotheses)[0][3])
@@ -123,6 +115,17 @@ def caption_scores(
     # MA-LMM's figure sums all four: without METEOR there is none to compare
     scores["aggregate"] = None if scores["METEOR"] is None else sum(scores.values())
     return scores
+
+
+def tokenized(texts: dict[str, list[str]], java: bool) -> dict[str, list[str]]:
+    """Captions as the COCO scorers take them: Stanford's PTB tokenizer with Java (one Java run
+    for all of them), `simple_tokens` without."""
+    if not java:
+        return {key: [simple_tokens(text) for text in values] for key, values in texts.items()}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr():  # Java's own line on stderr
+        return PTBTokenizer().tokenize({key: [{"caption": t} for t in values] for key, values in texts.items()})
 
 
 @contextlib.contextmanager
