@@ -78,6 +78,7 @@ def test_ordered_match_keeps_temporal_order() -> None:
     assert ordered_match([[0.0, 1.0], [1.0, 0.0]]) == 1.0  # crossing pairs: only one of them
     assert ordered_match([[1.0, 0.0], [0.0, 1.0]]) == 2.0
     assert ordered_match([[0.5, 0.9, 0.0]]) == 0.9  # one reference takes one prediction
+    assert ordered_match([[1.0, 0.0], [1.0, 0.0]]) == 1.0  # and one prediction one reference
     assert ordered_match([]) == 0.0
 
 
