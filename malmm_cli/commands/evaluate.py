@@ -35,6 +35,7 @@ from malmm_cli.jobs.benchmarks import BENCHMARKS, PAPER_NOTES
 from malmm_cli.jobs.eval_run import EvalRequest, evaluate_data
 from malmm_cli.jobs.grounding import GROUNDING_BENCHMARKS
 from malmm_cli.jobs.model import RunOptions
+from malmm_cli.jobs.timed_eval import BY, DENSE_BENCHMARKS
 from malmm_cli.wording import counted, plural
 from models.presets import DEFAULT_MODEL
 
@@ -50,9 +51,10 @@ def evaluate(
             "--dataset",
             "-d",
             metavar="NAME",
-            parser=choice_of(*BENCHMARKS, *GROUNDING_BENCHMARKS),
+            parser=choice_of(*BENCHMARKS, *GROUNDING_BENCHMARKS, *DENSE_BENCHMARKS),
             help="An MA-LMM benchmark, for its annotation file: " + ", ".join(BENCHMARKS) + "; or a grounding "
-            "benchmark, scored with malmm find: " + ", ".join(GROUNDING_BENCHMARKS) + ".",
+            "benchmark, scored with malmm find: " + ", ".join(GROUNDING_BENCHMARKS) + "; or dense captioning "
+            "with a checkpoint trained for it (--task dense): " + ", ".join(DENSE_BENCHMARKS) + ".",
         ),
     ] = None,
     videos: Annotated[
@@ -119,6 +121,16 @@ def evaluate(
             help="Grounding benchmarks: join moments this close (default: one window).",
         ),
     ] = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            metavar="[find|generate]",
+            parser=choice_of(*BY),
+            help="Grounding benchmarks: find's ranking of windows, or the model generating the span (a "
+            "checkpoint trained with --task ground).",
+        ),
+    ] = "find",
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,
@@ -139,13 +151,16 @@ def evaluate(
     DATA is a JSONL or CSV file in `malmm train`'s format (the task follows from its columns), or
     an MA-LMM annotation file with --dataset, or a grounding benchmark's file (Charades-STA .txt,
     QVHighlights .jsonl, ActivityNet Captions .json with --dataset), each query found with
-    `malmm find` (R@n at IoU m, mIoU; QVHighlights' mAP, HIT@1, HL-mAP). Prints the metrics as
-    JSON on stdout, and a table beside the papers' figures on stderr.
+    `malmm find` (R@n at IoU m, mIoU; QVHighlights' mAP, HIT@1, HL-mAP), or with --by generate
+    asked of a checkpoint trained with --task ground. With --dataset youcook2-dense or
+    anet-captions-dense, a dense captioning annotation file, each video's timed sentences scored
+    as TimeChat scores them (SODA_c, CIDEr, METEOR, F1). Prints the metrics as JSON on stdout,
+    and a table beside the papers' figures on stderr.
     """
     reporter = Reporter(quiet=quiet)
     request = EvalRequest(data=data, dataset=dataset, videos=videos, output=one_output(output, output_dir),
                           limit=limit, label_field=label_field, split=split, window=window, score=score,
-                          threshold=threshold, min_gap=min_gap)  # fmt: skip
+                          threshold=threshold, min_gap=min_gap, by=by)  # fmt: skip
     options = RunOptions(model=model, checkpoint=checkpoint, frames=frames, fps=fps,
                          memory_bank_length=memory_bank_length,
                          memory=memory, device=device, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision,
@@ -161,6 +176,9 @@ def evaluate(
     if not quiet:
         reporter.table(_metrics_table(metrics))
     typer.echo(json.dumps(metrics, indent=2))
+    if metrics.get("unparsed"):
+        reporter.warn(f"{counted(metrics['unparsed'], 'answer')} gave no time span: scored as no events (dense) or "
+                      f"a miss (grounding); the answers are in {request.folder / 'predictions.jsonl'}")  # fmt: skip
     if metrics["unreadable"]:
         unread = metrics["unreadable"]
         reporter.warn(f"{counted(unread, 'example')} could not be read and {plural(unread, 'is')} left out of the "
@@ -200,13 +218,15 @@ def _grounding_table(metrics: dict) -> Table:
     """A grounding benchmark's metrics (percent) beside a published system's, where there is one."""
     from rich.table import Table
 
-    title = f"{metrics['dataset']}: {counted(metrics['examples'], 'query')}"
+    unit = "video" if metrics.get("method") == "malmm dense" else "query"
+    title = f"{metrics['dataset']}: {counted(metrics['examples'], unit)}"
     table = Table(title=title, title_justify="left")
     reference = metrics["reference_model"] or "reference"
-    for column in ("metric", "malmm find", reference):
+    for column in ("metric", metrics.get("method", "malmm find"), reference):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, value in metrics["metrics"].items():
         given = metrics["reference"].get(name)
-        table.add_row(name, f"{value:.1f}", "-" if given is None else f"{given:.1f}")
+        label = f"{name} (needs Java)" if value is None else name
+        table.add_row(label, "-" if value is None else f"{value:.1f}", "-" if given is None else f"{given:.1f}")
     table.caption = "the reference figures are the system's own, reported zero-shot, not measured here"
     return table

@@ -130,6 +130,8 @@ class EvalRequest:
     score: str = "likelihood"
     threshold: float = 0.5
     min_gap: float | None = None
+    # the grounding benchmarks: find's ranking ("find") or the model saying the times ("generate", timed_eval.py)
+    by: str = "find"
 
     @property
     def folder(self) -> Path:
@@ -165,11 +167,18 @@ def evaluate_data(
 
     Raises UsageError or SetupError before any video is read, and before torch is imported where
     the check needs no model; KeyboardInterrupt goes up with the predictions so far kept."""
-    from malmm_cli.jobs import find_eval
+    from malmm_cli.jobs import find_eval, timed_eval
 
+    if request.dataset in timed_eval.DENSE_BENCHMARKS:
+        return timed_eval.evaluate_timed(request, options, reporter, request.dataset, progress)
     grounding = find_eval.grounding_benchmark(request.data, request.dataset)
+    if grounding is not None and request.by == "generate":
+        return timed_eval.evaluate_timed(request, options, reporter, grounding, progress)
     if grounding is not None:
         return find_eval.evaluate_grounding(request, options, reporter, grounding, progress)
+    if request.by != "find":
+        raise UsageError(f"--by is for the grounding benchmarks ({', '.join(find_eval.GROUNDING_BENCHMARKS)})",
+                         option="--by")  # fmt: skip
     if (
         options.fps is not None
         or request.window is not None

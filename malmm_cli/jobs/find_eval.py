@@ -55,6 +55,7 @@ from models.presets import FIND
 if TYPE_CHECKING:
     from malmm_cli.jobs.reporting import Reporter
     from malmm_cli.jobs.videos import ModelReading
+    from malmm_cli.reading.pipeline import Reader
     from malmm_cli.reading.results import Found, VideoResult
 
 TOP_K = QVH_MAX_MOMENTS  # moments kept per query: R@5 looks at 5, QVHighlights' mAP at 10
@@ -296,16 +297,12 @@ class GroundingEvaluation:
         before it are read."""
         if not groups:
             return
-        from malmm_cli.reading.find import FindRule
         from malmm_cli.reading.lockstep import Clip
-        from malmm_cli.reading.pipeline import find_readers
         from malmm_cli.reading.stream import NoProgress
 
         assert self.reading is not None
-        s = self.settings
-        rule = FindRule(s.score, s.threshold, s.min_gap, s.top_k)
-        clips = [Clip(self.videos[group[0].video_id], self.reading.sampling,
-                      tuple(find_readers([e.query for e in group], s.window, rule))) for group in groups]  # fmt: skip
+        clips = [Clip(self.videos[group[0].video_id], self.reading.sampling, tuple(self.readers(group)))
+                 for group in groups]  # fmt: skip
         ready: dict[int, list[dict[str, Any]]] = {}
         given = 0
 
@@ -317,6 +314,15 @@ class GroundingEvaluation:
                 given += 1
 
         self.reading.read(clips, [NoProgress() for _ in clips], read)
+
+    def readers(self, group: list[GroundingExample]) -> list[Reader]:
+        """What one read of a video asks: find's readers for all its queries."""
+        from malmm_cli.reading.find import FindRule
+        from malmm_cli.reading.pipeline import find_readers
+
+        s = self.settings
+        rule = FindRule(s.score, s.threshold, s.min_gap, s.top_k)
+        return find_readers([e.query for e in group], s.window, rule)
 
     def _rows(self, group: list[GroundingExample], result: VideoResult | Exception) -> list[dict[str, Any]]:
         """A video's rows, one per query; a video that cannot be read: rows with its error."""
