@@ -23,7 +23,11 @@ SMALL = ["--device", "cpu", "--frames", "4", "--memory-bank-length", "2", "--no-
 videos = test_find_eval.videos  # the fixture: brg.mp4, rgb.mp4 (three 2 s scenes), v_anet.mp4
 SCENES = test_find_eval.SCENES
 # what the scripted model answers a grounding question, by the colour asked about
-SPANS = {"red": "It happens at 2.0 - 4.0 seconds.", "blue": "from 0 to 2 seconds", "green": "I cannot tell."}
+SPANS = {
+    "red": "It happens at 2.0 - 4.0 seconds.",
+    "blue": "from 0 to 2 seconds, or 3 - 5 seconds",
+    "green": "I cannot tell.",
+}
 DENSE_ANSWER = "0.0 - 2.0 seconds, a red screen. 2.0 - 4.0 seconds, a blue screen."
 
 
@@ -69,8 +73,11 @@ def test_grounding_by_generation_scores_the_spans_said(
     rows = rows_of(tmp_path / "out")
     examples = load_grounding(data)
     assert [row["id"] for row in rows] == [e.qid for e in examples]
-    said = {"red": [(2.0, 4.0, 1.0)], "blue": [(0.0, 2.0, 1.0)], "green": []}  # green: no span, a miss
-    assert [row["events"] for row in rows] == [[[s, e, ""] for s, e, _ in said[x.query]] for x in examples]
+    # the spans in the order said, the first ranked first; green: no span, a miss
+    said = {"red": [(2.0, 4.0, 1.0)], "blue": [(0.0, 2.0, 1.0), (3.0, 5.0, 0.5)], "green": []}
+    assert [[row_event[:2] for row_event in row["events"]] for row in rows] == [
+        [[s, e] for s, e, _ in said[x.query]] for x in examples
+    ]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["metrics"] == pytest.approx(grounding_metrics(examples, [said[e.query] for e in examples]))
     assert metrics["metrics"]["R1@0.5"] == pytest.approx(100 * 2 / 6)  # brg's red and blue are right
