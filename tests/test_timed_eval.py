@@ -156,4 +156,4 @@ def test_what_generated_times_refuse(run, tiny_llama_dir: Path, videos: Path, tm
     subset = evaluate(
         run, tiny_llama_dir, training_only, videos, tmp_path / "d", "--dataset", "youcook2-dense", "--split", "test"
     )
-    assert subset.exit_code != 0 and "no testing video" in subset.output
+    assert subset.exit_code != 0 and "no 'test' split" in subset.output

@@ -17,31 +17,32 @@ The run, the folder and resuming are find_eval.GroundingEvaluation's (prediction
 video or query, metrics.json, eval.json); this module gives it other readers, rows and scores.
 Importing it loads no torch.
 
-The annotation files: ActivityNet Captions' through grounding.load_grounding (its sentences, in
-order, are a video's events); YouCook2's `youcook2_annotations` below, which is to give way to the
-training data's reader (branch timed-train, jobs/dense_data.read_dense_annotations) once that
-lands on main.
+The reading is the reading side's (`caption --dense`'s and `ask --timed`'s readers, their answers
+read by timed_text.parse_timed onto the video's clock: a span past the end of what was read is
+cut there, one starting after it dropped and counted as a problem), and the dense annotation
+files are the training data's (dense_data.read_dense_annotations), so that eval scores what the
+commands show, on the events training learns from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from malmm_cli.jobs.dataset import DatasetError, find_video
+from malmm_cli.jobs.dataset import DatasetError
+from malmm_cli.jobs.dense_data import read_dense_annotations
 from malmm_cli.jobs.dense_metrics import IOU_THRESHOLDS, dense_caption_metrics
 from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, EvaluationError, read_predictions, unseen
 from malmm_cli.jobs.find_eval import GroundingEvaluation, check_grounding_videos, video_paths
 from malmm_cli.jobs.grounding import FORMATS, GROUNDING_BENCHMARKS, grounding_metrics, load_grounding
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
-from malmm_cli.reading.timed_text import Span, parse_timed
+from malmm_cli.reading.timed_text import Span
 from malmm_cli.wording import counted
 from models.presets import DENSE, GROUND, Task
 
@@ -165,41 +166,13 @@ def evaluate_timed(
 
 
 def dense_videos(path: Path, name: str, folder: Path, split: str | None) -> tuple[list[DenseVideo], dict[str, Path]]:
-    """A dense benchmark's videos with their events, and where each video is."""
+    """A dense benchmark's videos with their events, and where each video is: the training data's
+    reader of YouCook2's and ActivityNet Captions' files (dense_data.read_dense_annotations),
+    YouCook2's validation subset unless --split names another."""
     if path.suffix.lower() != ".json":
         raise DatasetError(f"{name} is read from its annotation .json, not {path.name}")
-    if name == ANET_DENSE:
-        if split is not None:
-            raise DatasetError(f"--split {split}: ActivityNet Captions holds one split a file")
-        grouped: dict[str, list[Span]] = {}
-        for example in load_grounding(path):  # a query per sentence, in the file's order
-            (start, end), *_ = example.windows
-            grouped.setdefault(example.video_id, []).append(Span(start, end, example.query))
-        videos = [DenseVideo(vid, vid, tuple(events)) for vid, events in grouped.items()]
-        return videos, video_paths(videos, folder)  # type: ignore[arg-type]
-    return youcook2_annotations(path, folder, split or "validation")
-
-
-def youcook2_annotations(path: Path, folder: Path, subset: str) -> tuple[list[DenseVideo], dict[str, Path]]:
-    """The videos of one subset of YouCook2's youcookii_annotations_trainval.json (`{"database":
-    {id: {"subset", "recipe_type", "annotations": [{"segment": [s, e], "sentence"}]}}}`), found
-    by id in `folder` or its SUBSET/RECIPE_TYPE/ folders as YouCook2 ships them."""
-    subset = {"val": "validation", "train": "training", "test": "testing"}.get(subset, subset)
-    try:
-        database = json.loads(path.read_text(encoding="utf-8"))["database"]
-        entries = {vid: e for vid, e in database.items() if e.get("subset") == subset}
-        videos = [DenseVideo(vid, vid, tuple(Span(float(a["segment"][0]), float(a["segment"][1]), str(a["sentence"]))
-                                             for a in e["annotations"])) for vid, e in entries.items()]  # fmt: skip
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as error:
-        raise DatasetError(f"{path.name}: not YouCook2's annotation file ({type(error).__name__}: {error})") from error
-    videos = [video for video in videos if video.events]
-    if not videos:
-        raise DatasetError(f"{path.name} has no {subset} video with events (--split names the subset)")
-    paths = {}
-    for vid, entry in entries.items():
-        found = find_video(folder, vid)
-        paths[vid] = found if found.is_file() else find_video(folder / subset / str(entry.get("recipe_type", "")), vid)
-    return videos, paths
+    examples = read_dense_annotations(path, folder, split, default_split="validation")
+    return [DenseVideo(e.id, e.id, e.events) for e in examples], {e.id: e.video for e in examples}
 
 
 def timed_settings(request: EvalRequest, options: RunOptions, name: str, task: Task) -> TimedEvalSettings:
@@ -241,12 +214,10 @@ class TimedEvaluation(GroundingEvaluation):
         super().__init__(reading, benchmark, examples, videos, settings, output, on_unreadable)  # type: ignore[arg-type]
 
     def readers(self, group: list[Any]) -> list[Reader]:
-        from malmm_cli.reading.pipeline import Reader
+        """The reading side's readers: `caption --dense`'s, or `ask --timed`'s for the queries."""
+        from malmm_cli.reading.pipeline import dense_readers, question_readers
 
-        if self.dense:
-            prompt = DENSE.prompt()
-            return [Reader("question", prompt, at_end=prompt, question=prompt)]
-        return [Reader("question", GROUND.prompt(q), at_end=GROUND.prompt(q), question=q) for q in _queries(group)]
+        return dense_readers() if self.dense else question_readers(_queries(group), timed=True)
 
     def _rows(self, group: list[Any], result: VideoResult | Exception) -> list[dict[str, Any]]:
         from malmm_cli.media.plans import VideoError
@@ -258,8 +229,11 @@ class TimedEvaluation(GroundingEvaluation):
             return [{"id": e.qid, "video": str(video), "error": reason} for e in group]
         if isinstance(result, Exception):  # not the video's fault: the run stops
             raise result
-        answers = dict(zip(_queries(group), (a.answer for a in result.answers), strict=True))
-        return [timed_row(e, video, answers[None if self.dense else e.query]) for e in group]
+        if self.dense:
+            return [timed_row(group[0], video, result.caption or "", result.events, result.problems)]
+        answers = {answer.question: answer for answer in result.answers}
+        return [timed_row(e, video, answers[e.query].answer, answers[e.query].spans or (), answers[e.query].problems)
+                for e in group]  # fmt: skip
 
     def score(self) -> dict[str, Any]:
         """The metrics of every prediction in the folder (of this run's videos or queries)."""
@@ -291,17 +265,14 @@ class TimedEvaluation(GroundingEvaluation):
         }
 
 
-def _queries(group: list[Any]) -> list[str | None]:
-    """The questions one read asks: None (the dense instruction) or each distinct query."""
-    if isinstance(group[0], DenseVideo):
-        return [None]
+def _queries(group: list[Any]) -> list[str]:
+    """The distinct queries of a video's group, asked in one read."""
     return list(dict.fromkeys(e.query for e in group))
 
 
-def timed_row(example: Any, video: Path, answer: str) -> dict[str, Any]:
-    """A prediction row: the answer, the events or spans read from it (seconds, sentence), what
-    the parser could not read, and the truth."""
-    parsed = parse_timed(answer)
+def timed_row(example: Any, video: Path, answer: str, spans: Sequence[Any], problems: Sequence[str]) -> dict[str, Any]:
+    """A prediction row: the answer as generated, the spans read from it (seconds on the video's
+    clock, sentence), what could not be read, and the truth."""
     row: dict[str, Any] = {"id": example.qid, "video": str(video)}
     if isinstance(example, DenseVideo):
         row["references"] = [[e.start, e.end, e.text] for e in example.events]
@@ -309,6 +280,6 @@ def timed_row(example: Any, video: Path, answer: str) -> dict[str, Any]:
         row |= {"query": example.query, "windows": [list(w) for w in example.windows]}
     return row | {
         "prediction": answer,
-        "events": [[s.start, s.end, s.text] for s in parsed.spans],
-        "problems": list(parsed.problems),
+        "events": [[s.start, s.end, s.text] for s in spans],
+        "problems": list(problems),
     }
