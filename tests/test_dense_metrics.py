@@ -10,7 +10,8 @@ can be worked out by hand. The same predictions were run through TimeChat's own 
     mixed     39.7091   13.406    37.5       41.6667   39.4737   15.7968
     tie       439.0224  34.7722   62.5       62.5      62.5      44.8285
 
-(`mixed` and `tie` are in the cross-check only; `tie` has a pair at IoU exactly 0.5.) One case
+(`mixed` and `tie` are in the cross-check only; `tie` has a pair at IoU exactly 0.5.) fujiso/SODA's
+soda.py gives the same SODA_c for each video that predicted something. One case
 differs on purpose: eleven perfect predictions score SODA_c 100 here and 40.5 there, whose METEOR
 wrapper sorts the pairs' keys as strings ("10" before "2").
 """

@@ -31,11 +31,13 @@ METEOR needs Java (the jar in pycocoevalcap), and the PTB tokenizer too; without
 tokenized by `scoring.simple_tokens`, CIDEr is still computed, and METEOR and SODA_c are None (not
 computed) rather than guessed.
 
-Differences from TimeChat's code, on purpose: its METEOR wrapper orders the pairs by their keys as
-strings, so in a video with 11 or more predictions SODA_c's scores land on the wrong columns; here
-they do not. Cross-check against the reference code (TimeChat's eval_dvc.py functions, run with
-pycocoevalcap 1.2's scorers on the hand-made predictions of tests/test_dense_metrics.py) is in
-the project's report for issue 30: equal to the printed precision (see the test module's docstring).
+Checked against the reference code run on the hand-made predictions of tests/test_dense_metrics.py
+(whose docstring lists the figures): TimeChat's eval_dvc.py functions with its own CIDEr and METEOR
+wrappers (pycocoevalcap 1.2's jars) give every figure here to 4 decimals, and fujiso/SODA's soda.py
+gives the same per-video SODA_c. One difference is on purpose: eval_dvc's METEOR wrapper orders the
+pairs by their keys as strings, so in a video with 11 or more predictions its SODA_c scores land on
+the wrong events (eleven perfect predictions: 40.5 there, 100 here). fujiso/SODA also leaves out of
+its mean the videos without predictions, which eval_dvc (and this module) count as 0.
 """
 
 from __future__ import annotations
