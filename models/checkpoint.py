@@ -353,17 +353,6 @@ def checkpoint_llm_lora(path: str | Path) -> dict | None:
     return json.loads(metadata.get("llm_lora", "null")) if metadata else None
 
 
-def _check_llm_lora(model: nn.Module, path: Path, stored: dict | None) -> None:
-    """Refuse a file whose LLM adapter is not the model's (one where the other has none included)."""
-    ours = getattr(model.config, "llm_lora", None) or None
-    if (stored or None) != ours:
-        raise CheckpointError(
-            f"{path} has LLM adapter {describe_llm_lora(stored)}, the model has LLM adapter "
-            f"{describe_llm_lora(ours)}: build the model with the file's adapter (Malmm.from_pretrained(..., "
-            "checkpoint=...) does it) or load a file trained with this one"
-        )
-
-
 def describe_temporal(settings: dict | None) -> str:
     if not settings:
         return "none"
@@ -371,15 +360,19 @@ def describe_temporal(settings: dict | None) -> str:
     return f"{settings['kind']} ({sizes})"
 
 
-def _check_temporal(model: nn.Module, path: Path, stored: dict | None) -> None:
-    """Refuse a file whose temporal module is not the model's (see the module docstring)."""
-    ours = getattr(model.config, "temporal", None) or None
+def _check_part(model: nn.Module, path: Path, stored: dict | None, part: str) -> None:
+    """Refuse a file whose temporal module or LLM adapter (`part`: "temporal" or "llm_lora") is not
+    the model's, one where the other has none included (see the module docstring)."""
+    ours = getattr(model.config, part, None) or None
     if (stored or None) != ours:
+        what, describe = _PARTS[part]
         raise CheckpointError(
-            f"{path} has temporal module {describe_temporal(stored)}, the model has temporal module "
-            f"{describe_temporal(ours)}: build the model with the file's module (Malmm.from_pretrained(..., "
-            "checkpoint=...) does it) or load a file trained with this one"
+            f"{path} has {what} {describe(stored)}, the model has {what} {describe(ours)}: build the model with "
+            "the file's (Malmm.from_pretrained(..., checkpoint=...) does it) or load a file trained with this one"
         )
+
+
+_PARTS = {"temporal": ("temporal module", describe_temporal), "llm_lora": ("LLM adapter", describe_llm_lora)}
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
@@ -388,8 +381,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
     metadata = _trained_metadata(path) if path.is_file() else None
     if metadata is None:
         if path.is_file():
-            _check_temporal(model, path, None)  # LAVIS checkpoints have no temporal module
-            _check_llm_lora(model, path, None)  # nor an LLM adapter
+            _check_part(model, path, None, "temporal")  # LAVIS checkpoints have no temporal module
+            _check_part(model, path, None, "llm_lora")  # nor an LLM adapter
         return load_lavis_checkpoint(model, path)
     expected = base_signature(model.config)
     signature = json.loads(metadata.get("base_signature", "{}"))
@@ -399,8 +392,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> CheckpointReport:
             f"{path} was trained on another base model ({metadata.get('base_model')}): {differ}; "
             "load it with that --model"
         )
-    _check_temporal(model, path, json.loads(metadata.get("temporal", "null")))
-    _check_llm_lora(model, path, json.loads(metadata.get("llm_lora", "null")))
+    _check_part(model, path, json.loads(metadata.get("temporal", "null")), "temporal")
+    _check_part(model, path, json.loads(metadata.get("llm_lora", "null")), "llm_lora")
     state = read_state_dict(path)
     missing = [name for name, _ in model.named_parameters() if name.startswith(TRAINED_PREFIXES) and name not in state]
     if missing:

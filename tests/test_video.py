@@ -429,7 +429,14 @@ def test_truncated_with_index_gives_frames_up_to_the_cut(clips: dict[str, Path],
         assert_exact(path, frames)
         assert all(abs(f.time - f.target) <= tolerance for f in frames)  # no stale frame from past the cut
         assert report.delivered == len(frames) >= 3
-        assert report.missing == times[len(frames) :]  # every target past the cut, none before
+        delivered = [f.target for f in frames]
+        assert sorted(delivered + report.missing) == times  # each target delivered or said missing
+        assert all(t in report.missing for t in times if t >= max(present) + 1 / info.fps)  # none past the cut
+        # Before the cut every target is delivered. At the cut the encoder's B-frames (up to 3, stored
+        # after the frame they precede) can leave a frame shown earlier cut while a later one is whole:
+        # whether the decoder still gives the cut one depends on its threads' timing (seen under load).
+        slack = 4 / info.fps
+        assert all(t in delivered for t in times if t < max(present) - slack)
         assert report.ended_at is not None and frames[-1].time <= report.ended_at <= max(present)
 
 

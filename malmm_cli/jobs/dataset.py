@@ -142,11 +142,17 @@ def _seconds(row: dict, field: str, where: str) -> float | None:
     value = row.get(field)
     if value is None or value == "":
         return None
+    return seconds_value(value, field, where)
+
+
+def seconds_value(value: object, field: str, where: str) -> float:
+    """A time read from a data file: a finite number of seconds, 0 or more (a JSON `true` is not
+    one); the error names where it is and which field."""
     try:
-        seconds = float(value)
+        seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}") from None
-    if not (math.isfinite(seconds) and seconds >= 0):
+    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
         raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}")
     return seconds
 

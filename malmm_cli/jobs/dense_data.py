@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows
+from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows, seconds_value
 from malmm_cli.reading.timed_text import Span, dense_text
 
 # The names MA-LMM's and malmm's training use for splits, as YouCook2 names its subsets.
@@ -75,8 +75,8 @@ def _row(path: Path, where: str, line: str, row: dict) -> DenseExample:
     video = row.get("video")
     if not isinstance(video, str) or not video.strip():
         raise DatasetError(f'{where}: no video (a dense row is {{"video", "events": [{{"start", "end", "text"}}]}})')
-    start = _seconds(row.get("start"), "start", where) if row.get("start") not in (None, "") else None
-    end = _seconds(row.get("end"), "end", where) if row.get("end") not in (None, "") else None
+    start = seconds_value(row.get("start"), "start", where) if row.get("start") not in (None, "") else None
+    end = seconds_value(row.get("end"), "end", where) if row.get("end") not in (None, "") else None
     if start is not None and end is not None and end <= start:
         raise DatasetError(f"{where}: end ({end:g}) must be after start ({start:g})")
     events = row.get("events")
@@ -153,7 +153,7 @@ def _youcook2(name: str, database: dict, folder: Path, split: str | None, defaul
         annotations = entry.get("annotations")
         if not isinstance(annotations, list):
             raise DatasetError(f"{where}: no annotations (YouCook2's test split has none: train or score another)")
-        duration = _seconds(entry.get("duration"), "duration", where) if "duration" in entry else None
+        duration = seconds_value(entry.get("duration"), "duration", where) if "duration" in entry else None
         events = []
         for n, annotation in enumerate(annotations, start=1):
             if not isinstance(annotation, dict):
@@ -179,7 +179,7 @@ def _activitynet(name: str, content: dict, folder: Path) -> list[DenseExample]:
         stamps, sentences = entry["timestamps"], entry["sentences"]
         if not isinstance(stamps, list) or not isinstance(sentences, list) or len(stamps) != len(sentences):
             raise DatasetError(f"{where}: timestamps and sentences must be lists of the same length")
-        duration = _seconds(entry["duration"], "duration", where)
+        duration = seconds_value(entry["duration"], "duration", where)
         events = []
         for n, (stamp, sentence) in enumerate(zip(stamps, sentences, strict=True), start=1):
             start, end = _pair(stamp, f"{where}: timestamp {n}")
@@ -209,7 +209,7 @@ def _event(event: Any, where: str, text_field: str, ordered: bool = True) -> Spa
     text = event.get(text_field)
     if not isinstance(text, str) or not text.strip():
         raise DatasetError(f"{where}: no {text_field}")
-    start, end = _seconds(event.get("start"), "start", where), _seconds(event.get("end"), "end", where)
+    start, end = seconds_value(event.get("start"), "start", where), seconds_value(event.get("end"), "end", where)
     if ordered and end <= start:
         raise DatasetError(f"{where}: end ({end:g}) must be after start ({start:g})")
     return Span(start, end, " ".join(text.split()))
@@ -219,13 +219,3 @@ def _pair(value: Any, where: str) -> tuple[Any, Any]:
     if not isinstance(value, list) or len(value) != 2:
         raise DatasetError(f"{where}: a segment is [start, end] in seconds, not {value!r}")
     return value[0], value[1]
-
-
-def _seconds(value: Any, field: str, where: str) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
-        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}")
-    return seconds

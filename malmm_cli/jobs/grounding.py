@@ -36,14 +36,13 @@ example run find on the video named by `example.video_id` with `example.query`, 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.jobs.dataset import DatasetError
+from malmm_cli.jobs.dataset import DatasetError, seconds_value
 
 CHARADES, QVHIGHLIGHTS, ANET = "charades-sta", "qvhighlights", "anet-captions-grounding"
 FORMATS = {".txt": CHARADES, ".jsonl": QVHIGHLIGHTS, ".json": ANET}
@@ -136,20 +135,10 @@ def load_grounding(path: Path) -> list[GroundingExample]:
     return examples
 
 
-def _number(value: Any, what: str, where: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {what} must be a number of seconds, not {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(number) and number >= 0):
-        raise DatasetError(f"{where}: {what} must be a number of seconds, not {value!r}")
-    return number
-
-
 def _window(value: Any, where: str) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise DatasetError(f"{where}: a window is [start, end] in seconds, not {value!r}")
-    start, end = _number(value[0], "a window's start", where), _number(value[1], "a window's end", where)
+    start, end = seconds_value(value[0], "a window's start", where), seconds_value(value[1], "a window's end", where)
     if end <= start:
         raise DatasetError(f"{where}: a window must end after it starts, not {value!r}")
     return (start, end)
@@ -191,7 +180,7 @@ def _qvhighlights(name: str, text: str) -> list[GroundingExample]:
         if not row.get("relevant_windows"):
             raise DatasetError(f"{where}: no relevant_windows (QVHighlights' test release has no answers: "
                                "score the val split)")  # fmt: skip
-        duration = _number(row["duration"], "duration", where)
+        duration = seconds_value(row["duration"], "duration", where)
         windows = tuple(_window(window, where) for window in row["relevant_windows"])
         examples.append(GroundingExample(str(row["qid"]), str(row["vid"]), str(row["query"]), windows, duration,
                                          _saliency(row, duration, where), QVHIGHLIGHTS))  # fmt: skip
@@ -233,12 +222,12 @@ def _activitynet(name: str, text: str) -> list[GroundingExample]:
         timestamps, sentences = entry["timestamps"], entry["sentences"]
         if not isinstance(timestamps, list) or not isinstance(sentences, list) or len(timestamps) != len(sentences):
             raise DatasetError(f"{where}: timestamps and sentences must be lists of the same length")
-        duration = _number(entry["duration"], "duration", where)
+        duration = seconds_value(entry["duration"], "duration", where)
         for number, (stamp, sentence) in enumerate(zip(timestamps, sentences, strict=True)):
             if not isinstance(stamp, list) or len(stamp) != 2:
                 raise DatasetError(f"{where}: timestamp {number} is [start, end] in seconds, not {stamp!r}")
-            start = _number(stamp[0], f"timestamp {number}'s start", where)
-            end = min(_number(stamp[1], f"timestamp {number}'s end", where), duration)
+            start = seconds_value(stamp[0], f"timestamp {number}'s start", where)
+            end = min(seconds_value(stamp[1], f"timestamp {number}'s end", where), duration)
             if end <= start:
                 continue
             examples.append(GroundingExample(f"{video}_{number}", str(video), str(sentence).strip(), ((start, end),),

@@ -17,7 +17,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows
+from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows, seconds_value
 from malmm_cli.jobs.grounding import FORMATS, load_grounding
 
 MOMENT_FIELDS = ("video", "query", "start", "end")
@@ -76,23 +76,13 @@ def _moment(path: Path, where: str, row: dict) -> LabelledMoment:
             f'{where}: no {", ".join(missing)} (a find row is {{"video", "query", "start", "end"}}: the query '
             "and the seconds where it happens)"
         )
-    start, end = _seconds(row["start"], "start", where), _seconds(row["end"], "end", where)
+    start, end = seconds_value(row["start"], "start", where), seconds_value(row["end"], "end", where)
     if end <= start:
         raise DatasetError(f"{where}: end ({end:g}) must be after start ({start:g})")
     query = str(row["query"]).strip()
     id_ = str(row["id"]).strip() if row.get("id") not in (None, "") else where.removeprefix(f"{path.name} ")
     return LabelledMoment(id=id_, video=path.parent / str(row["video"]).strip(), start=start, end=end,
                           query=query, spans=((start, end),))  # fmt: skip
-
-
-def _seconds(value: object, field: str, where: str) -> float:
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}") from None
-    if isinstance(value, bool) or not (seconds >= 0 and seconds != float("inf")):
-        raise DatasetError(f"{where}: {field} must be a number of seconds, not {value!r}")
-    return seconds
 
 
 def _from_grounding(path: Path, videos: Path | None) -> list[LabelledMoment]:
