@@ -39,7 +39,7 @@ from malmm_cli.jobs.dense_data import read_dense_annotations
 from malmm_cli.jobs.dense_metrics import IOU_THRESHOLDS, dense_caption_metrics
 from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, EvaluationError, read_predictions, unseen
-from malmm_cli.jobs.find_eval import GroundingEvaluation, check_grounding_videos, video_paths
+from malmm_cli.jobs.find_eval import GroundingEvaluation, by_video, check_grounding_videos, video_paths
 from malmm_cli.jobs.grounding import FORMATS, GROUNDING_BENCHMARKS, grounding_metrics, load_grounding
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
 from malmm_cli.reading.timed_text import Span
@@ -148,7 +148,7 @@ def evaluate_timed(
 
     settings = timed_settings(request, options, name, task)
     options = dataclasses.replace(options, memory_bank_length=settings.memory_bank_length)
-    readers = 1 if dense else max((len({e.query for e in g}) for g in _by_video(examples)), default=1)
+    readers = 1 if dense else max((len({e.query for e in g}) for g in by_video(examples)), default=1)
     malmm = load_model(options, task, reporter, readers=readers, frames=options.most_frames(task))
     from malmm_cli.jobs.videos import model_reading
 
@@ -195,13 +195,6 @@ def timed_settings(request: EvalRequest, options: RunOptions, name: str, task: T
                    "quantize_vision": options.quantize_vision},
         videos=str(request.videos.resolve()) if request.videos else None, split=request.split,
     )  # fmt: skip
-
-
-def _by_video(examples: list[Any]) -> list[list[Any]]:
-    grouped: dict[str, list[Any]] = {}
-    for example in examples:
-        grouped.setdefault(example.video_id, []).append(example)
-    return list(grouped.values())
 
 
 class TimedEvaluation(GroundingEvaluation):
