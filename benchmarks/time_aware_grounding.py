@@ -1,22 +1,26 @@
 """Do time-aware frames help a model say *when*? (issue 30, TimeChat's timestamp-aware frames)
 
-    python benchmarks/time_aware_grounding.py [--epochs 20] [--lr 5e-3] [--seeds 0,1,2] [--train 64] [--held 48]
+    python benchmarks/time_aware_grounding.py [--task ground|ask] [--epochs 40] [--lr 5e-3] [--seeds 0,1,2]
+        [--train 64] [--held 48] [--frames 8] [--lora-llm 4] [--arms NAME,...]
     python benchmarks/time_aware_grounding.py --smoke   # seconds: one tiny run, nothing written
 
 The task: each clip is a row of coloured scenes, 8 to 16 s long (drawn per clip), with exactly
-one red scene at a random place and of a random length; the question is "when is the screen
-red?" and the answer the red scene's span in seconds from the clip's start, in the wording of
-malmm_cli/reading/timed_text.span_text ("3.5 - 7.0 seconds"). Frames are sampled uniformly over
-the clip, so without their times a model can tell *which part* of the clip is red but not how
-many seconds that is: only the clip's length, which the pictures never show, turns one into the
-other. A time-aware model reads each frame with "This frame is sampled at 12.0 second."
+one red scene at a random place and of a random length; the query is "the screen is red" and the
+answer the red scene's span in seconds from the clip's start, in the wording of
+malmm_cli/reading/timed_text.span_text ("3.5 - 7.0 seconds"). `--task ground` trains on rows
+{"video", "query", "start", "end"} and asks in models/presets.GROUND's wording (`malmm ask
+--timed`); `--task ask` trains the same target as the answer to "when is the screen red?" under
+ask's "Question: ... Short answer:" (what could be trained before `--task ground` existed).
+Frames are sampled uniformly over the clip, so without their times a model can tell *which part*
+of the clip is red but not how many seconds that is: only the clip's length, which the pictures
+never show, turns one into the other. A time-aware model reads each frame with "This frame is sampled at 12.0 second."
 (models/time_aware.py), so it is told the seconds.
 
-Arms, each `malmm train --task ask` on the same clips, frames, epochs, batch and learning rate
-(the same optimiser steps), then scored on held-out clips (other seeds, so other lengths and
-places):
+Arms, each `malmm train` on the same clips, frames, epochs, batch and learning rate (the same
+optimiser steps), then scored on held-out clips (other seeds, so other lengths and places):
 - without time-aware frames: MA-LMM's training (Q-Former, queries, projection, frame positions);
 - with time-aware frames (`--time-aware`);
+- each of them + an LLM adapter (`--lora-llm R`: LoRA on the LLM's attention, as TimeChat trains);
 and a row that needs no training: always answering the training set's mean span, what a model
 that ignores the video reaches. Scores: mean temporal IoU and R@1 at IoU 0.5
 (malmm_cli.jobs.grounding.temporal_iou); an answer that does not parse
@@ -50,13 +54,23 @@ from benchmarks.common import update_section
 from malmm_cli.jobs.grounding import temporal_iou
 from malmm_cli.reading.timed_text import parse_timed, span_text
 
-QUESTION = "when is the screen red?"
+QUESTION = "when is the screen red?"  # --task ask
+QUERY = "the screen is red"  # --task ground
 RED = (200, 40, 40)
 OTHERS = [(40, 180, 60), (40, 60, 200), (200, 200, 60), (128, 128, 128), (60, 200, 200), (160, 60, 200)]
 FPS = 4  # frames per second of each file
 STEP = 0.5  # scene edges fall on half seconds, so a span's text is exact (span_text writes tenths)
 SIZE = 32  # the tiny model's frames are 32 x 32
-ARMS = {"without time-aware frames": [], "with time-aware frames": ["--time-aware"]}
+TIME_AWARE = {"without time-aware frames": [], "with time-aware frames": ["--time-aware"]}
+ADAPTER = " + LLM adapter"
+
+
+def arms(lora_llm: int) -> dict[str, list[str]]:
+    """Each arm's extra `malmm train` options; with an LLM adapter of rank `lora_llm` (0: none)."""
+    adapted = {name + ADAPTER: [*extra, "--lora-llm", str(lora_llm)] for name, extra in TIME_AWARE.items()}
+    return {**TIME_AWARE, **(adapted if lora_llm else {})}
+
+
 SECTION = "time-aware-grounding"
 
 
@@ -111,14 +125,18 @@ def make_clip(path: Path, seed: int) -> Clip:
 
 
 def make_data(folder: Path, train: int, held: int) -> tuple[list[Clip], list[Clip]]:
-    """Training clips (rows of ask's data file) and held-out ones, from disjoint seeds."""
+    """Training clips (rows of ground's data file, train.jsonl, and of ask's, ask.jsonl) and
+    held-out ones, from disjoint seeds."""
     (folder / "train").mkdir(parents=True)
     (folder / "held").mkdir()
     training = [make_clip(folder / "train" / f"{i}.mp4", seed=i) for i in range(train)]
     held_out = [make_clip(folder / "held" / f"{i}.mp4", seed=100_000 + i) for i in range(held)]
-    rows = [{"video": f"train/{i}.mp4", "question": QUESTION, "answer": span_text(c.start, c.end)}
-            for i, c in enumerate(training)]  # fmt: skip
-    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ground = [{"video": f"train/{i}.mp4", "query": QUERY, "start": c.start, "end": c.end}
+              for i, c in enumerate(training)]  # fmt: skip
+    ask = [{"video": f"train/{i}.mp4", "question": QUESTION, "answer": span_text(c.start, c.end)}
+           for i, c in enumerate(training)]  # fmt: skip
+    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ground))
+    (folder / "ask.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ask))
     return training, held_out
 
 
@@ -131,9 +149,11 @@ def number_tokenizers():
 
     digits = [str(d) for d in range(10)]
     words = ["seconds", "second", "when", "is", "the", "screen", "red", "question", "short", "answer", "this",
-             "frame", "sampled", "at", "does", "happen", "in", "video", "give", "its", "start", "and", "end", "as"]  # fmt: skip
+             "frame", "sampled", "at", "does", "happen", "in", "video", "give", "its", "start", "and", "end",
+             "as"]  # fmt: skip
     specials = ["<unk>", "<s>", "</s>", "[PAD]", "<image>"]
-    vocab = {t: i for i, t in enumerate(specials + ["▁", ".", "-", "?", ":", "'", ","] + digits + [f"▁{w}" for w in words])}
+    marks = ["▁", ".", "-", "?", ":", "'", ","]
+    vocab = {t: i for i, t in enumerate(specials + marks + digits + [f"▁{w}" for w in words])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -174,27 +194,29 @@ def cli(*args: object) -> str:
 
 def train_arm(model: Path, data: Path, run: Path, extra: list[str], args: argparse.Namespace, seed: int) -> dict:
     started = time.perf_counter()
-    cli("train", data / "train.jsonl", "--task", "ask", "--output", run, "--model", model, "--device", "cpu",
+    rows = data / ("train.jsonl" if args.task == "ground" else "ask.jsonl")
+    cli("train", rows, "--task", args.task, "--output", run, "--model", model, "--device", "cpu",
         "--frames", args.frames, "--memory-bank-length", args.frames, "--epochs", args.epochs, "--batch-size", 4,
         "--warmup-steps", 5, "--lr", args.lr, "--samplings", 2, "--seed", seed, "-q", *extra)  # fmt: skip
     info = json.loads((run / "training.json").read_text())
     return {"train_s": time.perf_counter() - started, "train_loss": info["epochs"][-1]["train_loss"]}
 
 
-def answers(model: Path, run: Path, clips: list[Clip], frames: int) -> list[str]:
-    """Each held-out clip's generated answer, read as `malmm ask --checkpoint RUN` reads (same
-    sampling and memory), but generated greedily without a repetition penalty, as the ground
-    task's preset does: ask's penalty of 1.5 would fight the repeated digits of a span."""
+def answers(model: Path, run: Path, clips: list[Clip], frames: int, task: str) -> list[str]:
+    """Each held-out clip's generated answer, read as `malmm ask [--timed] --checkpoint RUN` reads
+    (same sampling, memory and wording), generated greedily without a repetition penalty, as the
+    ground preset generates (ask's penalty of 1.5 would fight the repeated digits of a span)."""
     from malmm_cli.media.sampling import Sampling
-    from malmm_cli.reading.pipeline import answer_questions
+    from malmm_cli.reading.pipeline import Memory, question_readers, read_video
     from models import Malmm
     from models.presets import GenerationSettings
 
     malmm = Malmm.from_pretrained(model, checkpoint=run)
     settings = GenerationSettings(max_new_tokens=20, num_beams=1, repetition_penalty=1.0)
+    readers = question_readers([QUERY], timed=True) if task == "ground" else question_readers([QUESTION])
     return [
-        answer_questions(malmm, clip.path, [QUESTION], sampling=Sampling(frames=frames), memory_bank_length=frames,
-                         settings=settings).answers[0].answer
+        read_video(malmm, clip.path, readers, "ask", sampling=Sampling(frames=frames), memory=Memory(frames),
+                   settings=settings).answers[0].answer
         for clip in clips
     ]  # fmt: skip
 
@@ -214,22 +236,25 @@ def scores(said: list[str | tuple[float, float]], clips: list[Clip]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--task", choices=("ground", "ask"), default="ground")
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--held", type=int, default=48)
     parser.add_argument("--frames", type=int, default=8, help="frames per clip, and the memory bank's length")
-    parser.add_argument("--arms", default=",".join(ARMS), help="which arms to run (comma-separated names)")
+    parser.add_argument("--lora-llm", type=int, default=4, help="rank of the adapter arms' LLM LoRA (0: no such arms)")
+    parser.add_argument("--arms", help="which arms to run (comma-separated names; default: all)")
     parser.add_argument("--smoke", action="store_true", help="one tiny run of every arm; nothing written")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.smoke:
         args.epochs, args.seeds, args.train, args.held, args.frames, args.no_doc = 1, "0", 4, 3, 4, True
-    arms = {name: ARMS[name] for name in args.arms.split(",")}
+    every = arms(args.lora_llm)
+    chosen = {name: every[name] for name in (args.arms.split(",") if args.arms else every)}
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[str, list[dict]] = {arm: [] for arm in arms}
+    results: dict[str, list[dict]] = {arm: [] for arm in chosen}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -240,21 +265,23 @@ def main() -> None:
         baseline = scores([mean_span] * len(held), held)
         print(f"mean training span {mean_span[0]:.2f} - {mean_span[1]:.2f} s: {baseline}", flush=True)
         for seed in seeds:
-            for arm, extra in arms.items():
-                run = root / f"run-{seed}-{len(extra)}"
+            for number, (arm, extra) in enumerate(chosen.items()):
+                run = root / f"run-{seed}-{number}"
                 trained = train_arm(model, root / "data", run, extra, args, seed)
-                said = answers(model, run, held, args.frames)
+                said = answers(model, run, held, args.frames, args.task)
                 results[arm].append({**trained, **scores(said, held), "examples": said[:3]})
                 print(f"seed {seed} {arm}: {results[arm][-1]}", flush=True)
     minutes = (time.perf_counter() - started) / 60
     steps = args.epochs * -(-args.train // 4)
     if args.json:
-        args.json.write_text(json.dumps({"baseline": baseline, "mean_span": mean_span, "runs": results,
-                                         "minutes": minutes, "steps": steps}, indent=1))  # fmt: skip
+        report = {"task": args.task, "baseline": baseline, "mean_span": mean_span, "runs": results,
+                  "minutes": minutes, "steps": steps}  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=1))
     lines = [
         f"Held-out grounding on {args.held} clips after training on {args.train} (8-16 s each, one red scene of "
         f"1.5-5 s; the same budget for every arm: {args.epochs} epochs of batch 4 = {steps} optimiser steps, lr "
-        f"{args.lr:g}, {args.frames} frames per clip, bank {args.frames}; seeds {args.seeds}). Mean IoU and R@1 at "
+        f"{args.lr:g}, {args.frames} frames per clip, bank {args.frames}; seeds {args.seeds}; `malmm train --task "
+        f"{args.task}`; LLM adapter: rank {args.lora_llm}). Mean IoU and R@1 at "
         f"IoU 0.5 of the first span of each greedy answer; parsed: the share of answers in the span wording (one "
         f"that is not scores IoU 0). {sum(map(len, results.values()))} runs in {minutes:.0f} minutes.",
         "",
