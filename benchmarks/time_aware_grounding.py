@@ -234,6 +234,29 @@ def scores(said: list[str | tuple[float, float]], clips: list[Clip]) -> dict:
             "parsed": parsed / len(clips)}  # fmt: skip
 
 
+def ceilings(clips: list[Clip], frames: int, mean_span: tuple[float, float], mean_duration: float) -> dict:
+    """What a reader that sees exactly which of its sampled frames are red reaches (no training):
+    with their seconds, it answers from half a frame gap before the first red frame to half a gap
+    after the last; without them (only their place among the frames, as frame positions tell),
+    the same span as a share of the clip, times the training clips' mean length. A clip whose red
+    scene no sampled frame shows gets the mean span."""
+    from malmm_cli.media.plans import sample_times
+
+    timed, untimed = [], []
+    for clip in clips:
+        times = sample_times(clip.duration, frames=frames)
+        red = [t for t in times if clip.start <= t < clip.end]
+        if not red:
+            timed.append(mean_span)
+            untimed.append(mean_span)
+            continue
+        gap = clip.duration / frames
+        span = (max(0.0, red[0] - gap / 2), min(clip.duration, red[-1] + gap / 2))
+        timed.append(span)
+        untimed.append((span[0] / clip.duration * mean_duration, span[1] / clip.duration * mean_duration))
+    return {"with seconds": scores(timed, clips), "without seconds": scores(untimed, clips)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=("ground", "ask"), default="ground")
@@ -263,7 +286,8 @@ def main() -> None:
         training, held = make_data(root / "data", args.train, args.held)
         mean_span = (statistics.mean(c.start for c in training), statistics.mean(c.end for c in training))
         baseline = scores([mean_span] * len(held), held)
-        print(f"mean training span {mean_span[0]:.2f} - {mean_span[1]:.2f} s: {baseline}", flush=True)
+        bounds = ceilings(held, args.frames, mean_span, statistics.mean(c.duration for c in training))
+        print(f"mean training span {mean_span[0]:.2f} - {mean_span[1]:.2f} s: {baseline}; {bounds}", flush=True)
         for seed in seeds:
             for number, (arm, extra) in enumerate(chosen.items()):
                 run = root / f"run-{seed}-{number}"
@@ -274,7 +298,7 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     steps = args.epochs * -(-args.train // 4)
     if args.json:
-        report = {"task": args.task, "baseline": baseline, "mean_span": mean_span, "runs": results,
+        report = {"task": args.task, "baseline": baseline, "ceilings": bounds, "mean_span": mean_span, "runs": results,
                   "minutes": minutes, "steps": steps}  # fmt: skip
         args.json.write_text(json.dumps(report, indent=1))
     lines = [
@@ -289,7 +313,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         f"| always the training set's mean span ({mean_span[0]:.1f} - {mean_span[1]:.1f} s) | - | "
         f"{baseline['miou']:.3f} | - | {baseline['r1_05']:.2f} | - | - |",
-    ]
+        *(f"| ceiling: sees which sampled frames are red, {name} | - | {b['miou']:.3f} | - | {b['r1_05']:.2f} | - | - |"
+          for name, b in bounds.items()),
+    ]  # fmt: skip
     for arm, runs in results.items():
         miou, r1 = [r["miou"] for r in runs], [r["r1_05"] for r in runs]
         lines.append(

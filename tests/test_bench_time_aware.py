@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.time_aware_grounding import Clip, arms, make_clip, number_tokenizers, scores
+from benchmarks.time_aware_grounding import Clip, arms, ceilings, make_clip, number_tokenizers, scores
 from tests.conftest import REPO
 
 
@@ -61,3 +61,11 @@ def test_scores_count_unparsed_answers_as_misses() -> None:
         "parsed": pytest.approx(2 / 3),
     }
     assert scores([(2.0, 6.0)] * 3, clips)["miou"] == 1.0
+
+
+def test_ceilings_answer_from_the_red_frames_with_and_without_their_seconds() -> None:
+    # 8 frames over 16 s sample 1, 3, ..., 15 s: 5 and 7 s are red, so the frames say 4 - 8 s
+    clips = [Clip(Path("a"), 16.0, 4.0, 8.0), Clip(Path("b"), 16.0, 9.2, 9.8)]  # b: no sampled frame is red
+    got = ceilings(clips, 8, mean_span=(9.0, 10.0), mean_duration=8.0)
+    assert got["with seconds"]["miou"] == pytest.approx((1.0 + 0.6 / 1.0) / 2)  # b gets the mean span
+    assert got["without seconds"]["miou"] == pytest.approx((0.0 + 0.6) / 2)  # a: 2 - 4 s, a quarter to a half of 8 s
