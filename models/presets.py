@@ -76,6 +76,7 @@ DENSE = Task(
 )  # fmt: skip
 GROUND = Task(
     "ground",
-    "When does this happen in the video: {question} Give its start and end in seconds, as 'start - end seconds'.",
+    "Find the part of the video where '{question}' happens, and give its start and end in seconds, as "
+    "'start - end seconds'.",
     80, 20, GenerationSettings(max_new_tokens=20, repetition_penalty=1.0),
 )  # fmt: skip

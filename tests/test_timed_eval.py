@@ -48,7 +48,7 @@ class Scripted:
 
 
 def grounding_answer(prompt: str) -> str:
-    return next(text for colour, text in SPANS.items() if f": {colour} " in prompt)
+    return next(text for colour, text in SPANS.items() if f"'{colour}'" in prompt)
 
 
 def evaluate(run, model: Path, data: Path, videos: Path, output: Path, *args: object):
@@ -157,3 +157,6 @@ def test_what_generated_times_refuse(run, tiny_llama_dir: Path, videos: Path, tm
         run, tiny_llama_dir, training_only, videos, tmp_path / "d", "--dataset", "youcook2-dense", "--split", "test"
     )
     assert subset.exit_code != 0 and "no 'test' split" in subset.output
+    by_find = evaluate(run, tiny_llama_dir, training_only, videos, tmp_path / "e", "--dataset", "youcook2-dense",
+                       "--by", "find")  # fmt: skip
+    assert by_find.exit_code == 2 and "scored on generated captions" in by_find.output

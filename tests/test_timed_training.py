@@ -143,7 +143,7 @@ def test_ground_reads_finds_moments_whole_videos_one_example_a_span(tmp_path: Pa
     (row,), _ = read_files(rows, "ground", None)
     assert (row.video, row.start, row.end, row.question) == (tmp_path / "a.mp4", None, None, "the screen is red")
     assert target_for("ground", row) == "2.0 - 4.2 seconds"  # timed_text's tenths
-    assert "When does this happen in the video: the screen is red" in prompt_for("ground", row)
+    assert "Find the part of the video where 'the screen is red' happens" in prompt_for("ground", row)
     table = _write(tmp_path / "m.csv", "video,query,start,end\na.mp4,red,2,4\n")
     assert [target_for("ground", e) for e in read_files(table, "ground", None)[0]] == ["2.0 - 4.0 seconds"]
     qvh = _rows(tmp_path / "qvh.jsonl", {"qid": 7, "query": "a man talks", "vid": "vid", "duration": 150,

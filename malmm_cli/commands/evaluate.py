@@ -58,7 +58,13 @@ def evaluate(
         ),
     ] = None,
     videos: Annotated[
-        Path | None, typer.Option("--videos", metavar="DIR", help="Where an MA-LMM annotation file's videos are.")
+        Path | None,
+        typer.Option(
+            "--videos",
+            metavar="DIR",
+            help="Where the videos of an annotation file are (MA-LMM's, a grounding or a dense captioning "
+            "benchmark's), found by name; default: the file's folder.",
+        ),
     ] = None,
     output: Annotated[
         Path | None,
@@ -122,15 +128,15 @@ def evaluate(
         ),
     ] = None,
     by: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--by",
             metavar="[find|generate]",
             parser=choice_of(*BY),
-            help="Grounding benchmarks: find's ranking of windows, or the model generating the span (a "
-            "checkpoint trained with --task ground).",
+            help="Grounding benchmarks: find's ranking of windows (the default), or the model generating the "
+            "span (a checkpoint trained with --task ground). Dense captioning always generates.",
         ),
-    ] = "find",
+    ] = None,
     output_dir: Annotated[Path | None, OutputDirAlias] = None,
     model: ModelOption = DEFAULT_MODEL,
     checkpoint: CheckpointOption = None,

@@ -131,7 +131,7 @@ class EvalRequest:
     threshold: float = 0.5
     min_gap: float | None = None
     # the grounding benchmarks: find's ranking ("find") or the model saying the times ("generate", timed_eval.py)
-    by: str = "find"
+    by: str | None = None  # grounding: "find" (the default) or "generate"; dense captioning generates
 
     @property
     def folder(self) -> Path:
@@ -170,13 +170,16 @@ def evaluate_data(
     from malmm_cli.jobs import find_eval, timed_eval
 
     if request.dataset in timed_eval.DENSE_BENCHMARKS:
+        if request.by == "find":
+            raise UsageError(f"{request.dataset} is scored on generated captions: --by find is for the grounding "
+                             "benchmarks", option="--by")  # fmt: skip
         return timed_eval.evaluate_timed(request, options, reporter, request.dataset, progress)
     grounding = find_eval.grounding_benchmark(request.data, request.dataset)
     if grounding is not None and request.by == "generate":
         return timed_eval.evaluate_timed(request, options, reporter, grounding, progress)
     if grounding is not None:
         return find_eval.evaluate_grounding(request, options, reporter, grounding, progress)
-    if request.by != "find":
+    if request.by is not None:
         raise UsageError(f"--by is for the grounding benchmarks ({', '.join(find_eval.GROUNDING_BENCHMARKS)})",
                          option="--by")  # fmt: skip
     if (
