@@ -129,11 +129,13 @@ def plan_memory(
     prompt_tokens: int = 64,
     counts: ParameterCounts | None = None,
     time_aware: bool = False,
+    llm_lora_rank: int = 0,
 ) -> MemoryPlan:
     """Estimate device memory for running MA-LMM with these settings (any video length): one
     video read by `readers` memories (questions), answers generated one at a time (larger
     batches of videos and answers are sized after loading, in what is left). time_aware: the
-    Q-Former reads each frame's time sentence too (TIME_TOKENS more instruction tokens)."""
+    Q-Former reads each frame's time sentence too (TIME_TOKENS more instruction tokens).
+    llm_lora_rank: a checkpoint's LLM adapter of that rank (--lora-llm), its float32 weights."""
     counts = counts or count_parameters(config)
     width = torch.finfo(dtype).bits // 8
     float32 = 4  # the memory path's width, on every device
@@ -151,6 +153,7 @@ def plan_memory(
         activations=vision_activation + memory + generation,
         quantize=quantize,
         quantize_vision=quantize_vision,
+        llm_adapter=counts.llm_adapter(llm_lora_rank),
     )
 
 

@@ -7,6 +7,7 @@ AVX512-BF16 CPUs (AMD EPYC, recent Xeons) takes every layer, as does the plain o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
+from malmm_cli.jobs.loading import LoadOptions, plan
 from malmm_cli.jobs.training.data import read_data
 from malmm_cli.jobs.training.folder import TrainingError
 from malmm_cli.jobs.training.job import SilentProgress
@@ -155,6 +157,13 @@ def test_a_checkpoint_and_a_model_with_other_adapters_are_refused(tiny_llama_dir
         add_llm_adapter(started, settings(llm_lora_rank=8))
     with pytest.raises(TrainingError, match=r"has an LLM adapter of rank 4 .*give --lora-llm 4 to go on training"):
         add_llm_adapter(started, settings(llm_lora_rank=0))
+    # reading with it: the inference plan counts the adapter's float32 weights, an ordinary one nothing
+    read = LoadOptions(model=str(tiny_llama_dir), checkpoint=tmp_path, quantize="none")
+    _, with_adapter = plan(model.config, read, "cpu", torch.float32)
+    _, without = plan(model.config, dataclasses.replace(read, checkpoint=None), "cpu", torch.float32)
+    adapter = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
+    assert with_adapter.llm_adapter == adapter and without.llm_adapter == 0
+    assert with_adapter.total > without.total and "LLM adapter" in with_adapter.describe()
 
 
 def test_an_llm_without_llama_attention_is_refused(tiny_t5_dir: Path) -> None:

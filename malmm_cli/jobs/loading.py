@@ -110,6 +110,7 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
     """The quantization to use and its memory plan; SetupError (with what would fit) if none fits."""
     counts = count_parameters(config)
     timed = time_aware(options.checkpoint)
+    adapter_rank = llm_adapter_rank(options.checkpoint)
 
     def estimate(option: LoadOptions, mode: str) -> MemoryPlan:
         common = dict(
@@ -127,7 +128,8 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
             )
             return plan_training(config, shape, efficient_attention=gpu, **common)
         return plan_memory(config, readers=option.readers, num_beams=option.num_beams,
-                           max_new_tokens=option.max_new_tokens, time_aware=timed, **common)  # fmt: skip
+                           max_new_tokens=option.max_new_tokens, time_aware=timed, llm_lora_rank=adapter_rank,
+                           **common)  # fmt: skip
 
     free = free_memory(device)
     if options.quantize == "auto":  # the most precise that fits (on CPU quantized layers are slower, but fit)
@@ -162,6 +164,17 @@ def time_aware(checkpoint: Path | None) -> bool:
         return checkpoint is not None and checkpoint_time_aware(checkpoint) is not None
     except CheckpointError:  # loading says what is wrong with it
         return False
+
+
+def llm_adapter_rank(checkpoint: Path | None) -> int:
+    """The rank of the LLM adapter a checkpoint adds to the model (0: none)."""
+    from models.checkpoint import CheckpointError, checkpoint_llm_lora
+
+    try:
+        settings = checkpoint_llm_lora(checkpoint) if checkpoint is not None else None
+    except CheckpointError:  # loading says what is wrong with it
+        return 0
+    return int(settings["rank"]) if settings else 0
 
 
 Alternative = tuple[str, LoadOptions, str]  # command-line flags, the options they make, quantization
