@@ -46,7 +46,6 @@ import contextlib
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from malmm_cli.jobs.scoring import java_available, tokenized
@@ -67,13 +66,6 @@ class Timed(Protocol):
     def end(self) -> float: ...
     @property
     def text(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Event:
-    start: float
-    end: float
-    text: str
 
 
 def dense_iou(a: Timed, b: Timed) -> float:

@@ -187,7 +187,7 @@ def _summary(result: VideoResult, context: ReportContext) -> list[str]:
                   f'<p class="answer">{_esc(result.caption or "")}</p></section>']  # fmt: skip
     elif result.task == "dense":
         parts += ['<section aria-labelledby="summary"><h2 id="summary">Dense caption, as generated</h2>',
-                  f'<p class="answer">{_esc(result.caption or "")}</p>', *_unread(result.problems),
+                  f'<p class="answer">{_esc(result.caption or "")}</p>', *_unread_paragraphs(result.problems),
                   "</section>"]  # fmt: skip
     elif result.task == "ask":
         parts.append('<section aria-labelledby="summary"><h2 id="summary">Answers</h2><dl class="answers">')
@@ -197,7 +197,7 @@ def _summary(result: VideoResult, context: ReportContext) -> list[str]:
                 when = "; ".join(f"{_time_link(s.start, context)} &ndash; {_time_link(s.end, context)}"
                                  for s in answer.spans)  # fmt: skip
                 parts.append(f'<dd class="when">{when or "no time read"}</dd>')
-                parts += [f"<dd>{part}</dd>" for part in _unread(answer.problems)]
+                parts += [f"<dd>{part}</dd>" for part in _unread_paragraphs(answer.problems)]
         parts.append("</dl></section>")
     if result.labels:
         parts.append('<section aria-labelledby="labels"><h2 id="labels">Labels</h2><ul class="bars">')
@@ -216,7 +216,7 @@ def _summary(result: VideoResult, context: ReportContext) -> list[str]:
     return parts
 
 
-def _unread(problems: Sequence[str]) -> list[str]:
+def _unread_paragraphs(problems: Sequence[str]) -> list[str]:
     """What of an answer did not read as times (its raw text is shown above it)."""
     return [f'<p class="warnings">Not read as times: {_esc(problem)}</p>' for problem in problems]
 

@@ -98,7 +98,7 @@ def cues(result: VideoResult) -> list[TimedText]:
     if result.task == "caption":
         return result.segments or [TimedText(*whole, result.caption or "")]
     if result.task == "dense":  # a cue per event; what did not read, over the whole video
-        return _in_time_order([*result.events, *_unread(whole, result.caption or "", result.problems)])
+        return _in_time_order([*result.events, *_unread_cues(whole, result.caption or "", result.problems)])
     if result.task == "ask":
         spans = []
         for a in result.answers:
@@ -106,7 +106,7 @@ def cues(result: VideoResult) -> list[TimedText]:
                 spans.append(TimedText(*whole, f"Q: {a.question}\nA: {a.answer}"))
                 continue
             spans += [TimedText(s.start, s.end, f"{a.question}\n{s.text}".strip()) for s in a.spans]
-            spans += _unread(whole, f"Q: {a.question}\nA: {a.answer}", a.problems)
+            spans += _unread_cues(whole, f"Q: {a.question}\nA: {a.answer}", a.problems)
         return _in_time_order(spans) if any(a.spans is not None for a in result.answers) else spans
     if result.task == "find":  # a cue per moment, in time order
         moments = [TimedText(m.start, m.end, f"{f.query} ({m.score:.2f})") for f in result.found for m in f.moments]
@@ -123,7 +123,7 @@ def _in_time_order(spans: list[TimedText]) -> list[TimedText]:
     return sorted(spans, key=lambda span: (span.start, -span.end))  # the longer first
 
 
-def _unread(whole: tuple[float, float], answer: str, problems: Sequence[str]) -> list[TimedText]:
+def _unread_cues(whole: tuple[float, float], answer: str, problems: Sequence[str]) -> list[TimedText]:
     """An answer that did not all read as times: one cue over what was read, the answer as
     generated and why (none when all of it read)."""
     if not problems:
