@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from malmm_cli.cli import app
 from malmm_cli.jobs.dataset import DatasetError
-from malmm_cli.jobs.dense_data import DenseExample, read_dense_annotations
+from malmm_cli.jobs.dense_data import DenseExample, clip_events, read_dense_annotations
 from malmm_cli.jobs.training import trainer as trainer_module
 from malmm_cli.jobs.training.data import prompt_for, read_files, target_for
 from malmm_cli.jobs.training.features import ClipFeatures
@@ -59,6 +59,13 @@ def test_dense_rows_put_events_on_the_clips_clock(tmp_path: Path) -> None:
     assert (whole.id, whole.start, whole.end) == ("dense.jsonl line 2", None, None)
     assert target_for("dense", whole) == "5.0 - 15.0 seconds, Chop the onions. 12.0 - 20.0 seconds, fry them."
     assert "start and end in seconds" in prompt_for("dense", whole)  # DENSE's instruction
+
+
+def test_a_clip_keeps_an_event_half_of_which_it_holds() -> None:
+    """KEPT_SHARE's boundary: 60% and exactly 50% of an event inside the clip 10-30 s keep it (cut
+    to the clip), 40% drops it."""
+    events = [Span(6.0, 16.0, "sixty"), Span(25.0, 35.0, "half"), Span(26.0, 36.0, "forty")]
+    assert clip_events(events, 10.0, 30.0) == (Span(0.0, 6.0, "sixty"), Span(15.0, 20.0, "half"))
 
 
 def test_youcook2_and_activitynet_captions_files(tmp_path: Path) -> None:
@@ -180,6 +187,9 @@ def test_validation_scores_by_hand() -> None:
     assert ground_score("3.0 - 7.0 seconds", [(5.0, 9.0)]) == pytest.approx(2 / 6)
     assert ground_score("It happens at 3 - 7 seconds and 20 - 30 seconds", [(0, 1), (3, 8)]) == pytest.approx(4 / 5)
     assert ground_score("the screen is red", [(5.0, 9.0)]) == 0.0
+    # the first span is scored, not the best one: here the second would match exactly
+    assert ground_score("0.0 - 2.0 seconds, or rather 3.0 - 8.0 seconds", [(3.0, 8.0)]) == pytest.approx(0.0)
+    assert ground_score("1.0 - 4.0 seconds, or 3.0 - 8.0 seconds", [(3.0, 8.0)]) == pytest.approx(1 / 7)
     truth = [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0)]
     # the first matches (IoU 0.8), the second overlaps the third event too little (1/3)
     assert dense_score("0.0 - 8.0 seconds, a. 15.0 - 25.0 seconds, b.", truth) == pytest.approx(0.4)
@@ -187,6 +197,8 @@ def test_validation_scores_by_hand() -> None:
     # one true event is matched once: a second copy of it counts as a wrong prediction
     assert dense_score("0.0 - 10.0 seconds, a. 0.0 - 10.0 seconds, a.", truth) == pytest.approx(0.4)
     assert dense_score("nothing timed here", truth) == 0.0
+    # IoU exactly DENSE_IOU matches: 0-5 against 0-10 is 0.5
+    assert dense_score("0.0 - 5.0 seconds, a.", [(0.0, 10.0)]) == 1.0
     example = DenseExample(id="v", video=Path("v.mp4"), events=tuple(Span(s, e, "x") for s, e in truth))
     assert timed_score("dense", "0.0 - 8.0 seconds, a. 15.0 - 25.0 seconds, b.", example) == pytest.approx(0.4)
 
