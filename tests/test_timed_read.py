@@ -38,6 +38,17 @@ def test_spans_move_to_the_clip_and_stop_at_the_end_of_what_was_read() -> None:
     assert on_video_clock(parse_timed("nothing timed"), 60.0, 90.0)[0].problems == parse_timed("nothing timed").problems
 
 
+def test_a_span_starting_at_the_end_of_what_was_read_is_dropped() -> None:
+    """Exactly at the end, and a hair before it where adding the clip's start rounds (0.7 + 0.1 is
+    0.7999999999999999): it names nothing that was read."""
+    for said, start, end in (("30.0 - 35.0 seconds, after.", 60.0, 90.0), ("0.1 - 0.5 seconds, after.", 0.7, 0.8)):
+        timed, notes = on_video_clock(parse_timed(said), start, end)
+        assert timed.spans == () and notes == []
+        assert len(timed.problems) == 1 and "starts after the end of what was read" in timed.problems[0]
+    kept, _ = on_video_clock(parse_timed("29.5 - 30.0 seconds, last."), 60.0, 90.0)
+    assert [(s.start, s.end) for s in kept.spans] == [(89.5, 90.0)]
+
+
 class Mouth:
     """The model's generation replaced: `say(told)` writes each answer from the frame times the
     model was told (seconds from the start of what its memory read); `prompts` records what it was asked."""

@@ -43,7 +43,7 @@ def test_the_preface_of_a_grounding_answer_is_kept_apart():
     assert parsed.spans == (Span(3.0, 7.0),)
 
 
-@pytest.mark.parametrize("answer", ["add 2 - 3 eggs and stir", "a red screen", "", "12.5"])
+@pytest.mark.parametrize("answer", ["add 2 - 3 eggs and stir", "add 2 - 3 spoons", "a red screen", "", "12.5"])
 def test_nonsense_says_it_has_no_span(answer):
     parsed = parse_timed(answer)
     assert not parsed.parsed
@@ -63,6 +63,11 @@ def test_a_span_that_ends_before_it_starts_is_left_out_and_said():
     parsed = parse_timed("7.0 - 3.0 seconds, backwards. 8.0 - 9.0 seconds, fine.")
     assert parsed.spans == (Span(8.0, 9.0, "fine"),)
     assert parsed.problems == ("a span ends before it starts: '7.0 - 3.0 seconds'",)
+
+
+def test_a_span_of_no_length_is_read_as_said():
+    """'5.0 - 5.0 seconds' does not end before it starts: it is a span (which overlaps nothing)."""
+    assert parse_timed("5.0 - 5.0 seconds") == TimedAnswer((Span(5.0, 5.0),))
 
 
 def test_a_span_starts_at_a_whole_number_not_inside_one():
