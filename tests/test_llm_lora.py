@@ -35,7 +35,7 @@ from models.lora import (
     llm_lora_settings,
     merged_lora_weights,
 )
-from models.memory_plan import TrainingShape, plan_training
+from models.memory_plan import OPTIMIZER_BYTES, SAFETY, TrainingShape, plan_training
 from models.presets import TRAINED_WEIGHTS
 from models.time_aware import TIME_TOKENS
 from models.training import trainable_parameters
@@ -221,7 +221,12 @@ def test_the_memory_plan_counts_the_adapter_and_time_tokens(tiny_llama_dir: Path
     parameters = sum(p.numel() for name, p in model.named_parameters() if name.startswith("language_model.") and
                      ".lora_" in name)  # fmt: skip
     assert adapted.llm_adapter == parameters
-    assert adapted.optimizer - plain.optimizer == parameters * (4 + 8)  # float32 gradients, AdamW's moments
+    float32 = torch.finfo(torch.float32).bits // 8
+    assert adapted.optimizer - plain.optimizer == parameters * (float32 + OPTIMIZER_BYTES["adamw"])  # grads, moments
+    # the total holds the adapter's float32 weights besides: nothing else differs
+    assert adapted.activations == plain.activations
+    held = parameters * (float32 + float32 + OPTIMIZER_BYTES["adamw"])
+    assert adapted.total - plain.total == pytest.approx(held * SAFETY, abs=1)  # (each total rounded down)
     assert adapted.total > plain.total and "LLM adapter" in adapted.describe() and "LLM adapter" not in plain.describe()
     timed = plan_training(config, TrainingShape(1, time_aware=True), dtype=torch.float32)
     longer = plan_training(config, TrainingShape(1, instruction_tokens=32 + TIME_TOKENS), dtype=torch.float32)
