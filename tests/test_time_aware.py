@@ -14,10 +14,13 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
+from malmm_cli.jobs import loading
+from malmm_cli.jobs.loading import LoadOptions
 from malmm_cli.reading.pipeline import caption_video
 from malmm_cli.reading.stream import Sampling, VideoStream
 from models import Malmm, MemoryBank, MemoryState
 from models.checkpoint import checkpoint_time_aware, save_trained
+from models.memory_plan import MemoryPlan, TrainingShape, memory_state_bytes, plan_memory
 from models.time_aware import TIME_TOKENS, TIMECHAT_WORDING, time_sentence
 from tests.media import make_video
 
@@ -133,6 +136,36 @@ def test_a_time_aware_checkpoint_turns_the_option_on(tiny_llama_dir: Path, tmp_p
     )
     assert Malmm.from_pretrained(tiny_llama_dir, checkpoint=tmp_path / "plain.safetensors").time_aware is None
     assert Malmm.from_pretrained(tiny_llama_dir).time_aware is None
+
+
+def test_the_memory_plan_counts_the_time_sentences(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading time-aware, each reader's Q-Former holds TIME_TOKENS more instruction tokens in
+    every slot of its bank; loading plans for them when the checkpoint was trained with them."""
+    model = Malmm.from_pretrained(tiny_llama_dir).model
+    config = model.config
+    bank, prompt = 40, 64  # LoadOptions' and plan_memory's defaults
+    share = memory_state_bytes(config, bank, 1, prompt + TIME_TOKENS) - memory_state_bytes(config, bank, 1, prompt)
+    plain = plan_memory(config, memory_bank_length=bank, prompt_tokens=prompt)
+    timed = plan_memory(config, memory_bank_length=bank, prompt_tokens=prompt, time_aware=True)
+    assert share > 0 and timed.activations - plain.activations == share
+    assert dataclasses.replace(timed, activations=plain.activations) == plain
+
+    save_trained(model, tmp_path / "plain.safetensors", "tiny")
+    model.set_time_aware(TIMECHAT_WORDING)
+    save_trained(model, tmp_path / "timed.safetensors", "tiny")
+    monkeypatch.setattr(loading, "free_memory", lambda device: None)
+
+    def planned(checkpoint: str, training: TrainingShape | None = None) -> MemoryPlan:
+        options = LoadOptions(model=str(tiny_llama_dir), checkpoint=tmp_path / f"{checkpoint}.safetensors",
+                              quantize="none", memory_bank_length=bank, training=training)  # fmt: skip
+        return loading.plan(config, options, "cpu", torch.float32)[1]
+
+    assert planned("timed").activations - planned("plain").activations == share
+    shape = TrainingShape(1)  # training on from a time-aware checkpoint: as --time-aware
+    assert planned("timed", shape) == planned("plain", dataclasses.replace(shape, time_aware=True))
+    assert planned("timed", shape).activations > planned("plain", shape).activations
 
 
 def test_the_instruction_leaves_room_for_the_time(tiny_malmm: Malmm, timed: Malmm) -> None:
