@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from malmm_cli.cli import app
@@ -17,12 +19,15 @@ from malmm_cli.jobs.dense_data import DenseExample, clip_events, read_dense_anno
 from malmm_cli.jobs.training import trainer as trainer_module
 from malmm_cli.jobs.training.data import prompt_for, read_files, target_for
 from malmm_cli.jobs.training.features import ClipFeatures
+from malmm_cli.jobs.training.folder import RUN_INFO
 from malmm_cli.jobs.training.job import conclusion
 from malmm_cli.jobs.training.settings import TrainSettings
-from malmm_cli.jobs.training.timed import dense_score, ground_score, timed_score
+from malmm_cli.jobs.training.timed import VALIDATION_FIGURES, dense_score, ground_score, timed_score
+from malmm_cli.jobs.training.trainer import Trainer
 from malmm_cli.reading.timed_text import Span
 from models import Malmm
 from models.checkpoint import checkpoint_time_aware
+from models.presets import TRAINED_WEIGHTS
 from models.time_aware import TIMECHAT_WORDING
 from tests.media import make_video
 
@@ -201,6 +206,28 @@ def test_validation_scores_by_hand() -> None:
     assert dense_score("0.0 - 5.0 seconds, a.", [(0.0, 10.0)]) == 1.0
     example = DenseExample(id="v", video=Path("v.mp4"), events=tuple(Span(s, e, "x") for s, e in truth))
     assert timed_score("dense", "0.0 - 8.0 seconds, a. 15.0 - 25.0 seconds, b.", example) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("task", ["ground", "dense"])
+def test_the_epoch_kept_is_the_best_by_the_tasks_figure_not_its_loss(
+    task: str, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """model.safetensors holds the epoch of the highest val_mean_iou / val_f1, even when another
+    epoch's loss is lower: the loss only breaks ties."""
+    figure = VALIDATION_FIGURES[task]
+    settings = TrainSettings(task=task, frames=4, memory_bank_length=2, epochs=3, lr=1e-4)
+    trainer = Trainer(Malmm.from_pretrained(tiny_llama_dir), [], [], settings, tmp_path, base_model="tiny", cache=None)
+    query_tokens = trainer.malmm.model.query_tokens
+    kept = {}
+    for epoch, loss, score in ((1, 1.0, 0.2), (2, 2.0, 0.6), (3, 0.5, 0.4), (4, 1.5, 0.6), (5, 3.0, 0.6)):
+        with torch.no_grad():
+            query_tokens.fill_(epoch)  # each epoch's weights told apart
+        trainer._keep_best({"epoch": epoch, "val_loss": loss, figure: score})
+        kept[epoch] = trainer.best["epoch"]
+    assert kept == {1: 1, 2: 2, 3: 2, 4: 4, 5: 4}  # 4 ties 2's figure with a lower loss, 5 with a higher
+    assert json.loads((tmp_path / RUN_INFO).read_text())["best"]["epoch"] == 4
+    with safe_open(str(tmp_path / TRAINED_WEIGHTS), framework="pt") as saved:
+        assert torch.all(saved.get_tensor("query_tokens") == 4)
 
 
 # --- runs ---------------------------------------------------------------------------------------------
