@@ -26,7 +26,7 @@ SCENES = test_find_eval.SCENES
 # what the scripted model answers a grounding question, by the colour asked about
 SPANS = {
     "red": "It happens at 2.0 - 4.0 seconds.",
-    "blue": "from 0 to 2 seconds, or 3 - 5 seconds",
+    "blue": "from 0 to 2 seconds, or 3 - 5 seconds, or 5 -",  # cut off inside a third span: partly parsed
     "green": "I cannot tell.",
 }
 DENSE_ANSWER = "0.0 - 2.0 seconds, a red screen. 2.0 - 4.0 seconds, a blue screen."
@@ -83,6 +83,8 @@ def test_grounding_by_generation_scores_the_spans_said(
     assert metrics["metrics"] == pytest.approx(grounding_metrics(examples, [said[e.query] for e in examples]))
     assert metrics["metrics"]["R1@0.5"] == pytest.approx(100 * 2 / 6)  # brg's red and blue are right
     assert metrics["unparsed"] == 2 and metrics["examples"] == 6
+    assert metrics["partly_parsed"] == 2  # blue's, in both videos: its two spans scored
+    assert all(bool(row["problems"]) == (row["query"] != "red") for row in rows)
     assert "gave no time span" in result.stderr and "malmm generate" in result.stderr
     assert "TimeChat-7B" in result.stderr
     again = evaluate(run, tiny_llama_dir, data, videos, tmp_path / "out", "--by", "generate")  # all there: nothing read
@@ -106,7 +108,7 @@ def test_dense_captioning_on_activitynet_captions(
                                      {"anet": [Span(*e) for e in row["references"]]})  # fmt: skip
     assert metrics["metrics"] == pytest.approx(expected)
     assert metrics["metrics"]["Precision"] == 100.0 and metrics["metrics"]["Recall"] == pytest.approx(100 * 2 / 3)
-    assert metrics["unparsed"] == 0 and metrics["method"] == "malmm dense"
+    assert metrics["unparsed"] == 0 and metrics["partly_parsed"] == 0 and metrics["method"] == "malmm dense"
 
 
 def youcook2(folder: Path) -> Path:
@@ -137,7 +139,7 @@ def test_dense_captioning_on_youcook2_counts_answers_without_times(
     (row,) = rows_of(tmp_path / "out")
     assert row["id"] == "rgb" and row["events"] == [] and row["problems"]
     metrics = json.loads(result.stdout)
-    assert metrics["unparsed"] == 1 and metrics["examples"] == 1
+    assert metrics["unparsed"] == 1 and metrics["partly_parsed"] == 0 and metrics["examples"] == 1
     assert metrics["metrics"]["F1"] == 0.0 and metrics["metrics"]["CIDEr"] == 0.0
     assert metrics["reference"] == {"SODA_c": 1.2, "CIDEr": 3.4, "F1": 12.6}
     assert "SODA_c" in result.stderr and "gave no time span" in result.stderr
