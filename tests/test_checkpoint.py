@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from transformers import InstructBlipForConditionalGeneration
 
 from models import CheckpointError, Malmm, MalmmForConditionalGeneration
-from models.checkpoint import load_lavis_checkpoint
+from models.checkpoint import load_checkpoint, load_lavis_checkpoint
+from models.lora import add_llm_lora, llm_lora_settings
 
 # transformers name -> LAVIS name, the inverse of models/checkpoint.py, written out independently.
 TO_LAVIS = [
@@ -130,6 +131,24 @@ def test_lavis_checkpoint_loads_on_top(tiny_llama_dir: Path, tmp_path: Path, wit
         )
     untouched = InstructBlipForConditionalGeneration.from_pretrained(tiny_llama_dir).state_dict()
     assert torch.equal(loaded["language_model.lm_head.weight"], untouched["language_model.lm_head.weight"])
+
+
+def test_a_lavis_checkpoint_is_refused_by_a_model_with_an_llm_adapter_or_temporal_module(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """MA-LMM's files have neither: loaded into a model that has one, its untrained adapter or
+    module would pass for the checkpoint's."""
+    model = MalmmForConditionalGeneration.from_pretrained(tiny_llama_dir)
+    path = save_lavis(tmp_path / "checkpoint_best.pth", lavis_state_dict(model, False))
+    add_llm_lora(model, llm_lora_settings(4, model))
+    with pytest.raises(CheckpointError, match=r"has LLM adapter none, the model has LLM adapter rank 4"):
+        load_checkpoint(model, path)
+    temporal = MalmmForConditionalGeneration.from_pretrained(tiny_llama_dir)
+    temporal.add_temporal("mamba")
+    with pytest.raises(CheckpointError, match=r"has temporal module none, the model has temporal module mamba"):
+        load_checkpoint(temporal, path)
+    plain = MalmmForConditionalGeneration.from_pretrained(tiny_llama_dir)
+    assert load_checkpoint(plain, path).clean  # the file itself loads
 
 
 def test_report_names_missing_and_unexpected_keys(tiny_llama_dir: Path, tmp_path: Path) -> None:
