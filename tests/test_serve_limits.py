@@ -185,3 +185,33 @@ def test_cors_origins_are_checked_at_start() -> None:
     for wrong in ("https://app.example/", "app.example", "https://app.example/page", "ftp://app.example"):
         with pytest.raises(UsageError, match="is not an origin"):
             check_cors_origins([wrong], KEY)
+
+
+class Failing:
+    """A model whose very name fails: an error no route foresees, raised inside one."""
+
+    device = "cpu"
+
+    def __init__(self) -> None:
+        from malmm_cli.jobs.model import RunOptions
+
+        self.defaults = RunOptions()
+
+    @property
+    def model_id(self) -> str:
+        raise RuntimeError("secret detail")
+
+
+def test_an_unforeseen_500_carries_the_cors_headers_and_openais_error_shape(clips: Clips) -> None:
+    """A page of an allowed origin can read why its request failed: the plain 500 is answered
+    inside CORS (an exception handler of Exception would answer outside it, without the headers)."""
+    from malmm_cli.jobs.server.app import Limits, create_app
+
+    log = Log()
+    app = create_app(Failing(), Limits(allowed=(clips.allowed.resolve(),), cors_origins=(ORIGIN,)), log)
+    for url in start(app):
+        response = httpx.get(f"{url}/v1/models", headers={"Origin": ORIGIN}, timeout=30)
+        assert response.status_code == 500
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert response.json()["error"]["type"] == "server_error" and "secret" not in response.text
+        assert log.errors and "RuntimeError: secret detail" in log.errors[0]

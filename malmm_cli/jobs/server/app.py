@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from malmm_cli.jobs.server.caps import Caps
 from malmm_cli.jobs.server.chat import ApiError, ChatRequest, chunk, completion, completion_id, parse_chat
@@ -77,6 +78,35 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+class UnforeseenErrors:
+    """Answers an exception no handler took with the plain 500 of `unexpected`, in OpenAI's error
+    shape. An ASGI middleware inside CORS's, not an exception handler: Starlette runs a handler of
+    Exception outside every middleware, so its 500 would lack the CORS headers and an allowed
+    page would see a CORS failure instead of the error. Once a response has started (a stream)
+    nothing can be sent instead: the error goes on up, and the connection ends."""
+
+    def __init__(self, app: ASGIApp, reporter: Reporter):
+        self.app, self.reporter = app, reporter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            if started:
+                raise
+            await error_response(unexpected(error, self.reporter))(scope, receive, send)
+
+
 def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     """The application serving `service`'s model within `limits`. Uploads go to a private folder
     made when the server starts and removed when it stops."""
@@ -96,6 +126,7 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
             shutil.rmtree(uploads, ignore_errors=True)
 
     app = FastAPI(title="malmm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(UnforeseenErrors, reporter=reporter)  # added first: inside CORS, whose headers it gets
     if limits.cors_origins:  # else no CORS headers: browsers on other origins cannot read the answers
         app.add_middleware(
             CORSMiddleware, allow_origins=list(limits.cors_origins), allow_methods=["GET", "POST"],
@@ -116,10 +147,6 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
     @app.exception_handler(ClientGone)
     async def gone(request: Request, error: ClientGone) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, error: Exception) -> JSONResponse:
-        return error_response(unexpected(error, reporter))
 
     def authorized(request: Request) -> None:
         if limits.api_key is None:
