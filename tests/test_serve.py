@@ -291,6 +291,9 @@ def test_a_full_queue_is_answered_429_with_retry_after(blocking: tuple[Running, 
     refused = served.post(asked, key=None)
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
+    # asked before the video is fetched: a remote URL (off on this server, else downloaded) is not looked at
+    remote = served.post({"model": "x", "messages": video("http://127.0.0.1:9/clip.mp4")}, key=None)
+    assert remote.status_code == 429, remote.text
     model.release.set()
     for thread in waiting:
         thread.join(10)

@@ -178,6 +178,10 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
         body = await read_json(request, limits.max_body)
         asked = parse_chat(body, service.defaults)
         limits.caps.check_request(asked)
+        try:
+            line.check_room()  # before a remote video is downloaded or an upload written
+        except QueueFull as full:
+            raise busy(full, line.queued) from None
         video = await asyncio.to_thread(state["policy"].open, asked.video, asked.still)  # an upload is written
         try:
             await asyncio.to_thread(check_video, asked, video, limits.caps)
@@ -193,11 +197,7 @@ def create_app(service: Service, limits: Limits, reporter: Reporter) -> FastAPI:
             line.submit(job)
         except QueueFull as full:
             video.remove()
-            raise ApiError(
-                f"the model is busy: {line.queued} requests are waiting for it; retry after {full.retry_after} s",
-                status=429, kind="rate_limit_error", code="queue_full",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from None  # fmt: skip
+            raise busy(full, line.queued) from None
         job.answer.add_done_callback(lambda _: video.remove())  # read, failed, dropped or stopped
         ident, created = completion_id(), int(time.time())
         if asked.stream:
@@ -348,6 +348,13 @@ def result_record(reply: Reply, video: Video) -> dict[str, Any]:
 def described(video: Video) -> str:
     upload = video.shown.get("upload")
     return str(video.shown["file"]) if upload is None else f"an upload of {upload['bytes']} bytes"
+
+
+def busy(full: QueueFull, queued: int) -> ApiError:
+    """429: the line for the model is full, and when to come back."""
+    return ApiError(f"the model is busy: {queued} requests are waiting for it; retry after {full.retry_after} s",
+                    status=429, kind="rate_limit_error", code="queue_full",
+                    headers={"Retry-After": str(full.retry_after)})  # fmt: skip
 
 
 def unexpected(error: BaseException, reporter: Reporter) -> ApiError:

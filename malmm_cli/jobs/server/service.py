@@ -220,13 +220,22 @@ class ModelLine:
     def submit(self, job: Job) -> None:
         """Line the job up for the model; QueueFull when `waiting` jobs already wait."""
         with self._ready:
-            self._forget_gone()
-            idle = 1 if self._reading == 0 else 0  # the first job of an idle model is about to be read, not waiting
-            if len(self._line) >= self.waiting + idle:
-                ahead = len(self._line) + min(self._reading, 1)
-                raise QueueFull(max(1, round(self._seconds * ahead)))
+            self._refuse_when_full()
             self._line.append(job)
             self._ready.notify()
+
+    def check_room(self) -> None:
+        """QueueFull if a job submitted now would be refused: asked before a request's video is
+        fetched or written, so that a full line costs no download (`submit` asks again)."""
+        with self._ready:
+            self._refuse_when_full()
+
+    def _refuse_when_full(self) -> None:
+        self._forget_gone()
+        idle = 1 if self._reading == 0 else 0  # the first job of an idle model is about to be read, not waiting
+        if len(self._line) >= self.waiting + idle:
+            ahead = len(self._line) + min(self._reading, 1)
+            raise QueueFull(max(1, round(self._seconds * ahead)))
 
     def _forget_gone(self) -> None:
         """Jobs whose clients went away while they waited hold no place in the line."""
