@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -196,3 +197,25 @@ def synthetic_clip(path: Path, seconds: float, size: tuple[int, int], seed: int 
         make_video(partial, seconds=seconds, fps=30, size=size, keyint=250, noise=4, seed=seed)
         partial.rename(path)
     return path
+
+
+def write_colour_clip(path: Path, colours: list[tuple[int, int, int]], fps: int, size: int, draw: Any) -> None:
+    """An H.264 clip of flat frames, one per colour at `fps`, `size` pixels square, each frame's
+    shade jittered by up to 15 (drawn from `draw`, a numpy Generator) so that no two encode alike.
+    (PyAV and numpy are imported here: not every benchmark's machine has PyAV.)"""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps), options={"preset": "veryfast"})
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for index, rgb in enumerate(colours):
+            shade = np.clip(np.array(rgb) + draw.integers(-15, 16, size=3), 0, 255)
+            picture = np.broadcast_to(shade, (size, size, 3)).astype(np.uint8).copy()
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

@@ -30,17 +30,15 @@ import statistics
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import av
 import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from benchmarks.common import update_section
+from benchmarks.common import update_section, write_colour_clip
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 GREY = (128, 128, 128)
@@ -60,17 +58,7 @@ def order_clip(path: Path, first: str, second: str, seed: int, size: int = 32) -
     a = int(draw.integers(DECODED // 4, DECODED // 2))
     b = int(draw.integers(DECODED // 4, DECODED - a - DECODED // 8))
     colours = [COLOURS[first]] * a + [COLOURS[second]] * b + [GREY] * (DECODED - a - b)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(8), options={"preset": "veryfast"})
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for index, rgb in enumerate(colours):
-            shade = np.clip(np.array(rgb) + draw.integers(-15, 16, size=3), 0, 255)
-            picture = np.broadcast_to(shade, (size, size, 3)).astype(np.uint8).copy()
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.pts, frame.time_base = index, Fraction(1, 8)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_colour_clip(path, colours, 8, size, draw)
 
 
 def make_data(folder: Path, train: int, held: int) -> None:

@@ -41,16 +41,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import av
 import numpy as np
 from typer.testing import CliRunner
 
-from benchmarks.common import update_section
+from benchmarks.common import update_section, write_colour_clip
 from malmm_cli.jobs.grounding import temporal_iou
 from malmm_cli.reading.timed_text import parse_timed, span_text
 
@@ -110,17 +108,7 @@ def make_clip(path: Path, seed: int) -> Clip:
     first = int(draw.integers(0, halves - red + 1))
     duration, start, end = halves * STEP, first * STEP, (first + red) * STEP
     colours = [rgb for length, rgb in scenes(duration, start, end, draw) for _ in range(round(length * FPS))]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(FPS), options={"preset": "veryfast"})
-        stream.width = stream.height = SIZE
-        stream.pix_fmt = "yuv420p"
-        for index, rgb in enumerate(colours):
-            shade = np.clip(np.array(rgb) + draw.integers(-15, 16, size=3), 0, 255)
-            picture = np.broadcast_to(shade, (SIZE, SIZE, 3)).astype(np.uint8).copy()
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.pts, frame.time_base = index, Fraction(1, FPS)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_colour_clip(path, colours, FPS, SIZE, draw)
     return Clip(path, duration, start, end)
 
 
