@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
+SETTINGS = "eval.json"
 
 
 @contextlib.contextmanager
@@ -54,9 +55,6 @@ def appending_predictions(
             last = now
 
         yield write
-
-
-SETTINGS = "eval.json"
 
 
 class EvaluationError(Exception):
@@ -130,7 +128,6 @@ class EvalRequest:
     score: str = "likelihood"
     threshold: float = 0.5
     min_gap: float | None = None
-    # the grounding benchmarks: find's ranking ("find") or the model saying the times ("generate", timed_eval.py)
     by: str | None = None  # grounding: "find" (the default) or "generate"; dense captioning generates
 
     @property

@@ -332,9 +332,17 @@ class GroundingEvaluation:
         if isinstance(result, (VideoError, OSError)):
             reason = str(result) or type(result).__name__
             self.on_unreadable(video, reason)
-            return [{**_row(e, video), "error": reason} for e in group]
+            return [self.error_row(e, video, reason) for e in group]
         if isinstance(result, Exception):  # not the video's fault: the run stops
             raise result
+        return self.predicted_rows(group, video, result)
+
+    def error_row(self, example: GroundingExample, video: Path, reason: str) -> dict[str, Any]:
+        """The row of a query whose video could not be read."""
+        return {**_row(example, video), "error": reason}
+
+    def predicted_rows(self, group: list[GroundingExample], video: Path, result: VideoResult) -> list[dict[str, Any]]:
+        """A read video's rows: each query's moments found, beside its truth."""
         found = {f.query: f for f in result.found}
         return [{**_row(e, video), **_predicted(e, found[e.query])} for e in group]
 

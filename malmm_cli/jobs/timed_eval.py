@@ -214,16 +214,11 @@ class TimedEvaluation(GroundingEvaluation):
 
         return dense_readers() if self.dense else question_readers(_queries(group), timed=True)
 
-    def _rows(self, group: list[Any], result: VideoResult | Exception) -> list[dict[str, Any]]:
-        from malmm_cli.media.plans import VideoError
+    def error_row(self, example: Any, video: Path, reason: str) -> dict[str, Any]:
+        return {"id": example.qid, "video": str(video), "error": reason}
 
-        video = self.videos[group[0].video_id]
-        if isinstance(result, (VideoError, OSError)):
-            reason = str(result) or type(result).__name__
-            self.on_unreadable(video, reason)
-            return [{"id": e.qid, "video": str(video), "error": reason} for e in group]
-        if isinstance(result, Exception):  # not the video's fault: the run stops
-            raise result
+    def predicted_rows(self, group: list[Any], video: Path, result: VideoResult) -> list[dict[str, Any]]:
+        """The answer read as times: the video's events, or each query's spans."""
         if self.dense:
             return [timed_row(group[0], video, result.caption or "", result.events, result.problems)]
         answers = {answer.question: answer for answer in result.answers}
