@@ -21,6 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.presets import CAPTION, CLASSIFICATION, QUESTION
 
@@ -110,6 +111,17 @@ def task_of(row: dict, where: str) -> str:
     raise DatasetError(f"{where}: no caption, question and answer, or label: which task is this?")
 
 
+def json_file(path: Path) -> Any:
+    """The content of a JSON file; DatasetError, naming the file, for text that is not UTF-8 or
+    not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path.name}: not JSON ({error.msg}, line {error.lineno})") from error
+
+
 def jsonl_rows(path: Path) -> list[tuple[str, dict]]:
     """The JSON objects of a JSON-lines file with where each is ("line N"); DatasetError for text
     that is not UTF-8, a line that is not JSON, or one that is not an object."""
@@ -192,10 +204,7 @@ def _annotation_examples(
 ) -> list[Example]:
     """MA-LMM's annotation JSON: {id: {...}} (or a list of dicts); of a file with `subset`s, the
     entries of one split (see `read_examples`)."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path.name}: not JSON ({error.msg}, line {error.lineno})") from error
+    content = json_file(path)
     items = content.items() if isinstance(content, dict) else enumerate(content if isinstance(content, list) else [])
     items = _one_split(path, list(items), split, default_split)
     examples, found = [], {}

@@ -23,13 +23,12 @@ Errors name the file, the line or entry, and what is wrong.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from malmm_cli.jobs.dataset import DatasetError, Example, find_video, jsonl_rows, seconds_value
+from malmm_cli.jobs.dataset import DatasetError, Example, find_video, json_file, jsonl_rows, seconds_value
 from malmm_cli.reading.timed_text import Span, dense_text
 
 # The names MA-LMM's and malmm's training use for splits, as YouCook2 names its subsets.
@@ -111,12 +110,7 @@ def read_dense_annotations(
     (default: the file's folder). split: YouCook2's subset to read (`training`, `validation`; or
     train, val), which its file of several needs unless default_split says one; ActivityNet
     Captions' files hold one split each and refuse it."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path.name} is not UTF-8 text: {error}") from error
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path.name}: not JSON ({error.msg}, line {error.lineno})") from error
+    content = json_file(path)
     folder = videos or path.parent
     if isinstance(content, dict) and isinstance(content.get("database"), dict):
         examples = _youcook2(path.name, content["database"], folder, split, default_split)
