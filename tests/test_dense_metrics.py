@@ -30,32 +30,33 @@ from malmm_cli.jobs.dense_metrics import (
     video_scores,
 )
 from malmm_cli.jobs.scoring import java_available
-from malmm_cli.reading.timed_text import Span, parse_timed
+from malmm_cli.reading.results import TimedText
+from malmm_cli.reading.timed_text import parse_timed
 
 STEPS = [
-    Span(0, 10, "chop the onions finely"),
-    Span(10, 25, "fry the onions in hot oil"),
-    Span(25, 40, "add the tomatoes and stir"),
+    TimedText(0, 10, "chop the onions finely"),
+    TimedText(10, 25, "fry the onions in hot oil"),
+    TimedText(25, 40, "add the tomatoes and stir"),
 ]
 # IoUs with STEPS: 8/12, 12/15, 10/21
 SHIFTED = [
-    Span(2, 12, "chop the onions finely"),
-    Span(13, 25, "fry the onions in hot oil"),
-    Span(30, 46, "add the tomatoes and stir"),
+    TimedText(2, 12, "chop the onions finely"),
+    TimedText(13, 25, "fry the onions in hot oil"),
+    TimedText(30, 46, "add the tomatoes and stir"),
 ]
 WRONG = [
-    Span(0, 10, "a man plays the guitar"),
-    Span(10, 25, "a dog runs in a park"),
-    Span(25, 40, "people dance on a stage"),
+    TimedText(0, 10, "a man plays the guitar"),
+    TimedText(10, 25, "a dog runs in a park"),
+    TimedText(25, 40, "people dance on a stage"),
 ]
 REFERENCES = {"perfect": STEPS, "none": STEPS, "shifted": STEPS, "wrong": STEPS}
 PREDICTIONS = {"perfect": STEPS, "shifted": SHIFTED, "wrong": WRONG}  # "none" predicted nothing
 
 
 def test_iou_follows_densevid_eval_at_a_tie() -> None:
-    assert dense_iou(Span(0, 10, ""), Span(0, 5, "")) < 0.5  # 5/10, but 1e-8 in the union
-    assert dense_iou(Span(2, 12, ""), Span(0, 10, "")) == pytest.approx(8 / 12)
-    assert dense_iou(Span(0, 5, ""), Span(6, 9, "")) == 0.0
+    assert dense_iou(TimedText(0, 10, ""), TimedText(0, 5, "")) < 0.5  # 5/10, but 1e-8 in the union
+    assert dense_iou(TimedText(2, 12, ""), TimedText(0, 10, "")) == pytest.approx(8 / 12)
+    assert dense_iou(TimedText(0, 5, ""), TimedText(6, 9, "")) == 0.0
 
 
 def test_localisation_counts_events_over_each_threshold() -> None:
@@ -70,7 +71,7 @@ def test_localisation_counts_events_over_each_threshold() -> None:
 
 def test_caption_pairs_pair_unmatched_predictions_with_nothing() -> None:
     assert caption_pairs(SHIFTED, STEPS, 0.5) == [(0, 0), (1, 1), (2, None)]
-    wide = Span(0, 25, "")  # IoU 0.4 with the first step, 0.6 with the second: both pairs count
+    wide = TimedText(0, 25, "")  # IoU 0.4 with the first step, 0.6 with the second: both pairs count
     assert caption_pairs([wide], STEPS, 0.3) == [(0, 0), (0, 1)]
 
 
@@ -107,7 +108,7 @@ def test_without_java_cider_and_localisation_still_come_and_meteor_soda_do_not()
 
 def test_f1_is_the_mean_of_each_videos_f1() -> None:
     # precision 1/2 and recall 1/3 in one video, perfect in the other: as eval_dvc prints it
-    half = {"a": [STEPS[0], Span(50, 60, "wash up")], "b": STEPS}
+    half = {"a": [STEPS[0], TimedText(50, 60, "wash up")], "b": STEPS}
     means = dense_caption_metrics(half, {"a": STEPS, "b": STEPS}, use_java=False)
     f1_a = 2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3)
     assert means["F1"] == pytest.approx(100 * (f1_a + 1) / 2)  # not F1 of the means (0.75, 0.667)

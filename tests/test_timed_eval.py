@@ -14,7 +14,7 @@ import pytest
 
 from malmm_cli.jobs.dense_metrics import dense_caption_metrics
 from malmm_cli.jobs.grounding import grounding_metrics, load_grounding
-from malmm_cli.reading.timed_text import Span
+from malmm_cli.reading.results import TimedText
 from models import Malmm
 from models.presets import DENSE, GROUND
 from tests import test_find_eval
@@ -104,8 +104,8 @@ def test_dense_captioning_on_activitynet_captions(
     assert row["events"] == [[0.0, 2.0, "a red screen"], [2.0, 4.0, "a blue screen"]]
     assert row["references"] == [[0.0, 2.0, "red"], [2.0, 4.0, "green"], [4.0, 6.0, "blue"]]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    expected = dense_caption_metrics({"anet": [Span(*e) for e in row["events"]]},
-                                     {"anet": [Span(*e) for e in row["references"]]})  # fmt: skip
+    expected = dense_caption_metrics({"anet": [TimedText(*e) for e in row["events"]]},
+                                     {"anet": [TimedText(*e) for e in row["references"]]})  # fmt: skip
     assert metrics["metrics"] == pytest.approx(expected)
     assert metrics["metrics"]["Precision"] == 100.0 and metrics["metrics"]["Recall"] == pytest.approx(100 * 2 / 3)
     assert metrics["unparsed"] == 0 and metrics["partly_parsed"] == 0 and metrics["method"] == "malmm dense"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from malmm_cli.reading.timed_text import Span, TimedAnswer, dense_text, parse_timed, seconds_text, span_text
+from malmm_cli.reading.results import TimedText
+from malmm_cli.reading.timed_text import TimedAnswer, dense_text, parse_timed, seconds_text, span_text
 
 
 def test_the_wording_is_timeits():
@@ -16,8 +17,8 @@ def test_the_wording_is_timeits():
 
 def test_what_is_written_parses_back():
     events = [(0.0, 12.5, "chop the onions"), (12.5, 30.0, "fry them in oil, then salt")]
-    assert parse_timed(dense_text(events)) == TimedAnswer(tuple(Span(*event) for event in events))
-    assert parse_timed(span_text(3.2, 8.7)) == TimedAnswer((Span(3.2, 8.7),))
+    assert parse_timed(dense_text(events)) == TimedAnswer(tuple(TimedText(*event) for event in events))
+    assert parse_timed(span_text(3.2, 8.7)) == TimedAnswer((TimedText(3.2, 8.7),))
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,7 @@ def test_variants_a_model_drifts_into(answer, span):
 def test_the_preface_of_a_grounding_answer_is_kept_apart():
     parsed = parse_timed("It happens at 3.0 - 7.0 seconds.")
     assert parsed.before == "It happens at"
-    assert parsed.spans == (Span(3.0, 7.0),)
+    assert parsed.spans == (TimedText(3.0, 7.0),)
 
 
 @pytest.mark.parametrize("answer", ["add 2 - 3 eggs and stir", "add 2 - 3 spoons", "a red screen", "", "12.5"])
@@ -54,22 +55,22 @@ def test_nonsense_says_it_has_no_span(answer):
 
 def test_an_answer_cut_off_inside_a_span_keeps_what_came_before():
     parsed = parse_timed("0.0 - 12.5 seconds, chop the onions. 12.5 - 3")
-    assert parsed.spans == (Span(0.0, 12.5, "chop the onions"),)
+    assert parsed.spans == (TimedText(0.0, 12.5, "chop the onions"),)
     assert parsed.problems == ("the answer stops inside a span: '12.5 - 3'",)
     assert not parsed.parsed
 
 
 def test_a_span_that_ends_before_it_starts_is_left_out_and_said():
     parsed = parse_timed("7.0 - 3.0 seconds, backwards. 8.0 - 9.0 seconds, fine.")
-    assert parsed.spans == (Span(8.0, 9.0, "fine"),)
+    assert parsed.spans == (TimedText(8.0, 9.0, "fine"),)
     assert parsed.problems == ("a span ends before it starts: '7.0 - 3.0 seconds'",)
 
 
 def test_a_span_of_no_length_is_read_as_said():
     """'5.0 - 5.0 seconds' does not end before it starts: it is a span (which overlaps nothing)."""
-    assert parse_timed("5.0 - 5.0 seconds") == TimedAnswer((Span(5.0, 5.0),))
+    assert parse_timed("5.0 - 5.0 seconds") == TimedAnswer((TimedText(5.0, 5.0),))
 
 
 def test_a_span_starts_at_a_whole_number_not_inside_one():
     assert parse_timed("release 1.2.5 - 3.0 seconds").spans == ()
-    assert parse_timed("(12.5 - 30.0 seconds)").spans == (Span(12.5, 30.0),)
+    assert parse_timed("(12.5 - 30.0 seconds)").spans == (TimedText(12.5, 30.0),)

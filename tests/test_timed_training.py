@@ -24,7 +24,7 @@ from malmm_cli.jobs.training.job import conclusion
 from malmm_cli.jobs.training.settings import TrainSettings
 from malmm_cli.jobs.training.timed import VALIDATION_FIGURES, dense_score, ground_score, timed_score
 from malmm_cli.jobs.training.trainer import Trainer
-from malmm_cli.reading.timed_text import Span
+from malmm_cli.reading.results import TimedText
 from models import Malmm
 from models.checkpoint import checkpoint_time_aware
 from models.presets import TRAINED_WEIGHTS
@@ -59,7 +59,7 @@ def test_dense_rows_put_events_on_the_clips_clock(tmp_path: Path) -> None:
                  {"video": "b.mp4", "events": events[:2][::-1]})  # fmt: skip
     (clip, whole), _ = read_files(data, "dense", None)
     assert (clip.id, clip.video, clip.start, clip.end) == ("dense.jsonl clip", tmp_path / "a.mp4", 10.0, 30.0)
-    assert clip.events == (Span(0.0, 5.0, "Chop the onions."), Span(2.0, 10.0, "fry them"))
+    assert clip.events == (TimedText(0.0, 5.0, "Chop the onions."), TimedText(2.0, 10.0, "fry them"))
     assert target_for("dense", clip) == "0.0 - 5.0 seconds, Chop the onions. 2.0 - 10.0 seconds, fry them."
     assert (whole.id, whole.start, whole.end) == ("dense.jsonl line 2", None, None)
     assert target_for("dense", whole) == "5.0 - 15.0 seconds, Chop the onions. 12.0 - 20.0 seconds, fry them."
@@ -69,8 +69,8 @@ def test_dense_rows_put_events_on_the_clips_clock(tmp_path: Path) -> None:
 def test_a_clip_keeps_an_event_half_of_which_it_holds() -> None:
     """KEPT_SHARE's boundary: 60% and exactly 50% of an event inside the clip 10-30 s keep it (cut
     to the clip), 40% drops it."""
-    events = [Span(6.0, 16.0, "sixty"), Span(25.0, 35.0, "half"), Span(26.0, 36.0, "forty")]
-    assert clip_events(events, 10.0, 30.0) == (Span(0.0, 6.0, "sixty"), Span(15.0, 20.0, "half"))
+    events = [TimedText(6.0, 16.0, "sixty"), TimedText(25.0, 35.0, "half"), TimedText(26.0, 36.0, "forty")]
+    assert clip_events(events, 10.0, 30.0) == (TimedText(0.0, 6.0, "sixty"), TimedText(15.0, 20.0, "half"))
 
 
 def test_youcook2_and_activitynet_captions_files(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_youcook2_and_activitynet_captions_files(tmp_path: Path) -> None:
     anet = _write(tmp_path / "train.json", json.dumps({"v_abc": entry}))
     (example,) = read_dense_annotations(anet, videos)
     assert example.video == videos / "v_abc.mp4"
-    assert example.events == (Span(1.0, 5.0, "a dog runs"), Span(4.0, 20.0, "it sits"))  # cut to the duration
+    assert example.events == (TimedText(1.0, 5.0, "a dog runs"), TimedText(4.0, 20.0, "it sits"))  # cut to the duration
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,7 @@ def test_validation_scores_by_hand() -> None:
     assert dense_score("nothing timed here", truth) == 0.0
     # IoU exactly DENSE_IOU matches: 0-5 against 0-10 is 0.5
     assert dense_score("0.0 - 5.0 seconds, a.", [(0.0, 10.0)]) == 1.0
-    example = DenseExample(id="v", video=Path("v.mp4"), events=tuple(Span(s, e, "x") for s, e in truth))
+    example = DenseExample(id="v", video=Path("v.mp4"), events=tuple(TimedText(s, e, "x") for s, e in truth))
     assert timed_score("dense", "0.0 - 8.0 seconds, a. 15.0 - 25.0 seconds, b.", example) == pytest.approx(0.4)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from malmm_cli.jobs.dataset import DatasetError, Example, find_video, json_file, jsonl_rows, seconds_value
-from malmm_cli.reading.timed_text import Span, dense_text
+from malmm_cli.reading.results import TimedText
+from malmm_cli.reading.timed_text import dense_text
 
 # The names MA-LMM's and malmm's training use for splits, as YouCook2 names its subsets.
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "testing"}
@@ -40,7 +41,7 @@ KEPT_SHARE = 0.5  # the share of an event a clip must hold for the event to be k
 class DenseExample(Example):
     """A clip (or a whole video) and its events, in seconds from the clip's start, in time order."""
 
-    events: tuple[Span, ...] = ()
+    events: tuple[TimedText, ...] = ()
 
     def target(self, task: str) -> str:
         return dense_text((event.start, event.end, event.text) for event in self.events)
@@ -90,7 +91,7 @@ def _row(path: Path, where: str, line: str, row: dict) -> DenseExample:
     return DenseExample(id=id_, video=path.parent / video.strip(), start=start, end=end, events=kept)
 
 
-def clip_events(events: list[Span], start: float | None, end: float | None) -> tuple[Span, ...]:
+def clip_events(events: list[TimedText], start: float | None, end: float | None) -> tuple[TimedText, ...]:
     """The events on a clip's clock: seconds from its start, cut to it when at least half of the
     event lies inside, dropped otherwise (see the module's docstring); in time order."""
     offset, stop = start or 0.0, math.inf if end is None else end
@@ -98,7 +99,7 @@ def clip_events(events: list[Span], start: float | None, end: float | None) -> t
     for event in events:
         inside = (max(event.start, offset), min(event.end, stop))
         if inside[1] - inside[0] >= KEPT_SHARE * (event.end - event.start) and inside[1] > inside[0]:
-            kept.append(Span(inside[0] - offset, inside[1] - offset, event.text))
+            kept.append(TimedText(inside[0] - offset, inside[1] - offset, event.text))
     return tuple(sorted(kept, key=lambda event: (event.start, event.end)))
 
 
@@ -185,17 +186,17 @@ def _activitynet(name: str, content: dict, folder: Path) -> list[DenseExample]:
     return examples
 
 
-def _whole_video(key: str, video: Path, events: list[Span], duration: float | None) -> DenseExample | None:
+def _whole_video(key: str, video: Path, events: list[TimedText], duration: float | None) -> DenseExample | None:
     """A whole video's example: its events cut to its duration, those left empty dropped; None
     when none is left."""
-    kept = [Span(e.start, min(e.end, duration), e.text) for e in events] if duration is not None else events
+    kept = [TimedText(e.start, min(e.end, duration), e.text) for e in events] if duration is not None else events
     kept = sorted((e for e in kept if e.end > e.start), key=lambda e: (e.start, e.end))
     if not kept:
         return None
     return DenseExample(id=key, video=video, duration=duration, events=tuple(kept))
 
 
-def _event(event: Any, where: str, text_field: str, ordered: bool = True) -> Span:
+def _event(event: Any, where: str, text_field: str, ordered: bool = True) -> TimedText:
     """An event {start, end, text}; ordered: refuse one that ends before it starts (an annotation
     file's are dropped later instead)."""
     if not isinstance(event, dict):
@@ -206,7 +207,7 @@ def _event(event: Any, where: str, text_field: str, ordered: bool = True) -> Spa
     start, end = seconds_value(event.get("start"), "start", where), seconds_value(event.get("end"), "end", where)
     if ordered and end <= start:
         raise DatasetError(f"{where}: end ({end:g}) must be after start ({start:g})")
-    return Span(start, end, " ".join(text.split()))
+    return TimedText(start, end, " ".join(text.split()))
 
 
 def _pair(value: Any, where: str) -> tuple[Any, Any]:

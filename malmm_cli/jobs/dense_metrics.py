@@ -46,9 +46,9 @@ import contextlib
 import io
 import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 from malmm_cli.jobs.scoring import java_available, tokenized
+from malmm_cli.reading.results import TimedText
 
 IOU_THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 # The reference a prediction that overlaps no reference event is scored against: one word no
@@ -57,18 +57,7 @@ NO_MATCH = "qzxjvkwqpz"
 DENSE_METRICS = ("SODA_c", "CIDEr", "METEOR", "F1")
 
 
-class Timed(Protocol):
-    """An event: where it is, in seconds, and its sentence (timed_text.Span is one)."""
-
-    @property
-    def start(self) -> float: ...
-    @property
-    def end(self) -> float: ...
-    @property
-    def text(self) -> str: ...
-
-
-def dense_iou(a: Timed, b: Timed) -> float:
+def dense_iou(a: TimedText, b: TimedText) -> float:
     """Temporal IoU as densevid_eval computes it (1e-8 added to the union), so that pairs exactly
     at a threshold fall on the same side of it as in TimeChat's figures."""
     intersection = max(0.0, min(a.end, b.end) - max(a.start, b.start))
@@ -77,7 +66,7 @@ def dense_iou(a: Timed, b: Timed) -> float:
 
 
 def localisation(
-    predicted: Sequence[Timed], reference: Sequence[Timed], thresholds: Sequence[float] = IOU_THRESHOLDS
+    predicted: Sequence[TimedText], reference: Sequence[TimedText], thresholds: Sequence[float] = IOU_THRESHOLDS
 ) -> tuple[list[float], list[float]]:
     """One video's precision and recall at each threshold (fractions): predictions, and reference
     events, that have a partner with IoU above the threshold."""
@@ -88,7 +77,7 @@ def localisation(
 
 
 def caption_pairs(
-    predicted: Sequence[Timed], reference: Sequence[Timed], threshold: float
+    predicted: Sequence[TimedText], reference: Sequence[TimedText], threshold: float
 ) -> list[tuple[int, int | None]]:
     """The (prediction, reference) index pairs scored at one threshold: every pair with IoU >=
     threshold, and (prediction, None) for a prediction with none."""
@@ -124,8 +113,8 @@ def soda_f(ious: Sequence[Sequence[float]], scores: Sequence[Sequence[float]]) -
 
 
 def dense_caption_metrics(
-    predictions: Mapping[str, Sequence[Timed]],
-    references: Mapping[str, Sequence[Timed]],
+    predictions: Mapping[str, Sequence[TimedText]],
+    references: Mapping[str, Sequence[TimedText]],
     thresholds: Sequence[float] = IOU_THRESHOLDS,
     use_java: bool | None = None,
 ) -> dict[str, float | None]:
@@ -140,8 +129,8 @@ def dense_caption_metrics(
 
 
 def video_scores(
-    predictions: Mapping[str, Sequence[Timed]],
-    references: Mapping[str, Sequence[Timed]],
+    predictions: Mapping[str, Sequence[TimedText]],
+    references: Mapping[str, Sequence[TimedText]],
     thresholds: Sequence[float] = IOU_THRESHOLDS,
     use_java: bool | None = None,
 ) -> dict[str, dict[str, float | None]]:
@@ -173,8 +162,8 @@ def video_scores(
 
 
 def _video_scores(
-    predicted: Sequence[Timed],
-    reference: Sequence[Timed],
+    predicted: Sequence[TimedText],
+    reference: Sequence[TimedText],
     predicted_tokens: list[str],
     reference_tokens: list[str],
     thresholds: Sequence[float],

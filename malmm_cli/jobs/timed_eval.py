@@ -42,7 +42,7 @@ from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, Evaluat
 from malmm_cli.jobs.find_eval import GroundingEvaluation, by_video, check_grounding_videos, video_paths
 from malmm_cli.jobs.grounding import FORMATS, GROUNDING_BENCHMARKS, grounding_metrics, load_grounding
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
-from malmm_cli.reading.timed_text import Span
+from malmm_cli.reading.results import TimedText
 from malmm_cli.wording import counted
 from models.presets import DENSE, GROUND, Task
 
@@ -81,7 +81,7 @@ class DenseVideo:
 
     qid: str
     video_id: str
-    events: tuple[Span, ...]
+    events: tuple[TimedText, ...]
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class TimedEvaluation(GroundingEvaluation):
         scored = [e for e in self.examples if e.qid in rows and "error" not in rows[e.qid]]
         metrics: dict[str, Any] = {}
         if scored and self.dense:
-            predicted = {e.qid: [Span(*event) for event in rows[e.qid]["events"]] for e in scored}
+            predicted = {e.qid: [TimedText(*event) for event in rows[e.qid]["events"]] for e in scored}
             metrics = dense_caption_metrics(predicted, {e.qid: e.events for e in scored}, IOU_THRESHOLDS)
         elif scored:
             moments = {e.qid: [(s, end, 1.0 / rank) for rank, (s, end, _) in enumerate(rows[e.qid]["events"], 1)]

@@ -466,7 +466,7 @@ def _read_times(result: VideoResult, answer: str, what: str) -> tuple[list[Timed
     result.notes += [f"{what}: {note}" for note in cut]
     result.notes += [f"{what} does not all read as times ({problem}): its raw text is kept"
                      for problem in timed.problems]  # fmt: skip
-    return [TimedText(span.start, span.end, span.text) for span in timed.spans], list(timed.problems)
+    return list(timed.spans), list(timed.problems)
 
 
 def read_videos(

@@ -10,11 +10,13 @@ from malmm_cli.media.names import lossless
 
 @dataclass(frozen=True)
 class TimedText:
-    """Text about a span of the video; times in seconds on the video's own clock."""
+    """Text about a span of the video, in seconds (on the video's own clock in a result; a span an
+    answer names, timed_text.py, counts from where the memory began to read until placed on it).
+    No text: a span alone (a grounding answer's)."""
 
     start: float
     end: float
-    text: str
+    text: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from malmm_cli.reading.results import TimedText
+
 _CLOCK = r"\d+:\d{1,2}(?::\d{1,2})?(?:\.\d+)?"  # m:ss or h:mm:ss, fractions allowed
 _NUMBER = r"\d+(?:\.\d+)?"
 _UNIT = r"\s*(?:seconds?|secs?|s)\b"
@@ -36,22 +38,12 @@ _SENTENCE_EDGES = f" \t\n,;:.()[]'\"{_DASHES}"
 
 
 @dataclass(frozen=True)
-class Span:
-    """A span of the video an answer names, in seconds, and what it says happens there ('' for
-    a grounding answer, which only names the span)."""
-
-    start: float
-    end: float
-    text: str = ""
-
-
-@dataclass(frozen=True)
 class TimedAnswer:
     """A generated answer read back: its spans in the order written, the text before the first
     one (a grounding answer's preface, or a dense answer's untimed start), and what could not be
     read (empty when the whole answer parsed)."""
 
-    spans: tuple[Span, ...]
+    spans: tuple[TimedText, ...]
     before: str = ""
     problems: tuple[str, ...] = ()
 
@@ -80,7 +72,7 @@ def dense_text(events: Iterable[tuple[float, float, str]]) -> str:
 def parse_timed(answer: str) -> TimedAnswer:
     """The spans of a generated answer (see the module's docstring for what is read)."""
     matches = list(_SPAN.finditer(answer))
-    spans: list[Span] = []
+    spans: list[TimedText] = []
     problems: list[str] = []
     for number, match in enumerate(matches):
         following = matches[number + 1].start() if number + 1 < len(matches) else len(answer)
@@ -94,7 +86,7 @@ def parse_timed(answer: str) -> TimedAnswer:
         if end < start:
             problems.append(f"a span ends before it starts: {match.group(0).strip()!r}")
             continue
-        spans.append(Span(start, end, _sentence(text)))
+        spans.append(TimedText(start, end, _sentence(text)))
     before = answer[: matches[0].start()] if matches else answer
     if not matches:
         cut = _CUT_OFF.search(answer)
@@ -130,7 +122,7 @@ def on_video_clock(answer: TimedAnswer, start: float, end: float) -> tuple[Timed
     60 s is 62 - 65 on the video. What was read ends at `end`: a span running past it is cut there
     (a note says so); one starting at or after it names nothing that was read, so it is dropped
     and counted among the answer's problems."""
-    spans: list[Span] = []
+    spans: list[TimedText] = []
     problems, notes = list(answer.problems), []
     for span in answer.spans:
         said = span_text(span.start, span.end)
@@ -142,5 +134,5 @@ def on_video_clock(answer: TimedAnswer, start: float, end: float) -> tuple[Timed
             notes.append(f"a span runs past the end of what was read ({seconds_text(end - start)} s) and is cut "
                          f"there: {said!r}")  # fmt: skip
             last = end
-        spans.append(Span(first, last, span.text))
+        spans.append(TimedText(first, last, span.text))
     return TimedAnswer(tuple(spans), answer.before, tuple(problems)), notes
