@@ -107,7 +107,7 @@ def cues(result: VideoResult) -> list[TimedText]:
                 continue
             spans += [TimedText(s.start, s.end, f"{a.question}\n{s.text}".strip()) for s in a.spans]
             spans += _unread_cues(whole, f"Q: {a.question}\nA: {a.answer}", a.problems)
-        return _in_time_order(spans) if any(a.spans is not None for a in result.answers) else spans
+        return _in_time_order(spans)  # (stable: untimed answers, all over the whole video, keep their order)
     if result.task == "find":  # a cue per moment, in time order
         moments = [TimedText(m.start, m.end, f"{f.query} ({m.score:.2f})") for f in result.found for m in f.moments]
         return sorted(moments, key=lambda span: (span.start, -span.end))
