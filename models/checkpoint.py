@@ -38,6 +38,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -329,28 +330,29 @@ def _trained_file(path: Path) -> Path:
     return path
 
 
+def _stored(path: str | Path, key: str) -> Any:
+    """A setting a `malmm train` file's metadata holds (JSON); None for another file."""
+    path = _trained_file(Path(path))
+    metadata = _trained_metadata(path) if path.is_file() else None
+    return json.loads(metadata.get(key, "null")) if metadata else None
+
+
 def checkpoint_temporal(path: str | Path) -> dict | None:
     """The temporal module settings a checkpoint was trained with (None: no module, or not a
     `malmm train` file), so that a loader can give the model that module before loading."""
-    path = _trained_file(Path(path))
-    metadata = _trained_metadata(path) if path.is_file() else None
-    return json.loads(metadata.get("temporal", "null")) if metadata else None
+    return _stored(path, "temporal")
 
 
 def checkpoint_time_aware(path: str | Path) -> str | None:
     """The wording of time-aware frames a checkpoint was trained with (None: trained without, or
     not a `malmm train` file, as MA-LMM's released weights), so that a loader reads frames as it did."""
-    path = _trained_file(Path(path))
-    metadata = _trained_metadata(path) if path.is_file() else None
-    return json.loads(metadata.get("time_aware", "null")) if metadata else None
+    return _stored(path, "time_aware")
 
 
 def checkpoint_llm_lora(path: str | Path) -> dict | None:
     """The LLM adapter's settings a checkpoint holds (rank, alpha, targets; None: no adapter, or
     not a `malmm train` file), so that a loader can add that adapter before loading."""
-    path = _trained_file(Path(path))
-    metadata = _trained_metadata(path) if path.is_file() else None
-    return json.loads(metadata.get("llm_lora", "null")) if metadata else None
+    return _stored(path, "llm_lora")
 
 
 def describe_temporal(settings: dict | None) -> str:
