@@ -10,6 +10,7 @@ of the ViT and the LLM (models/modeling.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,18 +63,19 @@ def count_parameters(config: InstructBlipConfig) -> ParameterCounts:
                 other += direct
         return linear, other
 
+    def adapted_width(module: nn.Module, targets: Sequence[str]) -> int:
+        """in + out features summed over the layers LoRA adapts (named `targets`)."""
+        return sum(m.in_features + m.out_features for name, m in module.named_modules()
+                   if name.rsplit(".", 1)[-1] in targets and isinstance(m, nn.Linear))  # fmt: skip
+
     vision = split(model.vision_model)
     llm = split(model.language_model, keep=("lm_head",))
-    qformer = sum(p.numel() for p in model.qformer.parameters()) + model.query_tokens.numel()
-    qformer += sum(p.numel() for p in model.language_projection.parameters())
-    qformer += model.frame_position_embedding.weight.numel()
     encoder = sum(p.numel() for p in model.qformer.parameters())
-    targets = [m for name, m in model.qformer.named_modules() if name.rsplit(".", 1)[-1] in LORA_TARGETS]
-    lora_width = sum(m.in_features + m.out_features for m in targets)
-    llm_targets = [m for name, m in model.language_model.named_modules()
-                   if name.rsplit(".", 1)[-1] in LLM_LORA_TARGETS and isinstance(m, nn.Linear)]  # fmt: skip
-    return ParameterCounts(*vision, qformer, *llm, qformer_encoder=encoder, lora_width=lora_width,
-                           llm_lora_width=sum(m.in_features + m.out_features for m in llm_targets))  # fmt: skip
+    qformer = encoder + model.query_tokens.numel() + model.frame_position_embedding.weight.numel()
+    qformer += sum(p.numel() for p in model.language_projection.parameters())
+    return ParameterCounts(*vision, qformer, *llm, qformer_encoder=encoder,
+                           lora_width=adapted_width(model.qformer, LORA_TARGETS),
+                           llm_lora_width=adapted_width(model.language_model, LLM_LORA_TARGETS))  # fmt: skip
 
 
 @dataclass(frozen=True)
