@@ -109,8 +109,7 @@ def free_memory(device: str) -> int | None:
 def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> tuple[str, MemoryPlan]:
     """The quantization to use and its memory plan; SetupError (with what would fit) if none fits."""
     counts = count_parameters(config)
-    timed = time_aware(options.checkpoint)
-    adapter_rank = llm_adapter_rank(options.checkpoint)
+    timed, adapter_rank = checkpoint_additions(options.checkpoint)
 
     def estimate(option: LoadOptions, mode: str) -> MemoryPlan:
         common = dict(
@@ -156,25 +155,19 @@ def plan(config: Any, options: LoadOptions, device: str, dtype: torch.dtype) -> 
     return mode, chosen
 
 
-def time_aware(checkpoint: Path | None) -> bool:
-    """Whether the model will read frames with their times (a checkpoint trained with them)."""
-    from models.checkpoint import CheckpointError, checkpoint_time_aware
+def checkpoint_additions(checkpoint: Path | None) -> tuple[bool, int]:
+    """What a checkpoint adds to the model's memory: whether it reads frames with their times,
+    and the rank of its LLM adapter (0: none). A file that cannot be read adds nothing here:
+    loading says what is wrong with it."""
+    from models.checkpoint import CheckpointError, checkpoint_llm_lora, checkpoint_time_aware
 
+    if checkpoint is None:
+        return False, 0
     try:
-        return checkpoint is not None and checkpoint_time_aware(checkpoint) is not None
-    except CheckpointError:  # loading says what is wrong with it
-        return False
-
-
-def llm_adapter_rank(checkpoint: Path | None) -> int:
-    """The rank of the LLM adapter a checkpoint adds to the model (0: none)."""
-    from models.checkpoint import CheckpointError, checkpoint_llm_lora
-
-    try:
-        settings = checkpoint_llm_lora(checkpoint) if checkpoint is not None else None
-    except CheckpointError:  # loading says what is wrong with it
-        return 0
-    return int(settings["rank"]) if settings else 0
+        adapter = checkpoint_llm_lora(checkpoint)
+        return checkpoint_time_aware(checkpoint) is not None, int(adapter["rank"]) if adapter else 0
+    except CheckpointError:
+        return False, 0
 
 
 Alternative = tuple[str, LoadOptions, str]  # command-line flags, the options they make, quantization
