@@ -130,19 +130,11 @@ def evaluate_grounding(
         option = "--label-field" if request.label_field is not None else "--split"
         raise UsageError(f"{option} is for MA-LMM's annotation files, not {benchmark_name}", option=option)
     benchmark = GROUNDING_BENCHMARKS[benchmark_name]
-    expected = next(suffix for suffix, name in FORMATS.items() if name == benchmark.format)
-    if request.data.suffix.lower() != expected:
-        raise SetupError(f"{benchmark.name} is read from its {expected} file, not {request.data.name}")
-    try:
-        examples = load_grounding(request.data)
-    except DatasetError as error:
-        raise SetupError(str(error)) from error
-    examples = examples[: request.limit] if request.limit else examples
+    examples, videos = grounding_queries(request, benchmark_name)
     options, window = find_sampling(options, request.window)
     check_checkpoint(options)
     folder = request.folder
     check_output_dir(folder, "--output")
-    videos = video_paths(examples, request.videos or request.data.parent)
     check_grounding_videos(examples, videos, folder, reporter)
 
     settings = find_eval_settings(request, options, benchmark, window)
@@ -164,6 +156,21 @@ def evaluate_grounding(
                   if resumed else ""))  # fmt: skip
     with progress(len(examples), resumed) as shown:
         return run.run(shown.advance, done)
+
+
+def grounding_queries(request: EvalRequest, name: str) -> tuple[list[GroundingExample], dict[str, Path]]:
+    """The queries of grounding benchmark `name`'s file (the first --limit of them) and where each
+    video is (--videos, else the file's folder); SetupError for a file of another format, or one
+    that does not read."""
+    expected = next(suffix for suffix, kind in FORMATS.items() if kind == GROUNDING_BENCHMARKS[name].format)
+    if request.data.suffix.lower() != expected:
+        raise SetupError(f"{name} is read from its {expected} file, not {request.data.name}")
+    try:
+        examples = load_grounding(request.data)
+    except DatasetError as error:
+        raise SetupError(str(error)) from error
+    examples = examples[: request.limit] if request.limit else examples
+    return examples, video_paths(examples, request.videos or request.data.parent)
 
 
 def video_paths(examples: list[GroundingExample], folder: Path) -> dict[str, Path]:

@@ -39,8 +39,8 @@ from malmm_cli.jobs.dense_data import read_dense_annotations
 from malmm_cli.jobs.dense_metrics import IOU_THRESHOLDS, dense_caption_metrics
 from malmm_cli.jobs.errors import SetupError, UsageError
 from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, EvaluationError, read_predictions, unseen
-from malmm_cli.jobs.find_eval import GroundingEvaluation, by_video, check_grounding_videos, video_paths
-from malmm_cli.jobs.grounding import FORMATS, GROUNDING_BENCHMARKS, grounding_metrics, load_grounding
+from malmm_cli.jobs.find_eval import GroundingEvaluation, by_video, check_grounding_videos, grounding_queries
+from malmm_cli.jobs.grounding import GROUNDING_BENCHMARKS, grounding_metrics
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
 from malmm_cli.reading.results import TimedText
 from malmm_cli.wording import counted
@@ -126,22 +126,17 @@ def evaluate_timed(
     if dense and importlib.util.find_spec("pycocoevalcap") is None:
         raise SetupError("dense caption metrics need pycocoevalcap: pip install 'malmm[eval]' (and Java for METEOR)")
     task = DENSE if dense else GROUND
-    folder = request.videos or request.data.parent
     examples: list[Any]
-    try:
-        if dense:
-            examples, videos = dense_videos(request.data, name, folder, request.split)
-        else:
-            if request.split is not None:
-                raise UsageError(f"--split is not for {name}", option="--split")
-            expected = next(s for s, kind in FORMATS.items() if kind == GROUNDING_BENCHMARKS[name].format)
-            if request.data.suffix.lower() != expected:
-                raise SetupError(f"{name} is read from its {expected} file, not {request.data.name}")
-            examples = load_grounding(request.data)
-            videos = video_paths(examples, folder)
-    except DatasetError as error:
-        raise SetupError(str(error)) from error
-    examples = examples[: request.limit] if request.limit else examples
+    if dense:
+        try:
+            examples, videos = dense_videos(request.data, name, request.videos or request.data.parent, request.split)
+        except DatasetError as error:
+            raise SetupError(str(error)) from error
+        examples = examples[: request.limit] if request.limit else examples
+    else:
+        if request.split is not None:
+            raise UsageError(f"--split is not for {name}", option="--split")
+        examples, videos = grounding_queries(request, name)
     check_checkpoint(options)
     check_output_dir(request.folder, "--output")
     check_grounding_videos(examples, videos, request.folder, reporter)
