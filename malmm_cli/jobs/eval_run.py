@@ -57,6 +57,27 @@ def appending_predictions(
         yield write
 
 
+def run_evaluation(
+    run: Any,
+    ids: list[str],
+    described: str,
+    reporter: Reporter,
+    progress: Callable[[int, int], AbstractContextManager[ClipsDone]],
+) -> dict[str, Any]:
+    """Every eval's last steps: `run` (Evaluation, GroundingEvaluation or TimedEvaluation) takes up
+    its folder (SetupError where it cannot), says what it evaluates ("Evaluating `described`",
+    and how many of `ids` an earlier run predicted), predicts the rest with progress, and returns
+    the metrics."""
+    try:
+        done = run.start()
+    except EvaluationError as error:
+        raise SetupError(str(error)) from error
+    resumed = len(done & set(ids))
+    reporter.info(f"Evaluating {described}" + (f", {resumed} already in {run.output / PREDICTIONS}" if resumed else ""))
+    with progress(len(ids), resumed) as shown:
+        return run.run(shown.advance, done)
+
+
 class EvaluationError(Exception):
     """An evaluation that cannot start or go on, with what to do about it."""
 
@@ -215,15 +236,8 @@ def evaluate_data(
                        frames=settings.frames)  # fmt: skip
     run = evaluation.Evaluation(malmm, benchmark, items, settings, folder, cache=options.cache(reporter),
                                 on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
-    try:
-        done = run.start()
-    except EvaluationError as error:
-        raise SetupError(str(error)) from error
-    resumed = len(done & {item.id for item in items})
-    reporter.info(f"Evaluating {benchmark.name} ({benchmark.task}): {counted(len(items), 'example')}"
-                  + (f", {resumed} already in {folder / PREDICTIONS}" if resumed else ""))  # fmt: skip
-    with progress(len(items), resumed) as shown:
-        return run.run(shown.advance, done)
+    described = f"{benchmark.name} ({benchmark.task}): {counted(len(items), 'example')}"
+    return run_evaluation(run, [item.id for item in items], described, reporter, progress)
 
 
 def check_videos(items: list[Item], folder: Path, reporter: Reporter) -> None:

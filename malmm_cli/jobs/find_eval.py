@@ -32,6 +32,7 @@ from malmm_cli.jobs.eval_run import (
     EvaluationError,
     appending_predictions,
     read_predictions,
+    run_evaluation,
     unseen,
 )
 from malmm_cli.jobs.grounding import (
@@ -146,16 +147,8 @@ def evaluate_grounding(
     reading = model_reading(malmm, options, FIND, "find", readers, options.cache(reporter))
     run = GroundingEvaluation(reading, benchmark, examples, videos, settings, folder,
                               on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
-    try:
-        done = run.start()
-    except EvaluationError as error:
-        raise SetupError(str(error)) from error
-    resumed = len(done & {example.qid for example in examples})
-    reporter.info(f"Evaluating {benchmark.name} (find): {counted(len(examples), 'query')} of "
-                  f"{counted(len(videos), 'video')}" + (f", {resumed} already in {folder / PREDICTIONS}"
-                  if resumed else ""))  # fmt: skip
-    with progress(len(examples), resumed) as shown:
-        return run.run(shown.advance, done)
+    described = f"{benchmark.name} (find): {counted(len(examples), 'query')} of {counted(len(videos), 'video')}"
+    return run_evaluation(run, [e.qid for e in examples], described, reporter, progress)
 
 
 def grounding_queries(request: EvalRequest, name: str) -> tuple[list[GroundingExample], dict[str, Path]]:

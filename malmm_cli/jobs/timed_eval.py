@@ -38,7 +38,7 @@ from malmm_cli.jobs.dataset import DatasetError
 from malmm_cli.jobs.dense_data import read_dense_annotations
 from malmm_cli.jobs.dense_metrics import IOU_THRESHOLDS, dense_caption_metrics
 from malmm_cli.jobs.errors import SetupError, UsageError
-from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, EvaluationError, read_predictions, unseen
+from malmm_cli.jobs.eval_run import PREDICTIONS, ClipsDone, EvalRequest, read_predictions, run_evaluation, unseen
 from malmm_cli.jobs.find_eval import GroundingEvaluation, by_video, check_grounding_videos, grounding_queries
 from malmm_cli.jobs.grounding import GROUNDING_BENCHMARKS, grounding_metrics
 from malmm_cli.jobs.model import RunOptions, check_checkpoint, check_output_dir, load_model
@@ -150,16 +150,9 @@ def evaluate_timed(
     reading = model_reading(malmm, options, task, task.name, readers, options.cache(reporter))
     run = TimedEvaluation(reading, name, examples, videos, settings, request.folder,
                           on_unreadable=lambda video, reason: reporter.error(f"{video}: {reason}"))  # fmt: skip
-    try:
-        done = run.start()
-    except EvaluationError as error:
-        raise SetupError(str(error)) from error
-    resumed = len(done & {e.qid for e in examples})
     what = counted(len(examples), "video" if dense else "query")
-    reporter.info(f"Evaluating {name} ({'dense captions' if dense else 'generated spans'}): {what}"
-                  + (f", {resumed} already in {request.folder / PREDICTIONS}" if resumed else ""))  # fmt: skip
-    with progress(len(examples), resumed) as shown:
-        return run.run(shown.advance, done)
+    described = f"{name} ({'dense captions' if dense else 'generated spans'}): {what}"
+    return run_evaluation(run, [e.qid for e in examples], described, reporter, progress)
 
 
 def dense_videos(path: Path, name: str, folder: Path, split: str | None) -> tuple[list[DenseVideo], dict[str, Path]]:
