@@ -56,7 +56,9 @@ class ClipFeatures:
         decoder stamped it (what time-aware frames read), or None for an unreadable clip."""
         if example.id in self.unreadable:
             return None
-        where = f"{example.video}|{example.start}|{example.end}"
+        # the clip by its id (named by its data file, not by where that file lies), so that the
+        # same data trains the same wherever it is
+        where = f"{example.id}|{example.start}|{example.end}"
         jitter = None if draw is None else zlib.crc32(f"{seed}|{draw}|{where}".encode())
         sampling = Sampling(frames=self.frames, start=example.start, end=example.end, jitter=jitter)
         augmented = self.augment and draw is not None
